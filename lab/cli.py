@@ -1,0 +1,111 @@
+"""The ``lab`` command line. Core commands live here; plugins add more via ``lab_cli_commands``.
+
+Every ``LabError`` becomes a one-line message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from lab.errors import LabError
+
+
+@dataclass(frozen=True)
+class Command:
+    """A ``lab`` subcommand. ``name`` may have two words (``"features training-set"``).
+
+    ``run(args, ctx)`` returns an exit status (None means 0); ``ctx`` is a ``Context``.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, "Context"], int | None]
+
+
+class Context:
+    """What a command runs against: the config and plugin manager, built on first use."""
+
+    def __init__(self, root: str | None = None):
+        self._root = root
+        self._config = None
+        self._pm = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from lab.config import load_config
+
+            self._config = load_config(self._root)
+        return self._config
+
+    @property
+    def pm(self):
+        if self._pm is None:
+            from lab.plugins import get_plugin_manager
+
+            self._pm = get_plugin_manager(self.config)
+        return self._pm
+
+
+def core_commands() -> list[Command]:
+    from lab.commands import COMMANDS
+
+    return list(COMMANDS)
+
+
+def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab", description="A local-first ML platform.")
+    parser.add_argument("--root", help="project folder (default: LAB_HOME or the nearest pyproject.toml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, Any] = {}
+    seen: set[str] = set()
+    for cmd in commands:
+        if cmd.name in seen:
+            raise LabError(f"two plugins define the command 'lab {cmd.name}'; rename one")
+        seen.add(cmd.name)
+        words = cmd.name.split()
+        if len(words) == 1:
+            p = sub.add_parser(words[0], help=cmd.help, description=cmd.help)
+        else:
+            group, leaf = words[0], " ".join(words[1:])
+            if group not in groups:
+                gp = sub.add_parser(group, help=f"{group} commands")
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
+            p = groups[group].add_parser(leaf, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --root must be known before plugins load, since plugins come from the project.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--root")
+    known, _ = pre.parse_known_args(argv)
+    ctx = Context(known.root)
+    try:
+        commands = core_commands()
+        for batch in ctx.pm.hook.lab_cli_commands():
+            commands.extend(batch or [])
+        parser = build_parser(commands)
+        args = parser.parse_args(argv)
+        if not getattr(args, "_command", None):
+            parser.print_help()
+            return 2
+        status = args._command.run(args, ctx)
+        return int(status or 0)
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

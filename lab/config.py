@@ -1,0 +1,193 @@
+"""The [tool.lab] configuration of one project folder.
+
+A lab is a folder holding a ``pyproject.toml``. Every key has a default, so an empty
+``[tool.lab]`` table (or none at all) is a working lab; ``LAB_HOME`` names the folder
+when the current directory is not inside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    exact: bool = True
+    n_customers: int = 5000
+    n_terminals: int = 10000
+    nb_days: int = 183
+    start_date: str = "2018-04-01"
+    radius: float = 5.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    retries: int = 1
+    stages: tuple[str, ...] = (
+        "simulate", "features", "train", "evaluate",
+        "register", "materialize", "batch_score", "drift",
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train_start: str = "2018-07-25"
+    delta_train: int = 7
+    delta_delay: int = 7
+    delta_test: int = 7
+    n_trials: int = 3
+    max_epochs: int = 5
+    seed: int = 42
+
+    @property
+    def train_start_date(self) -> dt.date:
+        return dt.date.fromisoformat(self.train_start)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: str = "average_precision"
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    root: Path
+    registry: str = "registry.db"
+    runs_dir: str = "runs"
+    data_dir: str = "data"
+    plugins: tuple[str, ...] = ()
+    model_name: str = "fraud"
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    # Resolved paths; everything the platform writes lives under the project root.
+    @property
+    def registry_path(self) -> Path:
+        return self.root / self.registry
+
+    @property
+    def runs_path(self) -> Path:
+        return self.root / self.runs_dir
+
+    @property
+    def data_path(self) -> Path:
+        return self.root / self.data_dir
+
+    @property
+    def offline_store_path(self) -> Path:
+        return self.data_path / "offline.duckdb"
+
+    @property
+    def online_store_path(self) -> Path:
+        return self.data_path / "online.db"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_path / "ledger.db"
+
+    @property
+    def raw_transactions_path(self) -> Path:
+        return self.data_path / "transactions.parquet"
+
+    def replace(self, **changes: Any) -> "LabConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS = {
+    "simulate": SimulateConfig,
+    "pipeline": PipelineConfig,
+    "train": TrainConfig,
+    "gate": GateConfig,
+    "serve": ServeConfig,
+}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in [{where}]; "
+            f"known keys are: {', '.join(sorted(known))}"
+        )
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(cls, name, None) if not isinstance(known[name].default, dataclasses._MISSING_TYPE) else None
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise ConfigError(f"[{where}] {name} must be a list, got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{where}] {name} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"[{where}] {name} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise ConfigError(f"[{where}] {name} must be a whole number, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"[{where}] {name} must be a string, got {value!r}")
+        out[name] = value
+    return cls(**out)
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: ``LAB_HOME``, else the nearest folder upwards with a pyproject.toml."""
+    if os.environ.get("LAB_HOME"):
+        return Path(os.environ["LAB_HOME"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists():
+            return folder
+    return here
+
+
+def load_config(root: str | os.PathLike | None = None, **overrides: Any) -> LabConfig:
+    """Read [tool.lab] from ``root``/pyproject.toml (missing file or table: all defaults)."""
+    root_path = Path(root).resolve() if root is not None else find_root()
+    table: dict[str, Any] = {}
+    pyproject = root_path / "pyproject.toml"
+    if pyproject.exists():
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{pyproject} is not valid TOML: {exc}") from None
+        table = dict(data.get("tool", {}).get("lab", {}))
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        sections[name] = _build(cls, dict(table.pop(name, {}) or {}), f"tool.lab.{name}")
+    top = _build(_TopLevel, table, "tool.lab")
+    config = LabConfig(root=root_path, **dataclasses.asdict(top), **sections)
+    for key, value in overrides.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            value = dataclasses.replace(getattr(config, key), **value)
+        config = config.replace(**{key: value})
+    return config
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    registry: str = "registry.db"
+    runs_dir: str = "runs"
+    data_dir: str = "data"
+    plugins: tuple[str, ...] = ()
+    model_name: str = "fraud"

@@ -1,0 +1,78 @@
+"""The store contracts. Backends implement these; ``lab.testing`` checks them.
+
+Tables move between stores as ``pyarrow.Table`` (polars and pandas convert for free).
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from typing import Sequence
+
+import pyarrow as pa
+
+from lab.features.views import FeatureView
+
+
+class OfflineStore(abc.ABC):
+    """Historical source tables and point-in-time retrieval over them.
+
+    Contract: a store owns one file or database; it is used from one process at a time
+    for writing (readers may be several). Every method that writes is atomic: after a
+    crash the store holds either the old or the new table, never a mix.
+    """
+
+    @abc.abstractmethod
+    def write_source(self, name: str, data: pa.Table) -> str:
+        """Replace source table ``name`` with ``data``. Returns its content digest."""
+
+    @abc.abstractmethod
+    def source_digest(self, name: str) -> str:
+        """Content digest of a source table. Raises ``NotFound`` when it does not exist."""
+
+    @abc.abstractmethod
+    def read_source(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """Read a whole source table (or some columns)."""
+
+    @abc.abstractmethod
+    def get_historical_features(
+        self, entity_rows: pa.Table, views: Sequence[FeatureView], timestamp_column: str
+    ) -> pa.Table:
+        """Point-in-time join: ``entity_rows`` plus every view's features as of each row's time.
+
+        ``entity_rows`` must hold each view's entity column and ``timestamp_column``.
+        The result keeps the input's rows, order and columns, and appends
+        ``view.feature_names`` for every view. A value is computed only from source rows
+        visible at that row's time (see ``lab.features.views``); with none, it is the
+        aggregation's ``fill`` (counts and sums: 0) or null.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the connection."""
+
+
+class OnlineStore(abc.ABC):
+    """Latest feature values per entity key, for serving.
+
+    Contract: ``write`` replaces a view's rows in one transaction together with its
+    watermark, so a reader sees the old or the new materialization, never a mix.
+    Readers in other processes may read while a writer writes.
+    """
+
+    @abc.abstractmethod
+    def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime) -> int:
+        """Store ``rows`` (the entity column plus ``view.feature_names``) as of ``watermark``.
+
+        Returns the number of rows written.
+        """
+
+    @abc.abstractmethod
+    def read(self, view: FeatureView, keys: Sequence) -> list[dict | None]:
+        """The stored features for each key, in order; None for an unknown key."""
+
+    @abc.abstractmethod
+    def watermark(self, view: FeatureView) -> dt.datetime | None:
+        """The time the view was last materialized as of, or None if never."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the connection."""

@@ -1,0 +1,119 @@
+"""Feature views: one definition that feeds both the offline and the online path.
+
+A ``FeatureView`` names an entity (the join key), a source table with an event-time
+column, and either windowed aggregations or plain latest-value features.
+
+Visibility rule (point-in-time correctness), for a query at time ``t``:
+  a source row with event time ``e`` is visible when ``e + label_delay <= t`` and
+  ``t - (e + label_delay) <= ttl`` (both ends inclusive, as Feast does).
+A windowed aggregation of width ``w`` at time ``t`` covers the visible rows with
+``t - label_delay - w < e <= t - label_delay``: the window ``(t-d-w, t-d]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+from lab.errors import ConfigError
+
+AGG_FUNCTIONS = ("count", "sum", "mean")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME.match(name):
+        raise ConfigError(f"{kind} name {name!r} must be a SQL identifier (letters, digits, _)")
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """``function`` of ``column`` over a trailing ``window``, output as ``name``.
+
+    ``fill`` replaces a value that has no rows in its window (a mean over nothing).
+    """
+
+    name: str
+    column: str
+    function: str
+    window: dt.timedelta
+    fill: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("aggregation", self.name)
+        if self.function not in AGG_FUNCTIONS:
+            raise ConfigError(
+                f"aggregation {self.name!r}: function {self.function!r} is not one of {AGG_FUNCTIONS}"
+            )
+        if self.window <= dt.timedelta(0):
+            raise ConfigError(f"aggregation {self.name!r}: window must be positive")
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    """A named group of features about one entity, computed from one source table.
+
+    Exactly one of ``aggregations`` (windowed) and ``features`` (latest value of a
+    column, as of the query time) is non-empty.
+    """
+
+    name: str
+    entity: str
+    source: str
+    timestamp: str
+    aggregations: tuple[Aggregation, ...] = ()
+    features: tuple[str, ...] = ()
+    ttl: dt.timedelta = dt.timedelta(days=30)
+    label_delay: dt.timedelta = dt.timedelta(0)
+    description: str = ""
+    tags: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for kind, value in (("feature view", self.name), ("entity", self.entity),
+                            ("source", self.source), ("timestamp", self.timestamp)):
+            _check_name(kind, value)
+        if bool(self.aggregations) == bool(self.features):
+            raise ConfigError(
+                f"feature view {self.name!r}: give either aggregations or features, not both or neither"
+            )
+        for f in self.features:
+            _check_name("feature", f)
+        if self.ttl <= dt.timedelta(0):
+            raise ConfigError(f"feature view {self.name!r}: ttl must be positive")
+        if self.label_delay < dt.timedelta(0):
+            raise ConfigError(f"feature view {self.name!r}: label_delay cannot be negative")
+        names = self.feature_names
+        if len(set(names)) != len(names):
+            raise ConfigError(f"feature view {self.name!r}: duplicate output names {names}")
+
+    @property
+    def feature_names(self) -> list[str]:
+        if self.aggregations:
+            return [a.name for a in self.aggregations]
+        return list(self.features)
+
+    def definition(self) -> dict:
+        """A JSON-able description; its digest is the view's version."""
+        return {
+            "name": self.name,
+            "entity": self.entity,
+            "source": self.source,
+            "timestamp": self.timestamp,
+            "aggregations": [
+                {"name": a.name, "column": a.column, "function": a.function,
+                 "window_s": a.window.total_seconds(), "fill": a.fill}
+                for a in self.aggregations
+            ],
+            "features": list(self.features),
+            "ttl_s": self.ttl.total_seconds(),
+            "label_delay_s": self.label_delay.total_seconds(),
+        }
+
+    @property
+    def version(self) -> str:
+        """Content digest of the definition: changes whenever the definition does."""
+        blob = json.dumps(self.definition(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

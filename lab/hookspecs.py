@@ -1,0 +1,177 @@
+"""Every hook a lab plugin can implement.
+
+Implement one with ``from lab import hookimpl`` and a function of the same name taking
+any subset of the arguments. Hooks are grouped in the order the platform calls them.
+A built-in plugin answers each backend hook with ``trylast=True``, so any other plugin
+that answers takes over. Set ``LAB_TRACE_HOOKS=1`` to print every hook call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lab.config import LabConfig
+    from lab.events import Event
+    from lab.features.stores import OfflineStore, OnlineStore
+    from lab.features.views import FeatureView
+    from lab.pipeline.stage import StageExecutor
+    from lab.training.flavor import ModelFlavor
+
+hookspec = pluggy.HookspecMarker("lab")
+
+
+# ---------------------------------------------------------------------------
+# Backends: one is chosen, the first non-None result wins
+# ---------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def lab_offline_store(config: "LabConfig") -> "OfflineStore | None":
+    """Return the offline (historical) feature store for this lab.
+
+    Called once per process when the platform first needs the offline store.
+    ``firstresult``: the first plugin that returns a store wins; the built-in DuckDB
+    store answers last. Example::
+
+        @hookimpl
+        def lab_offline_store(config):
+            return MyWarehouseStore(config.root / "warehouse")
+    """
+
+
+@hookspec(firstresult=True)
+def lab_online_store(config: "LabConfig") -> "OnlineStore | None":
+    """Return the online (serving) feature store for this lab.
+
+    Called when materializing and when the server starts. ``firstresult``; the built-in
+    SQLite store answers last. Example: return a Redis-backed ``OnlineStore``.
+    """
+
+
+@hookspec(firstresult=True)
+def lab_stage_executor(config: "LabConfig") -> "StageExecutor | None":
+    """Return the executor that runs one pipeline stage (a notebook) with parameters.
+
+    Called by ``lab run`` before the first stage. ``firstresult``; the built-in executor
+    runs the notebook in-process with papermill. Example: an executor that submits the
+    notebook to a Ray cluster and waits for it.
+    """
+
+
+@hookspec(firstresult=True)
+def lab_sweep_storage(config: "LabConfig", study_name: str) -> "str | None":
+    """Return the Optuna storage URL for a hyperparameter sweep.
+
+    Called by the train stage before it creates a study. ``firstresult``; the built-in
+    answer is a SQLite file under the run's folder. Example: return
+    ``"postgresql://optuna@127.0.0.1:5432/sweeps"`` to share trials across machines.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Contributions: every plugin's answer is collected in a list
+# ---------------------------------------------------------------------------
+
+@hookspec
+def lab_feature_views(config: "LabConfig") -> "list[FeatureView] | None":
+    """Return feature views this plugin defines.
+
+    Called whenever the platform needs the catalogue of views. Results from all plugins
+    are concatenated; two views with one name is an error. Example::
+
+        @hookimpl
+        def lab_feature_views(config):
+            return [FeatureView(name="customer", entity="CUSTOMER_ID", ...)]
+    """
+
+
+@hookspec
+def lab_model_flavors() -> "list[ModelFlavor] | None":
+    """Return model flavors (how to train, save, load and score a kind of model).
+
+    Called when training starts and when a registered model is loaded. A registered
+    model version names its flavor; results from all plugins are concatenated and
+    looked up by ``flavor.name``.
+    """
+
+
+@hookspec
+def lab_trainer_callbacks(config: "LabConfig", run_dir: str) -> "list[Any] | None":
+    """Return extra Lightning callbacks for every training run.
+
+    Called by the model flavor as it builds its Trainer. Results are concatenated and
+    passed to ``Trainer(callbacks=...)``. Example: a callback that posts progress to a chat.
+    """
+
+
+@hookspec
+def lab_http_routes(config: "LabConfig") -> "list[Any] | None":
+    """Return extra HTTP route handlers for the model server.
+
+    Called once when ``lab serve`` builds its app. Results are concatenated and mounted
+    beside ``/predict``. Example: return ``[my_litestar_get_handler]``.
+    """
+
+
+@hookspec
+def lab_cli_commands() -> "list[Any] | None":
+    """Return ``lab.cli.Command`` objects: extra ``lab`` subcommands.
+
+    Called once when the CLI starts. Results are concatenated; a name already taken is
+    an error. Example: ``Command("hello", "say hello", add_arguments, run)``.
+    """
+
+
+@hookspec(firstresult=True)
+def lab_drift_report(
+    config: "LabConfig", reference: Any, current: Any, columns: "list[str]", html_path: str
+) -> "dict[str, dict] | None":
+    """Compare ``current`` against ``reference`` (pandas DataFrames) column by column.
+
+    Called by the drift stage. Writes an HTML report to ``html_path`` and returns
+    ``{column: {"score": float, "drifted": bool, "method": str}}``. ``firstresult``; the
+    built-in answer uses Evidently.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Events: observed by every plugin
+# ---------------------------------------------------------------------------
+
+@hookspec
+def lab_on_event(event: "Event") -> None:
+    """Observe something that happened: a stage finished, failed or was skipped; a model
+    was registered, promoted or rolled back; drift was detected.
+
+    ``event.name`` is one of the names in ``lab.events``; ``event.payload`` holds the
+    details, ``event.actor`` and ``event.at`` say who and when. Return values are
+    ignored. An exception here propagates, so keep observers quick and safe. Example::
+
+        @hookimpl
+        def lab_on_event(event):
+            if event.name == "model.promoted":
+                print("new champion", event.payload["version"])
+    """
+
+
+# ---------------------------------------------------------------------------
+# Around work: wrappers
+# ---------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def lab_execute_stage(config: "LabConfig", stage: Any, params: dict, output_path: str) -> "dict | None":
+    """Run one stage and return its result dict.
+
+    Called by the pipeline runner for each stage that is not skipped. The built-in answer
+    hands the stage to the ``lab_stage_executor`` backend. Implement it with
+    ``@hookimpl(wrapper=True)`` and ``result = yield`` to time, trace or annotate stages::
+
+        @hookimpl(wrapper=True)
+        def lab_execute_stage(stage):
+            t0 = time.perf_counter()
+            result = yield
+            print(stage.name, time.perf_counter() - t0)
+            return result
+    """

@@ -1,0 +1,132 @@
+"""The plugin manager: built-ins, then entry points, then the project's own plugins."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from typing import Any
+
+import pluggy
+
+from lab import hookspecs
+from lab.errors import ConfigError
+
+# Built-in backends, registered under their entry-point names so the entry-point scan
+# (which also lists them once the project is installed) does not load them twice.
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("duckdb_offline", "plugins.duckdb_offline"),
+    ("sqlite_online", "plugins.sqlite_online"),
+    ("papermill_executor", "plugins.papermill_executor"),
+    ("lightning_tabular", "plugins.lightning_tabular"),
+    ("litestar_serving", "plugins.litestar_serving"),
+    ("evidently_drift", "plugins.evidently_drift"),
+    ("fraud_features", "plugins.fraud_features"),
+)
+
+
+class LabPluginManager(pluggy.PluginManager):
+    """A pluggy manager whose ``register`` names the fix for common mistakes."""
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        if inspect.isclass(plugin):
+            raise ConfigError(
+                f"register() got the class {plugin.__name__}, not an instance: "
+                f"have you forgotten the ()? Use register({plugin.__name__}())."
+            )
+        return super().register(plugin, name)
+
+
+def _trace(pm: pluggy.PluginManager) -> None:
+    def before(hook_name, hook_impls, kwargs):
+        names = [impl.plugin_name for impl in hook_impls]
+        print(f"[lab hook] {hook_name} -> {names}", file=sys.stderr)
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        exc = outcome.exception
+        status = f"raised {type(exc).__name__}" if exc else "ok"
+        print(f"[lab hook] {hook_name} {status}", file=sys.stderr)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def make_plugin_manager(
+    project_plugins: tuple[str, ...] = (),
+    *,
+    builtins: bool = True,
+    entry_points: bool = True,
+) -> LabPluginManager:
+    """Build a plugin manager.
+
+    ``builtins=False, entry_points=False`` gives a bare manager (tests, plugin authors).
+    ``project_plugins`` are module names imported from the project root.
+    """
+    pm = LabPluginManager("lab")
+    pm.add_hookspecs(hookspecs)
+    if builtins:
+        for name, module in DEFAULT_PLUGINS:
+            pm.register(importlib.import_module(module), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints("lab")
+    for module in project_plugins:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import project plugin {module!r} listed in [tool.lab] plugins: {exc}. "
+                "Check the module name and that it sits in the project folder."
+            ) from None
+        if pm.get_plugin(module) is None:
+            pm.register(mod, name=module)
+    if os.environ.get("LAB_TRACE_HOOKS"):
+        _trace(pm)
+    return pm
+
+
+def get_plugin_manager(config) -> LabPluginManager:
+    """The plugin manager for a lab: built-ins, entry points, then [tool.lab] plugins."""
+    root = str(config.root)
+    if config.plugins and root not in sys.path:
+        sys.path.insert(0, root)
+    return make_plugin_manager(tuple(config.plugins))
+
+
+def plugin_table(pm: pluggy.PluginManager) -> list[dict]:
+    """One row per plugin: its name, distribution version and hooks, for ``lab plugins``."""
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    rows = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        dist = dists.get(id(plugin))
+        if dist is not None:
+            version = f"{dist.project_name} {dist.version}"
+        else:
+            from lab import __version__
+
+            version = getattr(plugin, "__version__", None) or f"lab {__version__}"
+        hooks = sorted(impl.name for impl in pm.get_hookcallers(plugin) or [])
+        rows.append({"name": name, "version": version, "hooks": hooks})
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def feature_views(pm, config) -> dict:
+    """Every plugin's feature views by name; a name defined twice is an error."""
+    views: dict = {}
+    for batch in pm.hook.lab_feature_views(config=config):
+        for view in batch or []:
+            if view.name in views:
+                raise ConfigError(f"feature view {view.name!r} is defined by two plugins; rename one")
+            views[view.name] = view
+    return views
+
+
+def model_flavor(pm, name: str):
+    """The model flavor called ``name``; the error lists the flavors there are."""
+    flavors = {f.name: f for batch in pm.hook.lab_model_flavors() for f in (batch or [])}
+    if name not in flavors:
+        raise ConfigError(
+            f"no model flavor {name!r}; loaded flavors: {', '.join(sorted(flavors)) or 'none'}"
+        )
+    return flavors[name]
