@@ -161,11 +161,14 @@ def lab_on_event(event: "Event") -> None:
 # ---------------------------------------------------------------------------
 
 @hookspec(firstresult=True)
-def lab_execute_stage(config: "LabConfig", stage: Any, params: dict, output_path: str) -> "dict | None":
-    """Run one stage and return its result dict.
+def lab_execute_stage(
+    config: "LabConfig", stage: Any, params: dict, output_path: str, executor: "StageExecutor"
+) -> "dict | None":
+    """Run one stage (a ``lab.pipeline.Stage``) and return a dict about the run.
 
-    Called by the pipeline runner for each stage that is not skipped. The built-in answer
-    hands the stage to the ``lab_stage_executor`` backend. Implement it with
+    Called by the pipeline runner for each stage that is not skipped, with the executor
+    that ``lab_stage_executor`` chose. ``firstresult``; the built-in answer calls
+    ``executor.execute`` and returns ``{"seconds": ...}``; it raises ``StageFailed``. Implement it with
     ``@hookimpl(wrapper=True)`` and ``result = yield`` to time, trace or annotate stages::
 
         @hookimpl(wrapper=True)

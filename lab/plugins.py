@@ -16,6 +16,7 @@ from lab.errors import ConfigError
 # Built-in backends, registered under their entry-point names so the entry-point scan
 # (which also lists them once the project is installed) does not load them twice.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("lab_core", "lab.pipeline.core_hooks"),
     ("duckdb_offline", "plugins.duckdb_offline"),
     ("sqlite_online", "plugins.sqlite_online"),
     ("papermill_executor", "plugins.papermill_executor"),

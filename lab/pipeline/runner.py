@@ -1,0 +1,216 @@
+"""Runs the stage list: skips what is cached, retries what fails, resumes a stopped run."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from lab import events
+from lab.errors import ConfigError, LabError
+from lab.pipeline.digest import code_digest, path_digest
+from lab.pipeline.stage import Stage, StageFailed, load_stages
+
+PIPELINE_FILE = "notebooks/pipeline.toml"
+# Parameters every stage receives that must not change its cache key.
+RUNTIME_PARAMS = ("root", "run_dir")
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # finished | skipped | failed
+    seconds: float = 0.0
+    attempts: int = 0
+    notebook: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    run_dir: Path
+    resumed: bool
+    stages: list[StageOutcome] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """One ``lab run`` per lab at a time; the OS drops the lock if the process dies."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabError(
+                f"another `lab run` is using this lab (lock {lock_path}); wait for it to finish"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stage_params(config, stage: Stage, run_dir: Path) -> dict:
+    """What a stage notebook receives: its config sections, its pipeline.toml params, where to work."""
+    import dataclasses
+
+    params = {}
+    for section in stage.config:
+        value = getattr(config, section, None)
+        if not dataclasses.is_dataclass(value):
+            raise ConfigError(f"stage {stage.name!r} asks for config section {section!r}, which does not exist")
+        params.update(dataclasses.asdict(value))
+    params.update(stage.params)
+    params["root"] = str(config.root)
+    params["run_dir"] = str(run_dir)
+    return params
+
+
+def input_digest(config, registry, stage: Stage, ref: str, producers: dict[str, str]) -> str:
+    if ref.startswith("alias:"):
+        model, _, alias = ref[len("alias:"):].partition("/")
+        version = registry.get_alias(model, alias)
+        return f"{model}/{alias}=v{version.version}" if version else f"{model}/{alias}=none"
+    path = config.root / ref
+    if not path.exists():
+        who = producers.get(ref)
+        fix = f"run the stage {who!r} that writes it" if who else "create it"
+        raise LabError(f"stage {stage.name!r} needs {ref}, which does not exist; {fix}")
+    return path_digest(path)
+
+
+def cache_key(config, registry, stage: Stage, params: dict, producers: dict[str, str]) -> tuple[str, dict]:
+    notebook = config.root / stage.notebook
+    if not notebook.exists():
+        raise ConfigError(f"stage {stage.name!r}: notebook {stage.notebook} does not exist")
+    inputs = {ref: input_digest(config, registry, stage, ref, producers) for ref in stage.inputs}
+    material = {
+        "notebook": path_digest(notebook),
+        "params": {k: v for k, v in params.items() if k not in RUNTIME_PARAMS},
+        "inputs": inputs,
+        "code": code_digest(),
+    }
+    blob = json.dumps(material, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest(), inputs
+
+
+def select_stages(config, only: list[str] | None = None) -> list[Stage]:
+    defined = {s.name: s for s in load_stages(config.root / PIPELINE_FILE)}
+    order = list(config.pipeline.stages)
+    missing = [n for n in order if n not in defined]
+    if missing:
+        raise ConfigError(
+            f"[tool.lab.pipeline] stages names {missing}, not defined in {PIPELINE_FILE}; "
+            f"defined: {', '.join(defined)}"
+        )
+    if only:
+        unknown = [n for n in only if n not in defined]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; stages are: {', '.join(order)}")
+        order = [n for n in order if n in only]
+    return [defined[n] for n in order]
+
+
+def run_pipeline(
+    config,
+    pm,
+    *,
+    only: list[str] | None = None,
+    force: bool = False,
+    new_run: bool = False,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run the pipeline's stages in order.
+
+    A stage whose cache key (notebook, parameters, input digests, code) matches an earlier
+    finished run, and whose outputs exist, is skipped. A failing stage is tried
+    ``1 + config.pipeline.retries`` times; if it still fails the run is marked failed,
+    the executed notebook is kept, and ``LabError`` says how to resume. The next call
+    continues that run (same run folder) unless ``new_run``.
+    """
+    from lab.registry import Registry
+
+    stages = select_stages(config, only)
+    producers = {out: s.name for s in stages for out in s.outputs}
+    attempts_allowed = 1 + max(0, int(config.pipeline.retries))
+    with _exclusive(config.runs_path / ".lab-run.lock"), Registry.open(
+        config.registry_path, project_root=config.root
+    ) as registry:
+        last = registry.last_pipeline_run()
+        resumed = bool(last and last["status"] in ("failed", "running") and not new_run)
+        if resumed:
+            run_id = last["run_id"]
+            log(f"resuming pipeline run {run_id} (it stopped with status {last['status']})")
+        else:
+            run_id = registry.start_run(kind="pipeline", params={"stages": [s.name for s in stages]})
+            log(f"pipeline run {run_id}")
+        run_dir = config.runs_path / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result = PipelineResult(run_id=run_id, run_dir=run_dir, resumed=resumed)
+        executor = pm.hook.lab_stage_executor(config=config)
+        if executor is None:
+            raise ConfigError("no plugin answered lab_stage_executor; is papermill_executor blocked?")
+
+        for index, stage in enumerate(stages, start=1):
+            params = stage_params(config, stage, run_dir)
+            key, inputs = cache_key(config, registry, stage, params, producers)
+            cached = None if force else registry.find_stage_cache(stage.name, key)
+            if cached and all((config.root / out).exists() for out in stage.outputs):
+                registry.record_stage(run_id, stage.name, status="skipped", attempt=0, cache_key=key,
+                                      output_notebook=cached.get("output_notebook"))
+                events.emit(pm, events.STAGE_SKIPPED, run_id=run_id, stage=stage.name, cache_key=key)
+                log(f"[{index}/{len(stages)}] {stage.name}: unchanged, skipped")
+                result.stages.append(StageOutcome(stage.name, "skipped", notebook=cached.get("output_notebook")))
+                continue
+            outcome = _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
+                                 run_id, run_dir, attempts_allowed, log)
+            result.stages.append(outcome)
+            if outcome.status == "failed":
+                registry.finish_run(run_id, "failed")
+                raise LabError(
+                    f"stage {stage.name!r} failed after {outcome.attempts} attempt(s). "
+                    f"The executed notebook is kept at {outcome.notebook}. "
+                    f"Fix the cause, then `lab run` resumes from {stage.name!r}."
+                )
+        registry.finish_run(run_id, "finished")
+        return result
+
+
+def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
+               run_id, run_dir, attempts_allowed, log) -> StageOutcome:
+    last_error = ""
+    notebook = None
+    for attempt in range(1, attempts_allowed + 1):
+        suffix = "" if attempt == 1 else f".attempt{attempt}"
+        notebook = str(run_dir / f"{index:02d}_{stage.name}{suffix}.ipynb")
+        registry.record_stage(run_id, stage.name, status="running", attempt=attempt,
+                              cache_key=key, output_notebook=notebook)
+        log(f"[{index}] {stage.name}: running (attempt {attempt}/{attempts_allowed})")
+        started = time.perf_counter()
+        try:
+            pm.hook.lab_execute_stage(config=config, stage=stage, params=params,
+                                      output_path=notebook, executor=executor)
+            missing = [o for o in stage.outputs if not (config.root / o).exists()]
+            if missing:
+                raise StageFailed(stage.name, f"did not write its declared output(s) {missing}", notebook)
+        except StageFailed as exc:
+            last_error = exc.summary
+            registry.record_stage(run_id, stage.name, status="failed", attempt=attempt, cache_key=key,
+                                  output_notebook=notebook, error=exc.summary)
+            events.emit(pm, events.STAGE_FAILED, run_id=run_id, stage=stage.name, attempt=attempt,
+                        error=exc.summary, notebook=notebook)
+            log(f"    {stage.name} failed: {exc.summary}")
+            continue
+        seconds = round(time.perf_counter() - started, 2)
+        registry.record_stage(run_id, stage.name, status="finished", attempt=attempt, cache_key=key,
+                              output_notebook=notebook, outputs={"inputs": inputs, "seconds": seconds})
+        events.emit(pm, events.STAGE_FINISHED, run_id=run_id, stage=stage.name, seconds=seconds,
+                    notebook=notebook)
+        log(f"    {stage.name} finished in {seconds:.1f} s")
+        return StageOutcome(stage.name, "finished", seconds, attempt, notebook)
+    return StageOutcome(stage.name, "failed", 0.0, attempts_allowed, notebook)
