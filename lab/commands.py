@@ -25,6 +25,43 @@ def _plugins_run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stages", nargs="*", help="run only these stages (default: all, in order)")
+    p.add_argument("--force", action="store_true", help="run stages even when nothing changed")
+    p.add_argument("--new", action="store_true", help="start a new run instead of resuming a stopped one")
+
+
+def _run_run(args: argparse.Namespace, ctx: Context) -> int:
+    import time
+
+    from lab.pipeline.runner import run_pipeline
+
+    started = time.perf_counter()
+    result = run_pipeline(ctx.config, ctx.pm, only=args.stages or None, force=args.force, new_run=args.new)
+    ran = sum(1 for s in result.stages if s.status == "finished")
+    skipped = sum(1 for s in result.stages if s.status == "skipped")
+    print(f"run {result.run_id}: {ran} stage(s) ran, {skipped} skipped, "
+          f"{time.perf_counter() - started:.1f} s; notebooks in {result.run_dir}")
+    _print_champion(ctx)
+    return 0
+
+
+def _print_champion(ctx: Context) -> None:
+    from lab.registry import Registry
+
+    with Registry.open(ctx.config.registry_path, project_root=ctx.config.root) as registry:
+        champion = registry.get_alias(ctx.config.model_name, "champion")
+    if champion is None:
+        print(f"model {ctx.config.model_name!r} has no champion yet")
+        return
+    m = champion.metrics
+    print(f"champion {champion.name} v{champion.version} on the reference test window: "
+          f"AUC {m.get('roc_auc', float('nan')):.4f}  AP {m.get('average_precision', float('nan')):.4f}  "
+          f"CP@100 {m.get('card_precision_at_100', float('nan')):.4f}")
+
+
 COMMANDS: list[Command] = [
     Command("plugins", "list loaded plugins with their versions and hooks", _plugins_args, _plugins_run),
+    Command("run", "run the notebook pipeline; unchanged stages are skipped, a stopped run resumes",
+            _run_args, _run_run),
 ]
