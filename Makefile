@@ -1,0 +1,29 @@
+# Two commands do all the setup: `make demo` runs the pipeline, `make test` the tests.
+# Both create .venv and install the project on first use (pip, so the local torch wheel is used).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test serve bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(VENV)/bin/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lab run
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+serve: $(STAMP)
+	$(VENV)/bin/lab serve --host 127.0.0.1 --port 8000
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	rm -rf data runs registry.db registry.db-wal registry.db-shm
