@@ -65,3 +65,7 @@ COMMANDS: list[Command] = [
     Command("run", "run the notebook pipeline; unchanged stages are skipped, a stopped run resumes",
             _run_args, _run_run),
 ]
+
+from lab.registry.commands import COMMANDS as REGISTRY_COMMANDS  # noqa: E402
+
+COMMANDS += REGISTRY_COMMANDS

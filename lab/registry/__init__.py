@@ -1,0 +1,29 @@
+"""The model registry and tracking store: one SQLite file (``registry.db``) holding runs,
+datasets, sweep trials, model versions, aliases with their append-only history, drift
+scores, pipeline stage records and the audit log.
+
+    from lab.registry import Registry
+
+    with Registry.open(config.registry_path, project_root=config.root) as reg:
+        run_id = reg.start_run(kind="train", params={"lr": 1e-3})
+        ...
+        mv = reg.register_model("fraud", run_id=run_id, flavor="tabular_mlp",
+                                artifact_path="runs/.../model.pt", metrics={...}, lineage={...})
+        reg.promote("fraud", mv.version, reason="beat the champion")
+
+See docs/registry.md.
+"""
+
+from lab.registry._migrations import MIGRATIONS
+from lab.registry._models import ModelVersion
+from lab.registry._pipeline import STAGE_STATUSES
+from lab.registry._store import RUN_STATUSES, EventHook, Registry
+
+__all__ = [
+    "MIGRATIONS",
+    "RUN_STATUSES",
+    "STAGE_STATUSES",
+    "EventHook",
+    "ModelVersion",
+    "Registry",
+]

@@ -1,0 +1,466 @@
+"""The registry and tracking store against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import multiprocessing
+import sqlite3
+import subprocess
+import threading
+import time
+
+import pytest
+
+from lab.errors import ConfigError, LabError, NotFound
+from lab.events import MODEL_PROMOTED, MODEL_REGISTERED, MODEL_ROLLED_BACK
+from lab.registry import MIGRATIONS, ModelVersion, Registry
+from lab.registry import _db
+from lab.registry._db import Database, utc_now
+from lab.registry._migrations import apply_migrations
+
+TABLES = ("runs", "run_params", "run_metrics", "run_artifacts", "run_data", "datasets", "trials",
+          "model_versions", "alias_events", "drift", "stage_records", "events")
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project folder with a pyproject.toml (the lock-file fallback)."""
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n')
+    return tmp_path
+
+
+@pytest.fixture
+def fresh_registry(project):
+    with Registry.open(project / "registry.db") as reg:
+        yield reg
+
+
+def register(reg: Registry, name: str = "fraud", run_id: str | None = None, ap: float = 0.5) -> ModelVersion:
+    return reg.register_model(name, run_id=run_id, flavor="tabular_mlp", artifact_path=f"runs/models/{name}",
+                              metrics={"average_precision": ap}, lineage={})
+
+
+def row_counts(path) -> dict[str, int]:
+    with sqlite3.connect(path) as conn:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+# -- file, WAL, migrations ---------------------------------------------------------------------
+
+def test_open_creates_folders_turns_on_wal_and_records_migrations(tmp_path):
+    path = tmp_path / "deep" / "er" / "registry.db"
+    with Registry.open(path) as reg:
+        assert reg.journal_mode == "wal"
+        assert [m["name"] for m in reg.migrations()] == [name for name, _ in MIGRATIONS]
+    # WAL is a property of the file, seen by any other connection.
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_reopening_applies_no_migration_twice_and_keeps_data(project):
+    path = project / "registry.db"
+    with Registry.open(path) as reg:
+        register(reg)
+        first = reg.migrations()
+    with Registry.open(path) as reg:
+        assert reg.migrations() == first  # same names, same applied_at
+        assert [v.version for v in reg.list_model_versions("fraud")] == [1]
+    database = Database(path)
+    try:
+        assert apply_migrations(database) == []
+    finally:
+        database.close()
+
+
+def test_a_failing_migration_leaves_no_trace_and_later_ones_wait(tmp_path):
+    def creates_then_fails(db):
+        db["half_done"].create({"id": int}, pk="id")
+        raise RuntimeError("boom")
+
+    def never_reached(db):
+        db["later"].create({"id": int}, pk="id")
+
+    database = Database(tmp_path / "registry.db")
+    try:
+        with pytest.raises(RuntimeError):
+            apply_migrations(database, (*MIGRATIONS, ("0099_fails", creates_then_fails), ("0100_later", never_reached)))
+        tables = set(database.db.table_names())
+        assert "half_done" not in tables and "later" not in tables
+        recorded = [r["name"] for r in database.db.query("SELECT name FROM migrations ORDER BY rowid")]
+        assert recorded == [name for name, _ in MIGRATIONS]
+        assert apply_migrations(database, (*MIGRATIONS, ("0100_later", never_reached))) == ["0100_later"]
+    finally:
+        database.close()
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+def test_run_round_trip(fresh_registry, project):
+    reg = fresh_registry
+    parent = reg.start_run(kind="pipeline")
+    run_id = reg.start_run(kind="train", params={"lr": 0.001, "layers": [64, 32]}, seeds={"torch": 7},
+                           parent_run_id=parent, name="nightly")
+    reg.log_params(run_id, {"batch_size": 256, "lr": 0.01})
+    reg.log_metrics(run_id, {"loss": 0.9, "ap": 0.3}, step=1)
+    reg.log_metrics(run_id, {"loss": 0.4}, step=2)
+    reg.log_artifact(run_id, "model", "runs/x/model.pt")
+    reg.log_data(run_id, "training_set", "sha256:abc")
+    reg.finish_run(run_id)
+
+    run = reg.get_run(run_id)
+    assert run["kind"] == "train" and run["name"] == "nightly" and run["parent_run_id"] == parent
+    assert run["params"] == {"lr": 0.01, "layers": [64, 32], "batch_size": 256}
+    assert run["metrics"] == {"loss": 0.4, "ap": 0.3}
+    assert run["artifacts"] == {"model": "runs/x/model.pt"}
+    assert run["data"] == {"training_set": "sha256:abc"}
+    assert run["seeds"] == {"torch": 7}
+    assert run["status"] == "finished" and run["finished_at"] >= run["started_at"]
+    # tmp_path is no git checkout; the lock hash falls back to pyproject.toml.
+    assert run["git_commit"] is None and run["git_dirty"] is None
+    assert run["lock_file"] == "pyproject.toml"
+    assert run["lock_hash"] == hashlib.sha256((project / "pyproject.toml").read_bytes()).hexdigest()
+    assert run["env"]["python"] and "sqlite-utils" in run["env"]["packages"]
+    assert [m["value"] for m in reg.metric_history(run_id, "loss")] == [0.9, 0.4]
+    assert [e["kind"] for e in reg.events()] == ["run.started", "run.started", "run.finished"]
+
+
+def test_run_records_git_commit_dirty_flag_and_lock_file(project):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=project, check=True)
+    (project / ".gitignore").write_text("registry.db*\n")
+    (project / "requirements.lock").write_text("torch==2.13.0\n")
+    subprocess.run([*git, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=project, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    with Registry.open(project / "registry.db") as reg:
+        clean = reg.get_run(reg.start_run(kind="train"))
+        (project / "pyproject.toml").write_text("# edited\n")
+        dirty = reg.get_run(reg.start_run(kind="train"))
+    assert clean["git_commit"] == head and clean["git_dirty"] is False
+    assert dirty["git_commit"] == head and dirty["git_dirty"] is True
+    assert clean["lock_file"] == "requirements.lock"
+    assert clean["lock_hash"] == hashlib.sha256(b"torch==2.13.0\n").hexdigest()
+
+
+def test_unknown_run_is_not_found_and_says_how_to_list_runs(fresh_registry):
+    with pytest.raises(NotFound, match="lab runs"):
+        fresh_registry.get_run("nope")
+    with pytest.raises(NotFound, match="lab runs"):
+        fresh_registry.log_metrics("nope", {"loss": 1.0})
+    with pytest.raises(NotFound):
+        fresh_registry.start_run(kind="train", parent_run_id="nope")
+    assert fresh_registry.list_runs() == []
+
+
+def test_bad_values_are_refused_before_anything_is_written(fresh_registry):
+    reg = fresh_registry
+    run_id = reg.start_run(kind="train")
+    before = row_counts(reg.path)
+    with pytest.raises(LabError, match="metric 'ap' must be a number"):
+        reg.log_metrics(run_id, {"loss": 0.1, "ap": "high"})
+    with pytest.raises(LabError, match="JSON"):
+        reg.log_params(run_id, {"ok": 1, "fn": object()})
+    with pytest.raises(ConfigError, match="finished, failed, killed"):
+        reg.finish_run(run_id, "done")
+    assert row_counts(reg.path) == before
+
+
+def test_a_run_ends_once(fresh_registry):
+    run_id = fresh_registry.start_run(kind="train")
+    fresh_registry.finish_run(run_id, "failed")
+    fresh_registry.finish_run(run_id, "failed")  # same status again: a no-op
+    with pytest.raises(LabError, match="already ended as 'failed'"):
+        fresh_registry.finish_run(run_id, "finished")
+
+
+def test_list_runs_newest_first_by_kind_with_limit(fresh_registry):
+    ids = [fresh_registry.start_run(kind=kind) for kind in ("train", "pipeline", "train", "train")]
+    assert [r["id"] for r in fresh_registry.list_runs()] == ids[::-1]
+    assert [r["id"] for r in fresh_registry.list_runs(kind="train", limit=2)] == [ids[3], ids[2]]
+    with pytest.raises(ConfigError):
+        fresh_registry.list_runs(limit=0)
+
+
+# -- datasets, trials ------------------------------------------------------------------------------
+
+def test_datasets_by_digest_and_recording_twice_is_idempotent(fresh_registry):
+    reg = fresh_registry
+    first = reg.record_dataset(kind="training_set", name="fraud", digest="d1", path="data/t.parquet",
+                               rows=100, meta={"window": "7d"})
+    again = reg.record_dataset(kind="training_set", name="fraud", digest="d1", path="data/t.parquet", rows=100)
+    assert again == first
+    assert reg.get_dataset("d1")["meta"] == {"window": "7d"} and reg.get_dataset("d1")["rows"] == 100
+    assert reg.get_dataset("unknown") is None
+
+
+def test_trials_upsert_on_run_and_number(fresh_registry):
+    run_id = fresh_registry.start_run(kind="sweep")
+    fresh_registry.record_trial(run_id, number=0, params={"lr": 0.1}, value=None, state="RUNNING")
+    fresh_registry.record_trial(run_id, number=1, params={"lr": 0.2}, value=0.4, state="COMPLETE")
+    fresh_registry.record_trial(run_id, number=0, params={"lr": 0.1}, value=0.6, state="COMPLETE")
+    trials = fresh_registry.list_trials(run_id)
+    assert [(t["number"], t["value"], t["state"]) for t in trials] == [(0, 0.6, "COMPLETE"), (1, 0.4, "COMPLETE")]
+    assert trials[0]["params"] == {"lr": 0.1}
+
+
+# -- versions ---------------------------------------------------------------------------------------
+
+def test_versions_count_up_per_model_name(fresh_registry):
+    reg = fresh_registry
+    run_id = reg.start_run(kind="train")
+    assert [register(reg, "fraud", run_id).version for _ in range(3)] == [1, 2, 3]
+    assert register(reg, "churn").version == 1
+    assert reg.get_model_version("fraud", 2).run_id == run_id
+    assert reg.list_model_versions("nobody") == []
+    with pytest.raises(NotFound, match="lab runs"):
+        register(reg, "fraud", run_id="missing-run")
+
+
+def test_unknown_model_or_version_names_what_exists(fresh_registry):
+    with pytest.raises(NotFound, match="no model is registered yet"):
+        fresh_registry.get_model_version("fraud", 1)
+    register(fresh_registry, "fraud")
+    register(fresh_registry, "fraud")
+    with pytest.raises(NotFound, match=r"no version 9; its versions are 1, 2 \(see `lab models fraud`\)"):
+        fresh_registry.get_model_version("fraud", 9)
+    with pytest.raises(NotFound, match="registered models: fraud"):
+        fresh_registry.get_model_version("frod", 1)
+
+
+def _register_many(path: str, start, count: int, errors) -> None:
+    try:
+        with Registry.open(path) as reg:
+            start.wait(timeout=30)
+            for _ in range(count):
+                register(reg, "fraud")
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        errors.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_two_processes_registering_at_once_get_distinct_versions(project):
+    path = str(project / "registry.db")
+    Registry.open(path).close()  # migrations done, so the race is on registration alone
+    ctx = multiprocessing.get_context("spawn")
+    start, errors, count = ctx.Event(), ctx.Queue(), 25
+    workers = [ctx.Process(target=_register_many, args=(path, start, count, errors)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    start.set()
+    for w in workers:
+        w.join(timeout=60)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    assert problems == [] and [w.exitcode for w in workers] == [0, 0]
+    with Registry.open(path) as reg:
+        versions = [v.version for v in reg.list_model_versions("fraud")]
+    assert versions == list(range(1, 2 * count + 1))
+
+
+def test_a_writer_waits_for_another_and_gives_up_with_a_clear_error(fresh_registry, monkeypatch):
+    blocker = sqlite3.connect(fresh_registry.path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, blocker.rollback).start()
+    assert register(fresh_registry).version == 1  # waited out the 0.3 s lock
+
+    monkeypatch.setattr(_db, "LOCK_RETRY_S", 0.3)
+    fresh_registry._db.db.conn.execute("PRAGMA busy_timeout = 50")
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(LabError, match="stayed locked by another writer"):
+            register(fresh_registry)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert [v.version for v in fresh_registry.list_model_versions("fraud")] == [1]
+
+
+# -- aliases ----------------------------------------------------------------------------------------
+
+def test_promote_and_set_alias_append_history_that_cannot_be_changed(fresh_registry):
+    reg = fresh_registry
+    for _ in range(3):
+        register(reg)
+    first = reg.promote("fraud", 1, actor="ci", reason="first model")
+    assert first["from_version"] is None and first["to_version"] == 1 and first["action"] == "promote"
+    reg.set_alias("fraud", "challenger", 3)
+    second = reg.promote("fraud", 2, reason="gate passed")
+    assert second["from_version"] == 1
+    assert reg.get_alias("fraud", "champion").version == 2
+    assert reg.get_alias("fraud", "challenger").version == 3
+    assert reg.get_alias("fraud", "shadow") is None
+    assert reg.get_alias("nobody", "champion") is None  # nothing registered: no champion yet
+    assert reg.aliases("fraud") == {"challenger": 3, "champion": 2}
+
+    history = reg.alias_history("fraud", "champion")
+    assert [(e["action"], e["from_version"], e["to_version"], e["actor"], e["reason"]) for e in history] == [
+        ("promote", None, 1, "ci", "first model"),
+        ("promote", 1, 2, history[1]["actor"], "gate passed"),
+    ]
+    assert set(history[0]) == {"id", "model", "alias", "action", "from_version", "to_version", "actor", "reason", "at"}
+    assert [e["alias"] for e in reg.alias_history("fraud")] == ["champion", "challenger", "champion"]
+    with sqlite3.connect(reg.path) as conn:
+        for sql in ("UPDATE alias_events SET to_version = 3", "DELETE FROM alias_events"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                conn.execute(sql)
+    assert len(reg.alias_history("fraud")) == 3
+
+
+def test_promoting_a_missing_version_writes_nothing(fresh_registry):
+    register(fresh_registry)
+    fresh_registry.promote("fraud", 1)
+    before = row_counts(fresh_registry.path)
+    with pytest.raises(NotFound, match="its versions are 1"):
+        fresh_registry.promote("fraud", 5)
+    with pytest.raises(NotFound, match="registered models: fraud"):
+        fresh_registry.promote("frod", 1)
+    with pytest.raises(ConfigError, match="not a valid name"):
+        fresh_registry.promote("fraud", 1, alias="bad alias")
+    assert row_counts(fresh_registry.path) == before
+    assert fresh_registry.get_alias("fraud", "champion").version == 1
+
+
+def test_rollback_walks_back_and_stops_with_a_clear_error(fresh_registry):
+    reg = fresh_registry
+    for _ in range(3):
+        register(reg)
+    for version in (1, 2, 3):
+        reg.promote("fraud", version)
+    assert reg.rollback("fraud", reason="bad canary").version == 2
+    assert reg.rollback("fraud").version == 1  # walks back, does not flip to 3
+    before = row_counts(reg.path)
+    with pytest.raises(LabError, match="nothing to roll back to") as caught:
+        reg.rollback("fraud")
+    assert "lab promote fraud VERSION" in str(caught.value)
+    assert row_counts(reg.path) == before
+    assert reg.get_alias("fraud", "champion").version == 1
+    # A promotion after rollbacks starts a new step back from the restored version.
+    reg.promote("fraud", 3)
+    assert reg.rollback("fraud").version == 1
+    actions = [(e["action"], e["from_version"], e["to_version"]) for e in reg.alias_history("fraud", "champion")]
+    assert actions[3:] == [("rollback", 3, 2), ("rollback", 2, 1), ("promote", 1, 3), ("rollback", 3, 1)]
+
+
+def test_rollback_of_an_alias_never_set_names_the_aliases(fresh_registry):
+    register(fresh_registry)
+    fresh_registry.set_alias("fraud", "challenger", 1)
+    with pytest.raises(NotFound, match="has no alias 'champion'; its aliases: challenger"):
+        fresh_registry.rollback("fraud")
+
+
+def test_alias_at_answers_what_was_live_at_a_moment(fresh_registry):
+    reg = fresh_registry
+    register(reg)
+    register(reg)
+    before_any = utc_now()
+    reg.promote("fraud", 1)
+    between = utc_now()
+    reg.promote("fraud", 2)
+    reg.rollback("fraud")
+    assert reg.alias_at("fraud", "champion", before_any) is None
+    assert reg.alias_at("fraud", "champion", between).version == 1
+    assert reg.alias_at("fraud", "champion", dt.datetime.fromisoformat(between)).version == 1
+    moment_after_second = reg.alias_history("fraud")[1]["at"]
+    assert reg.alias_at("fraud", "champion", moment_after_second).version == 2
+    assert reg.alias_at("fraud", "champion", dt.datetime.now(dt.timezone.utc)).version == 1
+    today = dt.datetime.now(dt.timezone.utc).date()
+    assert reg.alias_at("fraud", "champion", today).version == 1  # a date means its end
+    assert reg.alias_at("fraud", "champion", "2000-01-01") is None
+    with pytest.raises(LabError, match="ISO 8601"):
+        reg.alias_at("fraud", "champion", "yesterday")
+
+
+def test_on_event_hears_registrations_promotions_and_rollbacks(project):
+    heard = []
+    with Registry.open(project / "registry.db", on_event=lambda name, payload: heard.append((name, payload))) as reg:
+        register(reg)
+        register(reg)
+        reg.promote("fraud", 1)
+        reg.promote("fraud", 2)
+        reg.rollback("fraud")
+    assert heard[0] == (MODEL_REGISTERED, {"model": "fraud", "version": 1, "run_id": None})
+    assert heard[3] == (MODEL_PROMOTED, {"model": "fraud", "version": 2, "alias": "champion", "previous": 1})
+    assert heard[4] == (MODEL_ROLLED_BACK, {"model": "fraud", "version": 1, "alias": "champion", "previous": 2})
+
+
+# -- lineage, drift, stages, events -----------------------------------------------------------------
+
+def test_lineage_walks_version_run_data_and_datasets(fresh_registry, project):
+    reg = fresh_registry
+    reg.record_dataset(kind="training_set", name="fraud-train", digest="d-train", path="data/train.parquet", rows=900)
+    reg.record_dataset(kind="raw", name="transactions", digest="d-raw", path="data/tx.parquet", rows=5000)
+    run_id = reg.start_run(kind="train", params={"lr": 0.01}, seeds={"seed": 42})
+    reg.log_data(run_id, "training_set", "d-train")
+    mv = reg.register_model("fraud", run_id=run_id, flavor="tabular_mlp", artifact_path="runs/models/fraud/1",
+                            metrics={"average_precision": 0.7},
+                            lineage={"sources": {"raw": "d-raw"}, "note": "not a digest"})
+    reg.promote("fraud", mv.version)
+
+    walk = reg.lineage("fraud", mv.version)
+    assert walk["model"]["artifact_path"] == "runs/models/fraud/1" and walk["aliases"] == ["champion"]
+    assert walk["run"]["id"] == run_id and walk["run"]["params"] == {"lr": 0.01}
+    assert walk["run"]["lock_hash"] == hashlib.sha256((project / "pyproject.toml").read_bytes()).hexdigest()
+    assert "git_commit" in walk["run"]
+    assert [(d["name"], d["digest"]) for d in walk["data"]] == [("run.training_set", "d-train"),
+                                                              ("lineage.sources.raw", "d-raw")]
+    assert walk["data"][0]["datasets"][0]["rows"] == 900
+    assert walk["data"][1]["datasets"][0]["path"] == "data/tx.parquet"
+    with pytest.raises(NotFound, match="its versions are 1"):
+        reg.lineage("fraud", 2)
+
+
+def test_drift_rows_per_column(fresh_registry):
+    run_id = fresh_registry.start_run(kind="pipeline")
+    fresh_registry.record_drift(run_id, model_name="fraud", model_version=1, reference="train", current="week 2",
+                                scores={"amount": {"score": 0.01, "drifted": True, "method": "ks"},
+                                        "hour": {"score": 0.6, "drifted": False, "method": "ks"}})
+    rows = fresh_registry.list_drift(run_id=run_id)
+    assert [(r["column"], r["drifted"], r["score"]) for r in rows] == [("amount", True, 0.01), ("hour", False, 0.6)]
+    assert fresh_registry.events("drift.recorded")[0]["payload"]["drifted"] == ["amount"]
+    with pytest.raises(ConfigError, match="score, drifted and method"):
+        fresh_registry.record_drift(run_id, model_name="fraud", model_version=1, reference="a", current="b",
+                                    scores={"amount": 0.3})
+
+
+def test_stage_cache_finds_the_latest_finished_record(fresh_registry):
+    reg = fresh_registry
+    first = reg.start_run(kind="pipeline")
+    reg.record_stage(first, "train", status="running", attempt=1, cache_key="k1", output_notebook="a.ipynb")
+    reg.record_stage(first, "train", status="failed", attempt=1, cache_key="k1", output_notebook="a.ipynb",
+                     error="CUDA? no")
+    assert reg.find_stage_cache("train", "k1") is None  # a failure is no cache hit
+    reg.record_stage(first, "train", status="finished", attempt=2, cache_key="k1", output_notebook="a.ipynb",
+                     outputs={"model": "runs/m"})
+    second = reg.start_run(kind="pipeline")
+    reg.record_stage(second, "train", status="finished", attempt=1, cache_key="k1", output_notebook="b.ipynb",
+                     outputs={"model": "runs/m2"})
+    hit = reg.find_stage_cache("train", "k1")
+    assert hit["pipeline_run_id"] == second and hit["outputs"] == {"model": "runs/m2"}
+    assert reg.find_stage_cache("train", "k2") is None
+    assert reg.find_stage_cache("features", "k1") is None
+    assert [(s["status"], s["attempt"]) for s in reg.stage_history(first)] == [
+        ("running", 1), ("failed", 1), ("finished", 2)]
+    last = reg.last_pipeline_run()
+    assert last["id"] == second and [s["output_notebook"] for s in last["stages"]] == ["b.ipynb"]
+    with pytest.raises(ConfigError, match="running, finished, failed, skipped"):
+        reg.record_stage(first, "train", status="done", attempt=1, cache_key="k1", output_notebook=None)
+    with pytest.raises(NotFound):
+        reg.record_stage("nope", "train", status="running", attempt=1, cache_key="k1", output_notebook=None)
+
+
+def test_no_pipeline_run_yet(fresh_registry):
+    fresh_registry.start_run(kind="train")
+    assert fresh_registry.last_pipeline_run() is None
+
+
+def test_audit_events_keep_actor_and_time_and_list_latest(fresh_registry, monkeypatch):
+    monkeypatch.setenv("LAB_ACTOR", "ci-bot")
+    for i in range(5):
+        fresh_registry.append_event("flag.changed", "new_ui", {"on": i % 2 == 0})
+    fresh_registry.append_event("approval", "fraud", {"version": 1}, actor="alice")
+    latest = fresh_registry.events(limit=3)
+    assert [e["kind"] for e in latest] == ["flag.changed", "flag.changed", "approval"]
+    assert latest[-1]["actor"] == "alice" and latest[0]["actor"] == "ci-bot" and latest[0]["at"]
+    assert [e["payload"]["on"] for e in fresh_registry.events("flag.changed")] == [True, False, True, False, True]
