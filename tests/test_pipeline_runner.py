@@ -104,13 +104,13 @@ def test_failure_retries_then_resume_then_cache(toy_lab):
     with Registry.open(config.registry_path) as reg:
         failed = reg.last_pipeline_run()
         assert failed["status"] == "failed"
-    kept = list((config.runs_path / failed["run_id"]).glob("02_use*.ipynb"))
+    kept = list((config.runs_path / failed["id"]).glob("02_use*.ipynb"))
     assert len(kept) == 2 and "data/ok is missing" in kept[0].read_text()
 
     # Fix the cause: the same run resumes, `make` is not run again.
     (toy_lab / "data/ok").write_text("")
     result = run_pipeline(config, pm, log=logs.append)
-    assert result.resumed and result.run_id == failed["run_id"]
+    assert result.resumed and result.run_id == failed["id"]
     assert [s.status for s in result.stages] == ["skipped", "finished"]
     assert calls(toy_lab) == ["make", "use", "use", "use"]
     assert (toy_lab / "data/b.txt").read_text() == "HELLO"

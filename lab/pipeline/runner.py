@@ -144,7 +144,8 @@ def run_pipeline(
         last = registry.last_pipeline_run()
         resumed = bool(last and last["status"] in ("failed", "running") and not new_run)
         if resumed:
-            run_id = last["run_id"]
+            run_id = last["id"]
+            registry.resume_run(run_id)
             log(f"resuming pipeline run {run_id} (it stopped with status {last['status']})")
         else:
             run_id = registry.start_run(kind="pipeline", params={"stages": [s.name for s in stages]})

@@ -222,6 +222,17 @@ class Registry(ModelCatalog, PipelineRecords):
             db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?", [status, utc_now(), run_id])
             self._record_event(db, f"run.{status}", run_id, {"kind": run["kind"]}, None)
 
+    def resume_run(self, run_id: str) -> None:
+        """Put a failed or killed run back to running (``lab run`` resuming it); recorded as an event."""
+        with self._db.write() as db:
+            run = self._require_run(run_id)
+            if run["status"] == "running":
+                return
+            if run["status"] == "finished":
+                raise LabError(f"run {run_id} finished; start a new run instead of resuming it")
+            db.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = ?", [run_id])
+            self._record_event(db, "run.resumed", run_id, {"kind": run["kind"], "was": run["status"]}, None)
+
     def get_run(self, run_id: str) -> dict:
         """A run with its params, latest metrics, artifacts, data digests, seeds,
         provenance (git_commit, git_dirty, lock_file, lock_hash, env), status and times."""

@@ -1,0 +1,66 @@
+"""The whole notebook pipeline, run with papermill on a small simulated dataset in a temp lab."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lab.cli import main
+from lab.config import load_config
+from lab.registry import Registry
+from tests.conftest import REPO, write_pyproject
+
+SMALL = """
+[tool.lab.simulate]
+exact = false
+n_customers = 400
+n_terminals = 800
+nb_days = 60
+
+[tool.lab.train]
+train_start = "2018-04-25"
+n_trials = 2
+max_epochs = 2
+"""
+
+
+@pytest.fixture
+def small_lab(tmp_path):
+    write_pyproject(tmp_path, SMALL)
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_then_cached(small_lab, capsys):
+    assert main(["--root", str(small_lab), "run"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "8 stage(s) ran, 0 skipped" in out
+    assert "champion fraud v1 on the reference test window: AUC" in out
+
+    config = load_config(small_lab)
+    with Registry.open(config.registry_path, project_root=small_lab) as reg:
+        champion = reg.get_alias("fraud", "champion")
+        assert champion is not None and champion.version == 1
+        assert 0.5 < champion.metrics["roc_auc"] <= 1.0
+        assert set(champion.metrics) >= {"roc_auc", "average_precision", "card_precision_at_100"}
+        lineage = champion.lineage
+        assert lineage["trainset_digest"] and lineage["feature_views"].keys() == {"customer_spending", "terminal_risk"}
+        run = reg.get_run(champion.run_id)
+        assert run["status"] == "finished" and len(reg.list_trials(champion.run_id)) == 2
+        drift = reg.list_drift()
+        assert {d["column"] for d in drift} >= {"TX_AMOUNT", "TERMINAL_ID_RISK_30DAY_WINDOW"} or drift
+
+    run_dirs = [p for p in config.runs_path.iterdir() if p.is_dir() and p.name != "models"]
+    notebooks = sorted(p.name for p in run_dirs[0].glob("*.ipynb"))
+    assert notebooks[0] == "01_simulate.ipynb" and len(notebooks) == 8
+    assert (small_lab / "data/online.db").exists() and (small_lab / "data/drift.html").stat().st_size > 10_000
+    evaluation = json.loads((small_lab / "data/evaluation.json").read_text())
+    assert evaluation["gate"]["passed"] is True and evaluation["champion"] is None
+
+    # Nothing changed: every stage is skipped, the champion is the same.
+    assert main(["--root", str(small_lab), "run"]) == 0
+    out = capsys.readouterr().out
+    assert "0 stage(s) ran, 8 skipped" in out and "champion fraud v1" in out
