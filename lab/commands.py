@@ -69,3 +69,7 @@ COMMANDS: list[Command] = [
 from lab.registry.commands import COMMANDS as REGISTRY_COMMANDS  # noqa: E402
 
 COMMANDS += REGISTRY_COMMANDS
+
+from lab.features.commands import COMMANDS as FEATURE_COMMANDS  # noqa: E402
+
+COMMANDS += FEATURE_COMMANDS

@@ -1,0 +1,220 @@
+"""``lab features ...``: load sources, build training sets, materialize, list and look up.
+
+The stores come from the ``lab_offline_store`` / ``lab_online_store`` hooks, the views
+from ``lab_feature_views``, and the request-time half of the training set
+(``request_features``, ``FEATURE_COLUMNS``) from the loaded plugin that exports both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from lab.cli import Command, Context
+from lab.errors import ConfigError, LabError, NotFound
+
+
+def _date(value: str, flag: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} {value!r} is not a date; write it as YYYY-MM-DD (2018-07-25)") from None
+
+
+def _datetime(value: str, flag: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{flag} {value!r} is not a date-time; write it as YYYY-MM-DDTHH:MM:SS (2018-08-01T00:00:00)"
+        ) from None
+
+
+def offline_store(ctx: Context):
+    store = ctx.pm.hook.lab_offline_store(config=ctx.config)
+    if store is None:
+        raise LabError("no plugin provides an offline store (lab_offline_store); is duckdb_offline loaded?")
+    return store
+
+
+def online_store(ctx: Context):
+    store = ctx.pm.hook.lab_online_store(config=ctx.config)
+    if store is None:
+        raise LabError("no plugin provides an online store (lab_online_store); is sqlite_online loaded?")
+    return store
+
+
+def views(ctx: Context) -> dict:
+    from lab.plugins import feature_views
+
+    return feature_views(ctx.pm, ctx.config)
+
+
+def request_half(ctx: Context):
+    """The loaded plugin that exports ``request_features`` and ``FEATURE_COLUMNS``."""
+    for _name, plugin in ctx.pm.list_name_plugin():
+        if hasattr(plugin, "request_features") and hasattr(plugin, "FEATURE_COLUMNS"):
+            return plugin.request_features, list(plugin.FEATURE_COLUMNS)
+    raise LabError("no loaded plugin exports request_features and FEATURE_COLUMNS; "
+                   "load plugins.fraud_features (it is built in) or a plugin of your own")
+
+
+def _view(ctx: Context, name: str):
+    known = views(ctx)
+    if name not in known:
+        raise NotFound(f"no feature view {name!r}; views: {', '.join(sorted(known)) or 'none'}")
+    return known[name]
+
+
+# -- lab features load ---------------------------------------------------------------
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="source table name (the demo's is 'transactions')")
+    p.add_argument("parquet", help="Parquet file to load; replaces the table in one transaction")
+
+
+def _load_run(args: argparse.Namespace, ctx: Context) -> int:
+    import pyarrow.parquet as pq
+
+    path = Path(args.parquet)
+    if not path.is_file():
+        raise NotFound(f"no Parquet file {path}; simulate first (`lab run`) or give another path")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise LabError(f"cannot read {path} as Parquet: {exc}") from None
+    digest = offline_store(ctx).write_source(args.source, table)
+    print(f"loaded {table.num_rows} rows into {args.source}  digest {digest}")
+    return 0
+
+
+# -- lab features training-set --------------------------------------------------------
+
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    p.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD")
+    p.add_argument("--out", required=True, help="Parquet file to write (atomically)")
+
+
+def _training_run(args: argparse.Namespace, ctx: Context) -> int:
+    import pyarrow.parquet as pq
+
+    from lab.atomic import atomic_path
+    from lab.features.training import training_set
+    from lab.registry import Registry
+
+    start, end = _date(args.start, "--start"), _date(args.end, "--end")
+    if start > end:
+        raise ConfigError(f"--start {start} is after --end {end}; swap them")
+    out = Path(args.out)
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out {args.out!r} must end in .parquet")
+    config = ctx.config
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    offline = offline_store(ctx)
+    all_views = list(views(ctx).values())
+    request_features, feature_columns = request_half(ctx)
+    table, digest = training_set(offline, all_views, start, end,
+                                 request_features=request_features, feature_columns=feature_columns)
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    try:
+        shown_path = str(out.resolve().relative_to(config.root))
+    except ValueError:
+        shown_path = str(out.resolve())
+    meta = {
+        "start": start.isoformat(), "end": end.isoformat(), "source": "transactions",
+        "source_digest": offline.source_digest("transactions"),
+        "views": {v.name: v.version for v in all_views}, "feature_columns": feature_columns,
+    }
+    with Registry.open(config.registry_path, project_root=config.root) as reg:
+        dataset_id = reg.record_dataset(kind="training_set", name=f"{config.model_name}-{start}-{end}",
+                                        digest=digest, path=shown_path, rows=table.num_rows, meta=meta)
+    print(f"wrote {table.num_rows} rows to {shown_path}")
+    print(f"digest {digest}  (dataset {dataset_id})")
+    return 0
+
+
+# -- lab features materialize ---------------------------------------------------------
+
+def _materialize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--as-of", dest="as_of",
+                   help="materialize as of this time, YYYY-MM-DDTHH:MM:SS (default: the latest event)")
+
+
+def _materialize_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab.features.materialize import latest_event_time, materialize
+
+    offline, online = offline_store(ctx), online_store(ctx)
+    selected = list(views(ctx).values())
+    if not selected:
+        raise LabError("no feature views are defined; load a plugin that implements lab_feature_views")
+    as_of = _datetime(args.as_of, "--as-of") if args.as_of else latest_event_time(offline, selected)
+    try:
+        written = materialize(offline, online, selected, as_of)
+    finally:
+        online.close()
+    for name, rows in written.items():
+        print(f"{name:<22} {rows:>8} rows  as of {as_of.isoformat()}")
+    return 0
+
+
+# -- lab features list / get ------------------------------------------------------------
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _list_run(args: argparse.Namespace, ctx: Context) -> int:
+    rows = [
+        {"name": v.name, "version": v.version, "entity": v.entity, "source": v.source,
+         "label_delay_s": v.label_delay.total_seconds(), "ttl_s": v.ttl.total_seconds(),
+         "features": v.feature_names}
+        for v in sorted(views(ctx).values(), key=lambda v: v.name)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<22} {r['version']}  entity {r['entity']:<12} source {r['source']}  "
+              f"delay {r['label_delay_s'] / 86400:g} d  ttl {r['ttl_s'] / 86400:g} d")
+        for f in r["features"]:
+            print(f"    {f}")
+    return 0
+
+
+def _get_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("view", help="feature view name (see `lab features list`)")
+    p.add_argument("key", help="entity key, e.g. a CUSTOMER_ID")
+
+
+def _get_run(args: argparse.Namespace, ctx: Context) -> int:
+    view = _view(ctx, args.view)
+    online = online_store(ctx)
+    try:
+        watermark = online.watermark(view)
+        if watermark is None:
+            raise NotFound(f"view {view.name!r} is not materialized; run `lab features materialize`")
+        (row,) = online.read(view, [args.key])
+    finally:
+        online.close()
+    if row is None:
+        raise NotFound(f"no {view.entity} {args.key!r} in view {view.name!r} (materialized as of "
+                       f"{watermark.isoformat()})")
+    print(json.dumps({"view": view.name, "version": view.version, view.entity: args.key,
+                      "as_of": watermark.isoformat(), "features": row}, indent=2))
+    return 0
+
+
+COMMANDS: list[Command] = [
+    Command("features load", "load a Parquet file into an offline source table", _load_args, _load_run),
+    Command("features training-set", "write a point-in-time training set and record it in the registry",
+            _training_args, _training_run),
+    Command("features materialize", "compute every entity's features as of a time into the online store",
+            _materialize_args, _materialize_run),
+    Command("features list", "list feature views with versions, entities and features", _list_args, _list_run),
+    Command("features get", "look up one entity's features in the online store", _get_args, _get_run),
+]

@@ -1,0 +1,187 @@
+"""Contract test suites for store backends: subclass one, override ``store``, run pytest.
+
+    from lab.testing.stores import OfflineStoreContract
+
+    class TestMyStore(OfflineStoreContract):
+        @pytest.fixture
+        def store(self, tmp_path):
+            s = MyStore(tmp_path / "db")
+            yield s
+            s.close()
+
+The fixture must give a fresh, empty store for each test. ``OfflineStoreContract``
+checks source tables and digests; ``lab.testing.point_in_time.PointInTimeContract``
+checks retrieval; ``OnlineStoreContract`` checks the online store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from lab.errors import LabError, NotFound
+from lab.features.views import Aggregation, FeatureView
+
+T0 = dt.datetime(2024, 3, 10, 12, 0, 0)
+SECOND = dt.timedelta(seconds=1)
+
+
+def events(n: int = 6, offset: float = 0.0) -> pa.Table:
+    """A small source table: ENTITY, TS (one a minute from T0), AMOUNT, LABEL, NOTE."""
+    return pa.table({
+        "ENTITY": pa.array([i % 3 for i in range(n)], pa.int64()),
+        "TS": pa.array([T0 + dt.timedelta(minutes=i) for i in range(n)], pa.timestamp("us")),
+        "AMOUNT": pa.array([10.5 * i + offset for i in range(n)], pa.float64()),
+        "LABEL": pa.array([i % 2 for i in range(n)], pa.int64()),
+        "NOTE": pa.array([None if i == 2 else f"n{i}" for i in range(n)], pa.string()),
+    })
+
+
+class OfflineStoreContract:
+    """Source tables: write, replace, read, digest, and the errors for bad names."""
+
+    @pytest.fixture
+    def store(self):
+        raise NotImplementedError("override the `store` fixture: return a fresh, empty OfflineStore")
+
+    def test_read_gives_back_what_was_written(self, store):
+        data = events()
+        store.write_source("events", data)
+        back = store.read_source("events")
+        assert back.column_names == data.column_names
+        assert back.to_pylist() == data.to_pylist()
+
+    def test_read_some_columns_in_the_order_asked(self, store):
+        store.write_source("events", events())
+        back = store.read_source("events", ["AMOUNT", "ENTITY"])
+        assert back.column_names == ["AMOUNT", "ENTITY"]
+        assert back.column("AMOUNT").to_pylist() == events().column("AMOUNT").to_pylist()
+
+    def test_unknown_column_is_an_error_naming_it(self, store):
+        store.write_source("events", events())
+        with pytest.raises(LabError, match="NOPE"):
+            store.read_source("events", ["ENTITY", "NOPE"])
+
+    def test_write_replaces_the_whole_table(self, store):
+        store.write_source("events", events(6))
+        store.write_source("events", events(2).select(["ENTITY", "TS"]))
+        back = store.read_source("events")
+        assert back.column_names == ["ENTITY", "TS"]
+        assert back.num_rows == 2
+
+    def test_write_returns_the_digest_that_source_digest_reports(self, store):
+        digest = store.write_source("events", events())
+        assert isinstance(digest, str) and len(digest) >= 32
+        assert store.source_digest("events") == digest
+
+    def test_digest_ignores_row_order_and_chunking(self, store):
+        data = events(9)
+        first = store.write_source("a", data)
+        shuffled = data.take([4, 8, 0, 2, 6, 1, 7, 3, 5])
+        rechunked = pa.concat_tables([shuffled.slice(0, 4), shuffled.slice(4)])
+        assert store.write_source("b", rechunked) == first
+
+    def test_digest_changes_when_one_value_does(self, store):
+        first = store.write_source("events", events(6))
+        assert store.write_source("events", events(6, offset=0.01)) != first
+        assert store.source_digest("events") != first
+
+    def test_each_source_keeps_its_own_digest(self, store):
+        a = store.write_source("a", events(3))
+        b = store.write_source("b", events(4))
+        assert a != b
+        assert (store.source_digest("a"), store.source_digest("b")) == (a, b)
+
+    def test_missing_source_raises_not_found(self, store):
+        store.write_source("events", events())
+        with pytest.raises(NotFound, match="nothing_here"):
+            store.source_digest("nothing_here")
+        with pytest.raises(NotFound, match="nothing_here"):
+            store.read_source("nothing_here")
+
+    @pytest.mark.parametrize("bad", ["", "1abc", "has space", "semi;colon", 'quo"te'])
+    def test_bad_source_name_is_refused_before_anything_is_written(self, store, bad):
+        store.write_source("events", events())
+        with pytest.raises(LabError):
+            store.write_source(bad, events())
+        assert store.read_source("events").num_rows == events().num_rows
+
+
+SPEND = FeatureView(
+    name="spend", entity="CUSTOMER_ID", source="tx", timestamp="TS",
+    aggregations=(
+        Aggregation("NB_1D", "AMOUNT", "count", dt.timedelta(days=1)),
+        Aggregation("AVG_1D", "AMOUNT", "mean", dt.timedelta(days=1)),
+    ),
+)
+PROFILE = FeatureView(name="profile", entity="CITY", source="cities", timestamp="TS", features=("NAME",))
+
+
+def spend_rows(keys, counts=None, means=None) -> pa.Table:
+    counts = counts if counts is not None else [i + 1 for i in range(len(keys))]
+    means = means if means is not None else [1.5 * (i + 1) for i in range(len(keys))]
+    return pa.table({"CUSTOMER_ID": pa.array(keys, pa.int64()), "NB_1D": pa.array(counts, pa.int64()),
+                     "AVG_1D": pa.array(means, pa.float64())})
+
+
+class OnlineStoreContract:
+    """Write, read and watermark: replacement is whole, reads keep key order."""
+
+    @pytest.fixture
+    def store(self):
+        raise NotImplementedError("override the `store` fixture: return a fresh, empty OnlineStore")
+
+    def test_never_materialized_view_has_no_watermark_and_no_rows(self, store):
+        assert store.watermark(SPEND) is None
+        assert store.read(SPEND, [1, 2]) == [None, None]
+
+    def test_read_returns_features_in_key_order_none_for_unknown(self, store):
+        assert store.write(SPEND, spend_rows([10, 20, 30]), T0) == 3
+        got = store.read(SPEND, [30, 99, 10, 30])
+        assert got == [{"NB_1D": 3, "AVG_1D": 4.5}, None, {"NB_1D": 1, "AVG_1D": 1.5}, {"NB_1D": 3, "AVG_1D": 4.5}]
+
+    def test_watermark_is_the_as_of_time_written(self, store):
+        store.write(SPEND, spend_rows([1]), T0)
+        assert store.watermark(SPEND) == T0
+        store.write(SPEND, spend_rows([1]), T0 + SECOND)
+        assert store.watermark(SPEND) == T0 + SECOND
+
+    def test_write_replaces_every_row_of_the_view(self, store):
+        store.write(SPEND, spend_rows([1, 2, 3]), T0)
+        store.write(SPEND, spend_rows([3, 4], counts=[7, 8]), T0 + SECOND)
+        assert store.read(SPEND, [1, 2, 3, 4]) == [None, None, {"NB_1D": 7, "AVG_1D": 1.5},
+                                                   {"NB_1D": 8, "AVG_1D": 3.0}]
+
+    def test_views_are_kept_apart(self, store):
+        store.write(SPEND, spend_rows([1]), T0)
+        cities = pa.table({"CITY": ["paris", "oslo"], "NAME": ["Paris", "Oslo"]})
+        store.write(PROFILE, cities, T0 + SECOND)
+        assert store.read(PROFILE, ["oslo", "rome"]) == [{"NAME": "Oslo"}, None]
+        assert store.read(SPEND, [1]) == [{"NB_1D": 1, "AVG_1D": 1.5}]
+        assert store.watermark(SPEND) == T0
+
+    def test_null_feature_values_come_back_as_none(self, store):
+        store.write(SPEND, spend_rows([1, 2], counts=[0, 2], means=[None, 2.0]), T0)
+        assert store.read(SPEND, [1]) == [{"NB_1D": 0, "AVG_1D": None}]
+
+    def test_many_keys_are_read_in_order(self, store):
+        keys = list(range(2500))
+        store.write(SPEND, spend_rows(keys, counts=keys, means=[k / 2 for k in keys]), T0)
+        wanted = [2499, -1, *range(0, 2500, 3)]
+        got = store.read(SPEND, wanted)
+        assert got[1] is None
+        assert [g["NB_1D"] for g in got[:1] + got[2:]] == [2499, *range(0, 2500, 3)]
+
+    def test_repeated_key_is_refused_and_old_rows_stay(self, store):
+        store.write(SPEND, spend_rows([1, 2]), T0)
+        with pytest.raises(LabError):
+            store.write(SPEND, spend_rows([5, 5]), T0 + SECOND)
+        assert store.read(SPEND, [1, 5]) == [{"NB_1D": 1, "AVG_1D": 1.5}, None]
+        assert store.watermark(SPEND) == T0
+
+    def test_missing_feature_column_is_refused_naming_it(self, store):
+        with pytest.raises(LabError, match="AVG_1D"):
+            store.write(SPEND, spend_rows([1]).drop_columns(["AVG_1D"]), T0)
+        assert store.watermark(SPEND) is None

@@ -1,0 +1,238 @@
+"""``SQLiteOnlineStore``: the latest feature values per entity, in one SQLite file (WAL).
+
+One table per view (``view_<name>``): the entity key as PRIMARY KEY and one typed column
+per feature (integers INTEGER, floats REAL, strings TEXT, times ISO-8601 TEXT). A
+``watermarks`` table records, per view, the time it was materialized as of, the view
+version it was computed with, the key type and the row count. ``write`` swaps a view's
+table and its watermark in one ``BEGIN IMMEDIATE`` transaction; readers in WAL mode keep
+reading the previous snapshot until it commits, so they see the old or the new rows,
+never a mix, and are never blocked by the writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+
+from lab.errors import LabError
+from lab.features.stores import OnlineStore
+from lab.features.views import FeatureView
+
+_BATCH = 500  # keys per SELECT: well under SQLite's bound-variable limit
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS watermarks (
+    view TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    watermark TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    features TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    written_at TEXT NOT NULL
+)
+"""
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_type(name: str, t: pa.DataType) -> str:
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return "INTEGER"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "REAL"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_temporal(t):
+        return "TEXT"
+    raise LabError(f"column {name!r} has type {t}, which the SQLite online store cannot hold; "
+                   "use numbers, strings or times")
+
+
+def _to_cell(value):
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    return value
+
+
+class SQLiteOnlineStore(OnlineStore):
+    """The built-in online store at ``path`` (created, with its folder, on first use).
+
+    Safe to share between threads (each thread gets its own connection) and processes.
+    """
+
+    busy_timeout_ms = 10_000
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteOnlineStore({str(self.path)!r})"
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                  timeout=self.busy_timeout_ms / 1000)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            con.execute(_SCHEMA)
+            self._local.con = con
+            with self._lock:
+                self._all.append(con)
+        return con
+
+    def _begin_immediate(self, con: sqlite3.Connection) -> None:
+        # busy_timeout covers most waits; retry covers a lock lost in a race at BEGIN.
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise LabError(f"online store {self.path} is busy: {exc}") from None
+                time.sleep(0.02)
+
+    # -- writing -------------------------------------------------------------------
+
+    def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime) -> int:
+        """Replace ``view``'s rows and watermark in one transaction; return the row count."""
+        if hasattr(rows, "to_arrow") and not isinstance(rows, pa.Table):
+            rows = rows.to_arrow()
+        if not isinstance(rows, pa.Table):
+            raise LabError(f"rows must be a pyarrow.Table, got {type(rows).__name__}")
+        if not isinstance(watermark, dt.datetime):
+            raise LabError(f"watermark must be a datetime, got {watermark!r}")
+        columns = [view.entity, *view.feature_names]
+        missing = [c for c in columns if c not in rows.column_names]
+        if missing:
+            raise LabError(f"rows for view {view.name!r} lack column(s) {', '.join(missing)}; "
+                           f"they have {', '.join(rows.column_names)}")
+        if rows.column(view.entity).null_count:
+            raise LabError(f"rows for view {view.name!r} have a null {view.entity}; every row needs a key")
+        types = {c: _sqlite_type(c, rows.schema.field(c).type) for c in columns}
+        data = list(zip(*(map(_to_cell, rows.column(c).to_pylist()) for c in columns)))
+        table = _q(f"view_{view.name}")
+        ddl = ", ".join(f"{_q(c)} {types[c]}" for c in columns[1:])
+        ddl = f"{_q(view.entity)} {types[view.entity]} PRIMARY KEY" + (f", {ddl}" if ddl else "")
+        placeholders = ", ".join("?" for _ in columns)
+        con = self._con()
+        self._begin_immediate(con)
+        try:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(f"CREATE TABLE {table} ({ddl})")
+            con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", data)
+            con.execute(
+                "INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (view.name, view.version, watermark.isoformat(), view.entity, types[view.entity],
+                 json.dumps(view.feature_names), len(data),
+                 dt.datetime.now(dt.timezone.utc).isoformat()),
+            )
+            con.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            con.execute("ROLLBACK")
+            raise LabError(f"rows for view {view.name!r} repeat an entity key ({exc}); "
+                           "give one row per key. The previous rows are kept.") from None
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return len(data)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _state(self, con: sqlite3.Connection, view: FeatureView) -> tuple | None:
+        return con.execute(
+            "SELECT version, watermark, key_type FROM watermarks WHERE view = ?", (view.name,)
+        ).fetchone()
+
+    def read(self, view: FeatureView, keys: Sequence) -> list[dict | None]:
+        """Each key's features (a dict by feature name), in order; None for an unknown key.
+
+        A view never materialized gives all None. A view whose definition changed since
+        it was materialized raises: its stored values would silently be the old ones.
+        """
+        keys = list(keys)
+        con = self._con()
+        # One read transaction over all batches: one snapshot even if a write commits.
+        many = len(keys) > _BATCH
+        if many:
+            con.execute("BEGIN")
+        try:
+            state = self._state(con, view)
+            if state is None:
+                return [None] * len(keys)
+            version, watermark, key_type = state
+            if version != view.version:
+                raise LabError(
+                    f"the online store holds view {view.name!r} version {version} (as of {watermark}), "
+                    f"but the definition is now version {view.version}; run `lab features materialize`"
+                )
+            wanted = [_normalize_key(k, key_type) for k in keys]
+            columns = ", ".join(_q(c) for c in [view.entity, *view.feature_names])
+            table = _q(f"view_{view.name}")
+            found: dict = {}
+            distinct = list(dict.fromkeys(k for k in wanted if k is not None))
+            for i in range(0, len(distinct), _BATCH):
+                batch = distinct[i: i + _BATCH]
+                sql = (f"SELECT {columns} FROM {table} WHERE {_q(view.entity)} IN "
+                       f"({', '.join('?' for _ in batch)})")
+                for row in con.execute(sql, batch):
+                    found[row[0]] = dict(zip(view.feature_names, row[1:]))
+        finally:
+            if many:
+                con.execute("COMMIT")
+        return [dict(found[k]) if k in found else None for k in wanted]
+
+    def watermark(self, view: FeatureView) -> dt.datetime | None:
+        """The ``as_of`` time of the view's last materialization, or None."""
+        state = self._state(self._con(), view)
+        return None if state is None else dt.datetime.fromisoformat(state[1])
+
+    def materialized(self) -> dict[str, dict]:
+        """Every materialized view: version, watermark, entity, row count, write time."""
+        rows = self._con().execute(
+            "SELECT view, version, watermark, entity, rows, written_at FROM watermarks ORDER BY view"
+        ).fetchall()
+        return {r[0]: {"version": r[1], "watermark": r[2], "entity": r[3], "rows": r[4], "written_at": r[5]}
+                for r in rows}
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            for con in self._all:
+                con.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _normalize_key(key, key_type: str):
+    """Keys as the table stores them: ``"42"`` or ``numpy.int64(42)`` finds INTEGER 42."""
+    if key is None:
+        return None
+    if key_type == "INTEGER":
+        if isinstance(key, str):
+            try:
+                return int(key.strip())
+            except ValueError:
+                return None  # not a possible key: unknown
+        try:
+            as_int = int(key)
+        except (TypeError, ValueError):
+            return None
+        return as_int if as_int == key else None  # 3.5 is no integer key
+    return key if isinstance(key, str) else str(key)

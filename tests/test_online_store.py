@@ -1,0 +1,134 @@
+"""The SQLite online store: the contract suite, the hook, version checks, and readers in
+other processes seeing the old or the new materialization, never a mix."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pyarrow as pa
+import pytest
+
+from lab.config import load_config
+from lab.errors import LabError
+from lab.plugins import make_plugin_manager
+from lab.testing.stores import SPEND, T0, OnlineStoreContract, spend_rows
+from plugins.sqlite_online import SQLiteOnlineStore
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TestSQLiteOnlineStore(OnlineStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path):
+        s = SQLiteOnlineStore(tmp_path / "online.db")
+        yield s
+        s.close()
+
+
+@pytest.fixture
+def online(tmp_path):
+    s = SQLiteOnlineStore(tmp_path / "online.db")
+    yield s
+    s.close()
+
+
+def test_hook_gives_the_sqlite_store_at_the_configured_path(tmp_path):
+    config = load_config(tmp_path)
+    store = make_plugin_manager(entry_points=False).hook.lab_online_store(config=config)
+    assert isinstance(store, SQLiteOnlineStore)
+    assert store.path == tmp_path / "data" / "online.db"
+
+
+def test_file_is_wal_sqlite_with_typed_columns_and_a_watermark_row(online):
+    online.write(SPEND, spend_rows([1, 2]), T0)
+    con = sqlite3.connect(online.path)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        columns = {r[1]: r[2] for r in con.execute("PRAGMA table_info(view_spend)")}
+        assert columns == {"CUSTOMER_ID": "INTEGER", "NB_1D": "INTEGER", "AVG_1D": "REAL"}
+        version, watermark, rows = con.execute(
+            "SELECT version, watermark, rows FROM watermarks WHERE view = 'spend'").fetchone()
+        assert (version, watermark, rows) == (SPEND.version, T0.isoformat(), 2)
+    finally:
+        con.close()
+
+
+def test_keys_given_as_text_or_numpy_find_integer_keys(online):
+    import numpy as np
+
+    online.write(SPEND, spend_rows([7, 8]), T0)
+    assert online.read(SPEND, ["7", np.int64(8), 7.5, "x"]) == [
+        {"NB_1D": 1, "AVG_1D": 1.5}, {"NB_1D": 2, "AVG_1D": 3.0}, None, None]
+
+
+def test_aware_watermark_round_trips(online):
+    aware = dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc)
+    online.write(SPEND, spend_rows([1]), aware)
+    assert online.watermark(SPEND) == aware and online.watermark(SPEND).tzinfo is not None
+
+
+def test_a_changed_view_definition_is_not_read_from_old_rows(online):
+    online.write(SPEND, spend_rows([1]), T0)
+    changed = dataclasses.replace(SPEND, ttl=dt.timedelta(days=3))
+    with pytest.raises(LabError, match="materialize"):
+        online.read(changed, [1])
+
+
+def test_unsupported_feature_type_is_refused_and_nothing_written(online):
+    rows = spend_rows([1]).set_column(2, "AVG_1D", pa.array([[1.0]], pa.list_(pa.float64())))
+    with pytest.raises(LabError, match="AVG_1D"):
+        online.write(SPEND, rows, T0)
+    assert online.watermark(SPEND) is None
+
+
+def test_threads_share_one_store(online):
+    from concurrent.futures import ThreadPoolExecutor
+
+    online.write(SPEND, spend_rows(list(range(100))), T0)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: online.read(SPEND, [k])[0]["NB_1D"], range(100)))
+    assert results == [k + 1 for k in range(100)]
+
+
+READER = textwrap.dedent("""
+    import sys
+    from lab.testing.stores import SPEND
+    from plugins.sqlite_online import SQLiteOnlineStore
+    store = SQLiteOnlineStore(sys.argv[1])
+    keys = list(range(3000))
+    seen = set()
+    for _ in range(int(sys.argv[2])):
+        rows = store.read(SPEND, keys)
+        counts = {r["NB_1D"] for r in rows if r is not None}
+        present = sum(r is not None for r in rows)
+        # one generation per read, and a whole one: generation g has 1000 + 1000 * (g % 2) keys
+        assert len(counts) == 1, counts
+        (g,) = counts
+        assert present == 1000 + 1000 * (g % 2), (g, present)
+        seen.add(g)
+    print(len(seen))
+""")
+
+
+def test_readers_in_another_process_never_see_a_mix(online):
+    """Keys read in several SELECT batches still come from one committed write."""
+    def generation(g):
+        keys = list(range(1000 + 1000 * (g % 2)))
+        return spend_rows(keys, counts=[g] * len(keys), means=[float(g)] * len(keys))
+
+    online.write(SPEND, generation(0), T0)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(online.path), "150"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    g = 0
+    while reader.poll() is None:
+        g += 1
+        online.write(SPEND, generation(g), T0 + dt.timedelta(seconds=g))
+    out, err = reader.communicate()
+    assert reader.returncode == 0, err
+    assert g > 2 and int(out) >= 2  # the reader really saw the data change under it
