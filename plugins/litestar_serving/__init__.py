@@ -1,1 +1,28 @@
-"""Built-in plugin: litestar_serving."""
+"""Built-in plugin: the Litestar model server and the ``lab serve`` command.
+
+``create_app(config, pm)`` builds the app (``app.py``); ``lab serve`` runs it under
+uvicorn (``server.py``). Routes other plugins return from ``lab_http_routes`` are
+mounted beside ``/predict``. Litestar and uvicorn are imported only when the server is
+built, so other ``lab`` commands do not pay for them. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+from lab import hookimpl
+
+
+def create_app(config, pm=None, *, model_name=None, alias="champion"):
+    """The model server app; see ``plugins.litestar_serving.app.create_app``."""
+    from plugins.litestar_serving.app import create_app as _create_app
+
+    return _create_app(config, pm, model_name=model_name, alias=alias)
+
+
+@hookimpl
+def lab_cli_commands():
+    from plugins.litestar_serving.server import SERVE
+
+    return [SERVE]
+
+
+__all__ = ["create_app", "lab_cli_commands"]

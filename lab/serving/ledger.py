@@ -1,0 +1,352 @@
+"""The prediction ledger: every prediction the server makes, appended to one SQLite file.
+
+Serving calls ``Ledger.append`` on the request path, so it must never wait on the disk.
+``append`` only puts the record on a bounded in-memory queue and returns; one writer
+thread takes whatever has queued up (up to ``batch_size`` records) and commits it in a
+single transaction. Under light load each prediction is its own small commit; under
+heavy load the commits grow, so the writer keeps up without the request path paying.
+
+Durability trade-off, stated plainly:
+
+- The file is in WAL mode with ``synchronous=NORMAL``: a commit is written to the WAL
+  but not fsynced. A killed *process* loses nothing that was committed; a power cut or
+  kernel crash may lose the last commits (the database itself stays consistent).
+- Records still on the queue are not on disk at all. ``close()`` (called when the server
+  shuts down, SIGTERM included) drains and commits them; SIGKILL loses them. With the
+  default settings that is at most a few milliseconds of predictions.
+- When the queue is full (the disk cannot keep up) ``append`` drops the record instead
+  of blocking the request, and counts it: ``stats()["dropped"]``. A prediction is never
+  delayed by the ledger, and a lost ledger row is never silent.
+
+Reading (``read``, ``query``, ``read_predictions``) opens its own connection, so tests,
+notebooks and training-from-logs can read while a server writes.
+
+Only the standard library is used: this module is part of the core.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from lab.errors import ConfigError, LabError
+
+log = logging.getLogger("lab.serving.ledger")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id             INTEGER PRIMARY KEY,
+    at             TEXT NOT NULL,     -- UTC time the prediction was made (ISO 8601)
+    request_id     TEXT NOT NULL,
+    transaction_id INTEGER,
+    model_name     TEXT NOT NULL,
+    model_version  INTEGER NOT NULL,
+    request        TEXT NOT NULL,     -- the request as received (JSON): keys to join labels on
+    features       TEXT NOT NULL,     -- the model inputs actually used (JSON object)
+    defaults       TEXT NOT NULL,     -- feature group -> defaulted because the entity was unknown
+    score          REAL NOT NULL,
+    latency_ms     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model_name, model_version, id);
+CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id);
+"""
+
+_COLUMNS = ("at", "request_id", "transaction_id", "model_name", "model_version",
+            "request", "features", "defaults", "score", "latency_ms")
+_INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_JSON_COLUMNS = ("request", "features", "defaults")
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass
+class PredictionRecord:
+    """One prediction as the ledger stores it. ``request``, ``features`` and ``defaults``
+    must be JSON-able; ``at`` defaults to now (UTC) and ``request_id`` to a fresh uuid."""
+
+    transaction_id: int | None
+    model_name: str
+    model_version: int
+    features: dict[str, Any]
+    defaults: dict[str, bool]
+    score: float
+    latency_ms: float
+    request: dict[str, Any] = field(default_factory=dict)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    at: str = field(default_factory=utc_now_iso)
+
+    def as_row(self) -> tuple:
+        return (
+            self.at, self.request_id, self.transaction_id, self.model_name, int(self.model_version),
+            json.dumps(self.request, default=str), json.dumps(self.features), json.dumps(self.defaults),
+            float(self.score), float(self.latency_ms),
+        )
+
+
+class _Flush:
+    """A marker on the queue: the writer sets ``done`` once everything before it is committed."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_STOP = object()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # check_same_thread=False: the writer connection is made here and used by the writer thread.
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def _init_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(SCHEMA)
+    finally:
+        conn.close()
+
+
+class Ledger:
+    """An append-only log of predictions in a SQLite file, written by one background thread.
+
+    Open with ``Ledger.open(path)``; use as a context manager or call ``close()``, which
+    commits everything still queued. ``append`` is safe to call from any thread and
+    never blocks; ``flush`` waits until everything appended so far is committed.
+    """
+
+    def __init__(self, path: Path, *, queue_size: int, batch_size: int):
+        self.path = path
+        self.batch_size = batch_size
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._conn = _connect(path)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")  # see the module docstring
+        self._lock = threading.Lock()
+        self._counts = {"appended": 0, "written": 0, "dropped": 0, "failed": 0, "commits": 0}
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="lab-ledger-writer", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, queue_size: int = 10_000, batch_size: int = 256) -> "Ledger":
+        """Open (creating the file, its folder and the table if needed) the ledger at ``path``
+        and start its writer thread. ``queue_size`` bounds the records waiting in memory;
+        ``batch_size`` bounds the records committed in one transaction."""
+        if queue_size < 1 or batch_size < 1:
+            raise ConfigError("ledger queue_size and batch_size must be at least 1")
+        path = Path(path).resolve()
+        try:
+            _init_file(path)
+        except sqlite3.Error as exc:
+            raise LabError(f"cannot open the prediction ledger {path}: {exc}; check the folder is writable") from None
+        return cls(path, queue_size=queue_size, batch_size=batch_size)
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------
+
+    def append(self, record: PredictionRecord) -> bool:
+        """Queue ``record`` for writing. Returns False, and counts a drop, when the queue
+        is full or the ledger is closed; it never waits."""
+        if self._closed:
+            with self._lock:
+                self._counts["dropped"] += 1
+            return False
+        try:
+            row = record.as_row()
+            self._queue.put_nowait(row)
+        except queue.Full:
+            with self._lock:
+                self._counts["dropped"] += 1
+            return False
+        except (TypeError, ValueError) as exc:  # a value that is not JSON: a bug upstream, not a crash here
+            log.error("ledger record for request %s is not JSON-able: %s", record.request_id, exc)
+            with self._lock:
+                self._counts["failed"] += 1
+            return False
+        with self._lock:
+            self._counts["appended"] += 1
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record appended before this call is committed. Returns False
+        if that did not happen within ``timeout`` seconds."""
+        if self._closed or not self._writer.is_alive():
+            return self._queue.empty()
+        marker = _Flush()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit everything still queued, stop the writer and close the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        while self._writer.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.1)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    break
+        self._writer.join(max(0.0, deadline - time.monotonic()))
+        if self._writer.is_alive():
+            log.error("ledger writer did not finish within %.0f s; %d record(s) not written",
+                      timeout, self._queue.qsize())
+        else:
+            self._conn.close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters since open: appended, written, dropped (queue full or closed), failed
+        (a write error or a record that is not JSON), commits, and queued right now."""
+        with self._lock:
+            out = dict(self._counts)
+        out["queued"] = self._queue.qsize()
+        return out
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._queue.get()
+            rows: list[tuple] = []
+            markers: list[_Flush] = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Flush):
+                    markers.append(item)
+                else:
+                    rows.append(item)
+                if stopping or len(rows) >= self.batch_size:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if rows:
+                self._commit(rows)
+            for marker in markers:
+                marker.done.set()
+
+    def _commit(self, rows: list[tuple]) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(_INSERT, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.error("ledger could not write %d prediction(s) to %s: %s", len(rows), self.path, exc)
+            with self._lock:
+                self._counts["failed"] += len(rows)
+            return
+        with self._lock:
+            self._counts["written"] += len(rows)
+            self._counts["commits"] += 1
+
+    # -- reading ------------------------------------------------------------------
+
+    def read(self, limit: int = 100) -> list[dict]:
+        """The latest ``limit`` committed predictions, oldest first (JSON columns decoded)."""
+        return read_predictions(self.path, limit=limit)
+
+    def query(self, **filters: Any) -> list[dict]:
+        """Committed predictions matching ``filters``; see ``read_predictions``."""
+        return read_predictions(self.path, **filters)
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    for name in _JSON_COLUMNS:
+        out[name] = json.loads(out[name])
+    return out
+
+
+def read_predictions(
+    path: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    model_version: int | None = None,
+    transaction_ids: Sequence[int] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """Predictions in the ledger at ``path``, oldest first, with JSON columns decoded.
+
+    Filters combine with AND: ``model_name``/``model_version``; ``transaction_ids``;
+    ``since``/``until`` (inclusive, ISO 8601 UTC strings compared with ``at``). With
+    ``limit``, the latest ``limit`` matching rows. Works while a server is writing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LabError(f"no prediction ledger at {path}; it is created when `lab serve` starts")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit must be a whole number >= 0, got {limit!r}")
+    where, params = [], []
+    if model_name is not None:
+        where.append("model_name = ?")
+        params.append(model_name)
+    if model_version is not None:
+        where.append("model_version = ?")
+        params.append(int(model_version))
+    if transaction_ids is not None:
+        ids = [int(t) for t in transaction_ids]
+        where.append("transaction_id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(ids))
+    if since is not None:
+        where.append("at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("at <= ?")
+        params.append(until)
+    sql = "SELECT * FROM predictions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    conn = _connect(path)
+    try:
+        rows = conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+    return [_decode(r) for r in reversed(rows)]
+
+
+def iter_feature_rows(rows: Sequence[dict]) -> Iterator[dict]:
+    """Flatten ledger rows for training from logs: one dict per prediction with the
+    transaction id, the features used, the score and the model version."""
+    for row in rows:
+        yield {"TRANSACTION_ID": row["transaction_id"], **row["features"],
+               "score": row["score"], "model_version": row["model_version"]}

@@ -1,0 +1,156 @@
+"""Feature assembly for one request: online rows + request-time features -> the model's input row.
+
+``FeatureAssembler`` is what the model server (and anything else scoring one event at a
+time) calls. For each feature view it reads the entity's row from the online store by
+the key the request carries (``view.entity``), notes whether the entity was unknown
+(its features are then defaults, and the response says so), and measures how old the
+view's materialization is at the request's time. A ``RowBuilder`` supplied by the
+feature plugin turns the request and those rows into the named model inputs, so the
+request-time half of the feature definition lives in one place for training and
+serving. The assembler then lays the values out in the model's column order.
+
+Nothing here knows about HTTP, Litestar or a particular model: the core stays free of
+backends.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from lab.errors import LabError
+from lab.features.stores import OnlineStore
+from lab.features.views import FeatureView
+
+RowBuilder = Callable[[Mapping[str, Any], Mapping[str, "dict | None"]], Mapping[str, Any]]
+"""``build(request, rows_by_view) -> {feature name: value}``: the model inputs for one request.
+``rows_by_view`` maps each view name to the entity's online row, or None when unknown."""
+
+
+class FeatureAssemblyError(LabError):
+    """The features for a request could not be assembled (a store or definition problem,
+    not the caller's input): a feature the model needs is missing or not a finite number."""
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How old a view's values are at the request's time.
+
+    ``age_seconds`` is request time minus the view's watermark (None when the view was
+    never materialized); ``stale`` is True when that age exceeds the view's ttl (an age
+    of exactly ttl is still fresh, as in the offline join) or the view was never
+    materialized. A negative age means the request is older than the materialization.
+    """
+
+    watermark: dt.datetime | None
+    age_seconds: float | None
+    stale: bool
+
+
+@dataclass(frozen=True)
+class AssembledFeatures:
+    """The model inputs for one request and what the server reports about them."""
+
+    features: dict[str, float]
+    vector: np.ndarray  # float32, shape (1, n_features), in the model's column order
+    defaults: dict[str, bool]
+    freshness: dict[str, Freshness]
+
+
+def _comparable(a: dt.datetime, b: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    # A naive time and an aware one cannot be subtracted. Features read wall-clock time
+    # in whatever zone a value carries, so compare wall clocks when only one is aware.
+    if (a.tzinfo is None) != (b.tzinfo is None):
+        return a.replace(tzinfo=None), b.replace(tzinfo=None)
+    return a, b
+
+
+def freshness(view: FeatureView, watermark: dt.datetime | None, when: dt.datetime) -> Freshness:
+    """The ``Freshness`` of ``view`` materialized as of ``watermark``, for a request at ``when``."""
+    if watermark is None:
+        return Freshness(None, None, True)
+    at, mark = _comparable(when, watermark)
+    age = at - mark
+    return Freshness(watermark, age.total_seconds(), age > view.ttl)
+
+
+class FeatureAssembler:
+    """Builds the model's input row for one request from the online store.
+
+    ``views`` are the views whose entity keys the request carries; ``build_row`` is the
+    feature plugin's request-time function; ``feature_names`` is the model's column
+    order. Safe to call from several threads when the store is.
+    """
+
+    def __init__(
+        self,
+        store: OnlineStore,
+        views: Sequence[FeatureView],
+        build_row: RowBuilder,
+        feature_names: Sequence[str],
+    ):
+        self.store = store
+        self.views = tuple(views)
+        self.build_row = build_row
+        self.feature_names = tuple(feature_names)
+
+    def assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
+        """The features for ``request`` (holding every view's entity key) at time ``when``.
+
+        Raises ``FeatureAssemblyError`` when the builder does not produce a feature the
+        model needs or produces a value that is not a finite number; store errors
+        (``LabError``) pass through.
+        """
+        rows: dict[str, dict | None] = {}
+        defaults: dict[str, bool] = {}
+        fresh: dict[str, Freshness] = {}
+        for view in self.views:
+            row = self.store.read(view, [request[view.entity]])[0]
+            rows[view.name] = row
+            defaults[view.name] = row is None
+            fresh[view.name] = freshness(view, self.store.watermark(view), when)
+        built = self.build_row(request, rows)
+        features: dict[str, float] = {}
+        for name in self.feature_names:
+            if name not in built:
+                raise FeatureAssemblyError(
+                    f"the model needs feature {name!r} but the feature plugin produced only "
+                    f"{', '.join(built)}; retrain, or serve a model trained on these features"
+                )
+            value = built[name]
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number):
+                raise FeatureAssemblyError(f"feature {name!r} is {value!r}, not a finite number")
+            features[name] = number
+        vector = np.fromiter(features.values(), dtype=np.float32, count=len(features)).reshape(1, -1)
+        return AssembledFeatures(features, vector, defaults, fresh)
+
+    def check(self, sample_request: Mapping[str, Any], when: dt.datetime) -> list[str]:
+        """Problems that would make every request like ``sample_request`` fail, as
+        sentences (a feature the model needs that cannot be built, a store error).
+        An empty list means such a request can be served."""
+        try:
+            self.assemble(sample_request, when)
+        except LabError as exc:
+            return [str(exc)]
+        return []
+
+    def warnings(self) -> list[str]:
+        """Problems that flag every response without failing it: a view never materialized
+        (its features are defaults for every entity)."""
+        out = []
+        for view in self.views:
+            try:
+                if self.store.watermark(view) is None:
+                    out.append(f"feature view {view.name!r} was never materialized, so every request "
+                               "gets its defaults; run the materialize stage (`lab run materialize`)")
+            except LabError as exc:
+                out.append(str(exc))
+        return out

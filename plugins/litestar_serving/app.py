@@ -1,0 +1,299 @@
+"""The model server's Litestar app: ``create_app(config, pm)``.
+
+Start-up happens in the lifespan, in the background: the process answers ``/healthz``
+at once while a worker thread opens the online store and the prediction ledger,
+resolves the alias (``champion`` by default) in the registry, loads that version with
+its flavor, and warms it with one prediction and one dry-run feature assembly. Only
+then does ``/readyz`` answer 200 and ``/predict`` score; before, or if any step failed,
+both answer 503 with the reason. Everything opened is closed in ``finally`` at shutdown,
+the ledger last so that every prediction made is committed.
+
+The alias is resolved once, at start-up: after ``lab promote`` restart the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import numpy as np
+from litestar import Controller, Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import ClientException, ImproperlyConfiguredException, ServiceUnavailableException
+from litestar.logging.config import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody
+
+import lab
+from lab.errors import LabError
+from lab.serving.ledger import Ledger, PredictionRecord
+from lab.serving.scoring import FeatureAssembler
+from plugins.litestar_serving.errors import client_error_handler, strict_body
+from plugins.litestar_serving.schemas import ErrorBody, Health, Prediction, Readiness, ServerStats, Transaction
+
+log = logging.getLogger("lab.serving")
+
+MAX_BODY_BYTES = 16 * 1024  # a transaction is ~150 bytes; anything near this is not one
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@dataclass
+class ServingState:
+    """What the handlers share: the loaded model and the open stores, and why not, if not."""
+
+    model_name: str
+    alias: str
+    reason: str | None = "starting"
+    ready: bool = False
+    version: Any = None  # lab.registry.ModelVersion once resolved
+    model: Any = None
+    assembler: FeatureAssembler | None = None
+    store: Any = None
+    ledger: Ledger | None = None
+    warnings: list[str] = field(default_factory=list)
+    predictions: int = 0
+    not_ready: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+def fraud_row_builder(request, rows):
+    """The fraud demo's request-time features (``plugins.fraud_features``) as a ``RowBuilder``."""
+    from plugins.fraud_features import online_row_for_request
+
+    features, _flags = online_row_for_request(request, rows.get("customer_spending"), rows.get("terminal_risk"))
+    return features
+
+
+def _sample_request() -> dict:
+    return {"TRANSACTION_ID": 0, "TX_DATETIME": dt.datetime(2018, 8, 1, 12, 0), "CUSTOMER_ID": 0,
+            "TERMINAL_ID": 0, "TX_AMOUNT": 10.0}
+
+
+def start_up(state: ServingState, config, pm) -> None:
+    """Open the stores, load and warm the model; set ``state.ready`` or ``state.reason``.
+
+    Runs in a worker thread; every failure ends as a reason for ``/readyz``, logged.
+    """
+    from lab.plugins import feature_views, model_flavor
+    from lab.registry import Registry
+
+    try:
+        state.reason = "opening the online store"
+        state.store = pm.hook.lab_online_store(config=config)
+        if state.store is None:
+            raise LabError("no plugin answered lab_online_store; install or enable an online store plugin")
+        state.reason = "opening the prediction ledger"
+        state.ledger = Ledger.open(config.ledger_path)
+        state.reason = f"looking up the {state.alias} of model {state.model_name!r}"
+        if not config.registry_path.exists():
+            raise LabError(f"no registry at {config.registry_path}: run `lab run` to train and register a model")
+        with Registry.open(config.registry_path, project_root=config.root) as registry:
+            version = registry.get_alias(state.model_name, state.alias)
+        if version is None:
+            raise LabError(f"model {state.model_name!r} has no {state.alias}: run `lab run` or "
+                           f"`lab promote {state.model_name} VERSION`")
+        state.version = version
+        where = f"model {version.name!r} v{version.version} ({version.flavor})"
+        state.reason = f"loading {where}"
+        flavor = model_flavor(pm, version.flavor)
+        model = flavor.load(config.root / version.artifact_path)
+        if state.stopping.is_set():
+            return
+        state.reason = f"warming up {where}"
+        names = list(model.feature_names)
+        score = model.predict(np.zeros((1, len(names)), dtype=np.float32))
+        if np.shape(score) != (1,):
+            raise LabError(f"{where} returned shape {np.shape(score)} for one row; a flavor's predict "
+                           "must return one score per row")
+        keys = set(Transaction.__struct_fields__)
+        views = [v for v in feature_views(pm, config).values() if v.entity in keys]
+        assembler = FeatureAssembler(state.store, views, fraud_row_builder, names)
+        problems = assembler.check(_sample_request(), dt.datetime(2018, 8, 1, 12, 0))
+        if problems:
+            raise LabError(f"{where} cannot be served: " + "; ".join(problems))
+        state.warnings = assembler.warnings()
+        for warning in state.warnings:
+            log.warning("%s", warning)
+        state.model, state.assembler = model, assembler
+        state.ready, state.reason = True, None
+        log.info("ready: serving %s", where)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the readiness reason
+        state.reason = f"{state.reason} failed: {exc}"
+        if isinstance(exc, LabError):
+            log.error("not ready: %s", state.reason)
+        else:
+            log.exception("not ready: %s", state.reason)
+
+
+def _lifespan(config, pm):
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        state: ServingState = app.state.serving
+        loader = asyncio.ensure_future(asyncio.to_thread(start_up, state, config, pm))
+        try:
+            yield
+        finally:
+            state.ready, state.reason = False, "shutting down"
+            state.stopping.set()
+            # The loader thread cannot be cancelled; wait for it so nothing opens after we close.
+            await asyncio.gather(loader, return_exceptions=True)
+            try:
+                if state.store is not None:
+                    state.store.close()
+            finally:
+                if state.ledger is not None:
+                    await asyncio.to_thread(state.ledger.close)
+                    stats = state.ledger.stats()
+                    log.info("ledger closed: %d written, %d dropped, %d failed",
+                             stats["written"], stats["dropped"], stats["failed"])
+
+    return lifespan
+
+
+def _not_ready(state: ServingState) -> ServiceUnavailableException:
+    state.not_ready += 1
+    return ServiceUnavailableException(detail=f"not ready: {state.reason}")
+
+
+class PredictionController(Controller):
+    path = "/predict"
+    tags = ["prediction"]
+
+    @post(
+        "/",
+        status_code=200,
+        operation_id="predict",
+        summary="Score one transaction",
+        request_max_body_size=MAX_BODY_BYTES,
+        before_request=strict_body,
+        responses={
+            400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown or of the wrong type"),
+            503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load"),
+        },
+    )
+    async def predict(self, data: JSONBody[Transaction], state: State, request: Request) -> Prediction:
+        """Score one transaction with the served model version.
+
+        Features come from the online store by CUSTOMER_ID and TERMINAL_ID plus the
+        transaction itself. An entity the store does not know gets default features and
+        ``defaults`` says which group; ``feature_age_seconds`` and ``stale`` say how old
+        each group's values were at TX_DATETIME. Every prediction goes to the ledger.
+        """
+        started = time.perf_counter()
+        serving: ServingState = state.serving
+        if not serving.ready:
+            raise _not_ready(serving)
+        header_id = request.headers.get("x-request-id")
+        request_id = header_id if header_id and _REQUEST_ID.match(header_id) else uuid.uuid4().hex
+        fields = data.as_request()
+        # Features read the wall-clock time; an offset, if sent, does not move it.
+        when = fields["TX_DATETIME"] = data.TX_DATETIME.replace(tzinfo=None)
+        try:
+            assembled = serving.assembler.assemble(fields, when)
+            score = float(serving.model.predict(assembled.vector)[0])
+        except LabError as exc:
+            # A store or model problem (busy file, view redefined since materialization),
+            # not the caller's input: say so with a 503 rather than a bare 500.
+            log.error("cannot score transaction %s: %s", data.TRANSACTION_ID, exc)
+            serving.not_ready += 1
+            raise ServiceUnavailableException(detail=f"cannot score now: {exc}") from None
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        version = serving.version
+        fields["TX_DATETIME"] = data.TX_DATETIME.isoformat()  # as sent, offset included
+        serving.ledger.append(PredictionRecord(
+            transaction_id=data.TRANSACTION_ID, model_name=version.name, model_version=version.version,
+            features=assembled.features, defaults=assembled.defaults, score=score,
+            latency_ms=latency_ms, request=fields, request_id=request_id,
+        ))
+        serving.predictions += 1
+        return Prediction(
+            request_id=request_id,
+            transaction_id=data.TRANSACTION_ID,
+            score=score,
+            model=version.name,
+            model_version=version.version,
+            features=assembled.features,
+            defaults=assembled.defaults,
+            feature_age_seconds={name: f.age_seconds for name, f in assembled.freshness.items()},
+            stale={name: f.stale for name, f in assembled.freshness.items()},
+            latency_ms=latency_ms,
+        )
+
+
+class HealthController(Controller):
+    path = "/"
+    tags = ["health"]
+
+    @get("/healthz", operation_id="healthz", summary="Is the process up")
+    async def healthz(self) -> Health:
+        """200 whenever the process answers; says nothing about the model (see /readyz)."""
+        return Health(status="ok")
+
+    @get(
+        "/readyz",
+        operation_id="readyz",
+        summary="Can the server score now",
+        responses={503: ResponseSpec(Readiness, description="Not ready: still loading, or a step failed")},
+    )
+    async def readyz(self, state: State) -> Response[Readiness]:
+        """200 when the model is loaded and warmed and the stores are open; else 503
+        with the reason. Either way the body names the model, alias and version."""
+        serving: ServingState = state.serving
+        body = Readiness(
+            ready=serving.ready, reason=serving.reason, model=serving.model_name, alias=serving.alias,
+            model_version=serving.version.version if serving.version is not None else None,
+            warnings=list(serving.warnings),
+        )
+        return Response(body, status_code=200 if serving.ready else 503)
+
+    @get("/stats", operation_id="stats", summary="Prediction and ledger counters")
+    async def stats(self, state: State) -> ServerStats:
+        """Counters since start, including ledger rows dropped because its queue was full."""
+        serving: ServingState = state.serving
+        ledger = serving.ledger.stats() if serving.ledger is not None else {}
+        return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger)
+
+
+def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion") -> Litestar:
+    """The model server for the lab ``config``: serves ``alias`` of ``model_name``
+    (default ``config.model_name``), plus every route from ``lab_http_routes``.
+
+    Routes: POST /predict, GET /healthz, /readyz, /stats; OpenAPI at /schema.
+    Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
+    """
+    if pm is None:
+        from lab.plugins import get_plugin_manager
+
+        pm = get_plugin_manager(config)
+    extra = [handler for batch in pm.hook.lab_http_routes(config=config) for handler in (batch or [])]
+    state = ServingState(model_name=model_name or config.model_name, alias=alias)
+    try:
+        return Litestar(
+            route_handlers=[PredictionController, HealthController, *extra],
+            lifespan=[_lifespan(config, pm)],
+            state=State({"serving": state}),
+            exception_handlers={ClientException: client_error_handler,
+                                ServiceUnavailableException: client_error_handler},
+            openapi_config=OpenAPIConfig(
+                title="lab model server", version=lab.__version__, path="/schema", use_handler_docstrings=True,
+                description=f"Scores transactions with the {state.alias} of model {state.model_name!r}.",
+            ),
+            # A 500 is a bug (bad input never gets one): log every one, with its traceback.
+            logging_config=LoggingConfig(
+                log_exceptions="always",
+                disable_stack_trace={*range(400, 500), 503},  # client errors and not-ready are not bugs
+                configure_root_logger=False,
+                loggers={"lab": {"level": "INFO", "handlers": ["queue_listener"], "propagate": False}},
+            ),
+        )
+    except ImproperlyConfiguredException as exc:
+        raise LabError(f"the routes from lab_http_routes cannot be mounted: {exc}") from None

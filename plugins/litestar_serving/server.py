@@ -1,0 +1,112 @@
+"""``lab serve``: the model server under uvicorn (uvloop + httptools), on loopback by default.
+
+``UVICORN_SETTINGS`` is the one place the server settings live; the benchmark serves
+its bare comparison app with the same dict so the two figures are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import socket
+
+from lab.cli import Command, Context
+from lab.errors import ConfigError, LabError
+
+UVICORN_SETTINGS = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "lifespan": "on",
+    "access_log": False,  # a log line per request costs more than scoring it; use --access-log
+    "timeout_graceful_shutdown": 10,  # then the lifespan's finally flushes the ledger
+    "server_header": False,
+}
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be a whole number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, got {value}")
+    return value
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    # Also accepted after the subcommand (`lab serve --root DIR`); `lab` reads it before parsing.
+    p.add_argument("--root", default=argparse.SUPPRESS, help="project folder (as `lab --root`)")
+    p.add_argument("--host", help="address to listen on (default: [tool.lab.serve] host, 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port to listen on (default: [tool.lab.serve] port, 8000)")
+    p.add_argument("--model", help="registered model to serve (default: [tool.lab] model_name)")
+    p.add_argument("--alias", default="champion", help="which version of it: an alias (default: champion)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for scoring (default 1: one row at a time gains nothing from more)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--access-log", action="store_true", help="log every request (slower)")
+
+
+def check_servable(config, model_name: str, alias: str):
+    """The ``ModelVersion`` that ``alias`` points at; raises ``LabError`` naming the fix if none."""
+    from lab.registry import Registry
+
+    fix = f"run `lab run` or `lab promote {model_name} VERSION`"
+    if not config.registry_path.exists():
+        raise LabError(f"there is no model registry at {config.registry_path} yet, so nothing to serve: {fix}")
+    with Registry.open(config.registry_path, project_root=config.root) as registry:
+        version = registry.get_alias(model_name, alias)
+    if version is None:
+        raise LabError(f"model {model_name!r} has no {alias}, so there is nothing to serve: {fix}")
+    return version
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise ``ConfigError`` naming ``--port`` when ``host:port`` cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} on {host} is in use; choose another with --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; check --host") from None
+
+
+def _set_threads(n: int) -> None:
+    if n < 1:
+        raise ConfigError(f"--threads must be at least 1, got {n}")
+    try:
+        import torch
+    except ImportError:  # a flavor without torch: nothing to set
+        return
+    torch.set_num_threads(n)
+
+
+def _run(args: argparse.Namespace, ctx: Context) -> int:
+    import uvicorn
+
+    from plugins.litestar_serving.app import create_app
+
+    config = ctx.config
+    host = args.host or config.serve.host
+    port = args.port or config.serve.port
+    model_name = args.model or config.model_name
+    version = check_servable(config, model_name, args.alias)
+    check_port_free(host, port)
+    _set_threads(args.threads)
+    app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias)
+    print(f"lab serve: {version.name} v{version.version} ({args.alias}) on http://{host}:{port} "
+          f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
+    settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, **settings))
+    server.run()
+    return 0 if server.started else 1
+
+
+SERVE = Command(
+    "serve",
+    "serve the champion (or --alias) model over HTTP: POST /predict, /healthz, /readyz, /schema",
+    _add_arguments,
+    _run,
+)

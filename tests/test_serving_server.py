@@ -1,0 +1,97 @@
+"""The real thing: `lab serve` as a subprocess on 127.0.0.1, probed over HTTP with httpx,
+stopped by its PID with SIGTERM; the ledger must hold every prediction afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab.serving.ledger import read_predictions
+from plugins.litestar_serving.testing import build_tiny_lab
+
+LAB = Path(sys.executable).parent / "lab"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served_lab(tmp_path):
+    """A tiny lab and a running `lab serve` on a free loopback port; stopped by PID after."""
+    lab = build_tiny_lab(tmp_path / "lab")
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(LAB), "serve", "--port", str(port), "--root", str(lab.root)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LAB_HOME": ""})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in 90 s:\n" + (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        yield lab, base, proc, tmp_path / "serve.log"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+@pytest.mark.slow
+def test_real_server_scores_refuses_bad_input_and_flushes_the_ledger_on_sigterm(served_lab):
+    lab, base, proc, log_path = served_lab
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        assert http.get("/readyz").json()["model_version"] == lab.model_version
+
+        ok = http.post("/predict", json=lab.transaction(1))
+        assert ok.status_code == 200 and 0 <= ok.json()["score"] <= 1
+
+        bad = http.post("/predict", content=b'{"TRANSACTION_ID": 1', headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["field"] is None
+        wrong = http.post("/predict", json={**lab.transaction(2), "TX_AMOUNT": "lots"})
+        assert wrong.status_code == 400 and wrong.json()["field"] == "TX_AMOUNT"
+
+        unknown = http.post("/predict", json=lab.transaction(3, customer=123456, terminal=654321))
+        assert unknown.status_code == 200
+        assert unknown.json()["defaults"] == {"customer_spending": True, "terminal_risk": True}
+
+        ids = [http.post("/predict", json=lab.transaction(100 + i)).json()["request_id"] for i in range(200)]
+        assert http.get("/schema/openapi.json").json()["paths"]["/predict"]["post"]["operationId"] == "predict"
+
+    os.kill(proc.pid, signal.SIGTERM)  # graceful: the lifespan's finally closes the ledger
+    # uvicorn shuts down gracefully, then re-raises the signal: the exit status says SIGTERM.
+    assert proc.wait(30) in (0, -signal.SIGTERM)
+    log = log_path.read_text()
+    assert "on http://127.0.0.1:" in log and "Application shutdown complete" in log and "Traceback" not in log
+    rows = read_predictions(lab.root / "data" / "ledger.db")
+    assert len(rows) == 202
+    assert [r["request_id"] for r in rows[-200:]] == ids
+    assert rows[0]["transaction_id"] == 1 and rows[1]["defaults"]["terminal_risk"] is True
+    assert "202 written, 0 dropped" in log
+
+
+@pytest.mark.slow
+def test_real_lab_serve_exits_with_the_fix_when_there_is_no_champion(tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.lab]\n")
+    done = subprocess.run([str(LAB), "--root", str(tmp_path), "serve", "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "run `lab run` or `lab promote fraud VERSION`" in done.stderr and "Traceback" not in done.stderr
