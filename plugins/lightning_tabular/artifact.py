@@ -1,0 +1,160 @@
+"""The saved-model folder: written atomically, verified by digest when read.
+
+Layout of a model folder::
+
+    model.json      manifest: flavor, format, architecture, sha256 of every file below
+    weights.pt      torch state dict of the TabularMLP (scaler buffers included)
+    scaler.json     the training-set scaler (also inside the weights; here for people)
+    features.json   feature names, in the column order ``predict`` expects
+    params.json     the hyperparameters the model was trained with
+
+``save_model`` builds the folder beside its target under a hidden temporary name,
+fsyncs every file and the folder, then renames it into place, so a reader never sees a
+half folder. ``load_model`` refuses a folder whose files do not match the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lab.errors import LabError
+from lab.training.protocol import Scaler
+
+from .network import MLPScorer, TabularMLP
+
+FLAVOR_NAME = "lightning_mlp"
+FORMAT_VERSION = 1
+MANIFEST = "model.json"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_bytes(value: Any, what: str) -> bytes:
+    try:
+        return json.dumps(value, indent=2, sort_keys=True, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise LabError(f"cannot save the model: its {what} are not plain JSON values ({exc}); use numbers, strings, lists") from None
+
+
+def save_model(model: MLPScorer, path: Path) -> None:
+    """Write ``model`` as a folder at ``path``, replacing any model folder already there.
+
+    An existing folder is swapped out by two renames, so a concurrent reader sees the
+    old folder, no folder, or the new one, never a mix. On any error nothing changes.
+    """
+    if not isinstance(model, MLPScorer):
+        raise LabError(f"the {FLAVOR_NAME} flavor saves models it trained; got {type(model).__name__}")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LabError(f"{path} exists and is not a folder; choose another model path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        weights = io.BytesIO()
+        torch.save(model.net.state_dict(), weights)
+        files = {
+            "weights.pt": weights.getvalue(),
+            "params.json": _json_bytes(model.params, "params"),
+            "features.json": _json_bytes(model.feature_names, "feature names"),
+            "scaler.json": _json_bytes(model.scaler.to_dict(), "scaler statistics"),
+        }
+        for name, data in files.items():
+            _write_synced(staging / name, data)
+        manifest = {
+            "flavor": FLAVOR_NAME,
+            "format": FORMAT_VERSION,
+            "architecture": {
+                "n_features": len(model.feature_names),
+                "hidden_sizes": list(model.params["hidden_sizes"]),
+                "dropout": float(model.params["dropout"]),
+            },
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+            "torch": torch.__version__,
+        }
+        # The manifest goes last: a folder with a manifest has all its files.
+        _write_synced(staging / MANIFEST, _json_bytes(manifest, "manifest"))
+        _fsync_dir(staging)
+        if path.exists():
+            retired = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(path, retired)
+            os.rename(staging, path)
+            _fsync_dir(path.parent)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, path)
+            _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise LabError(f"{path} holds no {MANIFEST}: it is not a saved {FLAVOR_NAME} model (or the save never finished)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"{manifest_path} is unreadable ({exc}); the model folder is damaged, save it again") from None
+    if manifest.get("flavor") != FLAVOR_NAME:
+        raise LabError(f"{path} holds a {manifest.get('flavor')!r} model, not {FLAVOR_NAME!r}; load it with that flavor")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise LabError(f"{path} uses model format {manifest.get('format')}; this lab reads format {FORMAT_VERSION}")
+    return manifest
+
+
+def load_model(path: Path) -> MLPScorer:
+    """Read a folder written by ``save_model`` after checking every file's sha256.
+
+    Raises ``LabError`` naming the file when a digest does not match (tampered or corrupt).
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    contents: dict[str, bytes] = {}
+    for name, expected in manifest.get("files", {}).items():
+        try:
+            data = (path / name).read_bytes()
+        except OSError:
+            raise LabError(f"{path / name} is missing; the model folder is damaged, save it again") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise LabError(
+                f"{path / name} does not match the sha256 in {MANIFEST}: the model was changed or corrupted "
+                "after it was saved; restore it or train it again"
+            )
+        contents[name] = data
+    if "weights.pt" not in contents:
+        raise LabError(f"{path / MANIFEST} lists no weights.pt; the model folder is damaged, save it again")
+    arch = manifest["architecture"]
+    params = json.loads(contents["params.json"])
+    feature_names = json.loads(contents["features.json"])
+    scaler = Scaler.from_dict(json.loads(contents["scaler.json"]))
+    net = TabularMLP(arch["n_features"], arch["hidden_sizes"], arch["dropout"], scaler)
+    try:
+        state = torch.load(io.BytesIO(contents["weights.pt"]), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean the same here
+        raise LabError(f"{path / 'weights.pt'} does not fit the manifest's architecture: {exc}") from None
+    return MLPScorer(net, feature_names, params, scaler)

@@ -1,0 +1,98 @@
+"""The fraud metrics against scikit-learn, and card precision@k on hand-made days."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from lab.errors import LabError
+from lab.training.metrics import average_precision, card_precision_at_k, evaluate, roc_auc
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_auc_and_average_precision_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = 500
+    y = (rng.random(n) < 0.1).astype(int)
+    # Few distinct scores, so most scores are tied, some across classes.
+    score = rng.integers(0, 7, n) / 6.0 + 0.3 * y * rng.integers(0, 2, n)
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert average_precision(y, score) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+
+
+def test_metrics_match_sklearn_on_continuous_scores():
+    rng = np.random.default_rng(42)
+    y = (rng.random(3000) < 0.02).astype(int)
+    score = rng.normal(size=3000) + y
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert average_precision(y, score) == pytest.approx(average_precision_score(y, score), abs=1e-12)
+
+
+def test_all_tied_scores():
+    y = [0, 1, 0, 1, 0]
+    score = [0.5] * 5
+    assert roc_auc(y, score) == pytest.approx(0.5)
+    assert average_precision(y, score) == pytest.approx(average_precision_score(y, score))
+
+
+def test_bad_input_names_the_problem():
+    with pytest.raises(LabError, match="both classes"):
+        roc_auc([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(LabError, match="at least one fraud"):
+        average_precision([0, 0], [0.1, 0.2])
+    with pytest.raises(LabError, match="differ in length"):
+        roc_auc([0, 1], [0.1])
+    with pytest.raises(LabError, match="NaN"):
+        roc_auc([0, 1], [0.1, float("nan")])
+    with pytest.raises(LabError, match="0 or 1"):
+        roc_auc([0, 2], [0.1, 0.2])
+
+
+def test_card_precision_removes_cards_detected_on_earlier_days():
+    # k = 2. Day 0: A (fraud) and C are the top cards; C's max score comes from a
+    # genuine transaction but its max label from a fraud one, so C counts as fraud.
+    # Day 1: A and C were detected on day 0, so B and E are the top cards.
+    rows = [
+        # card, day, label, score
+        ("A", 0, 1, 0.9),
+        ("B", 0, 0, 0.6),
+        ("C", 0, 0, 0.7),
+        ("C", 0, 1, 0.1),
+        ("A", 1, 1, 0.95),
+        ("C", 1, 0, 0.9),
+        ("B", 1, 1, 0.6),
+        ("E", 1, 1, 0.5),
+        ("D", 1, 0, 0.4),
+    ]
+    cards, days, y, score = zip(*rows)
+    assert card_precision_at_k(cards, days, y, score, k=2) == pytest.approx((2 / 2 + 2 / 2) / 2)
+
+
+def test_card_precision_keeps_genuine_top_cards_and_divides_by_k():
+    # B is in day 0's top k but genuine, so it is not "detected" and stays on day 1.
+    cards = ["A", "B", "B", "C"]
+    days = [0, 0, 1, 1]
+    y = [1, 0, 1, 0]
+    score = [0.9, 0.8, 0.9, 0.1]
+    assert card_precision_at_k(cards, days, y, score, k=2) == pytest.approx((1 / 2 + 1 / 2) / 2)
+    # A day with fewer cards than k still divides by k, as the handbook does.
+    assert card_precision_at_k(["A", "B"], [0, 0], [1, 0], [0.9, 0.1], k=3) == pytest.approx(1 / 3)
+
+
+def test_card_precision_breaks_score_ties_by_card_id():
+    # Three cards tie; k = 1 takes the smallest id, which is the fraud one.
+    assert card_precision_at_k([3, 1, 2], [0, 0, 0], [0, 1, 0], [0.5, 0.5, 0.5], k=1) == 1.0
+    assert card_precision_at_k([3, 1, 2], [0, 0, 0], [1, 0, 0], [0.5, 0.5, 0.5], k=1) == 0.0
+
+
+def test_evaluate_returns_the_three_protocol_metrics():
+    rng = np.random.default_rng(3)
+    n = 2000
+    y = (rng.random(n) < 0.05).astype(int)
+    score = rng.random(n) + 0.5 * y
+    cards = rng.integers(0, 300, n)
+    days = rng.integers(0, 7, n)
+    result = evaluate(y, score, cards, days)
+    assert set(result) == {"roc_auc", "average_precision", "card_precision_at_100"}
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(y, score))
+    assert result["average_precision"] == pytest.approx(average_precision_score(y, score))
+    assert 0.0 <= result["card_precision_at_100"] <= 1.0

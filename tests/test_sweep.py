@@ -1,0 +1,215 @@
+"""Optuna sweeps: determinism, pruning, and resume after kill -9 without re-running trials."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from lab.errors import LabError
+from lab.training.metrics import average_precision
+from lab.training.sweep import TrialPruning, default_sweep_storage, run_sweep
+from plugins.lightning_tabular.flavor import LightningMLP
+
+ROOT = Path(__file__).resolve().parents[1]
+FEATURES = ["TX_AMOUNT", "NB_TX_7DAY", "RISK_7DAY", "TX_DURING_NIGHT"]
+SWEEP = dict(n_trials=3, study_name="fraud-mlp", seed=11, max_epochs=3)
+
+
+def tiny_fraud_data(n=1800, seed=0):
+    """Four features on very different scales, about 10 % fraud; 2/3 train, 1/3 valid."""
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([
+        rng.gamma(2.0, 40.0, n), rng.poisson(10, n), rng.beta(1, 20, n), rng.integers(0, 2, n),
+    ]).astype(np.float32)
+    logit = 0.02 * (x[:, 0] - 80) + 30 * x[:, 2] + x[:, 3] - 3.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    cut = 2 * n // 3
+    return x[:cut], y[:cut], x[cut:], y[cut:]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_fraud_data()
+
+
+def sweep(data, workdir, **overrides):
+    args = {**SWEEP, **overrides}
+    return run_sweep(LightningMLP(), *data, FEATURES, storage=default_sweep_storage(workdir), workdir=workdir, **args)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted sweep and the on_trial records it produced."""
+    records = []
+    workdir = tmp_path_factory.mktemp("ref-sweep")
+    return sweep(data, workdir, on_trial=records.append), records, workdir
+
+
+def outcome(result):
+    """What a sweep decided, trial by trial; FAIL rows (killed attempts) left out."""
+    return [(t["state"], t["params"], t["value"]) for t in result.trials if t["state"] != "FAIL"]
+
+
+def test_same_seed_same_sweep_other_seed_other_params(data, reference, tmp_path):
+    first, records, workdir = reference
+    states = [t["state"] for t in first.trials]
+    assert states.count("COMPLETE") == 3 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert "PRUNED" in states  # this data and seed exercise the pruner too
+    assert [(r["number"], r["state"]) for r in records] == [(t["number"], t["state"]) for t in first.trials]
+    again = sweep(data, tmp_path / "again")
+    assert again.trials == first.trials
+    other = sweep(data, tmp_path / "other", seed=12, n_trials=1)
+    assert other.trials[0]["params"] != first.trials[0]["params"]
+
+    # The best trial is the best value, and its model is the saved one.
+    assert first.best_value == max(t["value"] for t in first.trials)
+    assert first.best_params == first.trials[first.best_number]["params"]
+    best_dir = workdir / "trials" / first.trials[first.best_number]["key"]
+    assert (best_dir / "model" / "model.json").is_file()
+    assert average_precision(data[3], first.best_fit.model.predict(data[2])) == pytest.approx(first.best_value)
+
+
+def test_rerunning_a_finished_sweep_trains_nothing(data, reference):
+    first, _, workdir = reference
+    records = []
+    again = sweep(data, workdir, on_trial=records.append)
+    assert records == [] and again.trials == first.trials
+    more = sweep(data, workdir, on_trial=records.append, n_trials=4)  # one more COMPLETE, not four
+    assert [r["state"] for r in records][-1] == "COMPLETE"
+    assert records[0]["number"] == len(first.trials)
+    assert outcome(more)[: len(first.trials)] == outcome(first)
+
+
+def test_pruning_callback_stops_a_trial(data, tmp_path):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="epoch 0"):
+        LightningMLP().fit(*data, FEATURES, {}, seed=0, workdir=tmp_path, max_epochs=3,
+                           callbacks=[TrialPruning(trial)])
+    assert list(study.trials[0].intermediate_values) == [0]
+    with pytest.raises(LabError, match="reported metrics: val_loss"):
+        TrialPruning(trial, monitor="val_auc").lab_epoch_end(0, {"val_loss": 1.0})
+
+
+def test_bad_arguments_are_named(data, tmp_path):
+    with pytest.raises(LabError, match="n_trials"):
+        sweep(data, tmp_path, n_trials=0)
+    with pytest.raises(LabError, match="hiden"):
+        class Typo(LightningMLP):
+            def search_space(self, trial):
+                return {"hiden_sizes": [8]}
+        run_sweep(Typo(), *data, FEATURES, storage=default_sweep_storage(tmp_path), workdir=tmp_path,
+                  **{**SWEEP, "study_name": "typo"})
+    failed = optuna.load_study(study_name="typo", storage=default_sweep_storage(tmp_path))
+    assert [t.state.name for t in failed.trials] == ["FAIL"]
+
+
+KILLED_SWEEP = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    import pytorch_lightning as pl
+    from lab.training.sweep import run_sweep, default_sweep_storage
+    from plugins.lightning_tabular.flavor import LightningMLP
+
+    workdir, arrays, marker = map(Path, sys.argv[1:4])
+    d = np.load(arrays)
+    finished = []
+
+    class StallInThirdTrial(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if len(finished) == 2 and trainer.current_epoch == 1:  # epoch 0 is checkpointed
+                marker.write_text("ready")
+                time.sleep(600)
+
+    run_sweep(LightningMLP(), d["tx"], d["ty"], d["vx"], d["vy"], {features!r},
+              storage=default_sweep_storage(workdir), workdir=workdir, callbacks=[StallInThirdTrial()],
+              on_trial=finished.append, **{sweep!r})
+    """
+).format(features=FEATURES, sweep=SWEEP)
+
+
+def test_resume_after_kill_9_completes_without_rerunning_finished_trials(data, reference, tmp_path):
+    arrays = tmp_path / "data.npz"
+    np.savez(arrays, tx=data[0], ty=data[1], vx=data[2], vy=data[3])
+    workdir, marker = tmp_path / "sweep", tmp_path / "stalled"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SWEEP, str(workdir), str(arrays), str(marker)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the sweep subprocess never reached its third trial"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    finished_models = {p: p.stat().st_mtime_ns for p in workdir.glob("trials/*/model/weights.pt")}
+    assert len(finished_models) == 2
+
+    records = []
+    resumed = sweep(data, workdir, on_trial=records.append)
+    assert resumed.trials[2]["state"] == "FAIL"  # the killed attempt ...
+    assert resumed.trials[3]["params"] == resumed.trials[2]["params"]  # ... was enqueued again
+    # Trials 0 and 1 were not run again: no record, their saved models untouched.
+    assert [r["number"] for r in records] == [t["number"] for t in resumed.trials[3:]]
+    assert {p: p.stat().st_mtime_ns for p in finished_models} == finished_models
+    # The retry picked up the killed trial's checkpoint instead of starting over.
+    fit_summary = json.loads((workdir / "trials" / records[0]["key"] / "fit.json").read_text())
+    assert fit_summary["resumed_from"] == "epoch=0.ckpt"
+    # And the sweep ends exactly where an uninterrupted one does.
+    first = reference[0]
+    assert outcome(resumed) == outcome(first)
+    assert resumed.best_params == first.best_params and resumed.best_value == first.best_value
+
+
+def test_a_failing_on_trial_is_retried_from_the_saved_model(data, reference, tmp_path):
+    calls = []
+
+    def flaky_recorder(record):
+        calls.append(record)
+        if len(calls) == 1:
+            raise RuntimeError("registry is locked")
+
+    with pytest.raises(RuntimeError, match="locked"):
+        sweep(data, tmp_path, n_trials=1, on_trial=flaky_recorder)
+    trial_dir = tmp_path / "trials" / calls[0]["key"]
+    fit_json = (trial_dir / "fit.json").stat().st_mtime_ns
+
+    result = sweep(data, tmp_path, n_trials=1, on_trial=flaky_recorder)
+    assert [t["state"] for t in result.trials] == ["FAIL", "COMPLETE"]
+    assert calls[1]["key"] == calls[0]["key"] and calls[1]["value"] == calls[0]["value"]
+    assert (trial_dir / "fit.json").stat().st_mtime_ns == fit_json  # reused, not trained again
+    assert result.trials[1]["value"] == reference[0].trials[0]["value"]
+
+
+def test_ctrl_c_mid_trial_is_retried_from_its_checkpoint(data, reference, tmp_path):
+    import pytorch_lightning as pl
+
+    class CtrlCOnce(pl.Callback):
+        fired = False
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1 and not self.fired:
+                self.fired = True
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(data, tmp_path, n_trials=1, callbacks=[CtrlCOnce()])
+    result = sweep(data, tmp_path, n_trials=1)
+    assert [t["state"] for t in result.trials] == ["FAIL", "COMPLETE"]
+    assert result.trials[1]["params"] == result.trials[0]["params"]
+    assert json.loads((tmp_path / "trials" / result.trials[1]["key"] / "fit.json").read_text())["resumed_from"] == "epoch=0.ckpt"
+    assert result.trials[1]["value"] == reference[0].trials[0]["value"]
