@@ -16,7 +16,9 @@ from lab.features.materialize import materialize
 from lab.features.training import training_set
 from lab.plugins import feature_views, make_plugin_manager
 from plugins.duckdb_offline import DuckDBOfflineStore
-from plugins.fraud_features import FEATURE_COLUMNS, VIEWS, online_row_for_request, request_features
+from plugins.fraud_features import (
+    FEATURE_COLUMNS, VIEWS, online_row_for_request, request_features, request_row,
+)
 from plugins.sqlite_online import SQLiteOnlineStore
 
 DAY = dt.timedelta(days=1)
@@ -86,7 +88,7 @@ def test_training_set_equals_the_spec_brute_force_on_sampled_transactions(transa
 def test_training_set_shape_order_and_digest(offline, transactions, train):
     table, digest = train
     assert table.column_names == ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID",
-                                  *FEATURE_COLUMNS, "TX_FRAUD"]
+                                  *FEATURE_COLUMNS, "TX_FRAUD", "TX_TIME_DAYS"]
     ids = table.column("TRANSACTION_ID").to_pylist()
     assert ids == sorted(ids)
     days = transactions.filter(pl.col("TX_DATETIME").dt.date().is_between(START, END))
@@ -97,6 +99,15 @@ def test_training_set_shape_order_and_digest(offline, transactions, train):
     shorter = training_set(offline, VIEWS, START, END - DAY, request_features=request_features,
                            feature_columns=FEATURE_COLUMNS)
     assert shorter[1] != digest
+
+
+def test_request_half_is_found_through_the_plugin_manager_when_not_given(offline, train):
+    table, digest = training_set(offline, VIEWS, START, END,
+                                 pm=make_plugin_manager(entry_points=False))
+    assert digest == train[1]
+    bare = make_plugin_manager(builtins=False, entry_points=False)
+    with pytest.raises(LabError, match="request_features"):
+        training_set(offline, VIEWS, START, END, pm=bare)
 
 
 def test_training_window_outside_the_data_says_what_the_data_covers(offline):
@@ -114,13 +125,22 @@ def test_training_window_outside_the_data_says_what_the_data_covers(offline):
     ("2018-04-09T06:59:59", 0, 1),   # Monday, last second of hour 6
     ("2018-04-09T07:00:00", 0, 0),
     ("2018-04-06T23:59:59", 0, 0),   # Friday
+    ("2018-04-07T06:00:00", 1, 1),   # Saturday, hour 6
 ])
-def test_request_features_weekend_and_night(when, weekend, night):
+def test_request_features_weekend_and_night_batch_and_single(when, weekend, night):
+    """The same rules, applied to a frame (training) and to one request (serving)."""
     df = request_features(pl.DataFrame({"TX_DATETIME": [dt.datetime.fromisoformat(when)]}))
     assert df.row(0, named=True)["TX_DURING_WEEKEND"] == weekend
     assert df.row(0, named=True)["TX_DURING_NIGHT"] == night
     features, _ = online_row_for_request({"TX_AMOUNT": 1.0, "TX_DATETIME": when}, None, None)
     assert (features["TX_DURING_WEEKEND"], features["TX_DURING_NIGHT"]) == (weekend, night)
+
+
+def test_request_rules_agree_on_a_frame_and_per_row_for_every_hour_of_a_week():
+    hours = [dt.datetime(2018, 4, 2) + dt.timedelta(hours=h, minutes=59) for h in range(7 * 24)]
+    batch = request_features(pl.DataFrame({"TX_DATETIME": hours})).drop("TX_DATETIME").to_dicts()
+    assert batch == [request_row(h) for h in hours]
+    assert sum(r["TX_DURING_WEEKEND"] for r in batch) == 48 and sum(r["TX_DURING_NIGHT"] for r in batch) == 49
 
 
 def test_unknown_customer_and_terminal_get_defaults_and_flags():

@@ -2,7 +2,8 @@
 
 The stores come from the ``lab_offline_store`` / ``lab_online_store`` hooks, the views
 from ``lab_feature_views``, and the request-time half of the training set
-(``request_features``, ``FEATURE_COLUMNS``) from the loaded plugin that exports both.
+(``request_features``, ``FEATURE_COLUMNS``) from the loaded plugin that exports both
+(``lab.features.training.request_half``).
 """
 
 from __future__ import annotations
@@ -52,15 +53,6 @@ def views(ctx: Context) -> dict:
     return feature_views(ctx.pm, ctx.config)
 
 
-def request_half(ctx: Context):
-    """The loaded plugin that exports ``request_features`` and ``FEATURE_COLUMNS``."""
-    for _name, plugin in ctx.pm.list_name_plugin():
-        if hasattr(plugin, "request_features") and hasattr(plugin, "FEATURE_COLUMNS"):
-            return plugin.request_features, list(plugin.FEATURE_COLUMNS)
-    raise LabError("no loaded plugin exports request_features and FEATURE_COLUMNS; "
-                   "load plugins.fraud_features (it is built in) or a plugin of your own")
-
-
 def _view(ctx: Context, name: str):
     known = views(ctx)
     if name not in known:
@@ -102,7 +94,7 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     import pyarrow.parquet as pq
 
     from lab.atomic import atomic_path
-    from lab.features.training import training_set
+    from lab.features.training import request_half, training_set
     from lab.registry import Registry
 
     start, end = _date(args.start, "--start"), _date(args.end, "--end")
@@ -116,7 +108,7 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
         out = Path.cwd() / out
     offline = offline_store(ctx)
     all_views = list(views(ctx).values())
-    request_features, feature_columns = request_half(ctx)
+    request_features, feature_columns = request_half(ctx.pm)
     table, digest = training_set(offline, all_views, start, end,
                                  request_features=request_features, feature_columns=feature_columns)
     with atomic_path(out) as tmp:

@@ -10,8 +10,8 @@ running totals per entity (count and sum of each aggregated column, accumulated 
 event-time order). The total over a window ``(lo, hi]`` is then
 ``running(hi) - running(lo)``, where ``running(b)`` is the last running total at an
 event time ``<= b``: one DuckDB ASOF join per distinct bound. A latest-value view is one
-ASOF join at ``t - label_delay``, then the ttl bound on the matched row. Integer columns
-sum exactly; float sums keep their whole 2^-20 steps exact (see ``_sum_parts``), so a
+ASOF join at ``t - label_delay`` (ties: the row written last), then the ttl bound. Integer columns
+sum exactly; float sums keep their whole 2^-20 steps exact (see ``sql._sum_parts``), so a
 window's sum matches a direct sum to the last bit or two, and the running totals start at
 the first event, so two calls on the same source table give identical values.
 """
@@ -19,7 +19,6 @@ the first event, so two calls on the same source table give identical values.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import re
 import time
 from pathlib import Path
@@ -33,20 +32,10 @@ from lab.errors import LabError, NotFound
 from lab.features.digest import canonical_digest
 from lab.features.stores import OfflineStore
 from lab.features.views import FeatureView
+from plugins.duckdb_offline.sql import NUMERIC, ROW, latest_sql, q, running_totals_sql, window_sql
 
 _META = "_lab_sources"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_ROW = "__lab_row"
-_US = dt.timedelta(microseconds=1)
-
-
-def _q(name: str) -> str:
-    """Quote an identifier (names are checked elsewhere; this guards the odd quote)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _us(delta: dt.timedelta) -> int:
-    return delta // _US
 
 
 def _as_arrow(data, what: str) -> pa.Table:
@@ -146,12 +135,12 @@ class DuckDBOfflineStore(OfflineStore):
                     f"CREATE TABLE IF NOT EXISTS {_META} (name VARCHAR PRIMARY KEY, digest VARCHAR, "
                     "rows BIGINT, written_at TIMESTAMP)"
                 )
-                con.execute(f"DROP TABLE IF EXISTS {_q(staging)}")
-                con.execute(f"CREATE TABLE {_q(staging)} AS SELECT * FROM __lab_incoming")
-                stored = con.sql(f"SELECT * FROM {_q(staging)}").to_arrow_table()
+                con.execute(f"DROP TABLE IF EXISTS {q(staging)}")
+                con.execute(f"CREATE TABLE {q(staging)} AS SELECT * FROM __lab_incoming")
+                stored = con.sql(f"SELECT * FROM {q(staging)}").to_arrow_table()
                 digest = canonical_digest(stored)
-                con.execute(f"DROP TABLE IF EXISTS {_q(name)}")
-                con.execute(f"ALTER TABLE {_q(staging)} RENAME TO {_q(name)}")
+                con.execute(f"DROP TABLE IF EXISTS {q(name)}")
+                con.execute(f"ALTER TABLE {q(staging)} RENAME TO {q(name)}")
                 con.execute(
                     f"INSERT OR REPLACE INTO {_META} VALUES (?, ?, ?, now()::TIMESTAMP)",
                     [name, digest, stored.num_rows],
@@ -175,7 +164,7 @@ class DuckDBOfflineStore(OfflineStore):
                 row = con.execute(f"SELECT digest FROM {_META} WHERE name = ?", [name]).fetchall()
                 if row:
                     return row[0][0]
-            return canonical_digest(con.sql(f"SELECT * FROM {_q(name)}").to_arrow_table())
+            return canonical_digest(con.sql(f"SELECT * FROM {q(name)}").to_arrow_table())
 
     def sources(self) -> dict[str, int]:
         """Every source table with its row count."""
@@ -183,7 +172,7 @@ class DuckDBOfflineStore(OfflineStore):
             return {}
         with self._connect() as con:
             names = sorted(t for t in self._tables(con) if not t.startswith("_lab_"))
-            return {n: con.execute(f"SELECT count(*) FROM {_q(n)}").fetchall()[0][0] for n in names}
+            return {n: con.execute(f"SELECT count(*) FROM {q(n)}").fetchall()[0][0] for n in names}
 
     def read_source(self, name: str, columns: Sequence[str] | None = None) -> pa.Table:
         """The rows of ``name`` in the order they were written (or only ``columns``)."""
@@ -198,8 +187,8 @@ class DuckDBOfflineStore(OfflineStore):
                     raise LabError(
                         f"source {name!r} has no column(s) {', '.join(missing)}; it has {', '.join(have)}"
                     )
-                select = ", ".join(_q(c) for c in columns)
-            return con.sql(f"SELECT {select} FROM {_q(name)}").to_arrow_table()
+                select = ", ".join(q(c) for c in columns)
+            return con.sql(f"SELECT {select} FROM {q(name)}").to_arrow_table()
 
     # -- point-in-time retrieval ---------------------------------------------------
 
@@ -215,7 +204,7 @@ class DuckDBOfflineStore(OfflineStore):
             [pa.array(np.arange(entity_rows.num_rows, dtype=np.int64))]
             + [entity_rows.column(k) for k in keys]
             + [entity_rows.column(timestamp_column)],
-            names=[_ROW, *keys, "__lab_t"],
+            names=[ROW, *keys, "__lab_t"],
         )
         ts_type = entity_rows.schema.field(timestamp_column).type
         t_expr = "epoch_us(CAST(__lab_t AS TIMESTAMP))" if pa.types.is_date(ts_type) else "epoch_us(__lab_t)"
@@ -225,19 +214,18 @@ class DuckDBOfflineStore(OfflineStore):
             con.register("__lab_entity_rows", probes)
             try:
                 con.execute(
-                    f"CREATE TEMP TABLE __lab_probes AS SELECT {_ROW}, "
-                    + "".join(f"{_q(k)}, " for k in keys)
+                    f"CREATE TEMP TABLE __lab_probes AS SELECT {ROW}, "
+                    + "".join(f"{q(k)}, " for k in keys)
                     + f"{t_expr} AS t FROM __lab_entity_rows"
                 )
                 t_max = con.execute("SELECT max(t) FROM __lab_probes").fetchall()[0][0]
                 for view in views:
                     try:
                         if view.aggregations:
-                            con.execute(_running_totals_sql(view, t_max, types[view.name]))
-                            result = con.sql(_window_sql(view, types[view.name])).to_arrow_table()
+                            con.execute(running_totals_sql(view, t_max, types[view.name]))
+                            result = con.sql(window_sql(view, types[view.name])).to_arrow_table()
                         else:
-                            con.execute(_latest_rows_sql(view, t_max))
-                            result = con.sql(_latest_sql(view)).to_arrow_table()
+                            result = con.sql(latest_sql(view)).to_arrow_table()
                     except duckdb.Error as exc:
                         raise LabError(f"feature view {view.name!r}: retrieval failed: {exc}") from None
                     if result.num_rows != entity_rows.num_rows:  # pragma: no cover - a bug, not input
@@ -268,17 +256,13 @@ class DuckDBOfflineStore(OfflineStore):
             )
         for agg in view.aggregations:
             col_type = have[agg.column]
-            numeric = col_type in _NUMERIC or col_type.startswith("DECIMAL")
+            numeric = col_type in NUMERIC or col_type.startswith("DECIMAL")
             if agg.function != "count" and not numeric:
                 raise LabError(
                     f"feature view {view.name!r}: {agg.function} of {agg.column!r} needs a numeric "
                     f"column, but it is {col_type}"
                 )
         return have
-
-
-_NUMERIC = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
-            "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "BOOLEAN"}
 
 
 def _check_entity_rows(entity_rows: pa.Table, views: list[FeatureView], ts: str) -> None:
@@ -304,128 +288,3 @@ def _check_entity_rows(entity_rows: pa.Table, views: list[FeatureView], ts: str)
             raise LabError(f"feature view {view.name!r} would overwrite column(s) {', '.join(sorted(clash))}; "
                            "drop them from the entity rows or rename the features")
         seen.update(view.feature_names)
-
-
-def _lower_offset_us(view: FeatureView, window: dt.timedelta) -> int:
-    """How far below ``t - delay`` a window starts (exclusive), with the ttl bound applied.
-
-    A window wider than the ttl is cut at the ttl, inclusive: ``e >= t-d-ttl`` is
-    ``e > t-d-ttl-1µs``.
-    """
-    return _us(window) if window <= view.ttl else _us(view.ttl) + 1
-
-
-_GRID = 1 << 20  # float sums: a whole number of 2^-20 steps (exact) plus a small remainder
-
-
-def _sum_parts(column: str, col_type: str) -> dict[str, str]:
-    """How one event's values enter the running totals, by part name.
-
-    Integers and booleans sum exactly as HUGEINT (``s``). A float ``x`` is split into
-    ``floor(x * 2^20)`` (``h``, summed exactly as HUGEINT) and the remainder below 2^-20
-    (``l``, summed as DOUBLE): the difference of two running totals is then as accurate
-    as a direct sum, where a plain running DOUBLE sum would carry the rounding error of
-    the whole history into every window. A column only counted (a string) has no parts.
-    """
-    c = _q(column)
-    if col_type == "BOOLEAN":
-        return {"s": f"sum({c}::INTEGER)"}
-    if col_type in _NUMERIC and col_type not in ("FLOAT", "DOUBLE"):
-        return {"s": f"sum({c})"}
-    if col_type in ("FLOAT", "DOUBLE") or col_type.startswith("DECIMAL"):
-        grid = f"floor({c}::DOUBLE * {_GRID}.0)"
-        return {"h": f"sum(CAST({grid} AS HUGEINT))", "l": f"sum({c}::DOUBLE - {grid} / {_GRID}.0)"}
-    return {}
-
-
-def _sum_expr(parts: dict[str, str], i: int, j: int) -> str:
-    """A window's sum of column ``i``: running totals at bound 0 minus at bound ``j``."""
-    def diff(part: str) -> str:
-        return f"(coalesce(r0.{part}{i}, 0) - coalesce(r{j}.{part}{i}, 0))"
-    if "s" in parts:
-        return f"CAST({diff('s')} AS DOUBLE)"
-    if "h" in parts:
-        return f"(CAST({diff('h')} AS DOUBLE) / {_GRID}.0 + {diff('l')})"
-    return "NULL::DOUBLE"
-
-
-def _running_totals_sql(view: FeatureView, t_max: int | None, types: dict[str, str]) -> str:
-    """Per (entity, event time): running count and sum parts of every aggregated column."""
-    delay = _us(view.label_delay)
-    per_event, running = [], []
-    for i, c in enumerate(sorted({a.column for a in view.aggregations})):
-        per_event.append(f"count({_q(c)}) AS n{i}")
-        running.append(f"sum(n{i}) OVER w AS n{i}")
-        for part, expr in _sum_parts(c, types[c]).items():
-            per_event.append(f"{expr} AS {part}{i}")
-            running.append(f"sum({part}{i}) OVER w AS {part}{i}")
-    # Rows after the latest entity time can never be visible; earlier rows all count,
-    # so the running totals (and their float rounding) do not depend on the entity rows.
-    hi = "" if t_max is None else f" AND epoch_us({_q(view.timestamp)}) <= {t_max - delay}"
-    return (
-        f"CREATE OR REPLACE TEMP TABLE __lab_running AS SELECT k, e, {', '.join(running)} FROM ("
-        f"SELECT {_q(view.entity)} AS k, epoch_us({_q(view.timestamp)}) AS e, {', '.join(per_event)} "
-        f"FROM {_q(view.source)} WHERE {_q(view.entity)} IS NOT NULL "
-        f"AND {_q(view.timestamp)} IS NOT NULL{hi} GROUP BY 1, 2) "
-        "WINDOW w AS (PARTITION BY k ORDER BY e ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
-    )
-
-
-def _window_sql(view: FeatureView, types: dict[str, str]) -> str:
-    """Each probe's window totals: running total at the upper bound minus at the lower."""
-    delay = _us(view.label_delay)
-    col_id = {c: i for i, c in enumerate(sorted({a.column for a in view.aggregations}))}
-    offsets = sorted({_lower_offset_us(view, a.window) for a in view.aggregations})
-    bound_id = {o: j + 1 for j, o in enumerate(offsets)}
-    bounds = [f"t - {delay} AS b0"] + [f"t - {delay + o} AS b{bound_id[o]}" for o in offsets]
-    joins = "".join(
-        f" ASOF LEFT JOIN __lab_running r{j} ON p.k = r{j}.k AND p.b{j} >= r{j}.e"
-        for j in range(len(offsets) + 1)
-    )
-    features = []
-    for a in view.aggregations:
-        i, j = col_id[a.column], bound_id[_lower_offset_us(view, a.window)]
-        n = f"(coalesce(r0.n{i}, 0) - coalesce(r{j}.n{i}, 0))"
-        s = _sum_expr(_sum_parts(a.column, types[a.column]), i, j)
-        if a.function == "count":
-            expr = f"CAST({n} AS BIGINT)"
-        elif a.function == "sum":
-            expr = s
-        else:
-            fill = "NULL" if a.fill is None else repr(float(a.fill))
-            expr = f"CASE WHEN {n} > 0 THEN {s} / {n} ELSE CAST({fill} AS DOUBLE) END"
-        features.append(f"{expr} AS {_q(a.name)}")
-    return (
-        f"SELECT p.{_ROW}, {', '.join(features)} FROM "
-        f"(SELECT {_ROW}, {_q(view.entity)} AS k, {', '.join(bounds)} FROM __lab_probes) p"
-        f"{joins} ORDER BY p.{_ROW}"
-    )
-
-
-def _latest_rows_sql(view: FeatureView, t_max: int | None) -> str:
-    """One source row per (entity, event time); of two with one time, the one written last.
-
-    A temp table, not a subquery: DuckDB 2.0.1 returns extra rows from an ASOF join whose
-    right side is a subquery with a window function (QUALIFY).
-    """
-    cols = ", ".join(_q(f) for f in view.features)
-    hi = "" if t_max is None else f" AND epoch_us({_q(view.timestamp)}) <= {t_max - _us(view.label_delay)}"
-    return (
-        f"CREATE OR REPLACE TEMP TABLE __lab_latest AS "
-        f"SELECT {_q(view.entity)} AS k, epoch_us({_q(view.timestamp)}) AS e, {cols} "
-        f"FROM {_q(view.source)} WHERE {_q(view.entity)} IS NOT NULL AND {_q(view.timestamp)} IS NOT NULL{hi} "
-        "QUALIFY row_number() OVER (PARTITION BY k, e ORDER BY rowid DESC) = 1"
-    )
-
-
-def _latest_sql(view: FeatureView) -> str:
-    """Each probe's newest visible row (ASOF at ``t - delay``), kept if within the ttl."""
-    delay, ttl = _us(view.label_delay), _us(view.ttl)
-    picked = ", ".join(
-        f"CASE WHEN p.b - s.e <= {ttl} THEN s.{_q(f)} END AS {_q(f)}" for f in view.features
-    )
-    return (
-        f"SELECT p.{_ROW}, {picked} FROM "
-        f"(SELECT {_ROW}, {_q(view.entity)} AS k, t - {delay} AS b FROM __lab_probes) p "
-        f"ASOF LEFT JOIN __lab_latest s ON p.k = s.k AND p.b >= s.e ORDER BY p.{_ROW}"
-    )

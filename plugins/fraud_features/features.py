@@ -3,8 +3,9 @@
 Fifteen model inputs, in ``FEATURE_COLUMNS`` order:
 
 - ``TX_AMOUNT``, the transaction's own amount;
-- ``TX_DURING_WEEKEND`` and ``TX_DURING_NIGHT``, computed from ``TX_DATETIME`` at
-  request time by ``request_features`` (training and serving call the same function);
+- ``TX_DURING_WEEKEND`` and ``TX_DURING_NIGHT``, computed from ``TX_DATETIME`` by the
+  rules in ``REQUEST_RULES`` (one definition; ``request_features`` applies them to a
+  frame for training, ``request_row`` to one request for serving);
 - six customer-spending features (view ``customer_spending``): count and mean amount of
   the customer's transactions over ``(t - n days, t]`` for n in 1, 7, 30;
 - six terminal-risk features (view ``terminal_risk``): count and fraud rate of the
@@ -25,6 +26,7 @@ import datetime as dt
 
 import polars as pl
 
+from lab.errors import LabError
 from lab.features.views import Aggregation, FeatureView
 
 DAY = dt.timedelta(days=1)
@@ -80,21 +82,35 @@ FEATURE_COLUMNS: tuple[str, ...] = (
 """The 15 model inputs, in the spec's order."""
 
 
-def request_features(df: pl.DataFrame) -> pl.DataFrame:
-    """``df`` plus TX_DURING_WEEKEND (Saturday or Sunday) and TX_DURING_NIGHT (hour 0..6).
+REQUEST_RULES: dict[str, tuple[str, int, int]] = {
+    "TX_DURING_WEEKEND": ("weekday", 6, 7),  # ISO weekday: Saturday 6, Sunday 7
+    "TX_DURING_NIGHT": ("hour", 0, 6),       # hours 0..6 inclusive
+}
+"""The request-time features, defined once: 1 when a calendar field of TX_DATETIME lies
+in an inclusive range. ``request_features`` (batches) and ``request_row`` (one request)
+both read these rules; a test checks the two agree at every boundary."""
 
-    Both are 0/1 Int64 computed from ``TX_DATETIME``, as wall-clock time in whatever zone
-    the column carries. Training and serving both call this; there is no second copy.
+
+def request_features(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` plus the ``REQUEST_RULES`` columns (0/1 Int64) computed from TX_DATETIME.
+
+    Wall-clock time in whatever zone the column carries. Training and batch scoring call
+    this; serving calls ``request_row``, which applies the same rules to one datetime.
     """
     if "TX_DATETIME" not in df.columns:
-        from lab.errors import LabError
-
         raise LabError(f"request features need a TX_DATETIME column; got {', '.join(df.columns)}")
-    ts = pl.col("TX_DATETIME")
+    ts = pl.col("TX_DATETIME").dt
+    fields = {"weekday": ts.weekday(), "hour": ts.hour()}  # polars weekday is ISO (Mon=1)
     return df.with_columns(
-        (ts.dt.weekday() >= 6).cast(pl.Int64).alias("TX_DURING_WEEKEND"),  # Mon=1 .. Sun=7
-        (ts.dt.hour() <= 6).cast(pl.Int64).alias("TX_DURING_NIGHT"),
+        fields[field].is_between(lo, hi).cast(pl.Int64).alias(name)
+        for name, (field, lo, hi) in REQUEST_RULES.items()
     )
+
+
+def request_row(when: dt.datetime) -> dict[str, int]:
+    """The ``REQUEST_RULES`` columns for one transaction time (no DataFrame: microseconds)."""
+    fields = {"weekday": when.isoweekday(), "hour": when.hour}
+    return {name: int(lo <= fields[field] <= hi) for name, (field, lo, hi) in REQUEST_RULES.items()}
 
 
 def _customer_with_request(customer: dict | None, amount: float) -> tuple[dict, bool]:
@@ -135,8 +151,6 @@ def online_row_for_request(
     ``FEATURE_COLUMNS`` order; ``flags`` says which groups were defaulted:
     ``{"customer_defaulted": bool, "terminal_defaulted": bool}``.
     """
-    from lab.errors import LabError
-
     missing = [c for c in ("TX_AMOUNT", "TX_DATETIME") if transaction.get(c) is None]
     if missing:
         raise LabError(f"the transaction lacks {', '.join(missing)}")
@@ -147,7 +161,7 @@ def online_row_for_request(
         except ValueError:
             raise LabError(f"TX_DATETIME {when!r} is not an ISO date-time (2018-08-01T12:30:00)") from None
     amount = float(transaction["TX_AMOUNT"])
-    request = request_features(pl.DataFrame({"TX_DATETIME": [when], "TX_AMOUNT": [amount]})).row(0, named=True)
+    request = {"TX_AMOUNT": amount, **request_row(when)}
     customer_part, customer_defaulted = _customer_with_request(customer, amount)
     terminal_part, terminal_defaulted = _terminal_or_default(terminal)
     merged = {**request, **customer_part, **terminal_part}

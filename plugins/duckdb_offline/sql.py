@@ -1,0 +1,152 @@
+"""The SQL of point-in-time retrieval in DuckDB (see ``store`` for how it works).
+
+Every builder reads the temp table ``__lab_probes`` (row number, entity keys, ``t`` in
+epoch microseconds) that ``DuckDBOfflineStore.get_historical_features`` creates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from lab.features.views import FeatureView
+
+ROW = "__lab_row"
+_US = dt.timedelta(microseconds=1)
+
+
+def q(name: str) -> str:
+    """Quote an identifier (names are checked elsewhere; this guards the odd quote)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def us(delta: dt.timedelta) -> int:
+    return delta // _US
+
+
+NUMERIC = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+            "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "BOOLEAN"}
+
+
+def _lower_offset_us(view: FeatureView, window: dt.timedelta) -> int:
+    """How far below ``t - delay`` a window starts (exclusive), with the ttl bound applied.
+
+    A window wider than the ttl is cut at the ttl, inclusive: ``e >= t-d-ttl`` is
+    ``e > t-d-ttl-1µs``.
+    """
+    return us(window) if window <= view.ttl else us(view.ttl) + 1
+
+
+_GRID = 1 << 20  # float sums: a whole number of 2^-20 steps (exact) plus a small remainder
+
+
+def _sum_parts(column: str, col_type: str) -> dict[str, str]:
+    """How one event's values enter the running totals, by part name.
+
+    Integers and booleans sum exactly as HUGEINT (``s``). A float ``x`` is split into
+    ``floor(x * 2^20)`` (``h``, summed exactly as HUGEINT) and the remainder below 2^-20
+    (``l``, summed as DOUBLE): the difference of two running totals is then as accurate
+    as a direct sum, where a plain running DOUBLE sum would carry the rounding error of
+    the whole history into every window. A column only counted (a string) has no parts.
+    """
+    c = q(column)
+    if col_type == "BOOLEAN":
+        return {"s": f"sum({c}::INTEGER)"}
+    if col_type in NUMERIC and col_type not in ("FLOAT", "DOUBLE"):
+        return {"s": f"sum({c})"}
+    if col_type in ("FLOAT", "DOUBLE") or col_type.startswith("DECIMAL"):
+        grid = f"floor({c}::DOUBLE * {_GRID}.0)"
+        return {"h": f"sum(CAST({grid} AS HUGEINT))", "l": f"sum({c}::DOUBLE - {grid} / {_GRID}.0)"}
+    return {}
+
+
+def _sum_expr(parts: dict[str, str], i: int, j: int) -> str:
+    """A window's sum of column ``i``: running totals at bound 0 minus at bound ``j``."""
+    def diff(part: str) -> str:
+        return f"(coalesce(r0.{part}{i}, 0) - coalesce(r{j}.{part}{i}, 0))"
+    if "s" in parts:
+        return f"CAST({diff('s')} AS DOUBLE)"
+    if "h" in parts:
+        return f"(CAST({diff('h')} AS DOUBLE) / {_GRID}.0 + {diff('l')})"
+    return "NULL::DOUBLE"
+
+
+def running_totals_sql(view: FeatureView, t_max: int | None, types: dict[str, str]) -> str:
+    """Per (entity, event time): running count and sum parts of every aggregated column."""
+    delay = us(view.label_delay)
+    per_event, running = [], []
+    for i, c in enumerate(sorted({a.column for a in view.aggregations})):
+        per_event.append(f"count({q(c)}) AS n{i}")
+        running.append(f"sum(n{i}) OVER w AS n{i}")
+        for part, expr in _sum_parts(c, types[c]).items():
+            per_event.append(f"{expr} AS {part}{i}")
+            running.append(f"sum({part}{i}) OVER w AS {part}{i}")
+    # Rows after the latest entity time can never be visible; earlier rows all count,
+    # so the running totals (and their float rounding) do not depend on the entity rows.
+    hi = "" if t_max is None else f" AND epoch_us({q(view.timestamp)}) <= {t_max - delay}"
+    return (
+        f"CREATE OR REPLACE TEMP TABLE __lab_running AS SELECT k, e, {', '.join(running)} FROM ("
+        f"SELECT {q(view.entity)} AS k, epoch_us({q(view.timestamp)}) AS e, {', '.join(per_event)} "
+        f"FROM {q(view.source)} WHERE {q(view.entity)} IS NOT NULL "
+        f"AND {q(view.timestamp)} IS NOT NULL{hi} GROUP BY 1, 2) "
+        "WINDOW w AS (PARTITION BY k ORDER BY e ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+
+
+def window_sql(view: FeatureView, types: dict[str, str]) -> str:
+    """Each probe's window totals: running total at the upper bound minus at the lower."""
+    delay = us(view.label_delay)
+    col_id = {c: i for i, c in enumerate(sorted({a.column for a in view.aggregations}))}
+    offsets = sorted({_lower_offset_us(view, a.window) for a in view.aggregations})
+    bound_id = {o: j + 1 for j, o in enumerate(offsets)}
+    bounds = [f"t - {delay} AS b0"] + [f"t - {delay + o} AS b{bound_id[o]}" for o in offsets]
+    joins = "".join(
+        f" ASOF LEFT JOIN __lab_running r{j} ON p.k = r{j}.k AND p.b{j} >= r{j}.e"
+        for j in range(len(offsets) + 1)
+    )
+    features = []
+    for a in view.aggregations:
+        i, j = col_id[a.column], bound_id[_lower_offset_us(view, a.window)]
+        n = f"(coalesce(r0.n{i}, 0) - coalesce(r{j}.n{i}, 0))"
+        s = _sum_expr(_sum_parts(a.column, types[a.column]), i, j)
+        if a.function == "count":
+            expr = f"CAST({n} AS BIGINT)"
+        elif a.function == "sum":
+            expr = s
+        else:
+            fill = "NULL" if a.fill is None else repr(float(a.fill))
+            expr = f"CASE WHEN {n} > 0 THEN {s} / {n} ELSE CAST({fill} AS DOUBLE) END"
+        features.append(f"{expr} AS {q(a.name)}")
+    return (
+        f"SELECT p.{ROW}, {', '.join(features)} FROM "
+        f"(SELECT {ROW}, {q(view.entity)} AS k, {', '.join(bounds)} FROM __lab_probes) p"
+        f"{joins} ORDER BY p.{ROW}"
+    )
+
+
+_TIE_BITS = 40  # rowid bits in a latest-value key: tables up to 2^40 rows
+
+
+def latest_sql(view: FeatureView) -> str:
+    """Each probe's newest visible row (ASOF at ``t - delay``), kept if within the ttl.
+
+    The ASOF key is ``(event time, rowid)`` packed in one HUGEINT, so among rows with one
+    entity and time the one written last wins, without a window function (a QUALIFY
+    subquery on the right of an ASOF join also returns extra rows in DuckDB 2.0.1).
+    """
+    delay, ttl = us(view.label_delay), us(view.ttl)
+    shift = f"{1 << _TIE_BITS}::HUGEINT"
+    cols = ", ".join(q(f) for f in view.features)
+    source = (
+        f"SELECT {q(view.entity)} AS k, epoch_us({q(view.timestamp)}) AS e, "
+        f"epoch_us({q(view.timestamp)})::HUGEINT * {shift} + rowid AS ek, {cols} "
+        f"FROM {q(view.source)} WHERE {q(view.entity)} IS NOT NULL AND {q(view.timestamp)} IS NOT NULL"
+    )
+    picked = ", ".join(
+        f"CASE WHEN p.b - s.e <= {ttl} THEN s.{q(f)} END AS {q(f)}" for f in view.features
+    )
+    return (
+        f"SELECT p.{ROW}, {picked} FROM "
+        f"(SELECT {ROW}, {q(view.entity)} AS k, t - {delay} AS b, "
+        f"(t - {delay})::HUGEINT * {shift} + {(1 << _TIE_BITS) - 1} AS bk FROM __lab_probes) p "
+        f"ASOF LEFT JOIN ({source}) s ON p.k = s.k AND p.bk >= s.ek ORDER BY p.{ROW}"
+    )
