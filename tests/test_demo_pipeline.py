@@ -51,7 +51,8 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
         run = reg.get_run(champion.run_id)
         assert run["status"] == "finished" and len(reg.list_trials(champion.run_id)) == 2
         drift = reg.list_drift()
-        assert {d["column"] for d in drift} >= {"TX_AMOUNT", "TERMINAL_ID_RISK_30DAY_WINDOW"} or drift
+        assert len({d["column"] for d in drift}) == 15
+        assert all(d["model_version"] == 1 and d["score"] >= 0 for d in drift)
 
     run_dirs = [p for p in config.runs_path.iterdir() if p.is_dir() and p.name != "models"]
     notebooks = sorted(p.name for p in run_dirs[0].glob("*.ipynb"))
