@@ -209,6 +209,35 @@ def test_health_ready_and_schema(client, tiny_lab):
     assert spec["paths"]["/readyz"]["get"]["operationId"] == "readyz"
 
 
+class _SlowStoreStart:
+    """A plugin whose online-store hook waits for a signal, then defers to the built-in store."""
+
+    def __init__(self):
+        self.go = threading.Event()
+
+    @hookimpl(tryfirst=True)
+    def lab_online_store(self, config):
+        self.go.wait(10)
+        return None  # firstresult: the next implementation (the SQLite store) answers
+
+
+def test_readyz_is_503_until_start_up_finishes_while_healthz_is_200(tiny_lab):
+    config = load_config(tiny_lab.root)
+    pm = get_plugin_manager(config)
+    slow = _SlowStoreStart()
+    pm.register(slow, name="slow-store-start")
+    with open_client(tiny_lab.root, pm) as c:
+        assert c.get("/healthz").status_code == 200
+        waiting = c.get("/readyz")
+        assert waiting.status_code == 503 and waiting.json()["reason"] == "opening the online store"
+        scored = c.post("/predict", json=tiny_lab.transaction(1))
+        assert scored.status_code == 503 and scored.json()["detail"] == "not ready: opening the online store"
+        slow.go.set()
+        assert wait_ready(c).status_code == 200
+        assert c.post("/predict", json=tiny_lab.transaction(1)).status_code == 200
+        assert c.get("/stats").json()["not_ready"] == 1
+
+
 def test_readyz_is_503_with_the_reason_when_the_model_cannot_load(tiny_lab):
     shutil.rmtree(tiny_lab.root / MODEL_ARTIFACT)
     with open_client(tiny_lab.root) as c:
@@ -390,7 +419,10 @@ def test_lab_serve_names_a_busy_port(tiny_lab, capsys):
     assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in capsys.readouterr().err
 
 
-def test_lab_cli_commands_offers_serve(bare_lab, capsys):
+def test_serve_is_offered_through_the_cli_hook(bare_lab, capsys):
+    pm = get_plugin_manager(load_config(bare_lab))
+    names = [cmd.name for batch in pm.hook.lab_cli_commands() for cmd in (batch or [])]
+    assert names.count("serve") == 1
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out

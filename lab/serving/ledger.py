@@ -2,9 +2,11 @@
 
 Serving calls ``Ledger.append`` on the request path, so it must never wait on the disk.
 ``append`` only puts the record on a bounded in-memory queue and returns; one writer
-thread takes whatever has queued up (up to ``batch_size`` records) and commits it in a
-single transaction. Under light load each prediction is its own small commit; under
-heavy load the commits grow, so the writer keeps up without the request path paying.
+thread wakes on the first queued record, lingers ``linger_s`` (10 ms) for more, then
+encodes and commits up to ``batch_size`` records in one transaction. Serialization, the
+commit and the thread's wake-ups are thus paid once per batch, off the request path;
+measured on the model server, committing each prediction on its own cost about a third
+of the request time.
 
 Durability trade-off, stated plainly:
 
@@ -12,8 +14,8 @@ Durability trade-off, stated plainly:
   but not fsynced. A killed *process* loses nothing that was committed; a power cut or
   kernel crash may lose the last commits (the database itself stays consistent).
 - Records still on the queue are not on disk at all. ``close()`` (called when the server
-  shuts down, SIGTERM included) drains and commits them; SIGKILL loses them. With the
-  default settings that is at most a few milliseconds of predictions.
+  shuts down, SIGTERM included) drains and commits them; SIGKILL loses them: the last
+  ``linger_s`` of predictions (10 ms) under normal load, more if the disk is behind.
 - When the queue is full (the disk cannot keep up) ``append`` drops the record instead
   of blocking the request, and counts it: ``stats()["dropped"]``. A prediction is never
   delayed by the ledger, and a lost ledger row is never silent.
@@ -133,9 +135,10 @@ class Ledger:
     never blocks; ``flush`` waits until everything appended so far is committed.
     """
 
-    def __init__(self, path: Path, *, queue_size: int, batch_size: int):
+    def __init__(self, path: Path, *, queue_size: int, batch_size: int, linger_s: float):
         self.path = path
         self.batch_size = batch_size
+        self.linger_s = linger_s
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._conn = _connect(path)
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -147,18 +150,22 @@ class Ledger:
         self._writer.start()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, queue_size: int = 10_000, batch_size: int = 256) -> "Ledger":
+    def open(cls, path: str | os.PathLike, *, queue_size: int = 10_000, batch_size: int = 512,
+             linger_s: float = 0.01) -> "Ledger":
         """Open (creating the file, its folder and the table if needed) the ledger at ``path``
         and start its writer thread. ``queue_size`` bounds the records waiting in memory;
-        ``batch_size`` bounds the records committed in one transaction."""
+        ``batch_size`` bounds the records committed in one transaction; ``linger_s`` is how
+        long the writer waits after a first record for others to share its commit."""
         if queue_size < 1 or batch_size < 1:
             raise ConfigError("ledger queue_size and batch_size must be at least 1")
+        if not 0 <= linger_s <= 1:
+            raise ConfigError(f"ledger linger_s must be between 0 and 1 second, got {linger_s!r}")
         path = Path(path).resolve()
         try:
             _init_file(path)
         except sqlite3.Error as exc:
             raise LabError(f"cannot open the prediction ledger {path}: {exc}; check the folder is writable") from None
-        return cls(path, queue_size=queue_size, batch_size=batch_size)
+        return cls(path, queue_size=queue_size, batch_size=batch_size, linger_s=linger_s)
 
     def __enter__(self) -> "Ledger":
         return self
@@ -176,16 +183,10 @@ class Ledger:
                 self._counts["dropped"] += 1
             return False
         try:
-            row = record.as_row()
-            self._queue.put_nowait(row)
+            self._queue.put_nowait(record)  # encoded by the writer, off the request path
         except queue.Full:
             with self._lock:
                 self._counts["dropped"] += 1
-            return False
-        except (TypeError, ValueError) as exc:  # a value that is not JSON: a bug upstream, not a crash here
-            log.error("ledger record for request %s is not JSON-able: %s", record.request_id, exc)
-            with self._lock:
-                self._counts["failed"] += 1
             return False
         with self._lock:
             self._counts["appended"] += 1
@@ -235,6 +236,8 @@ class Ledger:
         stopping = False
         while not stopping:
             item = self._queue.get()
+            if self.linger_s and isinstance(item, PredictionRecord):
+                time.sleep(self.linger_s)  # let a batch gather: one commit, one wake-up
             rows: list[tuple] = []
             markers: list[_Flush] = []
             while True:
@@ -243,7 +246,9 @@ class Ledger:
                 elif isinstance(item, _Flush):
                     markers.append(item)
                 else:
-                    rows.append(item)
+                    row = self._encode(item)
+                    if row is not None:
+                        rows.append(row)
                 if stopping or len(rows) >= self.batch_size:
                     break
                 try:
@@ -254,6 +259,15 @@ class Ledger:
                 self._commit(rows)
             for marker in markers:
                 marker.done.set()
+
+    def _encode(self, record: PredictionRecord) -> tuple | None:
+        try:
+            return record.as_row()
+        except (TypeError, ValueError) as exc:  # a value that is not JSON: a bug upstream, not a crash here
+            log.error("ledger record for request %s is not JSON-able: %s", record.request_id, exc)
+            with self._lock:
+                self._counts["failed"] += 1
+            return None
 
     def _commit(self, rows: list[tuple]) -> None:
         try:

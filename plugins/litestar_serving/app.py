@@ -124,6 +124,8 @@ def start_up(state: ServingState, config, pm) -> None:
         for warning in state.warnings:
             log.warning("%s", warning)
         state.model, state.assembler = model, assembler
+        if state.stopping.is_set():  # shut down while we loaded: stay not ready
+            return
         state.ready, state.reason = True, None
         log.info("ready: serving %s", where)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the readiness reason
