@@ -13,7 +13,7 @@ of microseconds) after a short warm-up, stopping at ``--time-limit`` seconds wha
 the count. It prints p50/p99 latency and throughput for both and the ratios.
 
 With ``--root`` the lab there is served (its champion and online store; customers and
-terminals drawn from the simulator's ranges); otherwise a tiny lab is built in a
+terminals drawn from the simulator's ranges; the requests land in its ledger); otherwise a tiny lab is built in a
 temporary folder (``plugins.litestar_serving.testing``).
 """
 
