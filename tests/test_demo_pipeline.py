@@ -13,6 +13,8 @@ from lab.registry import Registry
 from tests.conftest import REPO, write_pyproject
 
 SMALL = """
+plugins = ["lab_probe"]
+
 [tool.lab.simulate]
 exact = false
 n_customers = 400
@@ -26,11 +28,46 @@ max_epochs = 2
 """
 
 
+# A project-local plugin: it sees every event and adds a Lightning callback to training.
+PROBE = '''
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from lab import hookimpl
+
+HERE = Path(__file__).parent
+
+
+class EpochProbe(pl.Callback):
+    def on_train_epoch_end(self, trainer, module):
+        with open(HERE / "epochs.log", "a") as fh:
+            fh.write(f"{trainer.current_epoch}\\n")
+
+
+@hookimpl
+def lab_trainer_callbacks(config, run_dir):
+    return [EpochProbe()]
+
+
+@hookimpl
+def lab_on_event(event):
+    with open(HERE / "events.log", "a") as fh:
+        fh.write(json.dumps({"name": event.name, **event.payload}, default=str) + "\\n")
+'''
+
+
 @pytest.fixture
 def small_lab(tmp_path):
     write_pyproject(tmp_path, SMALL)
     shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    (tmp_path / "lab_probe.py").write_text(PROBE)
     return tmp_path
+
+
+def read_events(lab) -> list[dict]:
+    return [json.loads(line) for line in (lab / "events.log").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -61,7 +98,14 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     evaluation = json.loads((small_lab / "data/evaluation.json").read_text())
     assert evaluation["gate"]["passed"] is True and evaluation["champion"] is None
 
+    # The project plugin's callback ran inside the notebook kernels' training, and its
+    # observer saw the stages and the promotion.
+    assert len((small_lab / "epochs.log").read_text().split()) >= 2
+    names = [e["name"] for e in read_events(small_lab)]
+    assert names.count("stage.finished") == 8 and "model.promoted" in names and "model.registered" in names
+
     # Nothing changed: every stage is skipped, the champion is the same.
     assert main(["--root", str(small_lab), "run"]) == 0
     out = capsys.readouterr().out
     assert "0 stage(s) ran, 8 skipped" in out and "champion fraud v1" in out
+    assert [e["name"] for e in read_events(small_lab)].count("stage.skipped") == 8

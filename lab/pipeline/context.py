@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from lab.atomic import atomic_write_text
+
+
+RUN_PID_ENV = "LAB_RUN_PID"
+_watchdog_started = False
+
+
+def exit_with_parent_run(poll_s: float = 0.2) -> None:
+    """End this kernel when the ``lab run`` that launched it dies.
+
+    Jupyter starts kernels in a session of their own, so a ``kill -9`` of ``lab run``
+    would leave the kernel training on, racing the run that resumes after it. The runner
+    sets ``LAB_RUN_PID``; a daemon thread exits as soon as that process is no longer our
+    parent. Outside ``lab run`` (JupyterLab, plain papermill) the variable is unset and
+    nothing happens.
+    """
+    global _watchdog_started
+    parent = os.environ.get(RUN_PID_ENV)
+    if _watchdog_started or not parent or not parent.isdigit():
+        return
+    parent_pid = int(parent)
+    if os.getppid() != parent_pid and os.getpid() != parent_pid:
+        os._exit(137)  # the run died before we got here
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(137)
+
+    if os.getpid() != parent_pid:  # a stage run in-process by a custom executor needs no watchdog
+        threading.Thread(target=watch, name="lab-parent-watchdog", daemon=True).start()
+    _watchdog_started = True
 
 
 @dataclass
@@ -21,6 +55,7 @@ class StageContext:
 
     @classmethod
     def open(cls, root: str | Path, run_dir: str | Path) -> "StageContext":
+        exit_with_parent_run()
         run = Path(run_dir)
         run.mkdir(parents=True, exist_ok=True)
         return cls(root=Path(root).resolve(), run_dir=run)

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,15 @@ def stage_params(config, stage: Stage, run_dir: Path) -> dict:
     import dataclasses
 
     params = {}
-    for section in stage.config:
+    for entry in stage.config:
+        section, _, key = entry.partition(".")
         value = getattr(config, section, None)
         if not dataclasses.is_dataclass(value):
             raise ConfigError(f"stage {stage.name!r} asks for config section {section!r}, which does not exist")
-        params.update(dataclasses.asdict(value))
+        values = dataclasses.asdict(value)
+        if key and key not in values:
+            raise ConfigError(f"stage {stage.name!r} asks for {entry!r}; [tool.lab.{section}] has {sorted(values)}")
+        params.update({key: values[key]} if key else values)
     params.update(stage.params)
     params["root"] = str(config.root)
     params["run_dir"] = str(run_dir)
@@ -153,6 +158,8 @@ def run_pipeline(
         run_dir = config.runs_path / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         result = PipelineResult(run_id=run_id, run_dir=run_dir, resumed=resumed)
+        # Stage kernels watch this PID and exit when the run dies (see StageContext).
+        os.environ["LAB_RUN_PID"] = str(os.getpid())
         executor = pm.hook.lab_stage_executor(config=config)
         if executor is None:
             raise ConfigError("no plugin answered lab_stage_executor; is papermill_executor blocked?")

@@ -21,7 +21,8 @@ class Stage:
     ``inputs`` are paths relative to the project root (a file or a folder) or
     ``alias:MODEL/ALIAS`` (the model version an alias points at). Their digests, the
     notebook's bytes, the parameters and the platform's code form the stage's cache key.
-    ``config`` names [tool.lab.<section>] tables whose values become parameters.
+    ``config`` names [tool.lab.<section>] tables (or single ``section.key`` values) whose
+    values become parameters.
     ``outputs`` are paths that must exist after the stage ran; when one is missing the
     stage runs again.
     """

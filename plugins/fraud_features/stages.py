@@ -9,12 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import polars as pl
 
 from lab import events
+from lab.atomic import atomic_path, atomic_write_text
 from lab.pipeline.context import StageContext
 from lab.pipeline.digest import path_digest
 
@@ -83,7 +82,7 @@ def simulate(root, run_dir, *, exact, n_customers, n_terminals, nb_days, start_d
     return summary
 
 
-def features(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, **_: Any) -> dict:
+def features(root, run_dir, *, train_start, delta_train, delta_delay, delta_test) -> dict:
     from lab.features.training import training_set
 
     ctx = StageContext.open(root, run_dir)
@@ -92,8 +91,6 @@ def features(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
         source_digest = ctx.offline.write_source("transactions", transactions.to_arrow())
         start, end = _dates(train_start, delta_train, delta_delay, delta_test)
         table, digest = training_set(ctx.offline, list(ctx.views.values()), start, end)
-        from lab.atomic import atomic_path
-
         with atomic_path(ctx.path(TRAINSET)) as tmp:
             pl.from_arrow(table).write_parquet(tmp)
         ctx.registry.record_dataset(
@@ -175,14 +172,11 @@ def _resumable_run(ctx: StageContext, workdir: Path, *, params: dict, seed: int)
             pass
     run_id = ctx.registry.start_run(kind="train", params=params, seeds={"seed": seed},
                                     parent_run_id=ctx.run_dir.name)
-    from lab.atomic import atomic_write_text
-
     atomic_write_text(marker, run_id)
     return run_id
 
 
-def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, metric, min_delta,
-             **_: Any) -> dict:
+def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, metric, min_delta) -> dict:
     from lab.plugins import model_flavor
 
     ctx = StageContext.open(root, run_dir)
@@ -286,7 +280,7 @@ def materialize(root, run_dir) -> dict:
         ctx.close()
 
 
-def batch_score(root, run_dir, *, score_days, **_: Any) -> dict:
+def batch_score(root, run_dir, *, score_days) -> dict:
     from lab.features.training import training_set
     from lab.plugins import model_flavor
 
@@ -305,8 +299,6 @@ def batch_score(root, run_dir, *, score_days, **_: Any) -> dict:
         frame = pl.from_arrow(table)
         scores = model.predict(frame.select(model.feature_names).to_numpy().astype(np.float32))
         out = frame.with_columns(pl.Series("score", scores), pl.lit(champion.version).alias("model_version"))
-        from lab.atomic import atomic_path
-
         with atomic_path(ctx.path(SCORES)) as tmp:
             out.write_parquet(tmp)
         return {"rows": out.height, "window": [str(start), str(last)], "model_version": champion.version,
@@ -315,7 +307,7 @@ def batch_score(root, run_dir, *, score_days, **_: Any) -> dict:
         ctx.close()
 
 
-def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, **_: Any) -> dict:
+def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test) -> dict:
     ctx = StageContext.open(root, run_dir)
     try:
         columns = _feature_columns()
@@ -327,8 +319,8 @@ def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, *
         result = ctx.pm.hook.lab_drift_report(
             config=ctx.config, reference=train_df.select(columns).to_pandas(),
             current=scores.select(columns).to_pandas(), columns=columns, html_path=str(report))
-        shutil.copyfile(report, ctx.path(DRIFT_HTML) .with_suffix(".html.tmp"))
-        ctx.path(DRIFT_HTML).with_suffix(".html.tmp").replace(ctx.path(DRIFT_HTML))
+        with atomic_path(ctx.path(DRIFT_HTML)) as tmp:
+            shutil.copyfile(report, tmp)
         version = int(scores["model_version"][0]) if scores.height else None
         ctx.registry.record_drift(ctx.run_dir.name, model_name=ctx.config.model_name, model_version=version,
                                   reference=f"train {train_start} +{delta_train}d",
