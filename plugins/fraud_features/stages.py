@@ -250,7 +250,9 @@ def register(root, run_dir) -> dict:
                 name, run_id=info["run_id"], flavor=info["flavor"], artifact_path=rel,
                 metrics=evaluation["candidate"]["metrics"], lineage=lineage)
             events.emit(ctx.pm, events.MODEL_REGISTERED, model=name, version=version.version)
-        ctx.registry.set_alias(name, "challenger", version.version, reason="pipeline register stage")
+        challenger = ctx.registry.get_alias(name, "challenger")
+        if challenger is None or challenger.version != version.version:
+            ctx.registry.set_alias(name, "challenger", version.version, reason="pipeline register stage")
         promoted = False
         current = ctx.registry.get_alias(name, "champion")
         if evaluation["gate"]["passed"] and (current is None or current.version != version.version):
