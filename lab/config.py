@@ -60,6 +60,15 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class ExperimentsConfig:
+    alpha: float = 0.05
+    power: float = 0.8
+    srm_p: float = 0.001
+    guardrails: tuple[str, ...] = ("latency_ms", "error_rate")
+    guardrail_alpha: float = 0.01
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -78,6 +87,7 @@ class LabConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
 
     # Resolved paths; everything the platform writes lives under the project root.
     @property
@@ -118,6 +128,7 @@ _SECTIONS = {
     "train": TrainConfig,
     "gate": GateConfig,
     "serve": ServeConfig,
+    "experiments": ExperimentsConfig,
 }
 
 

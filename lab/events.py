@@ -15,6 +15,10 @@ MODEL_REGISTERED = "model.registered"
 MODEL_PROMOTED = "model.promoted"
 MODEL_ROLLED_BACK = "model.rolled_back"
 DRIFT_DETECTED = "drift.detected"
+FLAG_CHANGED = "flag.changed"
+EXPERIMENT_STARTED = "experiment.started"
+EXPERIMENT_STOPPED = "experiment.stopped"
+GUARDRAIL_BREACHED = "guardrail.breached"
 
 
 def current_actor() -> str:

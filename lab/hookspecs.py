@@ -124,6 +124,21 @@ def lab_cli_commands() -> "list[Any] | None":
     """
 
 
+@hookspec
+def lab_guardrails(config: "LabConfig") -> "list[Any] | None":
+    """Return extra guardrail metrics (``lab.experiments.Guardrail``) that every experiment inherits.
+
+    Called when an experiment's guardrails are checked. Results from all plugins are
+    concatenated with the built-in ``latency_ms`` and ``error_rate`` named in
+    ``[tool.lab.experiments] guardrails``; two guardrails with one name is an error.
+    Example::
+
+        @hookimpl
+        def lab_guardrails(config):
+            return [Guardrail("p99_latency_ms", kind="mean", worse="increase")]
+    """
+
+
 @hookspec(firstresult=True)
 def lab_drift_report(
     config: "LabConfig", reference: Any, current: Any, columns: "list[str]", html_path: str
@@ -143,7 +158,8 @@ def lab_drift_report(
 @hookspec
 def lab_on_event(event: "Event") -> None:
     """Observe something that happened: a stage finished, failed or was skipped; a model
-    was registered, promoted or rolled back; drift was detected.
+    was registered, promoted or rolled back; drift was detected; a flag changed; an
+    experiment started or stopped; a guardrail was breached.
 
     ``event.name`` is one of the names in ``lab.events``; ``event.payload`` holds the
     details, ``event.actor`` and ``event.at`` say who and when. Return values are
