@@ -57,14 +57,19 @@ CREATE TABLE IF NOT EXISTS predictions (
     features       TEXT NOT NULL,     -- the model inputs actually used (JSON object)
     defaults       TEXT NOT NULL,     -- feature group -> defaulted because the entity was unknown
     score          REAL NOT NULL,
-    latency_ms     REAL NOT NULL
+    latency_ms     REAL NOT NULL,
+    experiment     TEXT,              -- the flag that routed this request, if any
+    variant        TEXT               -- the flag's variant the unit was assigned to
 );
 CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model_name, model_version, id);
 CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id);
 """
+# Columns added after the first release, with their type: a ledger file made before
+# them gets them on open (ALTER TABLE ADD COLUMN keeps every existing row).
+_ADDED_COLUMNS = (("experiment", "TEXT"), ("variant", "TEXT"))
 
 _COLUMNS = ("at", "request_id", "transaction_id", "model_name", "model_version",
-            "request", "features", "defaults", "score", "latency_ms")
+            "request", "features", "defaults", "score", "latency_ms", "experiment", "variant")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _JSON_COLUMNS = ("request", "features", "defaults")
 
@@ -88,12 +93,14 @@ class PredictionRecord:
     request: dict[str, Any] = field(default_factory=dict)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     at: str = field(default_factory=utc_now_iso)
+    experiment: str | None = None
+    variant: str | None = None
 
     def as_row(self) -> tuple:
         return (
             self.at, self.request_id, self.transaction_id, self.model_name, int(self.model_version),
             json.dumps(self.request, default=str), json.dumps(self.features), json.dumps(self.defaults),
-            float(self.score), float(self.latency_ms),
+            float(self.score), float(self.latency_ms), self.experiment, self.variant,
         )
 
 
@@ -123,6 +130,10 @@ def _init_file(path: Path) -> None:
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript(SCHEMA)
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(predictions)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
     finally:
         conn.close()
 
@@ -310,6 +321,8 @@ def read_predictions(
     *,
     model_name: str | None = None,
     model_version: int | None = None,
+    experiment: str | None = None,
+    variant: str | None = None,
     transaction_ids: Sequence[int] | None = None,
     since: str | None = None,
     until: str | None = None,
@@ -317,7 +330,8 @@ def read_predictions(
 ) -> list[dict]:
     """Predictions in the ledger at ``path``, oldest first, with JSON columns decoded.
 
-    Filters combine with AND: ``model_name``/``model_version``; ``transaction_ids``;
+    Filters combine with AND: ``model_name``/``model_version``; ``experiment``/``variant``
+    (the flag that routed the request); ``transaction_ids``;
     ``since``/``until`` (inclusive, ISO 8601 UTC strings compared with ``at``). With
     ``limit``, the latest ``limit`` matching rows. Works while a server is writing.
     """
@@ -333,6 +347,10 @@ def read_predictions(
     if model_version is not None:
         where.append("model_version = ?")
         params.append(int(model_version))
+    for column, value in (("experiment", experiment), ("variant", variant)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
     if transaction_ids is not None:
         ids = [int(t) for t in transaction_ids]
         where.append("transaction_id IN (SELECT value FROM json_each(?))")
