@@ -9,6 +9,9 @@ both answer 503 with the reason. Everything opened is closed in ``finally`` at s
 the ledger last so that every prediction made is committed.
 
 The alias is resolved once, at start-up: after ``lab promote`` restart the server.
+With ``flag=NAME`` the server routes each request by that flag instead
+(``lab.serving.routing``): every variant's model version is loaded, a unit's variant
+picks the model, and a background task follows weight changes without a restart.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from litestar.params import JSONBody
 import lab
 from lab.errors import LabError
 from lab.serving.ledger import Ledger, PredictionRecord
+from lab.serving.routing import FlagRouter
 from lab.serving.scoring import FeatureAssembler
 from plugins.litestar_serving.errors import client_error_handler, strict_body
 from plugins.litestar_serving.schemas import ErrorBody, Health, Prediction, Readiness, ServerStats, Transaction
@@ -60,6 +64,7 @@ class ServingState:
     store: Any = None
     ledger: Ledger | None = None
     warnings: list[str] = field(default_factory=list)
+    router: FlagRouter | None = None
     predictions: int = 0
     not_ready: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -96,16 +101,28 @@ def start_up(state: ServingState, config, pm) -> None:
         state.reason = f"looking up the {state.alias} of model {state.model_name!r}"
         if not config.registry_path.exists():
             raise LabError(f"no registry at {config.registry_path}: run `lab run` to train and register a model")
-        with Registry.open(config.registry_path, project_root=config.root) as registry:
-            version = registry.get_alias(state.model_name, state.alias)
-        if version is None:
-            raise LabError(f"model {state.model_name!r} has no {state.alias}: run `lab run` or "
-                           f"`lab promote {state.model_name} VERSION`")
+        if state.router is not None:
+            state.reason = f"loading the model versions of flag {state.router.flag!r}"
+            state.router.refresh()
+            routes = state.router.routes()
+            control = routes[state.router.experiment.control.name]
+            version, model = control.version, control.model
+            names_by_version = {n: list(r.model.feature_names) for n, r in routes.items()}
+            if len({tuple(v) for v in names_by_version.values()}) > 1:
+                raise LabError(f"flag {state.router.flag!r} mixes models with different inputs "
+                               f"{names_by_version}; route only between versions of one feature set")
+        else:
+            with Registry.open(config.registry_path, project_root=config.root) as registry:
+                version = registry.get_alias(state.model_name, state.alias)
+            if version is None:
+                raise LabError(f"model {state.model_name!r} has no {state.alias}: run `lab run` or "
+                               f"`lab promote {state.model_name} VERSION`")
+            model = None
         state.version = version
         where = f"model {version.name!r} v{version.version} ({version.flavor})"
-        state.reason = f"loading {where}"
-        flavor = model_flavor(pm, version.flavor)
-        model = flavor.load(config.root / version.artifact_path)
+        if model is None:
+            state.reason = f"loading {where}"
+            model = model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
         if state.stopping.is_set():
             return
         state.reason = f"warming up {where}"
@@ -136,16 +153,35 @@ def start_up(state: ServingState, config, pm) -> None:
             log.exception("not ready: %s", state.reason)
 
 
-def _lifespan(config, pm):
+async def follow_flag(state: ServingState, refresh_s: float) -> None:
+    """Rebuild the routing table whenever the flag changes; keep the old one on error."""
+    while not state.stopping.is_set():
+        await asyncio.sleep(refresh_s)
+        if not state.ready or state.router is None:
+            continue
+        try:
+            await asyncio.to_thread(state.router.refresh)
+            state.router.last_error = None
+        except Exception as exc:  # noqa: BLE001 - a bad change must not take serving down
+            if str(exc) != state.router.last_error:
+                log.error("flag %r change not applied, still routing as before: %s", state.router.flag, exc)
+            state.router.last_error = str(exc)
+
+
+def _lifespan(config, pm, refresh_s: float):
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state: ServingState = app.state.serving
         loader = asyncio.ensure_future(asyncio.to_thread(start_up, state, config, pm))
+        follower = asyncio.ensure_future(follow_flag(state, refresh_s)) if state.router else None
         try:
             yield
         finally:
             state.ready, state.reason = False, "shutting down"
             state.stopping.set()
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
             # The loader thread cannot be cancelled; wait for it so nothing opens after we close.
             await asyncio.gather(loader, return_exceptions=True)
             try:
@@ -199,9 +235,13 @@ class PredictionController(Controller):
         fields = data.as_request()
         # Features read the wall-clock time; an offset, if sent, does not move it.
         when = fields["TX_DATETIME"] = data.TX_DATETIME.replace(tzinfo=None)
+        model, version, flag, variant = serving.model, serving.version, None, None
         try:
+            if serving.router is not None:
+                route, flag = serving.router.route(data.CUSTOMER_ID)
+                model, version, variant = route.model, route.version, route.variant
             assembled = serving.assembler.assemble(fields, when)
-            score = float(serving.model.predict(assembled.vector)[0])
+            score = float(model.predict(assembled.vector)[0])
         except LabError as exc:
             # A store or model problem (busy file, view redefined since materialization),
             # not the caller's input: say so with a 503 rather than a bare 500.
@@ -209,12 +249,11 @@ class PredictionController(Controller):
             serving.not_ready += 1
             raise ServiceUnavailableException(detail=f"cannot score now: {exc}") from None
         latency_ms = (time.perf_counter() - started) * 1000.0
-        version = serving.version
         fields["TX_DATETIME"] = data.TX_DATETIME.isoformat()  # as sent, offset included
         serving.ledger.append(PredictionRecord(
             transaction_id=data.TRANSACTION_ID, model_name=version.name, model_version=version.version,
             features=assembled.features, defaults=assembled.defaults, score=score,
-            latency_ms=latency_ms, request=fields, request_id=request_id,
+            latency_ms=latency_ms, request=fields, request_id=request_id, experiment=flag, variant=variant,
         ))
         serving.predictions += 1
         return Prediction(
@@ -228,6 +267,8 @@ class PredictionController(Controller):
             feature_age_seconds={name: f.age_seconds for name, f in assembled.freshness.items()},
             stale={name: f.stale for name, f in assembled.freshness.items()},
             latency_ms=latency_ms,
+            flag=flag,
+            variant=variant,
         )
 
 
@@ -265,9 +306,12 @@ class HealthController(Controller):
         return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger)
 
 
-def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion") -> Litestar:
+def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion",
+               flag: str | None = None, refresh_s: float = 1.0) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``), plus every route from ``lab_http_routes``.
+    With ``flag``, each request is routed to the version its unit's variant names, and
+    changes to the flag are picked up every ``refresh_s`` seconds.
 
     Routes: POST /predict, GET /healthz, /readyz, /stats; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
@@ -277,11 +321,18 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
 
         pm = get_plugin_manager(config)
     extra = [handler for batch in pm.hook.lab_http_routes(config=config) for handler in (batch or [])]
-    state = ServingState(model_name=model_name or config.model_name, alias=alias)
+    state = ServingState(model_name=model_name or config.model_name, alias=f"flag {flag}" if flag else alias)
+    if flag:
+        from lab.plugins import model_flavor
+
+        def load(version):
+            return model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
+
+        state.router = FlagRouter(config.registry_path, flag, state.model_name, load)
     try:
         return Litestar(
             route_handlers=[PredictionController, HealthController, *extra],
-            lifespan=[_lifespan(config, pm)],
+            lifespan=[_lifespan(config, pm, refresh_s)],
             state=State({"serving": state}),
             exception_handlers={ClientException: client_error_handler,
                                 ServiceUnavailableException: client_error_handler},

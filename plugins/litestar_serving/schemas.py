@@ -63,6 +63,8 @@ class Prediction(msgspec.Struct):
     feature_age_seconds: dict[str, float | None]
     stale: dict[str, bool]
     latency_ms: float
+    flag: str | None = None
+    variant: str | None = None
 
 
 class ErrorBody(msgspec.Struct):

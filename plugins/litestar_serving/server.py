@@ -40,6 +40,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_port, help="port to listen on (default: [tool.lab.serve] port, 8000)")
     p.add_argument("--model", help="registered model to serve (default: [tool.lab] model_name)")
     p.add_argument("--alias", default="champion", help="which version of it: an alias (default: champion)")
+    p.add_argument("--flag", help="route each request by this flag: its variants name model versions "
+                                  "(payload model_version=N or alias=NAME); weight changes apply live")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for scoring (default 1: one row at a time gains nothing from more)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -58,6 +60,18 @@ def check_servable(config, model_name: str, alias: str):
     if version is None:
         raise LabError(f"model {model_name!r} has no {alias}, so there is nothing to serve: {fix}")
     return version
+
+
+def check_flag(config, model_name: str, flag: str) -> str:
+    """Fail before binding when the flag does not exist; says what it routes between."""
+    from lab.experiments import ExperimentStore
+
+    if not config.registry_path.exists():
+        raise LabError(f"there is no registry at {config.registry_path} yet: run `lab run` first")
+    with ExperimentStore.open(config.registry_path) as store:
+        experiment = store.get(flag)
+    weights = ", ".join(f"{v.name}={v.weight:g}" for v in experiment.variants)
+    return f"{model_name} routed by flag {flag!r} ({weights})"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -92,11 +106,15 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     host = args.host or config.serve.host
     port = args.port or config.serve.port
     model_name = args.model or config.model_name
-    version = check_servable(config, model_name, args.alias)
+    if args.flag:
+        what = check_flag(config, model_name, args.flag)
+    else:
+        version = check_servable(config, model_name, args.alias)
+        what = f"{version.name} v{version.version} ({args.alias})"
     check_port_free(host, port)
     _set_threads(args.threads)
-    app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias)
-    print(f"lab serve: {version.name} v{version.version} ({args.alias}) on http://{host}:{port} "
+    app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias, flag=args.flag)
+    print(f"lab serve: {what} on http://{host}:{port} "
           f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, **settings))

@@ -1,0 +1,127 @@
+"""Route each request to a model version by a flag, and follow the flag as it changes.
+
+A flag (``lab experiment create NAME --flag``) whose variants carry a payload
+``{"model_version": N}`` (or ``{"alias": "champion"}``) decides, per unit (e.g. a
+CUSTOMER_ID), which registered version scores the request. Assignment is the sticky
+hash of ``lab.experiments``: a unit keeps its variant while the weights stand, and
+raising a variant's weight only moves units into it. Turning a new version on for 10 %
+of traffic, ramping it, or rolling it back is ``lab experiment set-weights``: the server
+notices within ``refresh_s`` and swaps its routing table, with no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lab.errors import ConfigError, LabError
+
+log = logging.getLogger("lab.serving.routing")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: the variant, the model version, and the loaded model."""
+
+    variant: str
+    version: Any  # lab.registry.ModelVersion
+    model: Any
+
+
+@dataclass(frozen=True)
+class _Table:
+    store_version: int
+    experiment: Any  # lab.experiments.Experiment
+    assigner: Any  # lab.experiments.Assigner
+    routes: dict[str, Route]
+
+
+class FlagRouter:
+    """Routing by flag for one model. ``refresh()`` reloads when the flag store changed.
+
+    ``load_model(version)`` loads a ``ModelVersion`` (the server passes its flavor
+    loader); loaded models are cached by version number, so ramping weights loads
+    nothing new. The routing table is replaced whole, so a request sees the old or
+    the new table, never a mix.
+    """
+
+    def __init__(self, registry_path: Path, flag: str, model_name: str,
+                 load_model: Callable[[Any], Any]):
+        self.registry_path = Path(registry_path)
+        self.flag = flag
+        self.model_name = model_name
+        self._load_model = load_model
+        self._models: dict[int, Any] = {}
+        self._table: _Table | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def experiment(self):
+        return self._table.experiment if self._table else None
+
+    def refresh(self) -> bool:
+        """Rebuild the table if the flag store changed since the last build; True if rebuilt.
+
+        Raises ``LabError`` when the flag cannot be served (unknown flag, a variant with
+        no model version); the previous table, if any, stays in use.
+        """
+        from lab.experiments import Assigner, ExperimentStore
+        from lab.registry import Registry
+
+        with self._lock:
+            with ExperimentStore.open(self.registry_path) as store:
+                version = store.version()
+                if self._table is not None and self._table.store_version == version:
+                    return False
+                experiment = store.get(self.flag)
+            routes: dict[str, Route] = {}
+            with Registry.open(self.registry_path) as registry:
+                for variant in experiment.variants:
+                    model_version = self._resolve(registry, variant)
+                    if model_version.version not in self._models:
+                        self._models[model_version.version] = self._load_model(model_version)
+                    routes[variant.name] = Route(variant.name, model_version, self._models[model_version.version])
+            self._table = _Table(version, experiment, Assigner([experiment]), routes)
+            self.last_error = None
+            weights = {v.name: v.weight for v in experiment.variants}
+            log.info("routing by flag %r (%s): %s", self.flag, experiment.status, weights)
+            return True
+
+    def _resolve(self, registry, variant):
+        payload = variant.payload or {}
+        if "model_version" in payload:
+            try:
+                number = int(payload["model_version"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"flag {self.flag!r} variant {variant.name!r}: model_version must be a whole "
+                                  f"number, got {payload['model_version']!r}") from None
+            return registry.get_model_version(self.model_name, number)
+        if "alias" in payload:
+            found = registry.get_alias(self.model_name, str(payload["alias"]))
+            if found is None:
+                raise LabError(f"flag {self.flag!r} variant {variant.name!r}: model {self.model_name!r} has no "
+                               f"alias {payload['alias']!r}")
+            return found
+        raise ConfigError(
+            f"flag {self.flag!r} variant {variant.name!r} names no model: give it a payload "
+            f"model_version=N or alias=NAME (lab experiment create ... --payload {variant.name}:model_version=N)"
+        )
+
+    def route(self, unit_id) -> tuple[Route, str]:
+        """The route for ``unit_id`` and the flag's name. Before the first refresh: LabError."""
+        table = self._table
+        if table is None:
+            raise LabError(f"flag {self.flag!r} is not loaded yet")
+        variant = table.assigner.variant(self.flag, unit_id)
+        if variant is None:  # outside the flag's share of its layer: control
+            variant = table.experiment.control.name
+        return table.routes[variant], self.flag
+
+    def routes(self) -> dict[str, Route]:
+        """Variant name -> route, as of the last refresh."""
+        table = self._table
+        return dict(table.routes) if table else {}
