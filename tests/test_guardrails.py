@@ -117,6 +117,8 @@ def test_unknown_builtin_and_wrong_hook_result_name_the_fix(bare_lab, pm):
     ({"name": "x", "tolerance": -0.1}, r"tolerance is a relative margin in \[0, 1\)"),
     ({"name": "x", "alpha": 1.0}, r"alpha must be in \(0, 1\)"),
     ({"name": "x", "alpha": 0}, r"alpha must be in \(0, 1\)"),
+    ({"name": "x", "sequential": "yes"}, "sequential must be True or False"),
+    ({"name": "x", "tau": 0}, "tau is the sequential test's mixing scale"),
 ])
 def test_bad_guardrails_are_rejected(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -148,6 +150,32 @@ def test_proportion_test_is_the_pooled_one_sided_z_test():
     assert result.p_value == pytest.approx(expected, rel=1e-9)
     assert result.estimate == pytest.approx(62 / 40 - 1)
     assert result.breached == (expected < result.alpha)
+
+
+def test_a_tolerance_tests_against_control_scaled_by_the_margin():
+    rng = np.random.default_rng(5)
+    control, treatment = np.array(latencies(rng, 500, 100)), np.array(latencies(rng, 500, 108))
+    g = Guardrail("latency", kind="mean", tolerance=0.05)
+    (r,) = check_guardrails(experiment(), {"latency": {"control": control, "treatment": treatment}}, [g])
+    expected = sps.ttest_ind(treatment, 1.05 * control, equal_var=False, alternative="greater").pvalue
+    assert r.p_value == pytest.approx(expected, rel=1e-9)
+    # Proportions with a tolerance: a Wald z on p_t - m p_c with the unpooled variance.
+    g = Guardrail("errors", kind="proportion", tolerance=0.5)
+    (r,) = check_guardrails(experiment(), {"errors": {"control": (100, 10_000), "treatment": (200, 10_000)}}, [g])
+    z = (0.02 - 1.5 * 0.01) / np.sqrt(0.02 * 0.98 / 10_000 + 1.5**2 * 0.01 * 0.99 / 10_000)
+    assert r.p_value == pytest.approx(sps.norm.sf(z), rel=1e-9)
+    assert r.breached  # twice the errors is more than 1.5 times at alpha 0.01 (p = 0.007)
+
+
+def test_the_lift_interval_brackets_the_true_lift():
+    rng = np.random.default_rng(6)
+    g = Guardrail("latency", kind="mean", alpha=0.025)  # a 95 % two-sided interval
+    covered = 0
+    for _ in range(200):
+        data = {"latency": {"control": rng.normal(100, 20, 400), "treatment": rng.normal(110, 20, 400)}}
+        (r,) = check_guardrails(experiment(), data, [g])
+        covered += r.lift_ci[0] <= 0.10 <= r.lift_ci[1]
+    assert 180 <= covered <= 198  # 95 % of 200 = 190, sd about 3
 
 
 def test_tolerance_forgives_a_small_regression_but_not_a_large_one():
@@ -218,6 +246,31 @@ def test_aa_false_breach_rate_is_at_most_alpha():
     assert all(count <= 35 for count in breaches.values()), breaches
 
 
+def test_sequential_guardrails_can_be_checked_at_every_look():
+    # 120 A/A experiments, 10 looks each: stopping at the first fixed-test breach
+    # inflates false stops well past alpha (about 17 %); the always-valid test stays below it.
+    rng = np.random.default_rng(8)
+    fixed = Guardrail("latency", kind="mean", alpha=0.05)
+    sequential = dataclasses.replace(fixed, sequential=True)
+    stops = {False: 0, True: 0}
+    for _ in range(120):
+        control, treatment = rng.exponential(50, 2_000), rng.exponential(50, 2_000)
+        stopped = {False: False, True: False}
+        for n in range(200, 2_001, 200):
+            data = {"latency": {"control": control[:n], "treatment": treatment[:n]}}
+            for r, g in zip(check_guardrails(experiment(), data, [fixed, sequential]), [fixed, sequential]):
+                assert r.guardrail == g.name and r.sequential is g.sequential
+                stopped[g.sequential] |= r.breached
+        for key in stops:
+            stops[key] += stopped[key]
+    assert stops[False] / 120 > 0.08  # peeking: well above 5 %
+    assert stops[True] / 120 <= 0.05
+    # ... and it still catches a real regression.
+    data = {"latency": {"control": rng.exponential(50, 2_000), "treatment": rng.exponential(65, 2_000)}}
+    (r,) = check_guardrails(experiment(), data, [sequential])
+    assert r.breached and r.p_value < 1e-3
+
+
 # -- enforcement on a real registry file -------------------------------------------------
 
 @pytest.fixture
@@ -248,6 +301,7 @@ def test_an_injected_latency_regression_stops_the_experiment(config, pm, store):
     breached = [r for r in results if r.breached]
     assert [(r.guardrail, r.variant) for r in breached] == [("latency_ms", "treatment")]
     assert breached[0].estimate == pytest.approx(0.30, abs=0.02) and breached[0].p_value < 1e-12
+    assert breached[0].lift_ci[0] < 0.30 < breached[0].lift_ci[1]
     stopped = store.get("checkout")
     assert stopped.status == "stopped"
     assert stopped.weights == {"control": 1.0, "treatment": 0.0}

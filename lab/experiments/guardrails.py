@@ -11,22 +11,16 @@ and there is no opt-out. ``check_guardrails`` compares each treatment variant wi
 control, one-sided in the "worse" direction; ``enforce_guardrails`` stops an experiment
 (all traffic back to control, audited, events emitted) when one is significantly worse.
 
-The tests (one-sided, at the guardrail's ``alpha``), with ``m = 1 + tolerance`` when
-higher is worse and ``m = 1 - tolerance`` when lower is worse:
+The tests (in ``lab/experiments/_guardrail_stats.py``, built on ``lab.experiments.stats``)
+are one-sided in the worse direction against control scaled by ``1 +/- tolerance``: by
+default fixed-horizon (Welch's t test for means; the pooled two-proportion z test, or a
+Wald z test with a tolerance, for proportions), or with ``sequential=True`` the
+always-valid mixture SPRT.
 
-- mean: H0 ``mu_t <= m * mu_c`` against H1 ``mu_t > m * mu_c`` (mirrored for "decrease"),
-  a Welch t statistic on ``mean_t - m * mean_c`` with Welch–Satterthwaite degrees of
-  freedom. With ``tolerance = 0`` this is exactly scipy's
-  ``ttest_ind(equal_var=False, alternative="greater")``.
-- proportion: with ``tolerance = 0`` the pooled two-proportion z-test (statsmodels'
-  ``proportions_ztest``, one-sided); with a tolerance, a Wald z statistic on
-  ``p_t - m * p_c`` (unpooled variance), because the pooled variance assumes
-  ``p_t = p_c``, which is not the null hypothesis any more.
-
-These are fixed-horizon tests. Checking them again and again as data arrives raises the
-chance of a false stop above ``alpha``; the platform default ``guardrail_alpha = 0.01``
+A fixed-horizon test checked again and again as data arrives stops an unharmed
+experiment more often than ``alpha`` says: the platform default ``guardrail_alpha = 0.01``
 is stricter than the experiments' 0.05 for that reason, and a false stop costs an
-experiment, never users. No correction is made across guardrails and variants: a
+experiment, never users. A guardrail checked continuously should be ``sequential``. No correction is made across guardrails and variants: a
 guardrail is a safety check and prefers sensitivity.
 """
 
@@ -38,11 +32,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
 from lab import events
 from lab.config import ExperimentsConfig
 from lab.errors import ConfigError, LabError
+from lab.experiments import _guardrail_stats as tests
 
 if TYPE_CHECKING:  # pragma: no cover
     from lab.config import LabConfig
@@ -70,6 +64,8 @@ class Guardrail:
     tolerance: float = 0.0
     alpha: float | None = None
     description: str = ""
+    sequential: bool = False
+    tau: float = 0.1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -89,6 +85,14 @@ class Guardrail:
         a = self.alpha
         if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1):
             raise ConfigError(f"guardrail {self.name!r}: alpha must be in (0, 1), got {a!r}")
+        if not isinstance(self.sequential, bool):
+            raise ConfigError(f"guardrail {self.name!r}: sequential must be True or False, got {self.sequential!r}")
+        t = self.tau
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (t > 0 and math.isfinite(t)):
+            raise ConfigError(
+                f"guardrail {self.name!r}: tau is the sequential test's mixing scale relative to control "
+                f"(0.1 = a 10 % change), a positive number; got {t!r}"
+            )
 
 
 # Built-in guardrails; [tool.lab.experiments] guardrails names the active ones. Latency
@@ -147,7 +151,8 @@ class GuardrailResult:
     """One guardrail for one treatment variant against control.
 
     ``estimate`` is the relative change (variant / control - 1; None when control is 0),
-    ``difference`` the absolute one. ``p_value`` is one-sided in the worse direction,
+    ``lift_ci`` its two-sided (1 - 2 alpha) delta-method interval (so the bound on the
+    worse side matches the one-sided test), ``difference`` the absolute change. ``p_value`` is one-sided in the worse direction,
     None (with a ``note``) when there is not enough data. ``breached``: significantly
     worse than control by more than ``tolerance`` at ``alpha``.
     """
@@ -163,10 +168,12 @@ class GuardrailResult:
     variant_value: float | None
     difference: float | None
     estimate: float | None
+    lift_ci: tuple[float, float] | None
     p_value: float | None
     alpha: float
     tolerance: float
     breached: bool
+    sequential: bool = False
     note: str = ""
 
     def as_dict(self) -> dict:
@@ -194,44 +201,6 @@ def _counts(guardrail: str, variant: str, value: Any) -> tuple[int, int]:
             f"(successes, trials) with 0 <= successes <= trials, got {value!r}"
         )
     return int(value[0]), int(value[1])
-
-
-def _p_upper(stat_num: float, se: float, dist: Any) -> float:
-    """P(statistic >= observed) under H0; a zero standard error is decided by the sign."""
-    if se == 0 or not math.isfinite(se):
-        return 0.0 if stat_num > 0 else 1.0
-    return float(dist.sf(stat_num / se))
-
-
-def _test_mean(g: Guardrail, control: np.ndarray, variant: np.ndarray) -> tuple[float | None, str]:
-    if len(control) < 2 or len(variant) < 2:
-        return None, "needs at least 2 samples per variant"
-    sign = 1.0 if g.worse == "increase" else -1.0
-    m = 1.0 + sign * g.tolerance
-    num = sign * (variant.mean() - m * control.mean())
-    vt = variant.var(ddof=1) / len(variant)
-    vc = m * m * control.var(ddof=1) / len(control)
-    se = math.sqrt(vt + vc)
-    if se == 0:
-        return _p_upper(num, 0.0, None), ""
-    df = (vt + vc) ** 2 / (vt ** 2 / (len(variant) - 1) + vc ** 2 / (len(control) - 1))
-    return _p_upper(num, se, stats.t(df)), ""
-
-
-def _test_proportion(g: Guardrail, control: tuple[int, int], variant: tuple[int, int]) -> tuple[float | None, str]:
-    (sc, nc), (sv, nv) = control, variant
-    if nc == 0 or nv == 0:
-        return None, "no trials for a variant"
-    pc, pv = sc / nc, sv / nv
-    sign = 1.0 if g.worse == "increase" else -1.0
-    m = 1.0 + sign * g.tolerance
-    num = sign * (pv - m * pc)
-    if g.tolerance == 0:
-        pooled = (sc + sv) / (nc + nv)
-        se = math.sqrt(pooled * (1 - pooled) * (1 / nc + 1 / nv))
-    else:
-        se = math.sqrt(pv * (1 - pv) / nv + m * m * pc * (1 - pc) / nc)
-    return _p_upper(num, se, stats.norm), ""
 
 
 def check_guardrails(
@@ -277,19 +246,23 @@ def check_guardrails(
         for variant in names[1:]:
             n_c, c_val = summary.get(control, (0, None))
             n_v, v_val = summary.get(variant, (0, None))
+            p, lift_ci = None, None
             if control not in parsed or variant not in parsed:
-                p, note = None, f"no data for {control if control not in parsed else variant!r}"
-            elif g.kind == "mean":
-                p, note = _test_mean(g, parsed[control], parsed[variant])
+                note = f"no data for {control if control not in parsed else variant!r}"
             else:
-                p, note = _test_proportion(g, parsed[control], parsed[variant])
+                c, v = parsed[control], parsed[variant]
+                note = tests.too_little(g.kind, c, v)
+                if not note:
+                    p = (tests.sequential_p(g.kind, g.worse, g.tolerance, g.tau, c, v) if g.sequential
+                         else tests.fixed_p(g.kind, g.worse, g.tolerance, alpha, c, v))
+                    lift_ci = tests.lift_interval(g.kind, alpha, c, v)
             diff = v_val - c_val if c_val is not None and v_val is not None else None
             rel = diff / c_val if diff is not None and c_val != 0 else None
             results.append(GuardrailResult(
                 guardrail=g.name, variant=variant, control=control, kind=g.kind, worse=g.worse,
                 n_control=n_c, n_variant=n_v, control_value=c_val, variant_value=v_val,
-                difference=diff, estimate=rel, p_value=p, alpha=alpha, tolerance=g.tolerance,
-                breached=p is not None and p < alpha, note=note,
+                difference=diff, estimate=rel, lift_ci=lift_ci, p_value=p, alpha=alpha, tolerance=g.tolerance,
+                breached=p is not None and p < alpha, sequential=g.sequential, note=note,
             ))
     return results
 
