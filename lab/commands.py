@@ -73,3 +73,7 @@ COMMANDS += REGISTRY_COMMANDS
 from lab.features.commands import COMMANDS as FEATURE_COMMANDS  # noqa: E402
 
 COMMANDS += FEATURE_COMMANDS
+
+from lab.experiments.commands import COMMANDS as EXPERIMENT_COMMANDS  # noqa: E402
+
+COMMANDS += EXPERIMENT_COMMANDS

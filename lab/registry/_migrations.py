@@ -136,11 +136,46 @@ def audit_events(db: sqlite_utils.Database) -> None:
     _append_only(db, "events")
 
 
+def experiments(db: sqlite_utils.Database) -> None:
+    """Flags and experiments (current state), their append-only audit log, and the
+    append-only allocation history bandits write (see lab/experiments/store.py)."""
+    db["experiments"].create(
+        {
+            "name": str, "kind": str, "status": str, "layer": str, "share_start": int, "share_end": int,
+            "salt": str, "unit": str, "variants": JSON, "metric": str, "metric_kind": str,
+            "alpha": float, "power": float, "mde": float, "baseline": float,
+            "created_at": str, "updated_at": str, "started_at": str, "stopped_at": str,
+        },
+        pk="name",
+        not_null={"kind", "status", "layer", "share_start", "share_end", "salt", "unit", "variants",
+                  "metric", "metric_kind", "alpha", "power", "created_at", "updated_at"},
+    )
+    db["experiments"].create_index(["layer", "status"])
+    db["experiment_audit"].create(
+        {"id": int, "experiment": str, "action": str, "old": JSON, "new": JSON, "reason": str,
+         "actor": str, "at": str},
+        pk="id",
+        foreign_keys=[("experiment", "experiments", "name")],
+        not_null={"experiment", "action", "actor", "at"},
+    )
+    db["experiment_audit"].create_index(["experiment", "id"])
+    _append_only(db, "experiment_audit")
+    db["experiment_allocations"].create(
+        {"id": int, "experiment": str, "weights": JSON, "source": str, "actor": str, "at": str},
+        pk="id",
+        foreign_keys=[("experiment", "experiments", "name")],
+        not_null={"experiment", "weights", "source", "actor", "at"},
+    )
+    db["experiment_allocations"].create_index(["experiment", "id"])
+    _append_only(db, "experiment_allocations")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_tracking", tracking),
     ("0002_models_and_aliases", models_and_aliases),
     ("0003_drift_and_stages", drift_and_stages),
     ("0004_audit_events", audit_events),
+    ("0005_experiments", experiments),
 )
 
 

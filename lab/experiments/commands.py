@@ -1,0 +1,299 @@
+"""``lab experiment ...``: create, start, stop, status, set-weights, audit.
+
+Each opens the registry file (``ctx.config.registry_path``) as an ``ExperimentStore``.
+Events for plugins (``flag.changed``, ``experiment.started``, ``experiment.stopped``)
+are emitted here, after the change has committed, so library callers stay quiet.
+Bad input is a LabError before anything is written: ``lab: error: ...``, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from lab.cli import Command, Context
+from lab.errors import ConfigError
+
+
+def _open(ctx: Context):
+    from lab.experiments.store import ExperimentStore
+
+    return ExperimentStore.open(ctx.config.registry_path)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``"control=0.8,treatment=0.2"`` as a dict, in order. Bare names (``"a,b,c"``)
+    split evenly. Whether the weights sum to 1 is checked by the model."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    example = "write it as control=0.5,treatment=0.5 (fractions that sum to 1)"
+    if not parts:
+        raise ConfigError(f"no variants in {text!r}; {example}")
+    if not any("=" in p for p in parts):
+        for part in parts:
+            if not part.isidentifier():
+                raise ConfigError(f"cannot read {part!r} in {text!r}; {example}, or bare names a,b for an even split")
+        return {p: 1.0 / len(parts) for p in parts}
+    weights: dict[str, float] = {}
+    for part in parts:
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        try:
+            weight = float(value) if sep else None
+        except ValueError:
+            weight = None
+        if weight is None or not name:
+            raise ConfigError(f"cannot read {part!r} in {text!r}; {example}")
+        if name in weights:
+            raise ConfigError(f"variant {name!r} appears twice in {text!r}; name each variant once")
+        weights[name] = weight
+    return weights
+
+
+def parse_payloads(items: list[str], variants: list[str]) -> dict[str, dict]:
+    """``["treatment:model_version=3", ...]`` as ``{variant: {key: value}}``; a value is
+    read as JSON when it can be (``3``, ``true``, ``"x"``), else kept as text."""
+    out: dict[str, dict] = {name: {} for name in variants}
+    for item in items:
+        variant, colon, rest = item.partition(":")
+        key, eq, raw = rest.partition("=")
+        if not colon or not eq or not key.strip():
+            raise ConfigError(f"cannot read --payload {item!r}; write it as VARIANT:KEY=VALUE, "
+                              "e.g. treatment:model_version=3")
+        if variant not in out:
+            raise ConfigError(f"--payload {item!r} names variant {variant!r}, which is not one of "
+                              f"{', '.join(variants)}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[variant][key.strip()] = value
+    return out
+
+
+def parse_share(text: str) -> tuple[int, int]:
+    """``"0-5000"`` as ``(0, 5000)``; whether it is a valid share is checked by the model."""
+    start, dash, end = text.partition("-")
+    try:
+        if dash:
+            return int(start), int(end)
+    except ValueError:
+        pass
+    raise ConfigError(f"cannot read --layer-share {text!r}; write START-END in buckets of 10000, "
+                      "e.g. 0-5000 for half the layer")
+
+
+def _weights_text(weights: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in weights.items())
+
+
+def _short_time(at: str | None) -> str:
+    return (at or "-")[:19].replace("T", " ")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _emit(ctx: Context, event: str, experiment, **payload: Any) -> None:
+    from lab import events
+
+    events.emit(ctx.pm, event, experiment=experiment.name, kind=experiment.kind, status=experiment.status,
+                weights=experiment.weights, **payload)
+
+
+# -- create ---------------------------------------------------------------------------
+
+def _create_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="experiment or flag name (an identifier, e.g. new_ranker)")
+    p.add_argument("--variants", required=True,
+                   help="control first: control=0.5,treatment=0.5 (weights sum to 1)")
+    p.add_argument("--flag", action="store_true", help="a flag (routes traffic; one variant is enough)")
+    p.add_argument("--layer", default="default", help="the surface; one experiment per unit per layer")
+    p.add_argument("--layer-share", default="0-10000", help="bucket range START-END of the layer (of 10000)")
+    p.add_argument("--unit", default="unit_id", help="what is randomized, e.g. CUSTOMER_ID")
+    p.add_argument("--salt", default="", help="hash salt (default: the name)")
+    p.add_argument("--metric", default="conversion", help="primary metric name")
+    p.add_argument("--metric-kind", default="proportion", choices=("proportion", "mean"))
+    p.add_argument("--alpha", type=float, help="significance level (default: [tool.lab.experiments] alpha)")
+    p.add_argument("--power", type=float, help="planned power (default: [tool.lab.experiments] power)")
+    p.add_argument("--mde", type=float, help="minimum detectable effect (absolute)")
+    p.add_argument("--baseline", type=float, help="baseline rate or mean of the metric")
+    p.add_argument("--payload", action="append", default=[], metavar="VARIANT:KEY=VALUE",
+                   help="what a variant means to the caller, e.g. treatment:model_version=3 (repeatable)")
+    p.add_argument("--reason", default="", help="why, kept in the audit log")
+
+
+def _create_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab import events
+    from lab.experiments.model import Experiment, Variant
+
+    weights = parse_weights(args.variants)
+    payloads = parse_payloads(args.payload, list(weights))
+    defaults = ctx.config.experiments
+    experiment = Experiment(
+        name=args.name, variants=tuple(Variant(n, w, payloads[n]) for n, w in weights.items()),
+        layer=args.layer, salt=args.salt, kind="flag" if args.flag else "experiment",
+        unit=args.unit, layer_share=parse_share(args.layer_share), metric=args.metric,
+        metric_kind=args.metric_kind, alpha=defaults.alpha if args.alpha is None else args.alpha,
+        power=defaults.power if args.power is None else args.power, mde=args.mde, baseline=args.baseline,
+    )
+    with _open(ctx) as store:
+        store.create(experiment, reason=args.reason)
+    share = "{}-{}".format(*experiment.layer_share)
+    print(f"created {experiment.kind} {experiment.name} (draft) in layer {experiment.layer} {share}: "
+          f"{_weights_text(experiment.weights)}; start it with `lab experiment start {experiment.name}`")
+    _emit(ctx, events.FLAG_CHANGED, experiment, action="create", old=None, reason=args.reason)
+    return 0
+
+
+# -- start / stop / set-weights -------------------------------------------------------
+
+def _name_reason_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="experiment or flag name")
+    p.add_argument("--reason", default="", help="why, kept in the audit log")
+
+
+def _start_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab import events
+
+    with _open(ctx) as store:
+        experiment = store.start(args.name, reason=args.reason)
+    print(f"started {experiment.kind} {experiment.name}: {_weights_text(experiment.weights)}")
+    _emit(ctx, events.EXPERIMENT_STARTED, experiment, reason=args.reason)
+    return 0
+
+
+def _stop_args(p: argparse.ArgumentParser) -> None:
+    _name_reason_args(p)
+    p.add_argument("--keep-weights", action="store_true",
+                   help="keep the last weights on record (units see control either way)")
+
+
+def _stop_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab import events
+
+    with _open(ctx) as store:
+        before = store.get(args.name)
+        experiment = store.stop(args.name, reason=args.reason, to_control=not args.keep_weights)
+    print(f"stopped {experiment.kind} {experiment.name}: every unit now sees {experiment.control.name}"
+          + (f" (weights on record: {_weights_text(experiment.weights)})" if args.keep_weights else ""))
+    _emit(ctx, events.EXPERIMENT_STOPPED, experiment, old=before.weights, reason=args.reason)
+    return 0
+
+
+def _set_weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="experiment or flag name")
+    p.add_argument("weights", help="every variant's new weight: control=0.8,treatment=0.2")
+    p.add_argument("--reason", default="", help="why, kept in the audit log")
+
+
+def _set_weights_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab import events
+
+    weights = parse_weights(args.weights)
+    with _open(ctx) as store:
+        before = store.get(args.name)
+        experiment = store.set_weights(args.name, weights, reason=args.reason)
+    print(f"{experiment.name}: {_weights_text(before.weights)} -> {_weights_text(experiment.weights)}")
+    _emit(ctx, events.FLAG_CHANGED, experiment, action="set_weights", old=before.weights, reason=args.reason)
+    return 0
+
+
+# -- status / audit -------------------------------------------------------------------
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="show this one in detail (default: list all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _value_text(value: Any) -> str:
+    """An audit value in one short phrase: weights as ``a=0.9,b=0.1``, a created
+    experiment as its kind, weights and layer share (``--json`` gives everything)."""
+    if value is None:
+        return "-"
+    if isinstance(value, dict) and "variants" in value:  # a whole experiment (create)
+        weights = {v["name"]: v["weight"] for v in value["variants"]}
+        share = "{}-{}".format(*value["layer_share"])
+        return f"{value['kind']} {_weights_text(weights)} layer {value['layer']} {share}"
+    if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+        return _weights_text(value)
+    if isinstance(value, dict):
+        return " ".join(_value_text(v) if isinstance(v, dict) else str(v) for v in value.values())
+    return json.dumps(value)
+
+
+def _audit_line(row: dict) -> str:
+    show = _value_text
+    reason = f"  ({row['reason']})" if row["reason"] else ""
+    return (f"{_short_time(row['at'])}  {row['experiment']:<18} {row['action']:<17} by {row['actor']:<10} "
+            f"{show(row['old'])} -> {show(row['new'])}{reason}")
+
+
+def _status_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab.experiments.assignment import bucket_ranges
+
+    with _open(ctx) as store:
+        if args.name is None:
+            experiments = store.list()
+            if args.json:
+                _print_json([e.to_dict() for e in experiments])
+            elif not experiments:
+                print("no experiments or flags yet (create one with `lab experiment create NAME --variants ...`)")
+            for e in [] if args.json else experiments:
+                share = "{}-{}".format(*e.layer_share)
+                print(f"{e.name:<20} {e.kind:<10} {e.status:<8} {e.layer}:{share:<11} {_weights_text(e.weights)}")
+            return 0
+        experiment = store.get(args.name)
+        audit = store.audit(args.name)
+    if args.json:
+        _print_json({**experiment.to_dict(), "audit": audit})
+        return 0
+    e = experiment
+    print(f"{e.name}  {e.kind}  {e.status}  layer {e.layer} {e.layer_share[0]}-{e.layer_share[1]}  "
+          f"unit {e.unit}  salt {e.salt}")
+    ranges = bucket_ranges(e)
+    for i, v in enumerate(e.variants):
+        role = "control" if i == 0 else "treatment"
+        payload = f"  payload {json.dumps(v.payload, sort_keys=True)}" if v.payload else ""
+        print(f"  {v.name:<16} {v.weight:>8.4g}  {role:<9} buckets {ranges[v.name][0]}-{ranges[v.name][1]}{payload}")
+    extra = "".join(f", {k} {getattr(e, k):g}" for k in ("mde", "baseline") if getattr(e, k) is not None)
+    print(f"  metric {e.metric} ({e.metric_kind}), alpha {e.alpha:g}, power {e.power:g}{extra}")
+    print("recent changes:")
+    for row in audit[-5:]:
+        print("  " + _audit_line(row))
+    return 0
+
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="only this experiment's rows (default: all)")
+    p.add_argument("--limit", type=int, default=50, help="how many of the latest rows (default: 50)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _audit_run(args: argparse.Namespace, ctx: Context) -> int:
+    if args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    with _open(ctx) as store:
+        rows = store.audit(args.name)[-args.limit:]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no changes recorded yet")
+    for row in rows:
+        print(_audit_line(row))
+    return 0
+
+
+COMMANDS: list[Command] = [
+    Command("experiment create", "create a draft experiment or flag with weighted variants",
+            _create_args, _create_run),
+    Command("experiment start", "start a draft: units are assigned from now on", _name_reason_args, _start_run),
+    Command("experiment stop", "stop it: every unit sees control; recorded in the audit log", _stop_args, _stop_run),
+    Command("experiment status", "list experiments and flags, or show one with its recent changes",
+            _status_args, _status_run),
+    Command("experiment set-weights", "change the weights (only the units that must move do)",
+            _set_weights_args, _set_weights_run),
+    Command("experiment audit", "who changed what, when, from what to what, and why", _audit_args, _audit_run),
+]

@@ -1,0 +1,248 @@
+"""What a flag or an experiment is: named variants with weights, a layer and a share of it.
+
+An ``Experiment`` checks itself when it is built, so an invalid one never exists: a
+``ConfigError`` names the field and the fix. ``kind="flag"`` is the same object with a
+lighter rule (one variant is enough); flags route traffic, experiments are analysed.
+
+Buckets: assignment hashes a unit into one of ``BUCKETS`` (10,000) buckets, so weights
+take effect in steps of 0.01 % and a layer share is a bucket range ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lab.errors import ConfigError
+
+BUCKETS = 10_000
+"""Buckets a unit hashes into, for the layer and for the variant; weights are realized
+to 1/BUCKETS."""
+
+KINDS = ("experiment", "flag")
+STATUSES = ("draft", "running", "stopped")
+METRIC_KINDS = ("proportion", "mean")
+WEIGHT_TOLERANCE = 1e-9
+"""How far the weights' sum may be from 1 (floating-point sums of 0.1s are not exact)."""
+
+
+def _identifier(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.isidentifier():
+        raise ConfigError(
+            f"{what} must be an identifier (letters, digits, underscore; not starting with a digit), "
+            f"got {value!r}"
+        )
+    return value
+
+
+def _probability(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
+        raise ConfigError(f"{what} must be a number strictly between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _weight(value: Any, variant: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"weight of variant {variant!r} must be a finite number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"weight of variant {variant!r} is {value}; weights must be >= 0")
+    return float(value)
+
+
+def check_weights_sum(weights: Mapping[str, float], where: str) -> None:
+    """Raise a ConfigError unless the weights sum to 1 (within ``WEIGHT_TOLERANCE``)."""
+    total = math.fsum(weights.values())
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        shown = ", ".join(f"{k}={v:g}" for k, v in weights.items())
+        raise ConfigError(
+            f"weights of {where} sum to {total:.10g}, not 1 ({shown}); "
+            "give fractions that add up to 1, e.g. control=0.9,treatment=0.1"
+        )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm: a name, its share of the experiment's traffic, and what it means to the
+    caller (``payload``, e.g. ``{"model_version": 3}``; JSON values)."""
+
+    name: str
+    weight: float
+    payload: dict = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        _identifier(self.name, "variant name")
+        object.__setattr__(self, "weight", _weight(self.weight, self.name))
+        if self.payload is None:
+            object.__setattr__(self, "payload", {})
+        if not isinstance(self.payload, dict) or not all(isinstance(k, str) for k in self.payload):
+            raise ConfigError(f"payload of variant {self.name!r} must be a dict with string keys, "
+                              f"got {self.payload!r}")
+        try:
+            json.dumps(self.payload, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"payload of variant {self.name!r} must hold JSON values "
+                              f"(str, number, bool, list, dict): {exc}") from None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "weight": self.weight, "payload": dict(self.payload)}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A flag or an experiment. ``variants[0]`` is control.
+
+    ``salt`` (default: the name) seeds the variant hash, so two experiments with
+    different salts split units independently. ``layer_share`` is the bucket range
+    ``[start, end)`` of the layer this experiment owns; experiments of one layer own
+    disjoint ranges, so a unit is in at most one of them.
+    """
+
+    name: str
+    variants: tuple[Variant, ...]
+    layer: str = "default"
+    salt: str = ""
+    kind: str = "experiment"
+    status: str = "draft"
+    unit: str = "unit_id"
+    layer_share: tuple[int, int] = (0, BUCKETS)
+    metric: str = "conversion"
+    metric_kind: str = "proportion"
+    alpha: float = 0.05
+    power: float = 0.8
+    mde: float | None = None
+    baseline: float | None = None
+
+    def __post_init__(self) -> None:
+        _identifier(self.name, "experiment name")
+        where = f"experiment {self.name!r}"
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind of {where} must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.status not in STATUSES:
+            raise ConfigError(f"status of {where} must be one of {', '.join(STATUSES)}, got {self.status!r}")
+        variants = self.variants
+        if isinstance(variants, (str, bytes, Mapping)) or not isinstance(variants, (list, tuple)):
+            raise ConfigError(f"variants of {where} must be a list of Variant, got {type(variants).__name__}")
+        if not all(isinstance(v, Variant) for v in variants):
+            raise ConfigError(f"variants of {where} must be Variant objects (lab.experiments.Variant)")
+        object.__setattr__(self, "variants", tuple(variants))
+        least = 1 if self.kind == "flag" else 2
+        if len(self.variants) < least:
+            raise ConfigError(
+                f"{where} has {len(self.variants)} variant(s); an experiment needs at least 2 "
+                "(control first, then treatments); use kind='flag' for a single-variant flag"
+            )
+        names = [v.name for v in self.variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{where} names variant(s) {', '.join(duplicates)} more than once; "
+                              "variant names must be unique")
+        check_weights_sum(self.weights, where)
+        _identifier(self.layer, f"layer of {where}")
+        _identifier(self.unit, f"unit of {where}")
+        _identifier(self.metric, f"metric of {where}")
+        if self.salt == "":
+            object.__setattr__(self, "salt", self.name)  # stored explicitly: a rename keeps assignments
+        if not isinstance(self.salt, str) or "\x00" in self.salt:
+            raise ConfigError(f"salt of {where} must be a string without NUL characters, got {self.salt!r}")
+        object.__setattr__(self, "layer_share", _share(self.layer_share, where))
+        if self.metric_kind not in METRIC_KINDS:
+            raise ConfigError(f"metric_kind of {where} must be one of {', '.join(METRIC_KINDS)}, "
+                              f"got {self.metric_kind!r}")
+        object.__setattr__(self, "alpha", _probability(self.alpha, f"alpha of {where}"))
+        object.__setattr__(self, "power", _probability(self.power, f"power of {where}"))
+        for name in ("mde", "baseline"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"{name} of {where} must be a finite number or None, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.mde is not None and self.mde <= 0:
+            raise ConfigError(f"mde of {where} must be > 0 (the smallest effect worth detecting), got {self.mde}")
+
+    @property
+    def control(self) -> Variant:
+        return self.variants[0]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """``{variant name: weight}`` in declaration order."""
+        return {v.name: v.weight for v in self.variants}
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise ConfigError(f"experiment {self.name!r} has no variant {name!r}; "
+                          f"variants: {', '.join(v.name for v in self.variants)}")
+
+    def with_weights(self, weights: Mapping[str, float]) -> "Experiment":
+        """A copy with new weights; ``weights`` must name every variant, and only those."""
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"weights must be a dict of variant name to weight, got {type(weights).__name__}")
+        names = [v.name for v in self.variants]
+        unknown = [k for k in weights if k not in names]
+        missing = [n for n in names if n not in weights]
+        if unknown or missing:
+            problems = ([f"unknown variant(s) {', '.join(map(repr, unknown))}"] if unknown else []) + (
+                [f"missing {', '.join(missing)}"] if missing else [])
+            raise ConfigError(f"weights for experiment {self.name!r}: {'; '.join(problems)}; "
+                              f"name every variant once: {', '.join(names)}")
+        variants = tuple(dataclasses.replace(v, weight=weights[v.name]) for v in self.variants)
+        return dataclasses.replace(self, variants=variants)
+
+    def with_status(self, status: str) -> "Experiment":
+        return dataclasses.replace(self, status=status)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready fields (``variants`` as dicts, ``layer_share`` as a list)."""
+        out = dataclasses.asdict(self)
+        out["variants"] = [v.to_dict() for v in self.variants]
+        out["layer_share"] = list(self.layer_share)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Experiment":
+        """The inverse of ``to_dict``; unknown keys are a ConfigError naming the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown experiment field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        values = dict(data)
+        raw = values.get("variants", ())
+        if not isinstance(raw, (list, tuple)):
+            raise ConfigError(f"variants must be a list, got {type(raw).__name__}")
+        try:
+            values["variants"] = tuple(v if isinstance(v, Variant) else Variant(**v) for v in raw)
+        except TypeError as exc:
+            raise ConfigError(f"a variant must have a name, a weight and optionally a payload: {exc}") from None
+        if "layer_share" in values:
+            values["layer_share"] = tuple(values["layer_share"])
+        return cls(**values)
+
+
+def _share(value: Any, where: str) -> tuple[int, int]:
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(b, int) and not isinstance(b, bool) for b in value)
+    if not ok or not 0 <= value[0] < value[1] <= BUCKETS:
+        raise ConfigError(
+            f"layer_share of {where} must be two whole numbers (start, end) with "
+            f"0 <= start < end <= {BUCKETS}, got {value!r}; e.g. (0, 5000) is half the layer"
+        )
+    return (value[0], value[1])
+
+
+def free_ranges(taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``[0, BUCKETS)`` that no range in ``taken`` covers, in order."""
+    free, cursor = [], 0
+    for start, end in sorted(taken):
+        if start > cursor:
+            free.append((cursor, start))
+        cursor = max(cursor, end)
+    if cursor < BUCKETS:
+        free.append((cursor, BUCKETS))
+    return free

@@ -1,0 +1,229 @@
+"""ExperimentStore on a real registry file: round trips, life cycle, audit, allocations,
+and bad input that must leave no row behind."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from lab.errors import ConfigError, LabError, NotFound
+from lab.experiments import Assigner, Experiment, ExperimentStore, Variant, assign
+from lab.registry import Registry
+
+TABLES = ("experiments", "experiment_audit", "experiment_allocations")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAB_ACTOR", "tester")
+    with ExperimentStore.open(tmp_path / "registry.db") as s:
+        yield s
+
+
+def ranker(**fields) -> Experiment:
+    return Experiment("ranker", (Variant("control", 0.9), Variant("treatment", 0.1, {"model_version": 2})),
+                      **fields)
+
+
+def row_counts(store) -> dict[str, int]:
+    with sqlite3.connect(store.path) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+# -- round trips --------------------------------------------------------------------
+
+def test_created_experiment_reads_back_equal_after_reopening(store, tmp_path):
+    e = ranker(layer="search", layer_share=(0, 5000), unit="CUSTOMER_ID", metric="ctr", metric_kind="mean",
+               alpha=0.01, power=0.9, mde=0.02, baseline=0.1)
+    assert store.create(e) == e
+    assert store.get("ranker") == e and store.get("ranker").salt == "ranker"
+    with ExperimentStore.open(tmp_path / "registry.db") as again:
+        assert again.list() == [e]
+        assert again.list(layer="search") == [e] and again.list(layer="other") == []
+    with Registry.open(tmp_path / "registry.db") as reg:  # the registry sees the same migrations
+        assert "0005_experiments" in [m["name"] for m in reg.migrations()]
+
+
+def test_assignment_is_sticky_after_the_store_is_reopened(store, tmp_path):
+    store.create(ranker())
+    store.start("ranker")
+    before = [assign(store.get("ranker"), u) for u in range(1000)]
+    store.close()
+    with ExperimentStore.open(tmp_path / "registry.db") as again:
+        assigner = Assigner.from_store(again)
+        assert [assigner.variant("ranker", u) for u in range(1000)] == before
+    assert set(before) == {"control", "treatment"}
+
+
+# -- life cycle and audit -----------------------------------------------------------
+
+def test_every_change_writes_an_audit_row_with_actor_old_and_new(store):
+    store.create(ranker(), reason="new ranker")
+    store.start("ranker", actor="alice")
+    store.set_weights("ranker", {"control": 0.8, "treatment": 0.2}, reason="ramp")
+    store.record_allocation("ranker", {"control": 0.5, "treatment": 0.5}, source="thompson")
+    store.stop("ranker", reason="shipped")
+    rows = store.audit("ranker")
+    assert [r["action"] for r in rows] == ["create", "start", "set_weights", "record_allocation", "stop"]
+    assert [r["actor"] for r in rows] == ["tester", "alice", "tester", "tester", "tester"]
+    assert [r["reason"] for r in rows] == ["new ranker", "", "ramp", "", "shipped"]
+    create, start, ramp, allocation, stop = rows
+    assert create["old"] is None and create["new"] == ranker().to_dict()
+    assert start["old"] == {"status": "draft"} and start["new"]["status"] == "running"
+    assert ramp["old"] == {"control": 0.9, "treatment": 0.1} and ramp["new"] == {"control": 0.8, "treatment": 0.2}
+    assert allocation["old"] is None and allocation["new"]["source"] == "thompson"
+    assert stop["old"] == {"status": "running", "weights": {"control": 0.8, "treatment": 0.2}}
+    assert stop["new"] == {"status": "stopped", "weights": {"control": 1.0, "treatment": 0.0}}
+    assert all(r["at"] for r in rows) and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    assert store.audit() == rows
+
+
+def test_stop_sends_everyone_to_control_with_or_without_the_weights(store):
+    store.create(ranker())
+    store.start("ranker")
+    stopped = store.stop("ranker")
+    assert stopped.status == "stopped" and stopped.weights == {"control": 1.0, "treatment": 0.0}
+    assert {assign(store.get("ranker"), u) for u in range(500)} == {"control"}
+    other = Experiment("button", (Variant("control", 0.5), Variant("blue", 0.5)), layer="checkout")
+    store.create(other)
+    store.start("button")
+    kept = store.stop("button", to_control=False)
+    assert kept.weights == {"control": 0.5, "blue": 0.5}
+    assert {assign(store.get("button"), u) for u in range(500)} == {"control"}
+
+
+def test_stopped_is_final_and_illegal_transitions_write_nothing(store):
+    store.create(ranker())
+    store.start("ranker")
+    with pytest.raises(LabError, match="experiment 'ranker' is running; only a draft can be started"):
+        store.start("ranker")
+    store.stop("ranker")
+    before = row_counts(store)
+    with pytest.raises(LabError, match="only a draft can be started; create a new one"):
+        store.start("ranker")
+    with pytest.raises(LabError, match="already stopped"):
+        store.stop("ranker")
+    with pytest.raises(LabError, match="weights are final"):
+        store.set_weights("ranker", {"control": 0.5, "treatment": 0.5})
+    assert row_counts(store) == before
+
+
+def test_version_grows_with_every_change_and_not_on_failures(store):
+    assert store.version() == 0
+    seen = [store.version()]
+    store.create(ranker())
+    seen.append(store.version())
+    assigner = Assigner.from_store(store)
+    store.start("ranker")
+    seen.append(store.version())
+    assert assigner.is_stale(store) and not Assigner.from_store(store).is_stale(store)
+    with pytest.raises(ConfigError):
+        store.set_weights("ranker", {"control": 0.9, "treatment": 0.2})
+    assert store.version() == seen[-1]
+    store.set_weights("ranker", {"control": 0.5, "treatment": 0.5})
+    seen.append(store.version())
+    assert seen == sorted(set(seen))
+
+
+def test_audit_and_allocation_history_are_append_only(store):
+    store.create(ranker())
+    store.record_allocation("ranker", {"control": 0.6, "treatment": 0.4}, source="thompson")
+    with sqlite3.connect(store.path) as conn:
+        for sql in ("UPDATE experiment_audit SET actor = 'mallory'", "DELETE FROM experiment_audit",
+                    "UPDATE experiment_allocations SET source = 'x'", "DELETE FROM experiment_allocations"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(sql)
+
+
+def test_allocations_are_recorded_in_order_without_changing_the_served_weights(store):
+    store.create(ranker())
+    store.record_allocation("ranker", {"control": 0.6, "treatment": 0.4}, source="thompson")
+    store.record_allocation("ranker", {"control": 0.3, "treatment": 0.7}, source="thompson", actor="bandit")
+    history = store.allocations("ranker")
+    assert [h["weights"] for h in history] == [{"control": 0.6, "treatment": 0.4}, {"control": 0.3, "treatment": 0.7}]
+    assert [h["actor"] for h in history] == ["tester", "bandit"]
+    assert store.audit("ranker")[-1]["old"] == {"weights": {"control": 0.6, "treatment": 0.4}}
+    assert store.get("ranker").weights == {"control": 0.9, "treatment": 0.1}
+
+
+# -- bad input leaves nothing behind --------------------------------------------------
+
+V2 = (Variant("control", 0.5), Variant("treatment", 0.5))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: Experiment("x", (Variant("control", 0.5), Variant("t", 0.6))), r"sum to 1\.1, not 1 .*add up to 1"),
+    (lambda: Experiment("x", (Variant("control", 0.5), Variant("t", 0.4))), r"sum to 0\.9, not 1"),
+    (lambda: Experiment("x", V2, alpha=1.5), r"alpha of experiment 'x' must be a number strictly between 0 and 1"),
+    (lambda: Experiment("x", V2, alpha=0), "alpha .* strictly between 0 and 1"),
+    (lambda: Experiment("x", V2, power=1.0), "power .* strictly between 0 and 1"),
+    (lambda: Experiment("x", (Variant("control", 1.2), Variant("t", -0.2))), "weights must be >= 0"),
+    (lambda: Experiment("x", (Variant("control", 1.0),)), "needs at least 2 .*kind='flag'"),
+    (lambda: Experiment("x", (Variant("a", 0.5), Variant("a", 0.5))), "variant.* a more than once"),
+    (lambda: Experiment("x-1", V2), "experiment name must be an identifier"),
+    (lambda: Experiment("x", (Variant("control", 0.5), Variant("two words", 0.5))), "variant name must be"),
+    (lambda: Experiment("x", V2, layer_share=(5000, 5000)), r"0 <= start < end <= 10000"),
+    (lambda: Experiment("x", V2, layer_share=(0, 20000)), r"0 <= start < end <= 10000"),
+    (lambda: Experiment("x", V2, metric_kind="ratio"), "metric_kind .* proportion, mean"),
+    (lambda: Experiment("x", V2, status="paused"), "status .* draft, running, stopped"),
+    (lambda: Experiment("x", (Variant("control", 0.5), Variant("t", 0.5, {"f": object()}))), "JSON values"),
+    (lambda: Experiment("x", V2, mde=-0.1), "mde .* > 0"),
+])
+def test_an_invalid_experiment_cannot_be_built(store, build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+    assert row_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+def test_create_refuses_taken_names_non_drafts_and_overlapping_layer_shares(store):
+    store.create(ranker(layer="search", layer_share=(2000, 6000)))
+    before = row_counts(store)
+    with pytest.raises(LabError, match="already exists"):
+        store.create(ranker())
+    with pytest.raises(ConfigError, match="as a draft"):
+        store.create(Experiment("other", V2, status="running"))
+    with pytest.raises(ConfigError, match=r"overlaps 'ranker' \(2000-6000\) in layer 'search'.*"
+                                          r"Free ranges of layer 'search': 0-2000, 6000-10000"):
+        store.create(Experiment("other", V2, layer="search", layer_share=(5000, 10000)))
+    assert row_counts(store) == before
+    store.create(Experiment("other", V2, layer="search", layer_share=(6000, 10000)))  # a free range is fine
+    store.stop("ranker")
+    store.create(Experiment("third", V2, layer="search", layer_share=(0, 6000)))  # stopped gave its share back
+
+
+@pytest.mark.parametrize("weights, message", [
+    ({"control": 0.9, "treatment": 0.2}, r"sum to 1\.1, not 1"),
+    ({"control": 1.0}, "missing treatment"),
+    ({"control": 0.5, "treatment": 0.25, "extra": 0.25}, "unknown variant.*'extra'"),
+    ({"control": "half", "treatment": 0.5}, "must be a finite number"),
+    ([0.5, 0.5], "must be a dict"),
+])
+def test_bad_weights_change_nothing(store, weights, message):
+    store.create(ranker())
+    before = row_counts(store)
+    with pytest.raises(ConfigError, match=message):
+        store.set_weights("ranker", weights)
+    with pytest.raises(ConfigError, match=message):
+        store.record_allocation("ranker", weights, source="thompson")
+    assert row_counts(store) == before and store.get("ranker") == ranker()
+
+
+def test_a_change_whose_audit_row_fails_is_rolled_back_whole(store):
+    store.create(ranker())
+    before = row_counts(store)
+    with pytest.raises(ConfigError, match="reason must be a string"):
+        store.set_weights("ranker", {"control": 0.5, "treatment": 0.5}, reason=123)  # fails after the update
+    assert store.get("ranker").weights == {"control": 0.9, "treatment": 0.1} and row_counts(store) == before
+
+
+def test_an_unknown_experiment_is_not_found_and_names_the_status_command(store):
+    calls = [
+        lambda: store.get("nope"), lambda: store.start("nope"), lambda: store.stop("nope"),
+        lambda: store.set_weights("nope", {"control": 1.0}), lambda: store.audit("nope"),
+        lambda: store.allocations("nope"), lambda: store.record_allocation("nope", {"a": 1.0}, source="x"),
+    ]
+    for call in calls:
+        with pytest.raises(NotFound, match=r"no experiment or flag 'nope' .*`lab experiment status`"):
+            call()
+    assert row_counts(store) == dict.fromkeys(TABLES, 0)
