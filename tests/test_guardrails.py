@@ -311,7 +311,8 @@ def test_an_injected_latency_regression_stops_the_experiment(config, pm, store):
     assert event.payload["guardrail"] == "latency_ms" and event.payload["variant"] == "treatment"
     assert event.payload["estimate"] == breached[0].estimate and event.payload["p"] == breached[0].p_value
     (stop_event,) = observer.named(events.EXPERIMENT_STOPPED)
-    assert stop_event.payload["experiment"] == "checkout" and stop_event.payload["to_control"] is True
+    assert stop_event.payload["experiment"] == "checkout" and stop_event.payload["weights"] == {"control": 1.0, "treatment": 0.0}
+    assert stop_event.payload["old"] == {"control": 0.5, "treatment": 0.5} and "latency_ms" in stop_event.payload["reason"]
 
     last = store.audit("checkout")[-1]
     assert (last["action"], last["actor"]) == ("stop", "guardrail")

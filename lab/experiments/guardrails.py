@@ -304,12 +304,19 @@ def enforce_guardrails(
         return results
     reason = _reason(breaches)
     try:
-        store.stop(experiment_name, actor=actor, reason=reason, to_control=True)
+        stopped = store.stop(experiment_name, actor=actor, reason=reason, to_control=True)
     except LabError:
         # Another process stopped it between our read and our write: its stop stands.
         if store.get(experiment_name).status == "running":
             raise
         return results
+    for r in breaches:
+        events.emit(pm, events.GUARDRAIL_BREACHED, experiment=experiment_name, guardrail=r.guardrail,
+                    variant=r.variant, estimate=r.estimate, p=r.p_value, alpha=r.alpha)
+    # The payload `lab experiment stop` emits, so observers need not tell the two apart.
+    events.emit(pm, events.EXPERIMENT_STOPPED, experiment=experiment_name, kind=stopped.kind,
+                status=stopped.status, weights=stopped.weights, old=experiment.weights, reason=reason)
+    return results
     for r in breaches:
         events.emit(pm, events.GUARDRAIL_BREACHED, experiment=experiment_name, guardrail=r.guardrail,
                     variant=r.variant, estimate=r.estimate, p=r.p_value, actor=actor)
