@@ -152,9 +152,10 @@ class GuardrailResult:
 
     ``estimate`` is the relative change (variant / control - 1; None when control is 0),
     ``lift_ci`` its two-sided (1 - 2 alpha) delta-method interval (so the bound on the
-    worse side matches the one-sided test), ``difference`` the absolute change. ``p_value`` is one-sided in the worse direction,
-    None (with a ``note``) when there is not enough data. ``breached``: significantly
-    worse than control by more than ``tolerance`` at ``alpha``.
+    worse side matches the one-sided test), ``difference`` the absolute change.
+    ``p_value`` is one-sided in the worse direction, None (with a ``note``) when there is
+    not enough data. ``breached``: significantly worse than control by more than
+    ``tolerance`` at ``alpha``.
     """
 
     guardrail: str
