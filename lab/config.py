@@ -72,6 +72,8 @@ class ExperimentsConfig:
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
+    flag_refresh_s: float = 1.0
+    guardrail_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)

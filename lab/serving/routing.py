@@ -58,6 +58,9 @@ class FlagRouter:
         self._table: _Table | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        # Requests and failures per variant since start: the error_rate guardrail's data.
+        self.requests: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
 
     @property
     def experiment(self):
@@ -120,6 +123,40 @@ class FlagRouter:
         if variant is None:  # outside the flag's share of its layer: control
             variant = table.experiment.control.name
         return table.routes[variant], self.flag
+
+    def count(self, variant: str, *, failed: bool) -> None:
+        self.requests[variant] = self.requests.get(variant, 0) + 1
+        if failed:
+            self.errors[variant] = self.errors.get(variant, 0) + 1
+
+    def error_counts(self) -> dict[str, tuple[int, int]]:
+        """``{variant: (failed requests, requests)}`` for the error_rate guardrail."""
+        return {v: (self.errors.get(v, 0), n) for v, n in self.requests.items()}
+
+    def check_guardrails(self, config, pm, ledger) -> list:
+        """Check the platform guardrails on what this server saw; stop the flag if breached.
+
+        Latency comes from the prediction ledger (flushed first), error rates from this
+        process's counters. A breach stops the flag with all traffic to control (audited,
+        with events); the next ``refresh`` then routes everything to control.
+        """
+        from lab.experiments import ExperimentStore
+        from lab.experiments.guardrails import enforce_guardrails, guardrail_data_from_ledger, platform_guardrails
+
+        experiment = self.experiment
+        if experiment is None or experiment.status != "running":
+            return []
+        ledger.flush()
+        guardrails = platform_guardrails(config, pm)
+        data = guardrail_data_from_ledger(ledger.path, experiment, guardrails)
+        data["error_rate"] = self.error_counts()
+        with ExperimentStore.open(self.registry_path) as store:
+            results = enforce_guardrails(store, pm, self.flag, data, guardrails, actor="lab serve")
+        for result in results:
+            if result.breached:
+                log.warning("guardrail %s breached by %s of flag %r (p=%.3g): flag stopped, all traffic to %s",
+                            result.guardrail, result.variant, self.flag, result.p_value, result.control)
+        return results
 
     def routes(self) -> dict[str, Route]:
         """Variant name -> route, as of the last refresh."""

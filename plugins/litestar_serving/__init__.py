@@ -11,11 +11,13 @@ from __future__ import annotations
 from lab import hookimpl
 
 
-def create_app(config, pm=None, *, model_name=None, alias="champion", flag=None):
+def create_app(config, pm=None, *, model_name=None, alias="champion", flag=None, refresh_s=None,
+               guardrail_s=None):
     """The model server app; see ``plugins.litestar_serving.app.create_app``."""
     from plugins.litestar_serving.app import create_app as _create_app
 
-    return _create_app(config, pm, model_name=model_name, alias=alias, flag=flag)
+    return _create_app(config, pm, model_name=model_name, alias=alias, flag=flag, refresh_s=refresh_s,
+                       guardrail_s=guardrail_s)
 
 
 @hookimpl

@@ -153,27 +153,36 @@ def start_up(state: ServingState, config, pm) -> None:
             log.exception("not ready: %s", state.reason)
 
 
-async def follow_flag(state: ServingState, refresh_s: float) -> None:
-    """Rebuild the routing table whenever the flag changes; keep the old one on error."""
+async def follow_flag(state: ServingState, config, pm, refresh_s: float, guardrail_s: float) -> None:
+    """Rebuild the routing table whenever the flag changes (keeping the old one on error),
+    and every ``guardrail_s`` check the guardrails, which may stop the flag."""
+    last_check = time.monotonic()
     while not state.stopping.is_set():
         await asyncio.sleep(refresh_s)
-        if not state.ready or state.router is None:
+        router = state.router
+        if not state.ready or router is None:
             continue
         try:
-            await asyncio.to_thread(state.router.refresh)
-            state.router.last_error = None
+            await asyncio.to_thread(router.refresh)
+            if guardrail_s > 0 and time.monotonic() - last_check >= guardrail_s:
+                last_check = time.monotonic()
+                results = await asyncio.to_thread(router.check_guardrails, config, pm, state.ledger)
+                if any(r.breached for r in results):
+                    await asyncio.to_thread(router.refresh)  # route to control now, not a tick later
+            router.last_error = None
         except Exception as exc:  # noqa: BLE001 - a bad change must not take serving down
-            if str(exc) != state.router.last_error:
-                log.error("flag %r change not applied, still routing as before: %s", state.router.flag, exc)
-            state.router.last_error = str(exc)
+            if str(exc) != router.last_error:
+                log.error("flag %r: change not applied, still routing as before: %s", router.flag, exc)
+            router.last_error = str(exc)
 
 
-def _lifespan(config, pm, refresh_s: float):
+def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state: ServingState = app.state.serving
         loader = asyncio.ensure_future(asyncio.to_thread(start_up, state, config, pm))
-        follower = asyncio.ensure_future(follow_flag(state, refresh_s)) if state.router else None
+        follower = (asyncio.ensure_future(follow_flag(state, config, pm, refresh_s, guardrail_s))
+                    if state.router else None)
         try:
             yield
         finally:
@@ -243,12 +252,16 @@ class PredictionController(Controller):
             assembled = serving.assembler.assemble(fields, when)
             score = float(model.predict(assembled.vector)[0])
         except LabError as exc:
+            if variant is not None:
+                serving.router.count(variant, failed=True)
             # A store or model problem (busy file, view redefined since materialization),
             # not the caller's input: say so with a 503 rather than a bare 500.
             log.error("cannot score transaction %s: %s", data.TRANSACTION_ID, exc)
             serving.not_ready += 1
             raise ServiceUnavailableException(detail=f"cannot score now: {exc}") from None
         latency_ms = (time.perf_counter() - started) * 1000.0
+        if variant is not None:
+            serving.router.count(variant, failed=False)
         fields["TX_DATETIME"] = data.TX_DATETIME.isoformat()  # as sent, offset included
         serving.ledger.append(PredictionRecord(
             transaction_id=data.TRANSACTION_ID, model_name=version.name, model_version=version.version,
@@ -307,11 +320,13 @@ class HealthController(Controller):
 
 
 def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion",
-               flag: str | None = None, refresh_s: float = 1.0) -> Litestar:
+               flag: str | None = None, refresh_s: float | None = None,
+               guardrail_s: float | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``), plus every route from ``lab_http_routes``.
-    With ``flag``, each request is routed to the version its unit's variant names, and
-    changes to the flag are picked up every ``refresh_s`` seconds.
+    With ``flag``, each request is routed to the version its unit's variant names,
+    changes to the flag are picked up every ``refresh_s`` seconds, and the platform
+    guardrails are checked every ``guardrail_s`` seconds (defaults: [tool.lab.serve]).
 
     Routes: POST /predict, GET /healthz, /readyz, /stats; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
@@ -321,6 +336,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
 
         pm = get_plugin_manager(config)
     extra = [handler for batch in pm.hook.lab_http_routes(config=config) for handler in (batch or [])]
+    refresh_s = config.serve.flag_refresh_s if refresh_s is None else refresh_s
+    guardrail_s = config.serve.guardrail_interval_s if guardrail_s is None else guardrail_s
     state = ServingState(model_name=model_name or config.model_name, alias=f"flag {flag}" if flag else alias)
     if flag:
         from lab.plugins import model_flavor
@@ -332,7 +349,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     try:
         return Litestar(
             route_handlers=[PredictionController, HealthController, *extra],
-            lifespan=[_lifespan(config, pm, refresh_s)],
+            lifespan=[_lifespan(config, pm, refresh_s, guardrail_s)],
             state=State({"serving": state}),
             exception_handlers={ClientException: client_error_handler,
                                 ServiceUnavailableException: client_error_handler},
