@@ -10,6 +10,30 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# A lab small enough for the whole notebook pipeline to run in a test (about 40 s).
+SMALL_LAB = """
+[tool.lab.simulate]
+exact = false
+n_customers = 400
+n_terminals = 800
+nb_days = 60
+
+[tool.lab.train]
+train_start = "2018-04-25"
+n_trials = 2
+max_epochs = {max_epochs}
+"""
+
+
+def make_small_lab(folder: Path, *, max_epochs: int = 2, extra: str = "") -> Path:
+    """A lab in ``folder`` with the repository's notebooks and a small simulated dataset."""
+    import shutil
+
+    write_pyproject(folder, extra + SMALL_LAB.format(max_epochs=max_epochs))
+    shutil.copytree(REPO / "notebooks", folder / "notebooks")
+    return folder
+
+
 def write_pyproject(folder: Path, body: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pyproject.toml"

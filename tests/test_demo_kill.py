@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,28 +13,16 @@ import pytest
 
 from lab.config import load_config
 from lab.registry import Registry
-from tests.conftest import REPO, write_pyproject
+from tests.conftest import REPO, make_small_lab
 
 LAB = str(REPO / ".venv" / "bin" / "lab") if (REPO / ".venv" / "bin" / "lab").exists() else "lab"
 
-SMALL = """
-[tool.lab.simulate]
-exact = false
-n_customers = 400
-n_terminals = 800
-nb_days = 60
 
-[tool.lab.train]
-train_start = "2018-04-25"
-n_trials = 2
-max_epochs = 8
-"""
 
 
 @pytest.mark.slow
 def test_kill_during_training_then_resume(tmp_path):
-    write_pyproject(tmp_path, SMALL)
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    make_small_lab(tmp_path, max_epochs=8)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # A session of its own, so the kill takes the notebook kernel down too, as a crash would.
     proc = subprocess.Popen([LAB, "--root", str(tmp_path), "run"], env=env, start_new_session=True,

@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from lab.cli import main
 from lab.config import load_config
 from lab.registry import Registry
-from tests.conftest import REPO, write_pyproject
+from tests.conftest import make_small_lab
 
-SMALL = """
-plugins = ["lab_probe"]
 
-[tool.lab.simulate]
-exact = false
-n_customers = 400
-n_terminals = 800
-nb_days = 60
-
-[tool.lab.train]
-train_start = "2018-04-25"
-n_trials = 2
-max_epochs = 2
-"""
 
 
 # A project-local plugin: it sees every event and adds a Lightning callback to training.
@@ -60,8 +46,7 @@ def lab_on_event(event):
 
 @pytest.fixture
 def small_lab(tmp_path):
-    write_pyproject(tmp_path, SMALL)
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    make_small_lab(tmp_path, extra='plugins = ["lab_probe"]\n')
     (tmp_path / "lab_probe.py").write_text(PROBE)
     return tmp_path
 

@@ -47,7 +47,8 @@ def exit_with_parent_run(poll_s: float = 0.2) -> None:
 
 @dataclass
 class StageContext:
-    """Opened once per stage notebook: ``ctx = StageContext.open(root, run_dir)``."""
+    """Opened once per stage: ``with StageContext.open(root, run_dir) as ctx: ...``; closing
+    it closes the registry and stores it opened."""
 
     root: Path
     run_dir: Path
@@ -112,3 +113,9 @@ class StageContext:
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()
+
+    def __enter__(self) -> "StageContext":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -73,10 +73,10 @@ def _score_metrics(model, frame: pl.DataFrame, columns: list[str]) -> dict[str, 
 def simulate(root, run_dir, *, exact, n_customers, n_terminals, nb_days, start_date, radius, seed) -> dict:
     from lab.datasets import fraud
 
-    ctx = StageContext.open(root, run_dir)
-    frame = fraud.simulate(n_customers=n_customers, n_terminals=n_terminals, nb_days=nb_days,
-                           start_date=start_date, radius=radius, exact=exact, seed=seed)
-    digest = fraud.write_parquet(frame, ctx.path(TRANSACTIONS))
+    with StageContext.open(root, run_dir) as ctx:
+        frame = fraud.simulate(n_customers=n_customers, n_terminals=n_terminals, nb_days=nb_days,
+                               start_date=start_date, radius=radius, exact=exact, seed=seed)
+        digest = fraud.write_parquet(frame, ctx.path(TRANSACTIONS))
     summary = fraud.summary(frame)
     summary["digest"] = digest
     return summary
@@ -85,8 +85,7 @@ def simulate(root, run_dir, *, exact, n_customers, n_terminals, nb_days, start_d
 def features(root, run_dir, *, train_start, delta_train, delta_delay, delta_test) -> dict:
     from lab.features.training import training_set
 
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         transactions = pl.read_parquet(ctx.path(TRANSACTIONS))
         source_digest = ctx.offline.write_source("transactions", transactions.to_arrow())
         start, end = _dates(train_start, delta_train, delta_delay, delta_test)
@@ -100,8 +99,6 @@ def features(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
                   "views": {v.name: v.version for v in ctx.views.values()}},
         )
         return {"rows": table.num_rows, "digest": digest, "source_digest": source_digest}
-    finally:
-        ctx.close()
 
 
 def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n_trials, max_epochs, seed,
@@ -109,8 +106,7 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
     from lab.plugins import model_flavor
     from lab.training.sweep import run_sweep
 
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         columns = _feature_columns()
         frame = pl.read_parquet(ctx.path(TRAINSET))
         train_df, _ = _split(frame, dict(train_start=train_start, delta_train=delta_train,
@@ -156,8 +152,6 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
                 "features": columns, "trainset_digest": trainset_digest, "seed": seed}
         ctx.write_json(CANDIDATE_JSON, info)
         return info
-    finally:
-        ctx.close()
 
 
 def _resumable_run(ctx: StageContext, workdir: Path, *, params: dict, seed: int) -> str:
@@ -179,8 +173,7 @@ def _resumable_run(ctx: StageContext, workdir: Path, *, params: dict, seed: int)
 def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, metric, min_delta) -> dict:
     from lab.plugins import model_flavor
 
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         info = ctx.read_json(CANDIDATE_JSON)
         columns = info["features"]
         frame = pl.read_parquet(ctx.path(TRAINSET))
@@ -210,13 +203,10 @@ def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
         ctx.registry.log_metrics(info["run_id"], {f"test_{k}": v for k, v in cand_metrics.items()})
         ctx.write_json(EVALUATION, evaluation)
         return evaluation
-    finally:
-        ctx.close()
 
 
 def register(root, run_dir) -> dict:
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         info = ctx.read_json(CANDIDATE_JSON)
         evaluation = ctx.read_json(EVALUATION)
         name = ctx.config.model_name
@@ -264,30 +254,24 @@ def register(root, run_dir) -> dict:
                "gate": evaluation["gate"], "artifact_path": rel}
         ctx.write_json(REGISTERED, out)
         return out
-    finally:
-        ctx.close()
 
 
 def materialize(root, run_dir) -> dict:
     from lab.features.materialize import materialize as write_online
 
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         as_of = pl.read_parquet(ctx.path(TRANSACTIONS), columns=["TX_DATETIME"])["TX_DATETIME"].max()
         counts = write_online(ctx.offline, ctx.online, list(ctx.views.values()), as_of)
         out = {"as_of": as_of.isoformat(), "rows": counts}
         ctx.write_json(MATERIALIZED, out)
         return out
-    finally:
-        ctx.close()
 
 
 def batch_score(root, run_dir, *, score_days) -> dict:
     from lab.features.training import training_set
     from lab.plugins import model_flavor
 
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         name = ctx.config.model_name
         champion = ctx.registry.get_alias(name, "champion")
         if champion is None:
@@ -305,13 +289,10 @@ def batch_score(root, run_dir, *, score_days) -> dict:
             out.write_parquet(tmp)
         return {"rows": out.height, "window": [str(start), str(last)], "model_version": champion.version,
                 "features_digest": digest}
-    finally:
-        ctx.close()
 
 
 def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test) -> dict:
-    ctx = StageContext.open(root, run_dir)
-    try:
+    with StageContext.open(root, run_dir) as ctx:
         columns = _feature_columns()
         frame = pl.read_parquet(ctx.path(TRAINSET))
         train_df, _ = _split(frame, dict(train_start=train_start, delta_train=delta_train,
@@ -334,5 +315,3 @@ def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test) -
         out = {"columns": result, "drifted": drifted, "report": str(report)}
         ctx.write_json(DRIFT_JSON, out)
         return out
-    finally:
-        ctx.close()
