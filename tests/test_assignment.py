@@ -107,23 +107,141 @@ def test_string_ids_are_allocated_by_weight_too():
     assert stats.chisquare([seen["control"], seen["treatment"]], [80_000, 20_000]).pvalue > P_MIN
 
 
+def variant_buckets(e: Experiment) -> np.ndarray:
+    """The variant bucket of every unit in UNITS under ``e``'s salt (computed once per salt)."""
+    if e.salt not in _BUCKETS_OF:
+        _BUCKETS_OF[e.salt] = np.array([variant_bucket(e.salt, u) for u in UNITS])
+    return _BUCKETS_OF[e.salt]
+
+
+_BUCKETS_OF: dict[str, np.ndarray] = {}
+
+
+def arms(e: Experiment) -> np.ndarray:
+    """The variant index (declaration order) of every unit in UNITS, from ``e.buckets``
+    alone; for a full-share running experiment this is what ``assign`` gives."""
+    owner = np.full(10_000, -1)
+    for i, v in enumerate(e.variants):
+        for start, end in e.buckets[v.name]:
+            owner[start:end] = i
+    assert (owner >= 0).all()
+    return owner[variant_buckets(e)]
+
+
+def test_arms_agrees_with_the_assigner():
+    e = experiment(weights=(("control", 0.5), ("a", 0.3), ("b", 0.2))).with_weights(
+        {"control": 0.2, "a": 0.35, "b": 0.45})
+    names = [v.name for v in e.variants]
+    assert [names[i] for i in arms(e)[:5000]] == [Assigner([e]).variant("ranker", u) for u in range(5000)]
+
+
 def test_raising_treatment_from_10_to_20_percent_reassigns_no_treatment_unit():
-    before = Assigner([experiment(weights=(("control", 0.9), ("treatment", 0.1)))])
-    after = Assigner([experiment(weights=(("control", 0.8), ("treatment", 0.2)))])
+    before = experiment(weights=(("control", 0.9), ("treatment", 0.1)))
+    after = before.with_weights({"control": 0.8, "treatment": 0.2})
+    old, new = Assigner([before]), Assigner([after])
     moved = Counter()
     for u in UNITS:
-        old, new = before.variant("ranker", u), after.variant("ranker", u)
-        assert not (old == "treatment" and new != "treatment"), f"unit {u} left treatment"
-        if old != new:
-            moved[(old, new)] += 1
+        was, now = old.variant("ranker", u), new.variant("ranker", u)
+        assert not (was == "treatment" and now != "treatment"), f"unit {u} left treatment"
+        if was != now:
+            moved[(was, now)] += 1
     assert set(moved) == {("control", "treatment")}  # the only move is control -> treatment
     assert stats.binomtest(moved[("control", "treatment")], len(UNITS), 0.1).pvalue > P_MIN
 
 
-def test_treatments_are_laid_from_the_bottom_and_control_takes_the_top():
+def test_ramping_three_arms_moves_only_control_units_and_only_as_many_as_needed():
+    before = experiment(weights=(("control", 0.8), ("a", 0.1), ("b", 0.1)))
+    after = before.with_weights({"control": 0.6, "a": 0.2, "b": 0.2})
+    was, now = arms(before), arms(after)
+    assert (now[was == 1] == 1).all() and (now[was == 2] == 2).all()  # no treatment unit reassigned
+    moved = was != now
+    assert set(zip(was[moved], now[moved])) == {(0, 1), (0, 2)}
+    assert stats.binomtest(int(moved.sum()), len(UNITS), 0.2).pvalue > P_MIN  # 20 % of units move, no more
+
+
+def test_changing_an_earlier_treatment_leaves_the_later_ones_alone():
+    # Laid out end to end, shrinking "a" would shift "b"'s range and reassign b's units.
+    before = experiment(weights=(("control", 0.6), ("a", 0.2), ("b", 0.2)))
+    after = before.with_weights({"control": 0.7, "a": 0.1, "b": 0.2})
+    assert after.buckets["b"] == before.buckets["b"]
+    was, now = arms(before), arms(after)
+    moved = was != now
+    assert set(zip(was[moved], now[moved])) == {(1, 0)}
+    assert stats.binomtest(int(moved.sum()), len(UNITS), 0.1).pvalue > P_MIN
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_weight_changes_move_units_only_from_shrinking_to_growing_arms(seed):
+    rng = np.random.default_rng(seed)
+    k = 4
+    names = ["control", "a", "b", "c"]
+    basis_points = np.array([7000, 1000, 1000, 1000])
+    e = experiment(weights=tuple(zip(names, basis_points / 10_000)))
+    steps = 25
+    was = arms(e)
+    for _ in range(steps):
+        changed = basis_points.copy()
+        chosen = rng.choice(k, size=int(rng.integers(2, k + 1)), replace=False)  # these arms change
+        changed[chosen] = rng.multinomial(basis_points[chosen].sum(), rng.dirichlet(np.ones(len(chosen))))
+        if rng.random() < 0.2:  # now and then switch an arm off
+            changed[chosen[0]] += changed[chosen[1]]
+            changed[chosen[1]] = 0
+        old, new = basis_points / 10_000, changed / 10_000
+        e = e.with_weights(dict(zip(names, new.tolist())))
+        basis_points = changed
+        now = arms(e)
+        moved = was != now
+        assert (old[was[moved]] > new[was[moved]]).all(), "a unit left an arm that did not shrink"
+        assert (new[now[moved]] > old[now[moved]]).all(), "a unit joined an arm that did not grow"
+        for i in range(k):  # whole buckets: each arm owns exactly its weight's share
+            assert sum(end - start for start, end in e.buckets[names[i]]) == round(new[i] * 10_000)
+        observed = np.bincount(now, minlength=k)
+        live = new > 0
+        assert (observed[~live] == 0).all()
+        was = now
+        if live.sum() > 1:
+            p = stats.chisquare(observed[live], new[live] / new[live].sum() * len(UNITS)).pvalue
+            assert p > P_MIN / steps, (observed, new)
+
+
+def test_a_new_experiment_lays_treatments_from_the_bottom_and_control_at_the_top():
     e = experiment(weights=(("control", 0.6), ("a", 0.25), ("b", 0.15), ("off", 0.0)))
-    assert bucket_ranges(e) == {"a": (0, 2500), "b": (2500, 4000), "off": (4000, 4000), "control": (4000, 10000)}
+    assert bucket_ranges(e) == {"control": ((4000, 10000),), "a": ((0, 2500),), "b": ((2500, 4000),), "off": ()}
     assert "off" not in counts(Assigner([e]), "ranker", range(20_000))
+
+
+def test_weights_become_whole_buckets_by_largest_remainder():
+    thirds = experiment(weights=(("control", 1 / 3), ("a", 1 / 3), ("b", 1 / 3)))
+    assert {n: sum(e - s for s, e in r) for n, r in thirds.buckets.items()} == {"control": 3334, "a": 3333, "b": 3333}
+    # 0.29 * 10000 is 2899.9999999999995 in floating point: still 2900 buckets
+    e = experiment(weights=(("control", 0.71), ("t", 0.29)))
+    assert bucket_ranges(e) == {"control": ((2900, 10000),), "t": ((0, 2900),)}
+
+
+def test_a_variant_whose_weight_is_unchanged_keeps_exactly_its_buckets():
+    e = experiment(weights=(("control", 0.5), ("a", 0.2), ("b", 0.3)))
+    for weights in ({"control": 0.4, "a": 0.3, "b": 0.3}, {"control": 0.4, "a": 0.1, "b": 0.5},
+                    {"control": 0.6, "a": 0.1, "b": 0.3}):
+        changed = e.with_weights(weights)
+        for v in e.variants:
+            if weights[v.name] == v.weight:
+                assert changed.buckets[v.name] == e.buckets[v.name]
+        e = changed
+    assert e.with_weights(e.weights) == e
+
+
+@pytest.mark.parametrize("buckets, message", [
+    ({"control": [[0, 10000]]}, "must map every variant"),
+    ({"control": [[0, 5000]], "treatment": [[4000, 10000]]}, "owns 6000 buckets but its weight 0.5 asks for 5000"),
+    ({"control": [[0, 5000]], "treatment": [[4999, 9999]]}, "cover 0-10000 once, without overlaps"),
+    ({"control": [[0, 5000]], "treatment": [[5000, 10001]]}, r"0 <= start < end <= 10000"),
+    ({"control": [[0, 5000]], "treatment": [["5000", 10000]]}, r"ranges \[start, end\)"),
+])
+def test_explicit_buckets_are_checked(buckets, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment(buckets=buckets)
+    assert experiment(buckets={"control": [[0, 2500], [7500, 10000]], "treatment": [[2500, 7500]]}).buckets == {
+        "control": ((0, 2500), (7500, 10000)), "treatment": ((2500, 7500),)}
 
 
 # -- status and layer share -----------------------------------------------------------

@@ -79,7 +79,8 @@ def test_create_start_ramp_stop_round_trip(lab_root, capsys):
     assert lab(lab_root, "status", "ranker") == 0
     out = capsys.readouterr().out
     assert "ranker  experiment  running  layer search 0-8000" in out
-    assert "treatment" in out and "buckets 0-2000" in out and '{"model_version": 3}' in out
+    # the ramp took control's top buckets; treatment kept its own
+    assert "buckets 0-1000, 9000-10000" in out and "buckets 1000-9000" in out and '{"model_version": 3}' in out
     assert "set_weights" in out and "(ramp)" in out
     assert lab(lab_root, "status", "--json") == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == "ranker"

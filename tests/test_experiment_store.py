@@ -3,6 +3,7 @@ and bad input that must leave no row behind."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -42,7 +43,7 @@ def test_created_experiment_reads_back_equal_after_reopening(store, tmp_path):
         assert again.list() == [e]
         assert again.list(layer="search") == [e] and again.list(layer="other") == []
     with Registry.open(tmp_path / "registry.db") as reg:  # the registry sees the same migrations
-        assert "0005_experiments" in [m["name"] for m in reg.migrations()]
+        assert {"0005_experiments", "0006_experiment_buckets"} <= {m["name"] for m in reg.migrations()}
 
 
 def test_assignment_is_sticky_after_the_store_is_reopened(store, tmp_path):
@@ -54,6 +55,54 @@ def test_assignment_is_sticky_after_the_store_is_reopened(store, tmp_path):
         assigner = Assigner.from_store(again)
         assert [assigner.variant("ranker", u) for u in range(1000)] == before
     assert set(before) == {"control", "treatment"}
+
+
+def test_set_weights_stores_the_moved_buckets_and_units_follow_them(store, tmp_path):
+    store.create(ranker())
+    store.start("ranker")
+    before = Assigner.from_store(store)
+    store.set_weights("ranker", {"control": 0.8, "treatment": 0.2})
+    store.close()
+    with ExperimentStore.open(tmp_path / "registry.db") as again:
+        # control gave up its top buckets; treatment kept its own and took those
+        assert again.get("ranker").buckets == {"control": ((1000, 9000),), "treatment": ((0, 1000), (9000, 10000))}
+        after = Assigner.from_store(again)
+    moved = {(before.variant("ranker", u), after.variant("ranker", u)) for u in range(20_000)}
+    assert moved == {("control", "control"), ("treatment", "treatment"), ("control", "treatment")}
+
+
+def test_rows_made_before_stored_buckets_keep_their_assignments(tmp_path):
+    from lab.experiments import variant_bucket
+    from lab.registry._db import Database
+    from lab.registry._migrations import MIGRATIONS, apply_migrations
+
+    path = tmp_path / "registry.db"
+    database = Database(path)
+    apply_migrations(database, MIGRATIONS[:5])  # the schema before 0006_experiment_buckets
+    legacy = {  # name -> variants, and the ranges the old layout gave them
+        "ramp": ([("control", 0.7), ("a", 0.2), ("b", 0.1)], {"a": [(0, 2000)], "b": [(2000, 3000)],
+                                                               "control": [(3000, 10000)]}),
+        # thirds: the old cumulative rounding put boundaries at 3333 and 6667
+        "thirds": ([("control", 1 / 3), ("a", 1 / 3), ("b", 1 / 3)], {"a": [(0, 3333)], "b": [(3333, 6667)],
+                                                                     "control": [(6667, 10000)]}),
+    }
+    with database.write() as db:
+        for name, (variants, _) in legacy.items():
+            db["experiments"].insert({
+                "name": name, "kind": "experiment", "status": "running", "layer": name, "share_start": 0,
+                "share_end": 10000, "salt": name, "unit": "unit_id", "metric": "conversion",
+                "metric_kind": "proportion", "alpha": 0.05, "power": 0.8, "created_at": "t", "updated_at": "t",
+                "variants": json.dumps([{"name": n, "weight": w, "payload": {}} for n, w in variants]),
+            })
+    database.close()
+    with ExperimentStore.open(path) as store:
+        assigner = Assigner.from_store(store)
+        for name, (_, ranges) in legacy.items():
+            assert {n: list(r) for n, r in store.get(name).buckets.items()} == ranges
+            for u in range(3000):
+                bucket = variant_bucket(name, u)
+                old = next(n for n, rs in ranges.items() for s, e in rs if s <= bucket < e)
+                assert assigner.variant(name, u) == old
 
 
 # -- life cycle and audit -----------------------------------------------------------

@@ -6,10 +6,11 @@ machine agrees without storing anything per unit. Two 64-bit BLAKE2b hashes deci
 1. the **layer bucket**, ``hash("L" + layer, unit) % 10000``, picks which experiment of
    the layer owns the unit (each owns a disjoint ``layer_share`` range), so a unit is
    in at most one experiment per layer, and layers are independent of each other;
-2. the **variant bucket**, ``hash("E" + salt, unit) % 10000``, picks the variant.
-   Treatments are laid from bucket 0 upwards in declaration order and control takes
-   the top, so raising the (last) treatment's weight moves units only out of control:
-   nobody already in that treatment is reassigned.
+2. the **variant bucket**, ``hash("E" + salt, unit) % 10000``, picks the variant: the
+   one whose stored bucket ranges (``Experiment.buckets``) hold it. A weight change
+   moves buckets only out of variants that shrank and into variants that grew
+   (``lab.experiments.model.rebalance``), so nobody in an arm that kept or raised its
+   weight is reassigned.
 
 The ``L``/``E`` prefixes keep a layer's hash apart from an experiment's even when the
 experiment is named like its layer. Unit ids are ``str`` or ``int``; an int hashes as
@@ -22,14 +23,13 @@ experiments once for serving (about a microsecond per call; see
 
 from __future__ import annotations
 
-import math
 import numbers
 from bisect import bisect_right
 from hashlib import blake2b
 from typing import Any, Iterable
 
 from lab.errors import ConfigError, LabError, NotFound
-from lab.experiments.model import BUCKETS, Experiment, free_ranges
+from lab.experiments.model import BUCKETS, Experiment, Ranges, free_ranges
 
 
 def unit_key(unit_id: Any) -> bytes:
@@ -82,24 +82,19 @@ def variant_bucket(salt: str, unit_id: Any) -> int:
     return _hash_bucket(_salt_prefix(salt), unit_key(unit_id))
 
 
-def bucket_ranges(experiment: Experiment) -> dict[str, tuple[int, int]]:
-    """Each variant's variant-bucket range ``[start, end)``: treatments from 0 upwards in
-    declaration order, control at the top. A weight of 0 gives an empty range."""
-    order = list(experiment.variants[1:]) + [experiment.variants[0]]
-    ranges, start, running = {}, 0, []
-    for i, v in enumerate(order):
-        running.append(v.weight)
-        end = BUCKETS if i == len(order) - 1 else min(BUCKETS, round(math.fsum(running) * BUCKETS))
-        ranges[v.name] = (start, end)
-        start = end
-    return ranges
+def bucket_ranges(experiment: Experiment) -> dict[str, Ranges]:
+    """Each variant's variant-bucket ranges ``[start, end)``, as stored with the
+    experiment; a variant of weight 0 owns none."""
+    if not isinstance(experiment, Experiment):
+        raise ConfigError(f"bucket_ranges() takes an Experiment, got {type(experiment).__name__}")
+    return dict(experiment.buckets)
 
 
 class _Compiled:
     """One experiment reduced to what the hot path needs."""
 
     __slots__ = ("name", "live", "stopped", "full_share", "lo", "hi", "layer_prefix", "salt_prefix",
-                 "bounds", "names", "payloads", "control")
+                 "starts", "owners", "payloads", "control")
 
     def __init__(self, e: Experiment):
         self.name = e.name
@@ -109,9 +104,11 @@ class _Compiled:
         self.full_share = e.layer_share == (0, BUCKETS)
         self.layer_prefix = _layer_prefix(e.layer)
         self.salt_prefix = _salt_prefix(e.salt)
-        ranges = bucket_ranges(e)
-        self.names = list(ranges)
-        self.bounds = [end for _, end in ranges.values()]
+        # The ranges cover [0, BUCKETS) exactly, so the range holding a bucket is the
+        # last one starting at or below it.
+        starts = sorted((start, name) for name, ranges in e.buckets.items() for start, _ in ranges)
+        self.starts = [start for start, _ in starts]
+        self.owners = [name for _, name in starts]
         self.payloads = {v.name: v.payload for v in e.variants}
         self.control = e.control.name
 
@@ -126,7 +123,7 @@ class _Compiled:
         if self.stopped:
             return self.control
         chosen = _from_bytes(blake2b(self.salt_prefix + key, digest_size=8).digest(), "big") % BUCKETS
-        return self.names[bisect_right(self.bounds, chosen)]
+        return self.owners[bisect_right(self.starts, chosen) - 1]
 
 
 def assign(experiment: Experiment, unit_id: Any) -> str | None:

@@ -231,7 +231,7 @@ def _audit_line(row: dict) -> str:
 
 
 def _status_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab.experiments.assignment import bucket_ranges
+    from lab.experiments.assignment import bucket_ranges, format_ranges
 
     with _open(ctx) as store:
         if args.name is None:
@@ -256,7 +256,8 @@ def _status_run(args: argparse.Namespace, ctx: Context) -> int:
     for i, v in enumerate(e.variants):
         role = "control" if i == 0 else "treatment"
         payload = f"  payload {json.dumps(v.payload, sort_keys=True)}" if v.payload else ""
-        print(f"  {v.name:<16} {v.weight:>8.4g}  {role:<9} buckets {ranges[v.name][0]}-{ranges[v.name][1]}{payload}")
+        owned = format_ranges(list(ranges[v.name]))
+        print(f"  {v.name:<16} {v.weight:>8.4g}  {role:<9} buckets {owned}{payload}")
     extra = "".join(f", {k} {getattr(e, k):g}" for k in ("mde", "baseline") if getattr(e, k) is not None)
     print(f"  metric {e.metric} ({e.metric_kind}), alpha {e.alpha:g}, power {e.power:g}{extra}")
     print("recent changes:")

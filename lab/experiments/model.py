@@ -6,6 +6,10 @@ lighter rule (one variant is enough); flags route traffic, experiments are analy
 
 Buckets: assignment hashes a unit into one of ``BUCKETS`` (10,000) buckets, so weights
 take effect in steps of 0.01 % and a layer share is a bucket range ``[start, end)``.
+Each variant owns explicit variant-bucket ranges (``Experiment.buckets``), stored with
+the experiment. A weight change moves as few buckets as it can (``rebalance``): a unit
+changes variant only out of an arm that shrank and into one that grew; the pure bucket
+arithmetic lives in ``lab/experiments/buckets.py``.
 """
 
 from __future__ import annotations
@@ -15,13 +19,11 @@ import json
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lab.errors import ConfigError
-
-BUCKETS = 10_000
-"""Buckets a unit hashes into, for the layer and for the variant; weights are realized
-to 1/BUCKETS."""
+# BUCKETS is imported from here by the rest of the package, so it stays a name of this module.
+from lab.experiments.buckets import BUCKETS, Ranges, apportion, merge, rebalance, span  # noqa: F401
 
 KINDS = ("experiment", "flag")
 STATUSES = ("draft", "running", "stopped")
@@ -99,6 +101,10 @@ class Experiment:
     different salts split units independently. ``layer_share`` is the bucket range
     ``[start, end)`` of the layer this experiment owns; experiments of one layer own
     disjoint ranges, so a unit is in at most one of them.
+
+    ``buckets`` maps each variant to the variant-bucket ranges it owns, together exactly
+    ``[0, BUCKETS)``. Left out, they are laid out from the weights (``initial_buckets``);
+    ``with_weights`` moves them minimally (``rebalance``) and the store keeps them.
     """
 
     name: str
@@ -115,6 +121,7 @@ class Experiment:
     power: float = 0.8
     mde: float | None = None
     baseline: float | None = None
+    buckets: Mapping[str, Ranges] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         _identifier(self.name, "experiment name")
@@ -163,6 +170,7 @@ class Experiment:
             object.__setattr__(self, name, float(value))
         if self.mde is not None and self.mde <= 0:
             raise ConfigError(f"mde of {where} must be > 0 (the smallest effect worth detecting), got {self.mde}")
+        object.__setattr__(self, "buckets", _check_buckets(self.buckets, self.variants, where))
 
     @property
     def control(self) -> Variant:
@@ -181,7 +189,11 @@ class Experiment:
                           f"variants: {', '.join(v.name for v in self.variants)}")
 
     def with_weights(self, weights: Mapping[str, float]) -> "Experiment":
-        """A copy with new weights; ``weights`` must name every variant, and only those."""
+        """A copy with new weights; ``weights`` must name every variant, and only those.
+
+        Its buckets move minimally: a variant whose weight is unchanged keeps exactly its
+        buckets, one that shrinks gives up buckets, one that grows takes them (``rebalance``).
+        """
         if not isinstance(weights, Mapping):
             raise ConfigError(f"weights must be a dict of variant name to weight, got {type(weights).__name__}")
         names = [v.name for v in self.variants]
@@ -193,16 +205,19 @@ class Experiment:
             raise ConfigError(f"weights for experiment {self.name!r}: {'; '.join(problems)}; "
                               f"name every variant once: {', '.join(names)}")
         variants = tuple(dataclasses.replace(v, weight=weights[v.name]) for v in self.variants)
-        return dataclasses.replace(self, variants=variants)
+        check_weights_sum({v.name: v.weight for v in variants}, f"experiment {self.name!r}")
+        return dataclasses.replace(self, variants=variants, buckets=rebalance(self.buckets, _targets(self, variants)))
 
     def with_status(self, status: str) -> "Experiment":
         return dataclasses.replace(self, status=status)
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready fields (``variants`` as dicts, ``layer_share`` as a list)."""
+        """Plain JSON-ready fields (``variants`` as dicts, ``layer_share`` and the bucket
+        ranges as lists)."""
         out = dataclasses.asdict(self)
         out["variants"] = [v.to_dict() for v in self.variants]
         out["layer_share"] = list(self.layer_share)
+        out["buckets"] = {name: [list(r) for r in ranges] for name, ranges in self.buckets.items()}
         return out
 
     @classmethod
@@ -246,3 +261,62 @@ def free_ranges(taken: list[tuple[int, int]]) -> list[tuple[int, int]]:
     if cursor < BUCKETS:
         free.append((cursor, BUCKETS))
     return free
+
+
+# -- variant buckets: a new experiment's layout, a change's targets, explicit ranges checked --
+
+def initial_buckets(variants: Sequence[Variant]) -> dict[str, Ranges]:
+    """A new experiment's layout: the treatments from bucket 0 upwards in declaration
+    order, control at the top, each with ``apportion`` of its weight."""
+    counts = dict(zip((v.name for v in variants), apportion([v.weight for v in variants])))
+    laid, start = {}, 0
+    for v in [*variants[1:], variants[0]]:
+        end = start + counts[v.name]
+        laid[v.name] = ((start, end),) if end > start else ()
+        start = end
+    return {v.name: laid[v.name] for v in variants}
+
+
+def _targets(current: "Experiment", variants: Sequence[Variant]) -> dict[str, int]:
+    """How many buckets each of the new ``variants`` should own: an unchanged weight keeps
+    its count; the rest of the buckets are apportioned over the changed weights."""
+    old = {v.name: v.weight for v in current.variants}
+    kept = {v.name: span(current.buckets[v.name]) for v in variants if v.weight == old[v.name]}
+    changed = [v for v in variants if v.name not in kept]
+    room = BUCKETS - sum(kept.values())
+    if room and not math.fsum(v.weight for v in changed):  # only float dust left to place: start over
+        return dict(zip(old, apportion([v.weight for v in variants])))
+    return {**kept, **dict(zip((v.name for v in changed), apportion([v.weight for v in changed], room)))}
+
+
+def _check_buckets(value: Any, variants: Sequence[Variant], where: str) -> dict[str, Ranges]:
+    """The explicit bucket ranges, checked: every variant named, ranges of whole numbers
+    inside ``[0, BUCKETS)``, disjoint, covering all of it, and each variant's count within
+    rounding of its weight. None lays them out from the weights."""
+    if value is None:
+        return initial_buckets(variants)
+    fix = "leave buckets out to lay them out from the weights"
+    names = [v.name for v in variants]
+    if not isinstance(value, Mapping) or set(value) != set(names):
+        raise ConfigError(f"buckets of {where} must map every variant ({', '.join(names)}) to its "
+                          f"bucket ranges, got {value!r}; {fix}")
+    out: dict[str, Ranges] = {}
+    for v in variants:
+        raw = value[v.name]
+        ok = isinstance(raw, (list, tuple)) and all(
+            isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(b, int) and not isinstance(b, bool)
+                                                                 for b in r) and 0 <= r[0] < r[1] <= BUCKETS
+            for r in raw)
+        if not ok:
+            raise ConfigError(f"buckets of variant {v.name!r} in {where} must be ranges [start, end) with "
+                              f"0 <= start < end <= {BUCKETS}, got {raw!r}; {fix}")
+        out[v.name] = tuple(merge([(r[0], r[1]) for r in raw]))
+        # Rounding, and unchanged arms keeping their count, leave a count within one
+        # bucket per variant of its exact share.
+        if abs(span(out[v.name]) - v.weight * BUCKETS) > len(variants) or (v.weight == 0 and out[v.name]):
+            raise ConfigError(f"variant {v.name!r} of {where} owns {span(out[v.name])} buckets but its weight "
+                              f"{v.weight:g} asks for {v.weight * BUCKETS:g}; {fix}")
+    everything = sorted(r for ranges in out.values() for r in ranges)
+    if span(everything) != BUCKETS or any(a[1] > b[0] for a, b in zip(everything, everything[1:])):
+        raise ConfigError(f"buckets of {where} must cover 0-{BUCKETS} once, without overlaps; {fix}")
+    return out

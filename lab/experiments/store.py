@@ -1,7 +1,8 @@
 """Flags and experiments in the registry file, with an audit row for every change.
 
 Three tables, added by the ``0005_experiments`` migration of ``lab/registry``:
-``experiments`` (the current state, one row per name), ``experiment_audit`` (who did
+``experiments`` (the current state, one row per name; ``0006_experiment_buckets`` added
+its variant-bucket ranges), ``experiment_audit`` (who did
 what, when, old and new value, why; append-only by trigger) and
 ``experiment_allocations`` (a bandit's allocation history; append-only too).
 
@@ -33,6 +34,7 @@ def _row(e: Experiment, now: str) -> dict:
         "name": e.name, "kind": e.kind, "status": e.status, "layer": e.layer,
         "share_start": e.layer_share[0], "share_end": e.layer_share[1], "salt": e.salt, "unit": e.unit,
         "variants": dumps([v.to_dict() for v in e.variants], f"variants of {e.name!r}"),
+        "buckets": dumps(e.to_dict()["buckets"], f"buckets of {e.name!r}"),
         "metric": e.metric, "metric_kind": e.metric_kind, "alpha": e.alpha, "power": e.power,
         "mde": e.mde, "baseline": e.baseline, "created_at": now, "updated_at": now,
     }
@@ -44,7 +46,7 @@ def _experiment(row: dict) -> Experiment:
         salt=row["salt"], kind=row["kind"], status=row["status"], unit=row["unit"],
         layer_share=(row["share_start"], row["share_end"]), metric=row["metric"],
         metric_kind=row["metric_kind"], alpha=row["alpha"], power=row["power"], mde=row["mde"],
-        baseline=row["baseline"],
+        baseline=row["baseline"], buckets=loads(row["buckets"]),
     )
 
 
@@ -184,7 +186,8 @@ class ExperimentStore:
             changed, old, new = build(current)
             now = utc_now()
             values = {"status": changed.status, "updated_at": now,
-                      "variants": dumps([v.to_dict() for v in changed.variants], "variants")}
+                      "variants": dumps([v.to_dict() for v in changed.variants], "variants"),
+                      "buckets": dumps(changed.to_dict()["buckets"], "buckets")}
             if changed.status != current.status:
                 values[f"{'started' if changed.status == 'running' else 'stopped'}_at"] = now
             db["experiments"].update(name, values)
@@ -220,7 +223,8 @@ class ExperimentStore:
     def set_weights(self, name: str, weights: Mapping[str, float], *, actor: str | None = None,
                     reason: str = "") -> Experiment:
         """New weights for a draft or running experiment; ``weights`` names every variant
-        and sums to 1. Units move only as the layout requires (see ``assignment``)."""
+        and sums to 1. Buckets move minimally (``Experiment.with_weights``): a unit moves
+        only out of a variant whose weight shrank and into one whose weight grew."""
         def build(e: Experiment):
             if e.status == "stopped":
                 raise LabError(f"{e.kind} {name!r} is stopped; its weights are final. "

@@ -170,12 +170,39 @@ def experiments(db: sqlite_utils.Database) -> None:
     _append_only(db, "experiment_allocations")
 
 
+def experiment_buckets(db: sqlite_utils.Database) -> None:
+    """Explicit variant-bucket ranges per experiment (``experiments.buckets``, JSON
+    ``{variant: [[start, end], ...]}``), so a weight change can move only the units it must.
+
+    Rows made before get the layout they were assigned by until now, so no unit moves:
+    treatments from bucket 0 upwards in declaration order, control at the top, each
+    boundary at ``round(cumulative weight * 10000)``. That rule is written out here, not
+    imported, because this migration must keep giving today's answer whatever the code does.
+    """
+    import json
+    import math
+
+    db.execute("ALTER TABLE experiments ADD COLUMN buckets TEXT")
+    for name, variants in db.execute("SELECT name, variants FROM experiments").fetchall():
+        variants = json.loads(variants)
+        order = variants[1:] + variants[:1]
+        laid, start, running = {}, 0, []
+        for i, v in enumerate(order):
+            running.append(v["weight"])
+            end = 10_000 if i == len(order) - 1 else min(10_000, round(math.fsum(running) * 10_000))
+            laid[v["name"]] = [[start, end]] if end > start else []
+            start = end
+        buckets = {v["name"]: laid[v["name"]] for v in variants}
+        db.execute("UPDATE experiments SET buckets = ? WHERE name = ?", [json.dumps(buckets, sort_keys=True), name])
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_tracking", tracking),
     ("0002_models_and_aliases", models_and_aliases),
     ("0003_drift_and_stages", drift_and_stages),
     ("0004_audit_events", audit_events),
     ("0005_experiments", experiments),
+    ("0006_experiment_buckets", experiment_buckets),
 )
 
 
