@@ -118,6 +118,16 @@ def test_a_flag_with_one_variant_and_stop_keeping_weights(lab_root, capsys):
     assert "kill_switch" in out and "flag       draft" in out and "rollout" in out
 
 
+def test_a_flag_created_without_a_layer_has_its_own(lab_root, capsys):
+    assert lab(lab_root, "create", "rollout", "--flag", "--variants", "v1=0.9,v2=0.1") == 0
+    assert "created flag rollout (draft) in layer flag:rollout 0-10000" in capsys.readouterr().out
+    assert lab(lab_root, "create", "ranker", "--variants", "control=0.5,treatment=0.5") == 0  # all of "default"
+    assert "in layer default 0-10000" in capsys.readouterr().out
+    assert lab(lab_root, "status") == 0
+    out = capsys.readouterr().out
+    assert "flag:rollout 0-10000" in out and "default 0-10000" in out
+
+
 @pytest.mark.parametrize("args, message", [
     (["create", "x", "--variants", "control=0.5,treatment=0.6"], r"sum to 1\.1, not 1"),
     (["create", "x", "--variants", "control=0.5,treatment=0.5", "--alpha", "1.5"], "strictly between 0 and 1"),

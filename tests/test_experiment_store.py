@@ -218,6 +218,8 @@ V2 = (Variant("control", 0.5), Variant("treatment", 0.5))
     (lambda: Experiment("x", V2, status="paused"), "status .* draft, running, stopped"),
     (lambda: Experiment("x", (Variant("control", 0.5), Variant("t", 0.5, {"f": object()}))), "JSON values"),
     (lambda: Experiment("x", V2, mde=-0.1), "mde .* > 0"),
+    (lambda: Experiment("x", V2, layer="a:b"), r"layer of experiment 'x' must be an identifier, or flag:<identifier>"),
+    (lambda: Experiment("x", V2, kind="flag", layer="flag:"), "must be an identifier, or flag:<identifier>"),
 ])
 def test_an_invalid_experiment_cannot_be_built(store, build, message):
     with pytest.raises(ConfigError, match=message):
@@ -239,6 +241,20 @@ def test_create_refuses_taken_names_non_drafts_and_overlapping_layer_shares(stor
     store.create(Experiment("other", V2, layer="search", layer_share=(6000, 10000)))  # a free range is fine
     store.stop("ranker")
     store.create(Experiment("third", V2, layer="search", layer_share=(0, 6000)))  # stopped gave its share back
+
+
+def test_a_flag_without_a_layer_gets_its_own_and_never_blocks_the_default_layer(store):
+    rollout = store.create(Experiment("rollout", (Variant("v1", 0.5), Variant("v2", 0.5)), kind="flag"))
+    assert rollout.layer == "flag:rollout" and rollout.layer_share == (0, 10_000)
+    ranker_ = store.create(ranker())  # the whole default layer: no overlap with the flag
+    assert ranker_.layer == "default"
+    pinned = store.create(Experiment("pinned", (Variant("on", 1.0),), kind="flag", layer="ops"))
+    assert pinned.layer == "ops"  # an explicit layer is kept
+    assert store.get("rollout").layer == "flag:rollout"
+    store.start("rollout")
+    store.start("ranker")
+    inside = Assigner.from_store(store).assignments(42)
+    assert set(inside) == {"rollout", "ranker"}  # independent layers: a unit is in both
 
 
 @pytest.mark.parametrize("weights, message", [

@@ -109,7 +109,9 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variants", required=True,
                    help="control first: control=0.5,treatment=0.5 (weights sum to 1)")
     p.add_argument("--flag", action="store_true", help="a flag (routes traffic; one variant is enough)")
-    p.add_argument("--layer", default="default", help="the surface; one experiment per unit per layer")
+    p.add_argument("--layer", default="",
+                   help="the surface; one experiment per unit per layer (default: 'default' for an "
+                        "experiment, flag:NAME, a layer of its own, for a flag)")
     p.add_argument("--layer-share", default="0-10000", help="bucket range START-END of the layer (of 10000)")
     p.add_argument("--unit", default="unit_id", help="what is randomized, e.g. CUSTOMER_ID")
     p.add_argument("--salt", default="", help="hash salt (default: the name)")
@@ -242,7 +244,7 @@ def _status_run(args: argparse.Namespace, ctx: Context) -> int:
                 print("no experiments or flags yet (create one with `lab experiment create NAME --variants ...`)")
             for e in [] if args.json else experiments:
                 share = "{}-{}".format(*e.layer_share)
-                print(f"{e.name:<20} {e.kind:<10} {e.status:<8} {e.layer}:{share:<11} {_weights_text(e.weights)}")
+                print(f"{e.name:<20} {e.kind:<10} {e.status:<8} {e.layer} {share:<11} {_weights_text(e.weights)}")
             return 0
         experiment = store.get(args.name)
         audit = store.audit(args.name)

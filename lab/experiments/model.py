@@ -41,6 +41,22 @@ def _identifier(value: Any, what: str) -> str:
     return value
 
 
+DEFAULT_LAYER = "default"
+FLAG_LAYER_PREFIX = "flag:"
+"""A flag created without a layer gets one of its own: ``flag:<its name>``."""
+
+
+def _layer(value: Any, name: str, kind: str, where: str) -> str:
+    if value == "":
+        return f"{FLAG_LAYER_PREFIX}{name}" if kind == "flag" else DEFAULT_LAYER
+    bare = value[len(FLAG_LAYER_PREFIX):] if isinstance(value, str) and value.startswith(FLAG_LAYER_PREFIX) else value
+    if not isinstance(bare, str) or not bare.isidentifier():
+        raise ConfigError(f"layer of {where} must be an identifier, or flag:<identifier> for a flag's own "
+                          f"layer, got {value!r}; leave it out for the default ({DEFAULT_LAYER!r} for an "
+                          "experiment, flag:<name> for a flag)")
+    return value
+
+
 def _probability(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
         raise ConfigError(f"{what} must be a number strictly between 0 and 1, got {value!r}")
@@ -100,7 +116,9 @@ class Experiment:
     ``salt`` (default: the name) seeds the variant hash, so two experiments with
     different salts split units independently. ``layer_share`` is the bucket range
     ``[start, end)`` of the layer this experiment owns; experiments of one layer own
-    disjoint ranges, so a unit is in at most one of them.
+    disjoint ranges, so a unit is in at most one of them. ``layer`` left empty is
+    ``"default"`` for an experiment and ``"flag:<name>"`` for a flag, so a flag that
+    takes all of its traffic never blocks the experiments of the default layer.
 
     ``buckets`` maps each variant to the variant-bucket ranges it owns, together exactly
     ``[0, BUCKETS)``. Left out, they are laid out from the weights (``initial_buckets``);
@@ -109,7 +127,7 @@ class Experiment:
 
     name: str
     variants: tuple[Variant, ...]
-    layer: str = "default"
+    layer: str = ""
     salt: str = ""
     kind: str = "experiment"
     status: str = "draft"
@@ -148,7 +166,7 @@ class Experiment:
             raise ConfigError(f"{where} names variant(s) {', '.join(duplicates)} more than once; "
                               "variant names must be unique")
         check_weights_sum(self.weights, where)
-        _identifier(self.layer, f"layer of {where}")
+        object.__setattr__(self, "layer", _layer(self.layer, self.name, self.kind, where))
         _identifier(self.unit, f"unit of {where}")
         _identifier(self.metric, f"metric of {where}")
         if self.salt == "":
