@@ -152,6 +152,8 @@ def test_record_sets_the_weights_and_keeps_the_history_in_order(store):
     assert written[-1]["c"] > written[0]["c"]
     changes = [a for a in store.audit("ranking") if a["action"] == "set_weights"]
     assert len(changes) == 6 and changes[-1]["new"] == written[-1]
+    # one audit row per allocation: the weight change, written with its allocation row
+    assert [a["action"] for a in store.audit("ranking")] == ["create", "start"] + ["set_weights"] * 6
     assert all(a["reason"] == "thompson allocation" and a["actor"] == "bandit-job" for a in changes)
     # Assignment follows the bandit: the served shares match the recorded weights.
     assigner = Assigner([store.get("ranking")])
@@ -169,7 +171,8 @@ def test_record_refuses_a_stopped_experiment_and_foreign_arms(store):
     with pytest.raises(ConfigError, match=r"arms \(control, b\) are not the variants of 'ranking' \(control, b, c\)"):
         ThompsonBandit(["control", "b"]).record(store, "ranking")
     store.stop("ranking", actor="guardrail", reason="guardrail breached")
+    audit = store.audit("ranking")
     with pytest.raises(LabError, match="is stopped; a bandit does not reallocate"):
         ThompsonBandit(ARMS).record(store, "ranking")
-    assert store.allocations("ranking") == []
+    assert store.allocations("ranking") == [] and store.audit("ranking") == audit
     assert store.get("ranking").weights == {"control": 1.0, "b": 0.0, "c": 0.0}

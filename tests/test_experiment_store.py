@@ -196,6 +196,41 @@ def test_allocations_are_recorded_in_order_without_changing_the_served_weights(s
     assert store.get("ranker").weights == {"control": 0.9, "treatment": 0.1}
 
 
+def test_apply_allocation_serves_and_records_in_one_transaction(store):
+    store.create(ranker())
+    store.start("ranker")
+    before = row_counts(store)
+    served = store.apply_allocation("ranker", {"control": 0.6, "treatment": 0.4}, source="thompson", actor="bandit")
+    assert served == store.get("ranker") and served.weights == {"control": 0.6, "treatment": 0.4}
+    assert row_counts(store) == {**before, "experiment_audit": before["experiment_audit"] + 1,
+                                 "experiment_allocations": before["experiment_allocations"] + 1}
+    audit = store.audit("ranker")[-1]
+    assert (audit["action"], audit["actor"], audit["reason"]) == ("set_weights", "bandit", "thompson allocation")
+    assert audit["old"] == {"control": 0.9, "treatment": 0.1} and audit["new"] == served.weights
+    (allocation,) = store.allocations("ranker")
+    assert (allocation["weights"], allocation["source"], allocation["actor"]) == (served.weights, "thompson", "bandit")
+
+    before, state = row_counts(store), store.get("ranker")
+    for call, error, message in [
+        (lambda: store.apply_allocation("ranker", {"control": 0.6, "treatment": 0.6}, source="t"), ConfigError,
+         r"sum to 1\.2"),
+        (lambda: store.apply_allocation("ranker", {"control": 0.5, "treatment": 0.5}, source=" "), ConfigError,
+         "source of an allocation"),
+        # fails after the weights were updated inside the transaction: rolled back whole
+        (lambda: store.apply_allocation("ranker", {"control": 0.5, "treatment": 0.5}, source="t", reason=7),
+         ConfigError, "reason must be a string"),
+        (lambda: store.apply_allocation("nope", {"control": 0.5, "treatment": 0.5}, source="t"), NotFound, "nope"),
+    ]:
+        with pytest.raises(error, match=message):
+            call()
+        assert row_counts(store) == before and store.get("ranker") == state
+    store.stop("ranker", reason="guardrail")
+    before = row_counts(store)
+    with pytest.raises(LabError, match="is stopped; its weights are final"):
+        store.apply_allocation("ranker", {"control": 0.5, "treatment": 0.5}, source="thompson")
+    assert row_counts(store) == before and store.get("ranker").weights == {"control": 1.0, "treatment": 0.0}
+
+
 # -- bad input leaves nothing behind --------------------------------------------------
 
 V2 = (Variant("control", 0.5), Variant("treatment", 0.5))

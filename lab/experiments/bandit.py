@@ -11,9 +11,9 @@ every arm gets at least ``floor``, the weights sum to 1, and ``choose`` (uniform
 probability ``k * floor``, else one Thompson draw) picks each arm with exactly that
 probability.
 
-``record`` writes the allocation to the experiment store (its history is kept, in order,
-by ``store.allocations(name)``) and sets the experiment's weights, so sticky assignment
-follows the bandit. Moving weights moves units between arms over time: compare arms
+``record`` sets the experiment's weights and appends the allocation to its history
+(``store.allocations(name)``, in order) in one transaction (``store.apply_allocation``),
+so sticky assignment follows the bandit and the history is what was served. Moving weights moves units between arms over time: compare arms
 within an allocation period, not pooled over the whole run (the pooled means mix periods
 with different shares and can mislead).
 """
@@ -169,7 +169,8 @@ class ThompsonBandit:
 
     def record(self, store: "ExperimentStore", experiment_name: str, *, n_draws: int = 10_000,
                actor: str = "bandit") -> dict[str, float]:
-        """Allocate, then make it the experiment's weights and append it to its history.
+        """Allocate, then make it the experiment's weights and append it to its history,
+        both in one transaction (``store.apply_allocation``).
 
         The arms must be exactly the experiment's variants. A stopped experiment is
         refused: a guardrail stop sent its traffic to control and a bandit must not undo
@@ -189,6 +190,7 @@ class ThompsonBandit:
             )
         weights = self.allocate(n_draws)
         weights = {name: weights[name] for name in variants}  # control first, as the store keeps them
-        store.set_weights(experiment_name, weights, actor=actor, reason=f"{SOURCE} allocation")
-        store.record_allocation(experiment_name, weights, source=SOURCE, actor=actor)
+        # One transaction: the weights served and the history never disagree, even when
+        # a guardrail stops the experiment between our read above and this write.
+        store.apply_allocation(experiment_name, weights, source=SOURCE, actor=actor, reason=f"{SOURCE} allocation")
         return weights

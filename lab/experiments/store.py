@@ -50,6 +50,23 @@ def _experiment(row: dict) -> Experiment:
     )
 
 
+def _reweigh(name: str, weights: Mapping[str, float]):
+    """The ``_change`` step of a weight change: refused once stopped, else ``with_weights``."""
+    def build(e: Experiment):
+        if e.status == "stopped":
+            raise LabError(f"{e.kind} {name!r} is stopped; its weights are final. "
+                           "Create a new one to serve another split")
+        changed = e.with_weights(weights)
+        return changed, e.weights, changed.weights
+
+    return build
+
+
+def _check_source(source: Any) -> None:
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"source of an allocation must be a non-empty string (e.g. 'thompson'), got {source!r}")
+
+
 class ExperimentStore:
     """Flags and experiments over the registry's SQLite file (``registry.db``).
 
@@ -179,8 +196,9 @@ class ExperimentStore:
                     "pick one of them (--layer-share START-END) or another layer (--layer NAME)"
                 )
 
-    def _change(self, name: str, action: str, build, reason: str, actor: str | None) -> Experiment:
-        """Apply ``build(current) -> (new experiment, old value, new value)`` in one transaction."""
+    def _change(self, name: str, action: str, build, reason: str, actor: str | None, also=None) -> Experiment:
+        """Apply ``build(current) -> (new experiment, old value, new value)`` in one
+        transaction, with its audit row and, if given, ``also(db, changed)``'s writes."""
         with self._db.write() as db:
             current = _experiment(self._require(name))
             changed, old, new = build(current)
@@ -192,6 +210,8 @@ class ExperimentStore:
                 values[f"{'started' if changed.status == 'running' else 'stopped'}_at"] = now
             db["experiments"].update(name, values)
             self._audit(db, name, action, old, new, reason, actor)
+            if also is not None:
+                also(db, changed)
         return changed
 
     def start(self, name: str, *, actor: str | None = None, reason: str = "") -> Experiment:
@@ -225,21 +245,36 @@ class ExperimentStore:
         """New weights for a draft or running experiment; ``weights`` names every variant
         and sums to 1. Buckets move minimally (``Experiment.with_weights``): a unit moves
         only out of a variant whose weight shrank and into one whose weight grew."""
-        def build(e: Experiment):
-            if e.status == "stopped":
-                raise LabError(f"{e.kind} {name!r} is stopped; its weights are final. "
-                               "Create a new one to serve another split")
-            changed = e.with_weights(weights)
-            return changed, e.weights, changed.weights
+        return self._change(name, "set_weights", _reweigh(name, weights), reason, actor)
 
-        return self._change(name, "set_weights", build, reason, actor)
+    def apply_allocation(self, name: str, weights: Mapping[str, float], *, source: str,
+                         actor: str | None = None, reason: str = "") -> Experiment:
+        """Serve ``weights`` and append them to the allocation history, in one transaction.
+
+        This is how a bandit moves traffic: the weight change (audited as ``set_weights``,
+        reason ``reason`` or ``"<source> allocation"``) and the allocation row are written
+        together or not at all, so the history never disagrees with what was served.
+        Refused like ``set_weights`` (a stopped experiment, bad weights); returns the
+        experiment as now served.
+        """
+        _check_source(source)
+        actor = actor or current_actor()
+
+        def record(db, changed: Experiment) -> None:
+            db["experiment_allocations"].insert({
+                "experiment": name, "weights": dumps(changed.weights, "allocation"), "source": source,
+                "actor": actor, "at": utc_now(),
+            })
+
+        return self._change(name, "set_weights", _reweigh(name, weights), reason or f"{source} allocation",
+                            actor, also=record)
 
     def record_allocation(self, name: str, weights: Mapping[str, float], *, source: str,
                           actor: str | None = None) -> None:
         """Append an allocation (e.g. a bandit's Thompson-sampling weights) to the
-        history of ``name``; it does not change the weights served (``set_weights`` does)."""
-        if not isinstance(source, str) or not source.strip():
-            raise ConfigError(f"source of an allocation must be a non-empty string (e.g. 'thompson'), got {source!r}")
+        history of ``name``; it does not change the weights served (``apply_allocation``
+        does both at once)."""
+        _check_source(source)
         with self._db.write() as db:
             current = _experiment(self._require(name))
             clean = current.with_weights(weights).weights  # names every variant, each weight valid
