@@ -289,6 +289,20 @@ def _audit_run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+# -- report (lab/experiments/report.py) ---------------------------------------------------
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    from lab.experiments.report import add_report_arguments
+
+    add_report_arguments(p)
+
+
+def _report_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab.experiments.report import run_report_command
+
+    return run_report_command(args, ctx)
+
+
 COMMANDS: list[Command] = [
     Command("experiment create", "create a draft experiment or flag with weighted variants",
             _create_args, _create_run),
@@ -299,4 +313,6 @@ COMMANDS: list[Command] = [
     Command("experiment set-weights", "change the weights (only the units that must move do)",
             _set_weights_args, _set_weights_run),
     Command("experiment audit", "who changed what, when, from what to what, and why", _audit_args, _audit_run),
+    Command("experiment report", "render the experiment report (effects, SRM, sequential test, guardrails) to HTML",
+            _report_args, _report_run),
 ]
