@@ -347,8 +347,17 @@ def read_predictions(
     if model_version is not None:
         where.append("model_version = ?")
         params.append(int(model_version))
+    conn = _connect(path)
+    try:
+        have = {row["name"] for row in conn.execute("PRAGMA table_info(predictions)")}
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LabError(f"{path} is not a readable prediction ledger: {exc}") from None
     for column, value in (("experiment", experiment), ("variant", variant)):
         if value is not None:
+            if column not in have:  # a ledger from before flags: nothing was routed by one
+                conn.close()
+                return []
             where.append(f"{column} = ?")
             params.append(value)
     if transaction_ids is not None:
@@ -368,12 +377,12 @@ def read_predictions(
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    conn = _connect(path)
     try:
         rows = conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-    return [_decode(r) for r in reversed(rows)]
+    missing = {name: None for name, _ in _ADDED_COLUMNS if name not in have}
+    return [{**_decode(r), **missing} for r in reversed(rows)]
 
 
 def iter_feature_rows(rows: Sequence[dict]) -> Iterator[dict]:
