@@ -412,6 +412,32 @@ def test_guardrail_data_from_the_prediction_ledger(config, pm, store, tmp_path):
     assert guardrail_data_from_ledger(tmp_path / "ledger.db", store.get("checkout"), without_latency) == {}
 
 
-def test_builtin_guardrails_are_what_the_docs_say():
+def test_builtin_guardrails_are_what_the_docs_say(config, pm):
     assert BUILTIN_GUARDRAILS["latency_ms"].kind == "mean" and BUILTIN_GUARDRAILS["latency_ms"].worse == "increase"
     assert BUILTIN_GUARDRAILS["error_rate"].kind == "proportion"
+    assert (BUILTIN_GUARDRAILS["latency_ms"].tau, BUILTIN_GUARDRAILS["error_rate"].tau) == (0.2, 0.5)
+    assert all(g.sequential for g in platform_guardrails(config, pm))  # checked at every look: always valid
+    assert Guardrail("plugin_metric").sequential is False  # a plugin's guardrail chooses; fixed stays available
+
+
+def test_builtin_error_rate_checked_at_every_look_rarely_stops_an_aa_experiment():
+    # 150 A/A experiments (2 % errors), checked at 10 looks of 300 requests a side at
+    # alpha 0.05: the fixed test stops about 16 % of them, the built-in well under alpha.
+    rng = np.random.default_rng(12)
+    builtin = dataclasses.replace(BUILTIN_GUARDRAILS["error_rate"], alpha=0.05)
+    fixed = dataclasses.replace(builtin, name="error_rate_fixed", sequential=False)
+    stops = {builtin.name: 0, fixed.name: 0}
+    for _ in range(150):
+        control, treatment = rng.random(3_000) < 0.02, rng.random(3_000) < 0.02
+        stopped = dict.fromkeys(stops, False)
+        for n in range(300, 3_001, 300):
+            counts = {"control": (int(control[:n].sum()), n), "treatment": (int(treatment[:n].sum()), n)}
+            for r in check_guardrails(experiment(), {builtin.name: counts, fixed.name: counts}, [builtin, fixed]):
+                stopped[r.guardrail] |= r.breached
+        for name in stops:
+            stops[name] += stopped[name]
+    assert stops[fixed.name] / 150 > 0.08 and stops[builtin.name] / 150 <= 0.05, stops
+    # ... and it still stops a tripled error rate.
+    (r,) = check_guardrails(experiment(), {"error_rate": {"control": (60, 3_000), "treatment": (180, 3_000)}},
+                            [dataclasses.replace(BUILTIN_GUARDRAILS["error_rate"], alpha=0.01)])
+    assert r.breached and r.sequential
