@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from lab.cli import main
-from lab.events import EXPERIMENT_STARTED, EXPERIMENT_STOPPED, FLAG_CHANGED
+from lab.events import EXPERIMENT_STARTED, EXPERIMENT_STOPPED, FLAG_CHANGED, GUARDRAIL_BREACHED
 from lab.experiments import ExperimentStore, assign
 
 PROBE = '''
@@ -171,3 +171,74 @@ def test_bad_changes_to_an_existing_experiment_write_nothing(lab_root, capsys):
     assert "only a draft can be started" in capsys.readouterr().err
     assert row_counts(lab_root)["experiment_audit"] == before["experiment_audit"] + 1  # just the stop
     assert [e["name"] for e in heard(lab_root)] == [e["name"] for e in events] + [EXPERIMENT_STOPPED]
+
+
+# -- lab experiment check: guardrails on a real prediction ledger -------------------------
+
+def write_ledger(path, experiment: str, means: dict[str, float], n: int = 500, seed: int = 3) -> None:
+    """``n`` predictions per variant routed by ``experiment``, latencies around ``means``."""
+    import numpy as np
+
+    from lab.serving.ledger import Ledger, PredictionRecord
+
+    rng = np.random.default_rng(seed)
+    with Ledger.open(path) as ledger:
+        for version, (variant, mean) in enumerate(means.items(), start=1):
+            for ms in rng.normal(mean, 3.0, n).clip(min=1):
+                ledger.append(PredictionRecord(
+                    transaction_id=None, model_name="fraud", model_version=version, features={}, defaults={},
+                    score=0.1, latency_ms=float(ms), experiment=experiment, variant=variant))
+
+
+def test_check_stops_an_experiment_whose_treatment_is_30_percent_slower(lab_root, capsys):
+    assert lab(lab_root, "create", "ranker", "--variants", "control=0.5,treatment=0.5") == 0
+    assert lab(lab_root, "start", "ranker") == 0
+    write_ledger(lab_root / "data" / "ledger.db", "ranker", {"control": 20.0, "treatment": 26.0})  # the lab's ledger
+    capsys.readouterr()
+    assert lab(lab_root, "check", "ranker") == 3
+    out = capsys.readouterr().out
+    assert re.search(r"latency_ms +treatment vs control: \+(29|30|31)\.\d% \[\+\d+\.\d%, \+\d+\.\d%\], n 500/500, "
+                     r"one-sided p=\S+ \(sequential, alpha 0\.01, tolerance 0\.05\): BREACHED", out), out
+    assert "error_rate     treatment vs control: not checked (no data" in out  # the ledger holds no errors
+    assert "STOPPED ranker: a guardrail was breached; every unit now sees control" in out
+
+    with ExperimentStore.open(lab_root / "registry.db") as store:
+        experiment = store.get("ranker")
+        stop = store.audit("ranker")[-1]
+    assert experiment.status == "stopped" and experiment.weights == {"control": 1.0, "treatment": 0.0}
+    assert (stop["action"], stop["actor"]) == ("stop", "lab experiment check")
+    assert re.match(r"guardrail breached: latency_ms worse for 'treatment': \+(29|30|31)\.\d%", stop["reason"])
+    names = [e["name"] for e in heard(lab_root)]
+    assert names[-2:] == [GUARDRAIL_BREACHED, EXPERIMENT_STOPPED]
+
+    assert lab(lab_root, "audit", "ranker") == 0
+    assert "stop              by lab experiment check" in capsys.readouterr().out
+    assert lab(lab_root, "check", "ranker") == 0  # already stopped: checked, nothing changes
+    assert "breached, but ranker is stopped, not running: nothing changed" in capsys.readouterr().out
+    assert [e["name"] for e in heard(lab_root)] == names
+
+
+def test_check_leaves_an_unharmed_experiment_running(lab_root, tmp_path, capsys):
+    assert lab(lab_root, "create", "ranker", "--variants", "control=0.5,treatment=0.5") == 0
+    assert lab(lab_root, "start", "ranker") == 0
+    ledger = tmp_path / "elsewhere.db"
+    write_ledger(ledger, "ranker", {"control": 20.0, "treatment": 20.0})
+    capsys.readouterr()
+    assert lab(lab_root, "check", "ranker", "--ledger", str(ledger), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["status"], report["stopped"], report["ledger"]) == ("running", False, str(ledger))
+    latency = next(r for r in report["results"] if r["guardrail"] == "latency_ms")
+    assert (latency["n_control"], latency["n_variant"], latency["breached"]) == (500, 500, False)
+    assert lab(lab_root, "check", "ranker", "--ledger", str(ledger)) == 0
+    assert "no guardrail breached" in capsys.readouterr().out
+    with ExperimentStore.open(lab_root / "registry.db") as store:
+        assert store.get("ranker").status == "running"
+
+
+def test_check_without_a_ledger_or_experiment_is_a_clear_error(lab_root, tmp_path, capsys):
+    assert lab(lab_root, "create", "ranker", "--variants", "control=0.5,treatment=0.5") == 0
+    capsys.readouterr()
+    assert lab(lab_root, "check", "ranker", "--ledger", str(tmp_path / "none.db")) == 2
+    assert "no prediction ledger at" in capsys.readouterr().err
+    assert lab(lab_root, "check", "nope") == 2
+    assert "no experiment or flag 'nope'" in capsys.readouterr().err

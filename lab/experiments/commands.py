@@ -1,4 +1,4 @@
-"""``lab experiment ...``: create, start, stop, status, set-weights, audit.
+"""``lab experiment ...``: create, start, stop, status, set-weights, audit, report, check.
 
 Each opens the registry file (``ctx.config.registry_path``) as an ``ExperimentStore``.
 Events for plugins (``flag.changed``, ``experiment.started``, ``experiment.stopped``)
@@ -289,6 +289,63 @@ def _audit_run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+# -- check: the platform guardrails on the prediction ledger ------------------------------
+
+STOPPED_EXIT = 3
+"""Exit status of ``lab experiment check`` when the check stopped the experiment, so a
+scheduled job can alert on it; 0 otherwise (2 stays bad input)."""
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="experiment or flag name")
+    p.add_argument("--ledger", help="prediction ledger file (default: the lab's, data/ledger.db)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _result_line(r) -> str:
+    head = f"  {r.guardrail:<14} {r.variant} vs {r.control}"
+    if r.p_value is None:
+        return f"{head}: not checked ({r.note})"
+    change = f"{r.estimate:+.1%}" if r.estimate is not None else f"{r.difference:+.4g}"
+    interval = f" [{r.lift_ci[0]:+.1%}, {r.lift_ci[1]:+.1%}]" if r.lift_ci else ""
+    test = "sequential" if r.sequential else "fixed"
+    verdict = "BREACHED" if r.breached else "ok"
+    return (f"{head}: {change}{interval}, n {r.n_control}/{r.n_variant}, one-sided p={r.p_value:.3g} "
+            f"({test}, alpha {r.alpha:g}, tolerance {r.tolerance:g}): {verdict}")
+
+
+def _check_run(args: argparse.Namespace, ctx: Context) -> int:
+    from pathlib import Path
+
+    from lab.experiments.guardrails import enforce_guardrails, guardrail_data_from_ledger, platform_guardrails
+
+    guardrails = platform_guardrails(ctx.config, ctx.pm)
+    ledger = Path(args.ledger) if args.ledger else ctx.config.ledger_path
+    with _open(ctx) as store:
+        before = store.get(args.name)
+        data = guardrail_data_from_ledger(ledger, before, guardrails)
+        results = enforce_guardrails(store, ctx.pm, args.name, data, guardrails, actor="lab experiment check")
+        after = store.get(args.name)
+    stopped = before.status == "running" and after.status == "stopped" and any(r.breached for r in results)
+    if args.json:
+        _print_json({"experiment": args.name, "ledger": str(ledger), "status": after.status, "stopped": stopped,
+                     "results": [r.as_dict() for r in results]})
+        return STOPPED_EXIT if stopped else 0
+    print(f"{before.name} ({before.kind}, {before.status}): {len(guardrails)} guardrail(s) on {ledger}")
+    for r in results:
+        print(_result_line(r))
+    if stopped:
+        print(f"STOPPED {before.name}: a guardrail was breached; every unit now sees {after.control.name} "
+              f"(see `lab experiment audit {before.name}`)")
+        return STOPPED_EXIT
+    breached = [r for r in results if r.breached]
+    if breached:
+        print(f"breached, but {before.name} is {before.status}, not running: nothing changed")
+    else:
+        print("no guardrail breached" + ("" if before.status == "running" else f" ({before.name} is {before.status})"))
+    return 0
+
+
 # -- report (lab/experiments/report.py) ---------------------------------------------------
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -315,4 +372,6 @@ COMMANDS: list[Command] = [
     Command("experiment audit", "who changed what, when, from what to what, and why", _audit_args, _audit_run),
     Command("experiment report", "render the experiment report (effects, SRM, sequential test, guardrails) to HTML",
             _report_args, _report_run),
+    Command("experiment check", "check the platform guardrails on the prediction ledger; a breach stops it "
+            f"(exit {STOPPED_EXIT})", _check_args, _check_run),
 ]
