@@ -327,3 +327,32 @@ def test_an_unknown_experiment_is_not_found_and_names_the_status_command(store):
         with pytest.raises(NotFound, match=r"no experiment or flag 'nope' .*`lab experiment status`"):
             call()
     assert row_counts(store) == dict.fromkeys(TABLES, 0)
+
+
+# -- the package's public names ------------------------------------------------------------
+
+def test_every_public_name_resolves_to_its_module_object_and_scipy_waits_for_first_use():
+    import importlib
+    import subprocess
+    import sys
+
+    import lab.experiments as package
+    from lab.experiments import bandit, guardrails, stats
+    from tests.conftest import REPO
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+    assert package.proportion_test is stats.proportion_test and package.Plan is stats.Plan
+    assert package.enforce_guardrails is guardrails.enforce_guardrails
+    assert package.BUILTIN_GUARDRAILS is guardrails.BUILTIN_GUARDRAILS
+    assert package.ThompsonBandit is bandit.ThompsonBandit and package.stats is stats
+    assert {"sample_size_means", "srm_check", "cuped", "sequential_test", "check_guardrails"} <= set(dir(package))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        package.nope  # noqa: B018
+    assert importlib.import_module("lab.experiments") is package
+    # The CLI imports lab.experiments on every command; scipy only comes with a name that needs it.
+    code = ("import sys, lab.experiments; before = 'scipy' in sys.modules\n"
+            "from lab.experiments import mean_test\n"
+            "print(before, 'scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["False", "True"]
