@@ -29,6 +29,9 @@ class PapermillExecutor(StageExecutor):
                 kernel_name=self.kernel_name,
                 progress_bar=False,
                 log_output=False,
+                # ipykernel warns on every start that local TCP is unencrypted; the kernel
+                # listens on loopback only, so keep stage output to what the stage says.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except PapermillExecutionError as exc:
             raise StageFailed(notebook.stem, f"{exc.ename}: {exc.evalue}", str(output_notebook)) from None
