@@ -198,3 +198,67 @@ def test_a_variant_without_a_model_is_not_ready_with_the_fix(lab_with_two_versio
 def test_lab_serve_with_an_unknown_flag_is_a_clear_error(lab_with_two_versions, capsys):
     assert main(["--root", str(lab_with_two_versions.root), "serve", "--flag", "nope", "--port", "8799"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_the_server_follows_promote_and_rollback_without_a_restart(lab_with_two_versions, capsys):
+    lab = lab_with_two_versions
+    config = load_config(lab.root)
+    app = create_app(config, get_plugin_manager(config), refresh_s=0.05)
+
+    def versions():
+        return {v for _, v in score_all(client, lab, customers=range(10)).values()}
+
+    with TestClient(app) as client:
+        assert wait_ready(client).status_code == 200
+        assert versions() == {1}
+        assert main(["--root", str(lab.root), "promote", "fraud", "2", "--reason", "better"]) == 0
+        assert until(lambda: versions() == {2})
+        assert client.get("/readyz").json()["model_version"] == 2
+        assert main(["--root", str(lab.root), "rollback", "fraud", "--reason", "worse online"]) == 0
+        assert until(lambda: versions() == {1})
+    rows = read_predictions(config.ledger_path)
+    assert {r["model_version"] for r in rows} == {1, 2}
+    assert rows[-1]["model_version"] == 1
+
+
+class NarrowFlavor:
+    """A flavor whose models take one input fewer: not swappable for the serving one."""
+
+    name = "narrow_mlp"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def load(self, path):
+        model = self.inner.load(path)
+
+        class Narrow:
+            feature_names = model.feature_names[:-1]
+
+            def predict(self, x):
+                return model.predict(np.hstack([x, np.zeros((len(x), 1), np.float32)]))
+
+        return Narrow()
+
+
+def test_a_promoted_version_with_other_inputs_is_not_swapped_in(lab_with_two_versions):
+    lab = lab_with_two_versions
+    config = load_config(lab.root)
+    pm = get_plugin_manager(config)
+    narrow_flavor = NarrowFlavor(model_flavor(pm, "lightning_mlp"))
+
+    class Plugin:
+        @hookimpl
+        def lab_model_flavors(self):
+            return [narrow_flavor]
+
+    pm.register(Plugin())
+    with Registry.open(config.registry_path, project_root=lab.root) as reg:
+        narrow = reg.register_model("fraud", run_id=None, flavor="narrow_mlp", artifact_path=MODEL_ARTIFACT,
+                                    metrics={}, lineage={})
+    with TestClient(create_app(config, pm, refresh_s=0.05)) as client:
+        assert wait_ready(client).status_code == 200
+        with Registry.open(config.registry_path, project_root=lab.root) as reg:
+            reg.promote("fraud", narrow.version)
+        assert until(lambda: any("inputs differ" in w for w in client.get("/readyz").json()["warnings"]))
+        assert {v for _, v in score_all(client, lab, customers=range(5)).values()} == {1}

@@ -8,8 +8,9 @@ then does ``/readyz`` answer 200 and ``/predict`` score; before, or if any step 
 both answer 503 with the reason. Everything opened is closed in ``finally`` at shutdown,
 the ledger last so that every prediction made is committed.
 
-The alias is resolved once, at start-up: after ``lab promote`` restart the server.
-With ``flag=NAME`` the server routes each request by that flag instead
+The server follows its alias: every ``flag_refresh_s`` it looks the alias up again, and
+when ``lab promote`` or ``lab rollback`` moved it, loads that version beside the one
+serving and swaps them whole, with no restart and no failed request. With ``flag=NAME`` the server routes each request by that flag instead
 (``lab.serving.routing``): every variant's model version is loaded, a unit's variant
 picks the model, and a background task follows weight changes without a restart.
 """
@@ -58,8 +59,8 @@ class ServingState:
     alias: str
     reason: str | None = "starting"
     ready: bool = False
-    version: Any = None  # lab.registry.ModelVersion once resolved
-    model: Any = None
+    version: Any = None  # lab.registry.ModelVersion resolved (for /readyz and extra routes)
+    current: tuple[Any, Any] | None = None  # (ModelVersion, loaded model): what scores, swapped whole
     assembler: FeatureAssembler | None = None
     store: Any = None
     ledger: Ledger | None = None
@@ -140,7 +141,7 @@ def start_up(state: ServingState, config, pm) -> None:
         state.warnings = assembler.warnings()
         for warning in state.warnings:
             log.warning("%s", warning)
-        state.model, state.assembler = model, assembler
+        state.current, state.assembler = (version, model), assembler
         if state.stopping.is_set():  # shut down while we loaded: stay not ready
             return
         state.ready, state.reason = True, None
@@ -153,27 +154,56 @@ def start_up(state: ServingState, config, pm) -> None:
             log.exception("not ready: %s", state.reason)
 
 
-async def follow_flag(state: ServingState, config, pm, refresh_s: float, guardrail_s: float) -> None:
-    """Rebuild the routing table whenever the flag changes (keeping the old one on error),
-    and every ``guardrail_s`` check the guardrails, which may stop the flag."""
+def follow_alias(state: ServingState, config, pm) -> bool:
+    """Swap in the version the alias points at now, if it moved; True if swapped."""
+    from lab.plugins import model_flavor
+    from lab.registry import Registry
+
+    with Registry.open(config.registry_path, project_root=config.root) as registry:
+        target = registry.get_alias(state.model_name, state.alias)
+    serving_version, serving_model = state.current
+    if target is None or target.version == serving_version.version:
+        return False
+    model = model_flavor(pm, target.flavor).load(config.root / target.artifact_path)
+    if list(model.feature_names) != list(serving_model.feature_names):
+        raise LabError(f"{state.alias} moved to v{target.version}, whose inputs differ from v"
+                       f"{serving_version.version}'s; restart `lab serve` to serve it")
+    model.predict(np.zeros((1, len(model.feature_names)), dtype=np.float32))  # warm before it takes traffic
+    state.current = (target, model)
+    state.version = target
+    log.info("%s of %r moved: now serving v%d (was v%d)", state.alias, state.model_name,
+             target.version, serving_version.version)
+    return True
+
+
+async def follow_changes(state: ServingState, config, pm, refresh_s: float, guardrail_s: float) -> None:
+    """Keep serving what the registry says: the alias's current version, or the flag's
+    current routing table; every ``guardrail_s`` check a flag's guardrails, which may
+    stop it. A change that cannot be applied is logged and the old one keeps serving."""
     last_check = time.monotonic()
+    last_error = None
     while not state.stopping.is_set():
         await asyncio.sleep(refresh_s)
-        router = state.router
-        if not state.ready or router is None:
+        if not state.ready:
             continue
+        router = state.router
         try:
-            await asyncio.to_thread(router.refresh)
-            if guardrail_s > 0 and time.monotonic() - last_check >= guardrail_s:
-                last_check = time.monotonic()
-                results = await asyncio.to_thread(router.check_guardrails, config, pm, state.ledger)
-                if any(r.breached for r in results):
-                    await asyncio.to_thread(router.refresh)  # route to control now, not a tick later
-            router.last_error = None
+            if router is None:
+                await asyncio.to_thread(follow_alias, state, config, pm)
+            else:
+                await asyncio.to_thread(router.refresh)
+                if guardrail_s > 0 and time.monotonic() - last_check >= guardrail_s:
+                    last_check = time.monotonic()
+                    results = await asyncio.to_thread(router.check_guardrails, config, pm, state.ledger)
+                    if any(r.breached for r in results):
+                        await asyncio.to_thread(router.refresh)  # route to control now, not a tick later
+            last_error = None
         except Exception as exc:  # noqa: BLE001 - a bad change must not take serving down
-            if str(exc) != router.last_error:
-                log.error("flag %r: change not applied, still routing as before: %s", router.flag, exc)
-            router.last_error = str(exc)
+            if str(exc) != last_error:
+                log.error("change not applied, still serving as before: %s", exc)
+            last_error = str(exc)
+            state.warnings = [w for w in state.warnings if not w.startswith("change not applied")]
+            state.warnings.append(f"change not applied: {exc}")
 
 
 def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
@@ -181,16 +211,14 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         state: ServingState = app.state.serving
         loader = asyncio.ensure_future(asyncio.to_thread(start_up, state, config, pm))
-        follower = (asyncio.ensure_future(follow_flag(state, config, pm, refresh_s, guardrail_s))
-                    if state.router else None)
+        follower = asyncio.ensure_future(follow_changes(state, config, pm, refresh_s, guardrail_s))
         try:
             yield
         finally:
             state.ready, state.reason = False, "shutting down"
             state.stopping.set()
-            if follower is not None:
-                follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
             # The loader thread cannot be cancelled; wait for it so nothing opens after we close.
             await asyncio.gather(loader, return_exceptions=True)
             try:
@@ -244,7 +272,7 @@ class PredictionController(Controller):
         fields = data.as_request()
         # Features read the wall-clock time; an offset, if sent, does not move it.
         when = fields["TX_DATETIME"] = data.TX_DATETIME.replace(tzinfo=None)
-        model, version, flag, variant = serving.model, serving.version, None, None
+        (version, model), flag, variant = serving.current, None, None
         try:
             if serving.router is not None:
                 route, flag = serving.router.route(data.CUSTOMER_ID)
@@ -324,8 +352,9 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                guardrail_s: float | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``), plus every route from ``lab_http_routes``.
-    With ``flag``, each request is routed to the version its unit's variant names,
-    changes to the flag are picked up every ``refresh_s`` seconds, and the platform
+    The alias is looked up again every ``refresh_s`` seconds and a moved alias is
+    swapped in live. With ``flag``, each request is routed to the version its unit's
+    variant names, changes to the flag are picked up every ``refresh_s``, and the platform
     guardrails are checked every ``guardrail_s`` seconds (defaults: [tool.lab.serve]).
 
     Routes: POST /predict, GET /healthz, /readyz, /stats; OpenAPI at /schema.
