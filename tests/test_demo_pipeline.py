@@ -89,6 +89,13 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     names = [e["name"] for e in read_events(small_lab)]
     assert names.count("stage.finished") == 8 and "model.promoted" in names and "model.registered" in names
 
+    # Each stage is keyed by the platform code it imported: training depends on the
+    # flavor and the sweep, not on the model server.
+    with Registry.open(config.registry_path) as reg:
+        train = reg.last_finished_stage("train")["outputs"]["code_files"]
+    assert {"plugins/fraud_features/stages.py", "lab/training/sweep.py", "plugins/lightning_tabular/flavor.py"} <= set(train)
+    assert "plugins/litestar_serving/app.py" not in train and "lab/serving/ledger.py" not in train
+
     # Nothing changed: every stage is skipped, the champion is the same.
     assert main(["--root", str(small_lab), "run"]) == 0
     out = capsys.readouterr().out

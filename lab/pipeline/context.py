@@ -113,6 +113,11 @@ class StageContext:
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()
+        record = os.environ.get("LAB_STAGE_CODE_RECORD")
+        if record:  # tell the runner which platform code this stage ran (its cache key)
+            from lab.pipeline.digest import imported_code_files
+
+            atomic_write_text(record, json.dumps(imported_code_files()))
 
     def __enter__(self) -> "StageContext":
         return self

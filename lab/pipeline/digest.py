@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from functools import lru_cache
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -31,18 +30,46 @@ def path_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=1)
-def code_digest() -> str:
-    """Digest of the platform's Python sources (lab/ and plugins/): a code change reruns stages."""
+def _code_base() -> Path:
+    """The folder holding the ``lab`` and ``plugins`` packages; code paths are relative to it."""
     import lab
-    import plugins
 
+    return Path(lab.__file__).resolve().parent.parent
+
+
+def all_code_files() -> list[str]:
+    base = _code_base()
+    return sorted(f.relative_to(base).as_posix() for pkg in ("lab", "plugins") for f in (base / pkg).rglob("*.py"))
+
+
+def imported_code_files() -> list[str]:
+    """The platform's source files this process has imported (what a stage's code was)."""
+    import sys
+
+    base = _code_base()
+    out = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        try:
+            rel = Path(path).resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+        if rel.split("/", 1)[0] in ("lab", "plugins") and rel.endswith(".py"):
+            out.add(rel)
+    return sorted(out)
+
+
+def code_digest(files: list[str] | None = None) -> str:
+    """Digest of the platform's sources: ``files`` (paths as from ``imported_code_files``),
+    else all of lab/ and plugins/. A file that no longer exists counts as changed."""
+    base = _code_base()
     h = hashlib.sha256()
-    for pkg in (lab, plugins):
-        base = Path(pkg.__file__).parent
-        for f in sorted(base.rglob("*.py")):
-            h.update(f.relative_to(base.parent).as_posix().encode())
-            h.update(f.read_bytes())
+    for rel in files if files is not None else all_code_files():
+        path = base / rel
+        h.update(rel.encode() + b"\0")
+        h.update(path.read_bytes() if path.exists() else b"<missing>")
     return h.hexdigest()
 
 

@@ -20,6 +20,8 @@ from lab.pipeline.stage import Stage, StageFailed, load_stages
 PIPELINE_FILE = "notebooks/pipeline.toml"
 # Parameters every stage receives that must not change its cache key.
 RUNTIME_PARAMS = ("root", "run_dir")
+# Where a stage kernel writes the platform source files it imported (see StageContext).
+CODE_RECORD_ENV = "LAB_STAGE_CODE_RECORD"
 
 
 @dataclass
@@ -89,7 +91,10 @@ def input_digest(config, registry, stage: Stage, ref: str, producers: dict[str, 
     return path_digest(path)
 
 
-def cache_key(config, registry, stage: Stage, params: dict, producers: dict[str, str]) -> tuple[str, dict]:
+def cache_key(config, registry, stage: Stage, params: dict, producers: dict[str, str],
+              code_files: list[str] | None = None) -> tuple[str, dict]:
+    """The stage's cache key and its input digests. ``code_files`` are the platform
+    sources the stage imported when it last ran; without them, all of lab/ and plugins/."""
     notebook = config.root / stage.notebook
     if not notebook.exists():
         raise ConfigError(f"stage {stage.name!r}: notebook {stage.notebook} does not exist")
@@ -98,7 +103,7 @@ def cache_key(config, registry, stage: Stage, params: dict, producers: dict[str,
         "notebook": path_digest(notebook),
         "params": {k: v for k, v in params.items() if k not in RUNTIME_PARAMS},
         "inputs": inputs,
-        "code": code_digest(),
+        "code": code_digest(code_files),
     }
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest(), inputs
@@ -166,7 +171,9 @@ def run_pipeline(
 
         for index, stage in enumerate(stages, start=1):
             params = stage_params(config, stage, run_dir)
-            key, inputs = cache_key(config, registry, stage, params, producers)
+            last = registry.last_finished_stage(stage.name)
+            code_files = (last or {}).get("outputs", {}).get("code_files")
+            key, inputs = cache_key(config, registry, stage, params, producers, code_files)
             cached = None if force else registry.find_stage_cache(stage.name, key)
             if cached and all((config.root / out).exists() for out in stage.outputs):
                 registry.record_stage(run_id, stage.name, status="skipped", attempt=0, cache_key=key,
@@ -198,11 +205,17 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
         notebook = str(run_dir / f"{index:02d}_{stage.name}{suffix}.ipynb")
         registry.record_stage(run_id, stage.name, status="running", attempt=attempt,
                               cache_key=key, output_notebook=notebook)
+        code_record = run_dir / ".code" / f"{stage.name}.json"
+        code_record.unlink(missing_ok=True)
+        os.environ[CODE_RECORD_ENV] = str(code_record)
         log(f"[{index}] {stage.name}: running (attempt {attempt}/{attempts_allowed})")
         started = time.perf_counter()
         try:
-            pm.hook.lab_execute_stage(config=config, stage=stage, params=params,
-                                      output_path=notebook, executor=executor)
+            try:
+                pm.hook.lab_execute_stage(config=config, stage=stage, params=params,
+                                          output_path=notebook, executor=executor)
+            finally:
+                os.environ.pop(CODE_RECORD_ENV, None)
             missing = [o for o in stage.outputs if not (config.root / o).exists()]
             if missing:
                 raise StageFailed(stage.name, f"did not write its declared output(s) {missing}", notebook)
@@ -215,8 +228,14 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
             log(f"    {stage.name} failed: {exc.summary}")
             continue
         seconds = round(time.perf_counter() - started, 2)
+        outputs = {"inputs": inputs, "seconds": seconds}
+        if code_record.exists():
+            # Key the finished stage by the code it really imported, so an edit elsewhere
+            # in the platform (the server, say) does not rerun it.
+            outputs["code_files"] = json.loads(code_record.read_text())
+            key, _ = cache_key(config, registry, stage, params, {}, outputs["code_files"])
         registry.record_stage(run_id, stage.name, status="finished", attempt=attempt, cache_key=key,
-                              output_notebook=notebook, outputs={"inputs": inputs, "seconds": seconds})
+                              output_notebook=notebook, outputs=outputs)
         events.emit(pm, events.STAGE_FINISHED, run_id=run_id, stage=stage.name, seconds=seconds,
                     notebook=notebook)
         log(f"    {stage.name} finished in {seconds:.1f} s")

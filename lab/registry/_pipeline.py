@@ -102,6 +102,15 @@ class PipelineRecords:
             )
         return self._stage_dict(row) if row else None
 
+    def last_finished_stage(self, stage: str) -> dict | None:
+        """The latest finished record of ``stage`` whatever its key (what it ran with last)."""
+        with self._db.read():
+            row = self._db.one(
+                "SELECT * FROM stage_records WHERE stage = ? AND status = 'finished' ORDER BY id DESC LIMIT 1",
+                [stage],
+            )
+        return self._stage_dict(row) if row else None
+
     def stage_history(self, pipeline_run_id: str) -> list[dict]:
         """Every stage record of a pipeline run, oldest first."""
         with self._db.read():
