@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from lab.atomic import fsync_dir
 from lab.errors import LabError
 from lab.training.protocol import Scaler
 
@@ -34,14 +35,6 @@ from .network import MLPScorer, TabularMLP
 FLAVOR_NAME = "lightning_mlp"
 FORMAT_VERSION = 1
 MANIFEST = "model.json"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -96,16 +89,16 @@ def save_model(model: MLPScorer, path: Path) -> None:
         }
         # The manifest goes last: a folder with a manifest has all its files.
         _write_synced(staging / MANIFEST, _json_bytes(manifest, "manifest"))
-        _fsync_dir(staging)
+        fsync_dir(staging)
         if path.exists():
             retired = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:12]}"
             os.rename(path, retired)
             os.rename(staging, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
