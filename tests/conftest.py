@@ -34,6 +34,28 @@ def make_small_lab(folder: Path, *, max_epochs: int = 2, extra: str = "") -> Pat
     return folder
 
 
+def kill_when_marked(code: str, args: list[str], marker: Path, *, what: str, timeout: float = 120) -> None:
+    """Run ``python -c code *args`` and SIGKILL it as soon as it creates ``marker``, as a crash would."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, f"the subprocess never reached {what}"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def write_pyproject(folder: Path, body: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pyproject.toml"

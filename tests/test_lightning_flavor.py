@@ -1,13 +1,9 @@
 """The lightning_mlp flavor: determinism, artifacts, checkpoints and resume after kill -9."""
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +16,7 @@ from lab.errors import LabError
 from lab.plugins import make_plugin_manager, model_flavor
 from plugins.lightning_tabular.checkpoints import CheckpointWarning
 from plugins.lightning_tabular.flavor import LightningMLP
+from tests.conftest import kill_when_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["TX_AMOUNT", "NB_TX_7DAY", "RISK_7DAY", "TX_DURING_NIGHT"]
@@ -211,20 +208,7 @@ def test_resume_after_kill_9_skips_a_corrupt_checkpoint(data, flavor, reference,
     arrays = tmp_path / "data.npz"
     np.savez(arrays, tx=data[0], ty=data[1], vx=data[2], vy=data[3])
     killed, marker = tmp_path / "killed", tmp_path / "stalled"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_FIT, str(killed), str(arrays), str(marker)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the training subprocess never reached epoch 2"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when_marked(KILLED_FIT, [killed, arrays, marker], marker, what="epoch 2")
     assert sorted(p.name for p in (killed / "ckpt").glob("*.ckpt")) == ["epoch=0.ckpt", "epoch=1.ckpt"]
 
     # Variant: the newest checkpoint was truncated (a disk or copy fault after the kill).

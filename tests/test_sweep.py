@@ -1,12 +1,7 @@
 """Optuna sweeps: determinism, pruning, and resume after kill -9 without re-running trials."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +12,7 @@ from lab.errors import LabError
 from lab.training.metrics import average_precision
 from lab.training.sweep import TrialPruning, default_sweep_storage, run_sweep
 from plugins.lightning_tabular.flavor import LightningMLP
+from tests.conftest import kill_when_marked
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["TX_AMOUNT", "NB_TX_7DAY", "RISK_7DAY", "TX_DURING_NIGHT"]
@@ -142,20 +138,7 @@ def test_resume_after_kill_9_completes_without_rerunning_finished_trials(data, r
     arrays = tmp_path / "data.npz"
     np.savez(arrays, tx=data[0], ty=data[1], vx=data[2], vy=data[3])
     workdir, marker = tmp_path / "sweep", tmp_path / "stalled"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_SWEEP, str(workdir), str(arrays), str(marker)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "the sweep subprocess never reached its third trial"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when_marked(KILLED_SWEEP, [workdir, arrays, marker], marker, what="its third trial")
     finished_models = {p: p.stat().st_mtime_ns for p in workdir.glob("trials/*/model/weights.pt")}
     assert len(finished_models) == 2
 
