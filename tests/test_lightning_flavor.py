@@ -16,31 +16,16 @@ from lab.errors import LabError
 from lab.plugins import make_plugin_manager, model_flavor
 from plugins.lightning_tabular.checkpoints import CheckpointWarning
 from plugins.lightning_tabular.flavor import LightningMLP
-from tests.conftest import kill_when_marked
+from tests.conftest import kill_when_marked, tiny_fraud_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["TX_AMOUNT", "NB_TX_7DAY", "RISK_7DAY", "TX_DURING_NIGHT"]
 PARAMS = {"hidden_sizes": [16, 8], "dropout": 0.1, "lr": 5e-3, "batch_size": 128}
 
 
-def tiny_fraud_data(n=2400, seed=0):
-    """Four features on very different scales, about 10 % fraud; 2/3 train, 1/3 valid."""
-    rng = np.random.default_rng(seed)
-    x = np.column_stack([
-        rng.gamma(2.0, 40.0, n),
-        rng.poisson(10, n),
-        rng.beta(1, 20, n),
-        rng.integers(0, 2, n),
-    ]).astype(np.float32)
-    logit = 0.02 * (x[:, 0] - 80) + 30 * x[:, 2] + x[:, 3] - 3.0
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    cut = 2 * n // 3
-    return x[:cut], y[:cut], x[cut:], y[cut:]
-
-
 @pytest.fixture(scope="module")
 def data():
-    return tiny_fraud_data()
+    return tiny_fraud_data(2400)
 
 
 @pytest.fixture(scope="module")

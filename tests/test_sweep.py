@@ -12,28 +12,16 @@ from lab.errors import LabError
 from lab.training.metrics import average_precision
 from lab.training.sweep import TrialPruning, default_sweep_storage, run_sweep
 from plugins.lightning_tabular.flavor import LightningMLP
-from tests.conftest import kill_when_marked
+from tests.conftest import kill_when_marked, tiny_fraud_data
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["TX_AMOUNT", "NB_TX_7DAY", "RISK_7DAY", "TX_DURING_NIGHT"]
 SWEEP = dict(n_trials=3, study_name="fraud-mlp", seed=11, max_epochs=3)
 
 
-def tiny_fraud_data(n=1800, seed=0):
-    """Four features on very different scales, about 10 % fraud; 2/3 train, 1/3 valid."""
-    rng = np.random.default_rng(seed)
-    x = np.column_stack([
-        rng.gamma(2.0, 40.0, n), rng.poisson(10, n), rng.beta(1, 20, n), rng.integers(0, 2, n),
-    ]).astype(np.float32)
-    logit = 0.02 * (x[:, 0] - 80) + 30 * x[:, 2] + x[:, 3] - 3.0
-    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
-    cut = 2 * n // 3
-    return x[:cut], y[:cut], x[cut:], y[cut:]
-
-
 @pytest.fixture(scope="module")
 def data():
-    return tiny_fraud_data()
+    return tiny_fraud_data(1800)
 
 
 def sweep(data, workdir, **overrides):
