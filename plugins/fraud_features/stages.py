@@ -136,6 +136,8 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
             on_trial=lambda t: ctx.registry.record_trial(
                 run_id, number=t["number"], params=t["params"], value=t["value"], state=t["state"]),
         )
+        # on_trial recorded trials as they finished; this pass records the study's final
+        # word on every trial (failed and re-queued ones too). record_trial upserts.
         for trial in result.trials:
             ctx.registry.record_trial(run_id, number=trial["number"], params=trial["params"],
                                       value=trial["value"], state=trial["state"])
