@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from pathlib import Path
 
@@ -196,3 +197,91 @@ def test_a_plugin_can_replace_the_stage_executor(toy_lab):
     config = load_config(toy_lab, pipeline={"stages": ("make",), "retries": 0})
     run_pipeline(config, pm, log=lambda m: None)
     assert ran == ["make.ipynb"] and calls(toy_lab) == []
+
+
+class InProcessExecutor:
+    """Runs a toy notebook's code cells in this process (parameters cell overridden),
+    so cache tests need no kernel start-up; the runner around it is the real one."""
+
+    def execute(self, notebook, output_notebook, params, cwd):
+        nb = nbformat.read(notebook, as_version=4)
+        scope: dict = {}
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            exec(cell.source, scope)
+            if "parameters" in cell.metadata.get("tags", []):
+                scope.update(params)
+        Path(output_notebook).write_text("{}")
+
+
+class InProcess:
+    @hookimpl
+    def lab_stage_executor(self, config):
+        return InProcessExecutor()
+
+
+def test_a_cache_hit_is_void_when_outputs_hold_another_configurations_bytes(toy_lab):
+    (toy_lab / "data").mkdir()
+    (toy_lab / "data/ok").write_text("")
+    config = load_config(toy_lab)
+    pm = make_plugin_manager()
+    pm.register(InProcess())
+    toml = toy_lab / "notebooks/pipeline.toml"
+
+    def run_with(word: str) -> list[str]:
+        toml.write_text(toml.read_text().replace('word = "hello"', f'word = "{word}"')
+                        .replace('word = "bye"', f'word = "{word}"'))
+        return [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages]
+
+    assert run_with("hello") == ["finished", "finished"]
+    assert run_with("bye") == ["finished", "finished"]
+    assert (toy_lab / "data/b.txt").read_text() == "BYE"
+    # Back to the first configuration: its records exist, but the outputs on disk are
+    # the second one's, so both stages run again and the outputs are the first one's.
+    assert run_with("hello") == ["finished", "finished"]
+    assert (toy_lab / "data/a.txt").read_text() == "hello"
+    assert (toy_lab / "data/b.txt").read_text() == "HELLO"
+    assert calls(toy_lab) == ["make", "use"] * 3
+    # Unchanged now: skipped, and the skip carries the digests it checked.
+    assert run_with("hello") == ["skipped", "skipped"]
+    # An output edited by hand is not trusted either.
+    (toy_lab / "data/b.txt").write_text("tampered")
+    assert run_with("hello") == ["skipped", "finished"]
+    assert (toy_lab / "data/b.txt").read_text() == "HELLO"
+    with Registry.open(config.registry_path) as reg:
+        last = reg.last_finished_stage("use")
+    assert last["output_digests"] == {"data/b.txt": hashlib.sha256(b"HELLO").hexdigest()}
+
+
+def test_stage_records_from_before_output_digests_rerun_once(toy_lab):
+    """A registry.db made before 0007 is migrated on open; a finished record in it carries
+    no output digests, so its stage runs once more (then it is cached as usual)."""
+    from lab.pipeline.runner import cache_key, select_stages, stage_params
+    from lab.registry._db import Database
+    from lab.registry._migrations import MIGRATIONS, apply_migrations
+
+    config = load_config(toy_lab, pipeline={"stages": ("make",), "retries": 0})
+    (stage,) = select_stages(config)
+    database = Database(config.registry_path)
+    try:
+        apply_migrations(database, MIGRATIONS[:6])
+        with database.write() as db:
+            assert "output_digests" not in db["stage_records"].columns_dict
+            db["runs"].insert({"id": "old", "kind": "pipeline", "status": "finished", "started_at": "2026-01-01"})
+            key, _ = cache_key(config, None, stage, stage_params(config, stage, toy_lab / "runs/old"), {})
+            db["stage_records"].insert({"pipeline_run_id": "old", "stage": "make", "status": "finished",
+                                        "attempt": 1, "cache_key": key, "outputs": "{}", "at": "2026-01-01"})
+    finally:
+        database.close()
+    (toy_lab / "data").mkdir()
+    (toy_lab / "data/a.txt").write_text("left by someone else")
+
+    pm = make_plugin_manager()
+    pm.register(InProcess())
+    with Registry.open(config.registry_path) as reg:
+        assert reg.migrations()[-1]["name"] == "0007_stage_output_digests"
+        assert reg.find_stage_cache("make", key)["output_digests"] is None
+    assert [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages] == ["finished"]
+    assert (toy_lab / "data/a.txt").read_text() == "hello"
+    assert [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages] == ["skipped"]

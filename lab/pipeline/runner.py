@@ -109,6 +109,24 @@ def cache_key(config, registry, stage: Stage, params: dict, producers: dict[str,
     return hashlib.sha256(blob).hexdigest(), inputs
 
 
+def output_digests(config, stage: Stage) -> dict[str, str]:
+    """Content digests of the stage's declared outputs (each must exist)."""
+    return {out: path_digest(config.root / out) for out in stage.outputs}
+
+
+def outputs_match(config, stage: Stage, recorded: dict | None) -> bool:
+    """Whether every declared output exists and still holds the bytes ``recorded`` when
+    the stage finished. A record without digests (made before they were kept) never
+    matches, so the stage runs once more rather than trusting files it cannot vouch for."""
+    if not isinstance(recorded, dict):
+        return False
+    for out in stage.outputs:
+        path = config.root / out
+        if out not in recorded or not path.exists() or path_digest(path) != recorded[out]:
+            return False
+    return True
+
+
 def select_stages(config, only: list[str] | None = None) -> list[Stage]:
     defined = {s.name: s for s in load_stages(config.root / PIPELINE_FILE)}
     order = list(config.pipeline.stages)
@@ -138,7 +156,8 @@ def run_pipeline(
     """Run the pipeline's stages in order.
 
     A stage whose cache key (notebook, parameters, input digests, code) matches an earlier
-    finished run, and whose outputs exist, is skipped. A failing stage is tried
+    finished run, and whose declared outputs still hold the bytes that run left (their
+    recorded content digests), is skipped; otherwise it runs. A failing stage is tried
     ``1 + config.pipeline.retries`` times; if it still fails the run is marked failed,
     the executed notebook is kept, and ``LabError`` says how to resume. The next call
     continues that run (same run folder) unless ``new_run``.
@@ -175,9 +194,14 @@ def run_pipeline(
             code_files = (last or {}).get("outputs", {}).get("code_files")
             key, inputs = cache_key(config, registry, stage, params, producers, code_files)
             cached = None if force else registry.find_stage_cache(stage.name, key)
-            if cached and all((config.root / out).exists() for out in stage.outputs):
+            if cached and not outputs_match(config, stage, cached.get("output_digests")):
+                log(f"[{index}/{len(stages)}] {stage.name}: its outputs changed since it last ran "
+                    f"with these inputs, running it again")
+                cached = None
+            if cached:
                 registry.record_stage(run_id, stage.name, status="skipped", attempt=0, cache_key=key,
-                                      output_notebook=cached.get("output_notebook"))
+                                      output_notebook=cached.get("output_notebook"),
+                                      output_digests=cached["output_digests"])
                 events.emit(pm, events.STAGE_SKIPPED, run_id=run_id, stage=stage.name, cache_key=key)
                 log(f"[{index}/{len(stages)}] {stage.name}: unchanged, skipped")
                 result.stages.append(StageOutcome(stage.name, "skipped", notebook=cached.get("output_notebook")))
@@ -235,7 +259,8 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
             outputs["code_files"] = json.loads(code_record.read_text())
             key, _ = cache_key(config, registry, stage, params, {}, outputs["code_files"])
         registry.record_stage(run_id, stage.name, status="finished", attempt=attempt, cache_key=key,
-                              output_notebook=notebook, outputs=outputs)
+                              output_notebook=notebook, outputs=outputs,
+                              output_digests=output_digests(config, stage))
         events.emit(pm, events.STAGE_FINISHED, run_id=run_id, stage=stage.name, seconds=seconds,
                     notebook=notebook)
         log(f"    {stage.name} finished in {seconds:.1f} s")

@@ -23,8 +23,8 @@ class Stage:
     notebook's bytes, the parameters and the platform's code form the stage's cache key.
     ``config`` names [tool.lab.<section>] tables (or single ``section.key`` values) whose
     values become parameters.
-    ``outputs`` are paths that must exist after the stage ran; when one is missing the
-    stage runs again.
+    ``outputs`` are paths that must exist after the stage ran; their content digests are
+    recorded, and when one is missing or no longer holds those bytes the stage runs again.
     """
 
     name: str

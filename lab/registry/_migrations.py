@@ -196,6 +196,13 @@ def experiment_buckets(db: sqlite_utils.Database) -> None:
         db.execute("UPDATE experiments SET buckets = ? WHERE name = ?", [json.dumps(buckets, sort_keys=True), name])
 
 
+def stage_output_digests(db: sqlite_utils.Database) -> None:
+    """``stage_records.output_digests``: JSON ``{output path: content digest}`` of what a
+    finished stage left behind, so a cache hit counts only while its outputs still hold
+    those bytes. Records made before have none (NULL), so each such stage runs once more."""
+    db.execute("ALTER TABLE stage_records ADD COLUMN output_digests TEXT")
+
+
 MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0001_tracking", tracking),
     ("0002_models_and_aliases", models_and_aliases),
@@ -203,6 +210,7 @@ MIGRATIONS: tuple[tuple[str, Callable[[sqlite_utils.Database], None]], ...] = (
     ("0004_audit_events", audit_events),
     ("0005_experiments", experiments),
     ("0006_experiment_buckets", experiment_buckets),
+    ("0007_stage_output_digests", stage_output_digests),
 )
 
 

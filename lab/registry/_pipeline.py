@@ -74,23 +74,34 @@ class PipelineRecords:
         output_notebook: str | None,
         outputs: dict | None = None,
         error: str | None = None,
+        output_digests: dict[str, str] | None = None,
     ) -> None:
-        """Append a stage record (running, finished, failed or skipped) to a pipeline run."""
+        """Append a stage record (running, finished, failed or skipped) to a pipeline run.
+        ``output_digests`` (``{declared output: content digest}``) is what a finished or
+        skipped stage left behind; a cache hit is valid only while the outputs match it."""
         if status not in STAGE_STATUSES:
             raise ConfigError(f"stage status must be one of {', '.join(STAGE_STATUSES)}, got {status!r}")
         require_text(stage, "stage name")
         outputs_json = dumps(require_dict(outputs, "stage outputs"), "stage outputs")
+        digests_json = None
+        if output_digests is not None:
+            digests = require_dict(output_digests, "stage output digests")
+            bad = {k: v for k, v in digests.items() if not isinstance(v, str)}
+            if bad:
+                raise ConfigError(f"stage output digests must be strings, got {bad!r}")
+            digests_json = dumps(digests, "stage output digests")
         with self._db.write() as db:
             self._require_run(pipeline_run_id)
             db["stage_records"].insert(
                 {"pipeline_run_id": pipeline_run_id, "stage": stage, "status": status, "attempt": attempt,
                  "cache_key": cache_key, "output_notebook": None if output_notebook is None else str(output_notebook),
-                 "outputs": outputs_json, "error": error, "actor": current_actor(), "at": utc_now()}
+                 "outputs": outputs_json, "output_digests": digests_json, "error": error,
+                 "actor": current_actor(), "at": utc_now()}
             )
 
     @staticmethod
     def _stage_dict(row: dict) -> dict:
-        return {**row, "outputs": loads(row["outputs"], {})}
+        return {**row, "outputs": loads(row["outputs"], {}), "output_digests": loads(row.get("output_digests"))}
 
     def find_stage_cache(self, stage: str, cache_key: str) -> dict | None:
         """The latest finished record of ``stage`` with ``cache_key``, or None (run it)."""
