@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from lab.events import Event
     from lab.features.stores import OfflineStore, OnlineStore
     from lab.features.views import FeatureView
+    from lab.modelspec import ModelSpec
+    from lab.scaffold import Template
     from lab.pipeline.stage import StageExecutor
     from lab.training.flavor import ModelFlavor
 
@@ -84,6 +86,46 @@ def lab_feature_views(config: "LabConfig") -> "list[FeatureView] | None":
         @hookimpl
         def lab_feature_views(config):
             return [FeatureView(name="customer", entity="CUSTOMER_ID", ...)]
+    """
+
+
+@hookspec
+def lab_model_specs(config: "LabConfig") -> "list[ModelSpec] | None":
+    """Return the models this plugin's lab trains and serves (``lab.modelspec.ModelSpec``).
+
+    Called whenever the platform needs a model's declarations: the generic pipeline steps
+    (training set, train, evaluate, gate, register, batch score, drift) and the model
+    server, which builds its request type, request-time features and routing from the
+    spec. Results from all plugins are concatenated and looked up by ``spec.name``
+    (``[tool.lab] model_name`` by default); two specs with one name is an error. A domain
+    plugin installed for several labs should answer only for labs that configure it (its
+    ``[tool.lab.<name>]`` table, ``config.section(name)``). Example::
+
+        @hookimpl
+        def lab_model_specs(config):
+            schema = RequestSchema(
+                fields=(RequestField("ORDER_ID", "int", ge=0), RequestField("ORDERED_AT", "datetime"),
+                        RequestField("STORE_ID", "int", ge=0), RequestField("DISTANCE_KM", "float", ge=0, le=100)),
+                id="ORDER_ID", timestamp="ORDERED_AT", entities=("STORE_ID",),
+                example={"ORDER_ID": 1, "ORDERED_AT": "2024-03-01T12:00:00", "STORE_ID": 7, "DISTANCE_KM": 2.5})
+            return [ModelSpec(name="delivery_time", task="regression", label="MINUTES", source="orders",
+                              features=("DISTANCE_KM", "STORE_AVG_MINUTES_7D"), views=("store_prep",),
+                              request=schema, request_frame=add_request_columns, request_row=one_request)]
+    """
+
+
+@hookspec
+def lab_templates() -> "list[Template] | None":
+    """Return project templates for ``lab init DIR --template NAME`` (``lab.scaffold.Template``).
+
+    Called by ``lab init``. Results are concatenated; two templates with one name is an
+    error. A template is a folder of files copied into the new lab, with ``{{project}}``
+    replaced by the new lab's name. Example::
+
+        @hookimpl
+        def lab_templates():
+            return [Template("churn", "Churn scoring on simulated subscriptions",
+                             Path(__file__).parent / "template")]
     """
 
 

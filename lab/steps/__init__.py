@@ -1,0 +1,30 @@
+"""The platform's pipeline steps, for any lab: call them from stage notebooks.
+
+Each step opens a ``StageContext``, reads everything domain-specific from the lab's
+``ModelSpec`` (``lab_model_specs``; ``model`` defaults to ``[tool.lab] model_name``),
+writes only its fixed products under ``data/`` atomically, and returns a JSON-able dict
+that the notebook shows. A lab's own stages (a simulator, a loader) sit beside these in
+its plugin; ``notebooks/pipeline.toml`` wires them together.
+
+============  ==============================================  ==============================
+step          does                                            writes
+============  ==============================================  ==============================
+features      source Parquet -> offline store; point-in-time  data/trainset.parquet
+              training set over the train/delay/test window
+train         Optuna sweep of the spec's flavor               data/candidate, candidate.json
+evaluate      candidate and champion on the same test window  data/evaluation.json
+register      model version with lineage; promote on a pass   data/registered.json
+materialize   latest values of the spec's views, online       data/materialized.json
+batch_score   the champion scores the last ``score_days``     data/scores.parquet
+drift         scored window against the training window       data/drift.json, drift.html
+============  ==============================================  ==============================
+"""
+
+from lab.steps.data import features
+from lab.steps.evaluation import evaluate, gate
+from lab.steps.monitoring import drift
+from lab.steps.release import register
+from lab.steps.scoring import batch_score, materialize
+from lab.steps.training import train
+
+__all__ = ["batch_score", "drift", "evaluate", "features", "gate", "materialize", "register", "train"]
