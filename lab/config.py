@@ -13,7 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from lab.errors import ConfigError
 
@@ -90,6 +90,13 @@ class LabConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        """A plugin's ``[tool.lab.<name>]`` table as a dict, or None when the lab has none."""
+        table = self.sections.get(name)
+        return dict(table) if table is not None else None
 
     # Resolved paths; everything the platform writes lives under the project root.
     @property
@@ -188,8 +195,10 @@ def load_config(root: str | os.PathLike | None = None, **overrides: Any) -> LabC
     sections = {}
     for name, cls in _SECTIONS.items():
         sections[name] = _build(cls, dict(table.pop(name, {}) or {}), f"tool.lab.{name}")
+    # Sub-tables the platform does not own belong to plugins (config.section(name)).
+    plugin_tables = {k: table.pop(k) for k in [k for k, v in table.items() if isinstance(v, dict)]}
     top = _build(_TopLevel, table, "tool.lab")
-    config = LabConfig(root=root_path, **dataclasses.asdict(top), **sections)
+    config = LabConfig(root=root_path, **dataclasses.asdict(top), **sections, sections=plugin_tables)
     for key, value in overrides.items():
         if key in _SECTIONS and isinstance(value, dict):
             value = dataclasses.replace(getattr(config, key), **value)
