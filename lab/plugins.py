@@ -131,3 +131,31 @@ def model_flavor(pm, name: str):
             f"no model flavor {name!r}; loaded flavors: {', '.join(sorted(flavors)) or 'none'}"
         )
     return flavors[name]
+
+
+def model_specs(pm, config) -> dict:
+    """Every plugin's model specs by name; a name declared twice is an error."""
+    specs: dict = {}
+    for batch in pm.hook.lab_model_specs(config=config):
+        for spec in batch or []:
+            if spec.name in specs:
+                raise ConfigError(f"model {spec.name!r} is declared by two plugins; rename one")
+            specs[spec.name] = spec
+    return specs
+
+
+def model_spec(pm, config, name: str | None = None):
+    """The spec of model ``name`` (default: ``[tool.lab] model_name``, or the lab's only model)."""
+    specs = model_specs(pm, config)
+    name = name or config.model_name
+    if name is None:
+        if len(specs) == 1:
+            return next(iter(specs.values()))
+        raise ConfigError(
+            f"this lab declares {len(specs)} models ({', '.join(sorted(specs)) or 'none'}); "
+            "set [tool.lab] model_name or pass the model's name")
+    if name not in specs:
+        raise ConfigError(
+            f"no plugin declares model {name!r} (lab_model_specs); declared: {', '.join(sorted(specs)) or 'none'}. "
+            "Check [tool.lab] model_name and that the lab's plugin is listed in [tool.lab] plugins")
+    return specs[name]
