@@ -1,11 +1,30 @@
-"""The fraud metrics against scikit-learn, and card precision@k on hand-made days."""
+"""Metrics against scikit-learn, card precision@k on hand-made days, directions and the gate."""
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+    roc_auc_score,
+)
 
 from lab.errors import LabError
-from lab.training.metrics import average_precision, card_precision_at_k, evaluate, roc_auc
+from lab.modelspec import TASKS
+from lab.training.metrics import (
+    average_precision,
+    card_precision_at_k,
+    evaluate,
+    gate_passes,
+    higher_is_better,
+    mae,
+    metric_value,
+    r2,
+    rmse,
+    roc_auc,
+    task_metrics,
+)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -37,7 +56,7 @@ def test_all_tied_scores():
 def test_bad_input_names_the_problem():
     with pytest.raises(LabError, match="both classes"):
         roc_auc([0, 0, 0], [0.1, 0.2, 0.3])
-    with pytest.raises(LabError, match="at least one fraud"):
+    with pytest.raises(LabError, match="at least one positive"):
         average_precision([0, 0], [0.1, 0.2])
     with pytest.raises(LabError, match="differ in length"):
         roc_auc([0, 1], [0.1])
@@ -96,3 +115,77 @@ def test_evaluate_returns_the_three_protocol_metrics():
     assert result["roc_auc"] == pytest.approx(roc_auc_score(y, score))
     assert result["average_precision"] == pytest.approx(average_precision_score(y, score))
     assert 0.0 <= result["card_precision_at_100"] <= 1.0
+
+
+# ---------------------------------------------------------------- metrics by task
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_regression_metrics_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.gamma(3.0, 10.0, 400)
+    prediction = y + rng.normal(0, 5, 400)
+    assert mae(y, prediction) == pytest.approx(mean_absolute_error(y, prediction), rel=1e-12)
+    assert rmse(y, prediction) == pytest.approx(np.sqrt(mean_squared_error(y, prediction)), rel=1e-12)
+    assert r2(y, prediction) == pytest.approx(r2_score(y, prediction), rel=1e-12)
+
+
+def test_r2_of_a_constant_target_is_finite_like_sklearn():
+    assert r2([3.0, 3.0], [3.0, 3.0]) == 1.0 == r2_score([3.0, 3.0], [3.0, 3.0])
+    assert r2([3.0, 3.0], [2.0, 3.0]) == 0.0 == r2_score([3.0, 3.0], [2.0, 3.0])
+
+
+def test_regression_metrics_refuse_bad_input():
+    with pytest.raises(LabError, match="differ in length"):
+        mae([1.0, 2.0], [1.0])
+    with pytest.raises(LabError, match="at least one target"):
+        rmse([], [])
+    with pytest.raises(LabError, match="targets hold NaN"):
+        r2([1.0, float("nan")], [1.0, 2.0])
+    with pytest.raises(LabError, match="predictions hold NaN"):
+        mae([1.0, 2.0], [1.0, float("inf")])
+
+
+def test_task_metrics_gives_each_tasks_standard_set():
+    y = np.array([0, 1, 0, 1, 1])
+    p = np.array([0.1, 0.8, 0.3, 0.4, 0.9])
+    assert task_metrics("classification", y, p) == {
+        "roc_auc": roc_auc_score(y, p), "average_precision": pytest.approx(average_precision_score(y, p))}
+    yr = np.array([10.0, 20.0, 30.0])
+    pr = np.array([12.0, 18.0, 33.0])
+    assert task_metrics("regression", yr, pr) == {
+        "mae": pytest.approx(7 / 3), "rmse": pytest.approx(np.sqrt(17 / 3)), "r2": pytest.approx(1 - 17 / 200)}
+    assert metric_value("regression", "rmse", yr, pr) == pytest.approx(np.sqrt(17 / 3))
+    assert metric_value("classification", "roc_auc", y, p) == roc_auc_score(y, p)
+    with pytest.raises(LabError, match="'rmse' is not a classification metric; use one of roc_auc, average_precision"):
+        metric_value("classification", "rmse", y, p)
+    with pytest.raises(LabError, match="unknown task 'ranking'; use one of classification, regression"):
+        task_metrics("ranking", y, p)
+    assert set(TASKS) == {"classification", "regression"}
+
+
+def test_every_task_metric_has_a_direction():
+    for task in TASKS:
+        y = [0, 1, 1] if task == "classification" else [1.0, 2.0, 4.0]
+        for name in task_metrics(task, y, [0.2, 0.7, 0.9]):
+            assert isinstance(higher_is_better(name), bool)
+    assert higher_is_better("average_precision") and higher_is_better("r2")
+    assert not higher_is_better("rmse") and not higher_is_better("mae")
+    assert higher_is_better("card_precision_at_100")
+    with pytest.raises(LabError, match="unknown metric 'accuracy'.*known metrics: roc_auc, average_precision, mae"):
+        higher_is_better("accuracy")
+
+
+def test_gate_respects_the_metrics_direction():
+    # Higher is better: the improvement is candidate - champion.
+    assert gate_passes("average_precision", 0.72, 0.70, 0.01) == (True, pytest.approx(0.02))
+    assert gate_passes("average_precision", 0.70, 0.72, 0.0) == (False, pytest.approx(-0.02))
+    # Lower is better: a smaller error is an improvement of champion - candidate.
+    assert gate_passes("rmse", 4.0, 5.0, 0.5) == (True, 1.0)
+    assert gate_passes("rmse", 5.0, 4.0, 0.0) == (False, -1.0)
+    assert gate_passes("mae", 3.0, 3.0, 0.0) == (True, 0.0)  # a tie passes a zero min_delta
+    assert gate_passes("mae", 3.0, 3.0, 0.1) == (False, 0.0)
+    with pytest.raises(LabError, match="unknown metric"):
+        gate_passes("accuracy", 0.9, 0.8, 0.0)
+    with pytest.raises(LabError, match="finite number for champion"):
+        gate_passes("rmse", 1.0, float("nan"), 0.0)
