@@ -328,8 +328,8 @@ def test_rollback_walks_back_and_stops_with_a_clear_error(fresh_registry):
         register(reg)
     for version in (1, 2, 3):
         reg.promote("fraud", version)
-    assert reg.rollback("fraud", reason="bad canary").version == 2
-    assert reg.rollback("fraud").version == 1  # walks back, does not flip to 3
+    assert reg.rollback("fraud", reason="bad canary")["to_version"] == 2
+    assert reg.rollback("fraud")["to_version"] == 1  # walks back, does not flip to 3
     before = row_counts(reg.path)
     with pytest.raises(LabError, match="nothing to roll back to") as caught:
         reg.rollback("fraud")
@@ -338,9 +338,45 @@ def test_rollback_walks_back_and_stops_with_a_clear_error(fresh_registry):
     assert reg.get_alias("fraud", "champion").version == 1
     # A promotion after rollbacks starts a new step back from the restored version.
     reg.promote("fraud", 3)
-    assert reg.rollback("fraud").version == 1
+    assert reg.rollback("fraud")["to_version"] == 1
     actions = [(e["action"], e["from_version"], e["to_version"]) for e in reg.alias_history("fraud", "champion")]
     assert actions[3:] == [("rollback", 3, 2), ("rollback", 2, 1), ("promote", 1, 3), ("rollback", 3, 1)]
+
+
+def test_rollback_returns_the_event_row_it_wrote(fresh_registry):
+    reg = fresh_registry
+    for version in (1, 2, 3):
+        register(reg)
+        reg.promote("fraud", version)
+    event = reg.rollback("fraud", actor="oncall", reason="bad canary")
+    assert event == reg.alias_history("fraud", "champion")[-1]
+    assert (event["action"], event["from_version"], event["to_version"], event["actor"], event["reason"]) == (
+        "rollback", 3, 2, "oncall", "bad canary")
+
+
+def test_moving_an_alias_to_where_it_already_points_writes_nothing(fresh_registry):
+    reg = fresh_registry
+    register(reg)
+    register(reg)
+    reg.promote("fraud", 1)
+    reg.set_alias("fraud", "challenger", 2)
+    before = row_counts(reg.path)
+    assert reg.promote("fraud", 1, reason="again") is None
+    assert reg.set_alias("fraud", "challenger", 2) is None
+    assert row_counts(reg.path) == before
+    # A version that held the alias earlier (not now) is a real move.
+    reg.promote("fraud", 2)
+    assert reg.promote("fraud", 1)["from_version"] == 2
+
+
+@pytest.mark.parametrize("bad", ["/srv/models/fraud", "../elsewhere/model", "runs/../../model", "runs/models/../.."])
+def test_register_refuses_artifact_paths_outside_the_project(fresh_registry, bad):
+    before = row_counts(fresh_registry.path)
+    with pytest.raises(LabError, match="relative to the project root") as caught:
+        fresh_registry.register_model("fraud", run_id=None, flavor="tabular_mlp", artifact_path=bad,
+                                      metrics={}, lineage={})
+    assert repr(bad) in str(caught.value) and "runs/models/" in str(caught.value)
+    assert row_counts(fresh_registry.path) == before
 
 
 def test_rollback_of_an_alias_never_set_names_the_aliases(fresh_registry):

@@ -106,6 +106,48 @@ def test_promoting_an_unknown_version_exits_2_and_writes_nothing(lab_root, capsy
     assert heard(lab_root) == []
 
 
+def event_rows(root) -> int:
+    with sqlite3.connect(root / "registry.db") as conn:
+        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+
+def test_promoting_the_version_already_there_says_so_and_writes_nothing(lab_root, capsys):
+    assert lab(lab_root, "promote", "fraud", "1") == 0
+    capsys.readouterr()
+    before = (alias_rows(lab_root), event_rows(lab_root), len(heard(lab_root)))
+    assert lab(lab_root, "promote", "fraud", "1", "--reason", "again") == 0
+    assert capsys.readouterr().out.strip() == "fraud: version 1 is already champion; nothing changed"
+    assert (alias_rows(lab_root), event_rows(lab_root), len(heard(lab_root))) == before
+    assert lab(lab_root, "promote", "fraud", "2", "--alias", "challenger") == 0
+    assert lab(lab_root, "promote", "fraud", "2", "--alias", "challenger") == 0
+    assert capsys.readouterr().out.strip().endswith("fraud: version 2 is already challenger; nothing changed")
+    assert alias_rows(lab_root) == 2
+    # So the history has no "1 -> 1" step, and one rollback goes back a real step.
+    assert lab(lab_root, "promote", "fraud", "3") == 0
+    assert lab(lab_root, "rollback", "fraud") == 0
+    assert capsys.readouterr().out.strip().endswith("rolled back to version 1 (was version 3)")
+
+
+def test_rollback_prints_the_move_it_made_not_a_later_one(lab_root, capsys, monkeypatch):
+    """Another process promotes right after the rollback commits: the message still
+    describes the rollback (from the event row it wrote), not the newest history row."""
+    assert lab(lab_root, "promote", "fraud", "1") == 0
+    assert lab(lab_root, "promote", "fraud", "3") == 0
+    capsys.readouterr()
+    real_rollback = Registry.rollback
+
+    def rollback_then_someone_promotes(self, *args, **kwargs):
+        result = real_rollback(self, *args, **kwargs)
+        with Registry.open(lab_root / "registry.db", project_root=lab_root) as other:
+            other.promote("fraud", 2, actor="someone else")
+        return result
+
+    monkeypatch.setattr(Registry, "rollback", rollback_then_someone_promotes)
+    assert lab(lab_root, "rollback", "fraud") == 0
+    assert capsys.readouterr().out.strip() == "fraud: champion rolled back to version 1 (was version 3)"
+    assert heard(lab_root)[-1]["payload"] == {"model": "fraud", "version": 1, "alias": "champion", "previous": 3}
+
+
 def test_models_lists_versions_aliases_and_metrics(lab_root, capsys):
     assert lab(lab_root, "promote", "fraud", "2") == 0
     capsys.readouterr()
@@ -137,3 +179,58 @@ def test_runs_and_lineage(lab_root, capsys):
     assert json.loads(capsys.readouterr().out)["run"]["params"] == {"lr": 0.01}
     assert lab(lab_root, "lineage", "fraud", "9") == 2
     assert "its versions are 1, 2, 3" in capsys.readouterr().err
+
+
+def test_lineage_walks_from_a_pipeline_model_to_its_source_window_and_views(tmp_path, capsys):
+    """The real features stage writes and records the training set; a training run logs
+    the digest the file carries; `lab lineage` then reaches the data-set record with the
+    source digest, the window and the feature-view versions (no dead end)."""
+    from lab.datasets import fraud
+    from lab.pipeline.context import StageContext
+    from plugins.fraud_features import stages
+
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\n')
+    frame = fraud.simulate(n_customers=40, n_terminals=80, nb_days=20, start_date="2018-04-01", seed=3)
+    fraud.write_parquet(frame, tmp_path / stages.TRANSACTIONS)
+    built = stages.features(tmp_path, tmp_path / "runs/p1", train_start="2018-04-08", delta_train=3,
+                            delta_delay=2, delta_test=2)
+
+    with StageContext.open(tmp_path, tmp_path / "runs/p1") as ctx:  # what the train stage does
+        digest = ctx.dataset_digest(stages.TRAINSET)
+        run_id = ctx.registry.start_run(kind="train", params={"n_trials": 1}, seeds={"seed": 1})
+        ctx.registry.log_data(run_id, "training_set", digest)
+        ctx.registry.finish_run(run_id)
+        ctx.registry.register_model("fraud", run_id=run_id, flavor="tabular_mlp", artifact_path="runs/models/fraud/x",
+                                    metrics={}, lineage={"trainset_digest": digest})
+        views = {v.name: v.version for v in ctx.views.values()}
+    assert digest == built["digest"]
+
+    assert lab(tmp_path, "lineage", "fraud", "1", "--json") == 0
+    walk = json.loads(capsys.readouterr().out)
+    assert walk["run"]["id"] == run_id
+    (data,) = walk["data"]  # the lineage value is the same digest, not a second entry
+    assert (data["name"], data["digest"]) == ("run.training_set", built["digest"])
+    (dataset,) = data["datasets"]
+    assert dataset["kind"] == "training_set" and dataset["path"] == "data/trainset.parquet"
+    assert dataset["rows"] == built["rows"] > 0
+    assert dataset["meta"] == {"start": "2018-04-08", "end": "2018-04-14",
+                               "source_digest": built["source_digest"], "views": views}
+    assert set(views) == {"customer_spending", "terminal_risk"} and all(views.values())
+
+    assert lab(tmp_path, "lineage", "fraud", "1") == 0
+    out = capsys.readouterr().out
+    assert f"data     run.training_set {digest}" in out and "training_set fraud 2018-04-08..2018-04-14" in out
+
+
+def test_a_training_set_file_without_its_digest_names_the_stage_to_rerun(tmp_path):
+    import polars as pl
+
+    from lab.errors import LabError
+    from lab.pipeline.context import StageContext
+
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\n')
+    (tmp_path / "data").mkdir()
+    pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "data/trainset.parquet")
+    with StageContext.open(tmp_path, tmp_path / "runs/p1") as ctx:
+        with pytest.raises(LabError, match="carries no data-set digest.*lab run features --force"):
+            ctx.dataset_digest("data/trainset.parquet")

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import re
 from dataclasses import asdict, dataclass
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, Iterable
 
 from lab.errors import ConfigError, LabError, NotFound
@@ -61,6 +62,24 @@ def _check_version(version: Any) -> int:
     if isinstance(version, bool) or not isinstance(version, int):
         raise ConfigError(f"model version must be a whole number, got {version!r}")
     return version
+
+
+def check_artifact_path(artifact_path: Any) -> str:
+    """A model's files must live inside the project, named relative to its root (the
+    registry and everything that loads a version resolve it against that root). So an
+    absolute path, or one with a ``..`` part, is refused."""
+    if not artifact_path or not isinstance(artifact_path, (str, os.PathLike)):
+        raise ConfigError(f"artifact_path must be a path, got {artifact_path!r}")
+    text = os.fspath(artifact_path)
+    windows = PureWindowsPath(text)  # backslashes and drive letters count as separators and roots too
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if not parts or windows.drive or windows.root or text.startswith("/") or ".." in parts:
+        raise ConfigError(
+            f"artifact_path {text!r} must be relative to the project root and stay inside it "
+            f"(no leading '/', no '..'); copy the model into the project and register that path, "
+            f"e.g. runs/models/NAME/DIGEST"
+        )
+    return PurePosixPath(*parts).as_posix()
 
 
 def replay(events: Iterable[dict]) -> list[int]:
@@ -150,8 +169,7 @@ class ModelCatalog:
             raise ConfigError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (e.g. fraud)")
         if not isinstance(flavor, str) or not flavor:
             raise ConfigError(f"model flavor must be a non-empty string, got {flavor!r}")
-        if not artifact_path or not isinstance(artifact_path, (str, os.PathLike)):
-            raise ConfigError(f"artifact_path must be a path, got {artifact_path!r}")
+        artifact_path = check_artifact_path(artifact_path)
         for value, what in ((metrics, "metrics"), (lineage, "lineage")):
             if not isinstance(value, dict):
                 raise ConfigError(f"model {what} must be a dict, got {type(value).__name__}")
@@ -163,7 +181,7 @@ class ModelCatalog:
             top = self._db.one("SELECT MAX(version) AS v FROM model_versions WHERE name = ?", [name])
             row = {
                 "name": name, "version": (top["v"] or 0) + 1, "run_id": run_id, "flavor": flavor,
-                "artifact_path": str(artifact_path), "metrics": metrics_json, "lineage": lineage_json,
+                "artifact_path": artifact_path, "metrics": metrics_json, "lineage": lineage_json,
                 "actor": actor, "created_at": utc_now(),
             }
             db["model_versions"].insert(row)
@@ -209,13 +227,16 @@ class ModelCatalog:
             stack = replay(self._alias_events(name, alias))
             return self._require_version(name, stack[-1]) if stack else None
 
-    def _move_alias(self, name: str, alias: str, version: int, action: str, actor: str | None, reason: str) -> dict:
+    def _move_alias(self, name: str, alias: str, version: int, action: str, actor: str | None,
+                    reason: str) -> dict | None:
         check_alias(alias)
         _check_version(version)
         actor = actor or current_actor()
         with self._db.write() as db:
             self._require_version(name, version)  # raises before anything is written
             stack = replay(self._alias_events(name, alias))
+            if stack and stack[-1] == version:
+                return None  # already there: a move that moves nothing is not history
             event = {
                 "model": name, "alias": alias, "action": action,
                 "from_version": stack[-1] if stack else None, "to_version": version,
@@ -226,20 +247,27 @@ class ModelCatalog:
                 "alias", "from_version", "to_version", "reason")}, actor)
         return event
 
-    def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None, reason: str = "") -> dict:
-        """Point ``alias`` at ``version`` (action "set"); returns the event row."""
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None,
+                  reason: str = "") -> dict | None:
+        """Point ``alias`` at ``version`` (action "set"); returns the event row, or None
+        when the alias already points there (then nothing is written)."""
         return self._move_alias(name, alias, version, "set", actor, reason)
 
-    def promote(self, name: str, version: int, *, alias: str = "champion", actor: str | None = None, reason: str = "") -> dict:
+    def promote(self, name: str, version: int, *, alias: str = "champion", actor: str | None = None,
+                reason: str = "") -> dict | None:
         """Make ``version`` the ``alias`` (champion by default; action "promote"); returns
-        the event row, whose ``from_version`` is the version it replaced."""
+        the event row, whose ``from_version`` is the version it replaced, or None when
+        ``version`` already is the ``alias`` (then nothing is written or announced)."""
         event = self._move_alias(name, alias, version, "promote", actor, reason)
+        if event is None:
+            return None
         self._notify(MODEL_PROMOTED, {"model": name, "version": version, "alias": alias, "previous": event["from_version"]})
         return event
 
-    def rollback(self, name: str, *, alias: str = "champion", actor: str | None = None, reason: str = "") -> ModelVersion:
+    def rollback(self, name: str, *, alias: str = "champion", actor: str | None = None, reason: str = "") -> dict:
         """Move ``alias`` back to the version it held before the current one (action
-        "rollback"); returns that version. Repeated rollbacks keep walking back."""
+        "rollback"); returns the event row it wrote (``from_version`` -> ``to_version``,
+        the restored version). Repeated rollbacks keep walking back."""
         check_alias(alias)
         actor = actor or current_actor()
         with self._db.write() as db:
@@ -252,15 +280,16 @@ class ModelCatalog:
                     f"`lab promote {name} VERSION --alias {alias}`"
                 )
             current, target = stack[-1], stack[-2]
-            restored = self._require_version(name, target)
-            db["alias_events"].insert({
+            self._require_version(name, target)
+            event = {
                 "model": name, "alias": alias, "action": "rollback", "from_version": current,
                 "to_version": target, "actor": actor, "reason": reason or "", "at": utc_now(),
-            })
+            }
+            event["id"] = db["alias_events"].insert(event).last_pk
             self._record_event(db, "alias.rollback", name, {
                 "alias": alias, "from_version": current, "to_version": target, "reason": reason or ""}, actor)
         self._notify(MODEL_ROLLED_BACK, {"model": name, "version": target, "alias": alias, "previous": current})
-        return restored
+        return event
 
     def alias_history(self, name: str, alias: str | None = None) -> list[dict]:
         """Alias events of a model (optionally one alias), oldest first: id, model, alias,

@@ -48,6 +48,9 @@ def _promote_run(args: argparse.Namespace, ctx: Context) -> int:
 
     with _open(ctx) as reg:
         event = reg.promote(args.name, args.version, alias=args.alias, reason=args.reason)
+    if event is None:
+        print(f"{args.name}: version {args.version} is already {args.alias}; nothing changed")
+        return 0
     previous = event["from_version"]
     was = f" (was version {previous})" if previous is not None else " (first time set)"
     print(f"{args.name}: {args.alias} -> version {args.version}{was}")
@@ -66,10 +69,11 @@ def _rollback_run(args: argparse.Namespace, ctx: Context) -> int:
     from lab import events
 
     with _open(ctx) as reg:
-        restored = reg.rollback(args.name, alias=args.alias, reason=args.reason)
-        previous = reg.alias_history(args.name, args.alias)[-1]["from_version"]
-    print(f"{args.name}: {args.alias} rolled back to version {restored.version} (was version {previous})")
-    events.emit(ctx.pm, events.MODEL_ROLLED_BACK, model=args.name, version=restored.version,
+        event = reg.rollback(args.name, alias=args.alias, reason=args.reason)
+    # From the row this rollback wrote: a later read could see someone else's move.
+    restored, previous = event["to_version"], event["from_version"]
+    print(f"{args.name}: {args.alias} rolled back to version {restored} (was version {previous})")
+    events.emit(ctx.pm, events.MODEL_ROLLED_BACK, model=args.name, version=restored,
                 alias=args.alias, previous=previous)
     return 0
 
