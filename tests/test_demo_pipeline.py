@@ -72,6 +72,14 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
         assert lineage["trainset_digest"] and lineage["feature_views"].keys() == {"customer_spending", "terminal_risk"}
         run = reg.get_run(champion.run_id)
         assert run["status"] == "finished" and len(reg.list_trials(champion.run_id)) == 2
+        # One walk, no dead end: the train run logged the digest the features stage
+        # recorded the training set under, with its source digest, window and views.
+        assert run["data"] == {"training_set": lineage["trainset_digest"]}
+        (data,) = reg.lineage("fraud", 1)["data"]
+        (dataset,) = data["datasets"]
+        assert data["digest"] == lineage["trainset_digest"] and dataset["path"] == "data/trainset.parquet"
+        assert dataset["meta"]["source_digest"] and dataset["meta"]["start"] == "2018-04-25"
+        assert dataset["meta"]["views"] == lineage["feature_views"]
         drift = reg.list_drift()
         assert len({d["column"] for d in drift}) == 15
         assert all(d["model_version"] == 1 and d["score"] >= 0 for d in drift)

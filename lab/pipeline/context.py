@@ -15,6 +15,8 @@ from lab.atomic import atomic_write_text
 
 
 RUN_PID_ENV = "LAB_RUN_PID"
+DATASET_DIGEST_KEY = "lab.dataset_digest"
+"""Parquet key-value metadata: the digest a data set file is recorded under in the registry."""
 _watchdog_started = False
 
 
@@ -109,6 +111,36 @@ class StageContext:
 
     def read_json(self, rel: str) -> Any:
         return json.loads(self.path(rel).read_text())
+
+    def write_dataset(self, rel: str, data: Any, *, digest: str) -> Path:
+        """Write a data set (a pyarrow Table or a polars DataFrame) to the Parquet file
+        ``rel``, atomically, carrying ``digest`` (the digest it is recorded under in the
+        registry) in the file's metadata, so a later stage that reads the file logs that
+        same digest (``dataset_digest``) and lineage walks from its run to the record."""
+        import polars as pl
+
+        from lab.atomic import atomic_path
+
+        frame = data if isinstance(data, pl.DataFrame) else pl.from_arrow(data)
+        target = self.path(rel)
+        with atomic_path(target) as tmp:
+            frame.write_parquet(tmp, metadata={DATASET_DIGEST_KEY: digest})
+        return target
+
+    def dataset_digest(self, rel: str) -> str:
+        """The registry digest of the data set in the Parquet file ``rel`` (as written by
+        ``write_dataset``); a file without one is a LabError naming the stage to rerun."""
+        import polars as pl
+
+        digest = pl.read_parquet_metadata(self.path(rel)).get(DATASET_DIGEST_KEY)
+        if not digest:
+            from lab.errors import LabError
+
+            raise LabError(
+                f"{rel} carries no data-set digest (metadata {DATASET_DIGEST_KEY!r}), so its lineage "
+                "cannot be followed; rewrite it with the stage that produces it (e.g. `lab run features --force`)"
+            )
+        return digest
 
     def close(self) -> None:
         while self._closers:

@@ -90,8 +90,8 @@ def features(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
         source_digest = ctx.offline.write_source("transactions", transactions.to_arrow())
         start, end = _dates(train_start, delta_train, delta_delay, delta_test)
         table, digest = training_set(ctx.offline, list(ctx.views.values()), start, end)
-        with atomic_path(ctx.path(TRAINSET)) as tmp:
-            pl.from_arrow(table).write_parquet(tmp)
+        # The file carries the digest it is recorded under, so train logs that one.
+        ctx.write_dataset(TRAINSET, table, digest=digest)
         ctx.registry.record_dataset(
             kind="training_set", name=f"fraud {start}..{end}", digest=digest, path=TRAINSET,
             rows=table.num_rows,
@@ -115,7 +115,9 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
         cut = train_df["TX_TIME_DAYS"].max() - valid_days + 1
         fit_df = train_df.filter(pl.col("TX_TIME_DAYS") < cut)
         valid_df = train_df.filter(pl.col("TX_TIME_DAYS") >= cut)
-        trainset_digest = path_digest(ctx.path(TRAINSET))
+        # The digest the features stage recorded the training set under (its source
+        # digest, window and view versions), so lineage walks run -> data set -> source.
+        trainset_digest = ctx.dataset_digest(TRAINSET)
 
         workdir = ctx.run_dir / "train"
         workdir.mkdir(parents=True, exist_ok=True)
