@@ -77,3 +77,7 @@ COMMANDS += FEATURE_COMMANDS
 from lab.experiments.commands import COMMANDS as EXPERIMENT_COMMANDS  # noqa: E402
 
 COMMANDS += EXPERIMENT_COMMANDS
+
+from lab.scaffold import INIT_COMMAND  # noqa: E402
+
+COMMANDS.append(INIT_COMMAND)
