@@ -6,6 +6,7 @@ import importlib
 import inspect
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -80,6 +81,7 @@ def make_plugin_manager(
             ) from None
         if pm.get_plugin(module) is None:
             pm.register(mod, name=module)
+            pm.local_plugins[module] = getattr(mod, "__file__", None)
     if os.environ.get("LAB_TRACE_HOOKS"):
         _trace(pm)
     return pm
@@ -93,15 +95,31 @@ def get_plugin_manager(config) -> LabPluginManager:
     return make_plugin_manager(tuple(config.plugins))
 
 
+def _local_file(module: str, file: str | None) -> str:
+    """A project plugin's file as named from the project folder (``pkg/hooks.py``)."""
+    if not file:
+        return module
+    path = Path(file)
+    depth = len(module.split(".")) + (path.name == "__init__.py")
+    return Path(*path.parts[-depth:]).as_posix()
+
+
 def plugin_table(pm: pluggy.PluginManager) -> list[dict]:
-    """One row per plugin: its name, distribution version and hooks, for ``lab plugins``."""
+    """One row per plugin: its name, version and hooks, for ``lab plugins``. The version
+    is the distribution's for an installed plugin, ``local (FILE)`` (or ``VERSION (local
+    FILE)`` when it sets ``__version__``) for a project plugin, else lab's own."""
     dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    local = getattr(pm, "local_plugins", {})
     rows = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
         dist = dists.get(id(plugin))
-        if dist is not None:
+        if name in local:
+            where = _local_file(name, local[name])
+            own = getattr(plugin, "__version__", None)
+            version = f"{own} (local {where})" if own else f"local ({where})"
+        elif dist is not None:
             version = f"{dist.project_name} {dist.version}"
         else:
             from lab import __version__

@@ -1,6 +1,7 @@
 """The plugin core: registration, discovery, tracing, and that every hook is documented and tested."""
 
 import inspect
+import json
 import re
 import sys
 import textwrap
@@ -109,9 +110,28 @@ def test_project_local_plugin_adds_a_command_and_sees_events(tmp_path, capsys, m
         assert "hello world ['hello.said']" in capsys.readouterr().out
         assert main(["--root", str(tmp_path), "plugins"]) == 0
         out = capsys.readouterr().out
-        assert re.search(r"my_lab_plugin\s+lab 0\.1\.0\s+lab_cli_commands, lab_on_event", out)
+        assert re.search(r"my_lab_plugin\s+local \(my_lab_plugin\.py\)\s+lab_cli_commands, lab_on_event", out)
     finally:
         sys.modules.pop("my_lab_plugin", None)
+
+
+def test_lab_plugins_shows_project_plugins_as_local_not_as_lab(tmp_path, capsys, monkeypatch):
+    write_pyproject(tmp_path, 'plugins = ["plain_local", "versioned_local", "local_pkg.hooks"]\n')
+    hook = "from lab import hookimpl\n\n@hookimpl\ndef lab_on_event(event):\n    pass\n"
+    (tmp_path / "plain_local.py").write_text(hook)
+    (tmp_path / "versioned_local.py").write_text('__version__ = "2.3.1"\n' + hook)
+    (tmp_path / "local_pkg").mkdir()
+    (tmp_path / "local_pkg/__init__.py").write_text("")
+    (tmp_path / "local_pkg/hooks.py").write_text(hook)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("plain_local", "versioned_local", "local_pkg", "local_pkg.hooks"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert main(["--root", str(tmp_path), "plugins", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["plain_local"]["version"] == "local (plain_local.py)"
+    assert rows["versioned_local"]["version"] == "2.3.1 (local versioned_local.py)"
+    assert rows["local_pkg.hooks"]["version"] == "local (local_pkg/hooks.py)"
+    assert rows["duckdb_offline"]["version"] == "lab 0.1.0"  # built-ins are still the platform's
 
 
 def test_missing_project_plugin_is_a_clear_cli_error(tmp_path, capsys):
