@@ -29,7 +29,14 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 
 
 class LabPluginManager(pluggy.PluginManager):
-    """A pluggy manager whose ``register`` names the fix for common mistakes."""
+    """A pluggy manager whose ``register`` names the fix for common mistakes.
+
+    ``local_plugins`` maps each project plugin ([tool.lab] plugins, imported from the
+    project folder) to its module file, so ``lab plugins`` can show it as local."""
+
+    def __init__(self, project_name: str):
+        super().__init__(project_name)
+        self.local_plugins: dict[str, str | None] = {}
 
     def register(self, plugin: Any, name: str | None = None) -> str | None:
         if inspect.isclass(plugin):
