@@ -25,6 +25,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("litestar_serving", "plugins.litestar_serving"),
     ("evidently_drift", "plugins.evidently_drift"),
     ("fraud_features", "plugins.fraud_features"),
+    ("delivery", "plugins.delivery"),
 )
 
 
