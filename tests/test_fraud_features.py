@@ -15,6 +15,7 @@ from lab.errors import LabError
 from lab.features.materialize import materialize
 from lab.features.training import training_set
 from lab.plugins import feature_views, make_plugin_manager
+from lab.serving.scoring import FeatureAssembler
 from plugins.duckdb_offline import DuckDBOfflineStore
 from plugins.fraud_features import (
     FEATURE_COLUMNS, VIEWS, online_row_for_request, request_features, request_row,
@@ -197,3 +198,70 @@ def test_serving_row_equals_the_training_row(tmp_path, transactions, train):
         assert flags == {"customer_defaulted": False, "terminal_defaulted": False}
         for name in FEATURE_COLUMNS:
             assert features[name] == pytest.approx(row[name], rel=1e-12), name
+
+
+def _assembler(online) -> FeatureAssembler:
+    def build(request, rows):
+        return online_row_for_request(request, rows["customer_spending"], rows["terminal_risk"])[0]
+
+    return FeatureAssembler(online, VIEWS, build, FEATURE_COLUMNS)
+
+
+@pytest.fixture
+def materialized_at_t(tmp_path, transactions):
+    """The history up to T materialized at T, the last transaction before T (its customer
+    and terminal have online rows with history), and an offline store of that history."""
+    as_of = dt.datetime(2018, 4, 25, 12, 0)
+    known = transactions.filter(pl.col("TX_DATETIME") <= as_of)
+    history = DuckDBOfflineStore(tmp_path / "history.duckdb")
+    history.write_source("transactions", known.to_arrow())
+    online = SQLiteOnlineStore(tmp_path / "online.db")
+    materialize(history, online, VIEWS, as_of)
+    last = known.row(known.height - 1, named=True)
+    (customer,) = online.read(VIEWS[0], [last["CUSTOMER_ID"]])
+    (terminal,) = online.read(VIEWS[1], [last["TERMINAL_ID"]])
+    assert customer["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] > 0 and terminal["TERMINAL_ID_NB_TX_30DAY_WINDOW"] > 0
+    yield as_of, known, last, online
+    online.close()
+
+
+def test_a_request_past_both_ttls_gets_what_training_computes_flagged_stale(tmp_path, materialized_at_t):
+    """40 days after T (ttls 30 and 37 days) none of the history is visible to the
+    point-in-time join, so the training row of that transaction holds only itself; the
+    online store's values at T must not be used either: served row == training row."""
+    as_of, known, last, online = materialized_at_t
+    when = as_of + 40 * DAY
+    request = {**last, "TRANSACTION_ID": 10**9, "TX_DATETIME": when, "TX_AMOUNT": 77.25, "TX_FRAUD": 0}
+    store = DuckDBOfflineStore(tmp_path / "with-request.duckdb")
+    store.write_source("transactions", pl.concat([known, pl.DataFrame([request], schema=known.schema)]).to_arrow())
+    table, _ = training_set(store, VIEWS, when.date(), when.date(), request_features=request_features,
+                            feature_columns=FEATURE_COLUMNS)
+    (trained,) = table.to_pylist()
+    assembler = _assembler(online)
+    served = assembler.assemble(request, when)
+    assert served.features == {name: pytest.approx(trained[name], rel=1e-12) for name in FEATURE_COLUMNS}
+    assert served.features["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 1
+    assert served.features["TERMINAL_ID_NB_TX_30DAY_WINDOW"] == 0
+    assert served.defaults == {"customer_spending": True, "terminal_risk": True}
+    assert {n: (f.stale, f.future) for n, f in served.freshness.items()} == {
+        "customer_spending": (True, False), "terminal_risk": (True, False)}
+    assert assembler.counts() == {"stale": 1, "future": 0}
+
+
+def test_a_request_dated_before_t_gets_flagged_defaults_not_its_future(materialized_at_t):
+    """A back-dated request (a replay) must not read values built from events after its
+    own time: it gets the defaults, flagged future (not stale), and is counted."""
+    as_of, _known, last, online = materialized_at_t
+    assembler = _assembler(online)
+    when = last["TX_DATETIME"] - dt.timedelta(seconds=1)
+    request = {**last, "TX_DATETIME": when, "TX_AMOUNT": 10.0}
+    served = assembler.assemble(request, when)
+    unknown, _ = online_row_for_request(request, None, None)
+    assert served.features == unknown
+    assert served.defaults == {"customer_spending": True, "terminal_risk": True}
+    for fresh in served.freshness.values():
+        assert fresh.future and not fresh.stale and not fresh.usable
+        assert fresh.age_seconds == (when - as_of).total_seconds() < 0
+    at_t = assembler.assemble({**request, "TX_DATETIME": as_of}, as_of)  # age 0: the values are used
+    assert at_t.defaults == {"customer_spending": False, "terminal_risk": False}
+    assert assembler.counts() == {"stale": 0, "future": 1}

@@ -132,3 +132,17 @@ def test_readers_in_another_process_never_see_a_mix(online):
     out, err = reader.communicate()
     assert reader.returncode == 0, err
     assert g > 2 and int(out) >= 2  # the reader really saw the data change under it
+
+
+@pytest.mark.parametrize("days", [-1, 0, 31])
+def test_assembler_check_finds_a_redefined_view_whatever_the_samples_age(online, days):
+    """Stale or back-dated values are not used, but the row is still read, so the
+    start-up check reports a view redefined since it was materialized at any time."""
+    from lab.serving.scoring import FeatureAssembler
+
+    online.write(SPEND, spend_rows([1]), T0)
+    changed = dataclasses.replace(SPEND, ttl=dt.timedelta(days=3))
+    assembler = FeatureAssembler(online, [changed], lambda request, rows: {}, [])
+    problems = assembler.check({"CUSTOMER_ID": 1}, T0 + dt.timedelta(days=days))
+    assert len(problems) == 1 and "materialize" in problems[0]
+    assert assembler.counts() == {"stale": 0, "future": 0}

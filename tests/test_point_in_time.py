@@ -1,16 +1,19 @@
 """Point-in-time retrieval: the contract suite on the DuckDB store, time zones, and the
-online-equals-offline check (materialize at T, compare with a retrieval at T)."""
+online-equals-offline check (materialize at T, compare with a retrieval at T, and what
+serving uses at times past the ttl or before T with the retrieval at those times)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
 from lab.features.materialize import AS_OF_COLUMN, entity_rows_at, materialize
-from lab.testing.point_in_time import PointInTimeContract, entity_rows, source, windowed
+from lab.serving.scoring import FeatureAssembler
+from lab.testing.point_in_time import DAY, HOUR, PointInTimeContract, entity_rows, latest, source, windowed
 from lab.testing.stores import SECOND, T0
 from lab.testing.transactions import random_transactions
 from plugins.duckdb_offline import DuckDBOfflineStore
@@ -71,4 +74,54 @@ def test_online_values_equal_offline_point_in_time_values(tmp_path, offline):
         assert online.read(view, keys) == expected
         assert online.watermark(view) == as_of
         assert any(row[view.feature_names[0]] > 0 for row in expected)  # not all empty windows
+        assert served_rows(online, view, keys, as_of) == expected
+        # Past the ttl: the online values summarize the rows known at T (e + delay <= T);
+        # the retrieval at t over exactly those rows sees none of them and gives the
+        # view's defaults, and serving must use the same.
+        known = DuckDBOfflineStore(tmp_path / f"known-{view.name}.duckdb")
+        known.write_source("transactions", tx.filter(pl.col("TX_DATETIME") + view.label_delay <= as_of).to_arrow())
+        for past in (view.ttl + SECOND, view.ttl + 40 * DAY):
+            at = as_of + past
+            probes = pa.table({view.entity: keys, "T": pa.array([at] * len(keys), pa.timestamp("us"))})
+            offline_at = known.get_historical_features(probes, [view], "T").select(view.feature_names).to_pylist()
+            assert offline_at == [view.defaults] * len(keys)
+            assert served_rows(online, view, keys, at) == offline_at
+    online.close()
+
+
+def served_rows(online, view, keys, when) -> list[dict]:
+    """The values serving uses for each key at ``when``: the rows the assembler hands the
+    feature plugin, with an unusable row (None) replaced by the view's defaults."""
+    seen: dict = {}
+    assembler = FeatureAssembler(online, [view], lambda request, rows: seen.update(rows) or {}, [])
+    out = []
+    for key in keys:
+        assembled = assembler.assemble({view.entity: key}, when)
+        row = seen[view.name]
+        assert assembled.defaults[view.name] == (row is None)
+        out.append(view.defaults if row is None else row)
+    return out
+
+
+def test_serving_a_latest_value_follows_the_ttl_edges_of_the_offline_join(tmp_path, offline):
+    """A latest-value view materialized at T with a row known exactly at T: at T + ttl the
+    row is still visible offline and served online; a second later neither uses it, and
+    serving flags the defaults as stale. A second before T the row is not known yet:
+    offline gives null, and serving gives the defaults too, flagged as from the future."""
+    view = latest(delay=HOUR, ttl=HOUR)
+    as_of = T0
+    offline.write_source("ev", source((1, as_of - HOUR, 5.0), (2, as_of - HOUR - SECOND, 6.0)))
+    online = SQLiteOnlineStore(tmp_path / "online.db")
+    materialize(offline, online, [view], as_of)
+    assert online.read(view, [1, 2]) == [{"X": 5.0}, {"X": 6.0}]
+    assembler = FeatureAssembler(online, [view], lambda request, rows: {}, [])
+    times = {as_of + HOUR: True, as_of + HOUR + SECOND: False, as_of - SECOND: False}
+    for at, visible in times.items():
+        offline_at = offline.get_historical_features(entity_rows((1, at)), [view], "T").select(["X"]).to_pylist()
+        assert offline_at == [{"X": 5.0 if visible else None}]
+        assert served_rows(online, view, [1], at) == offline_at
+    for at in times:
+        fresh = assembler.assemble({"K": 1}, at).freshness[view.name]
+        assert (fresh.stale, fresh.future) == (at > as_of + HOUR, at < as_of)
+    assert assembler.counts() == {"stale": 1, "future": 1}
     online.close()

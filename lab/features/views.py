@@ -95,6 +95,15 @@ class FeatureView:
             return [a.name for a in self.aggregations]
         return list(self.features)
 
+    @property
+    def defaults(self) -> dict:
+        """What the point-in-time join gives an entity with no visible rows: counts 0,
+        sums 0.0, a mean its ``fill`` (or None), a latest-value feature None."""
+        if not self.aggregations:
+            return {f: None for f in self.features}
+        empty = {"count": lambda a: 0, "sum": lambda a: 0.0, "mean": lambda a: a.fill}
+        return {a.name: empty[a.function](a) for a in self.aggregations}
+
     def definition(self) -> dict:
         """A JSON-able description; its digest is the view's version."""
         return {

@@ -9,6 +9,18 @@ feature plugin turns the request and those rows into the named model inputs, so 
 request-time half of the feature definition lives in one place for training and
 serving. The assembler then lays the values out in the model's column order.
 
+The online values are used only where the offline point-in-time join at the request's
+time could see them. They summarize source rows known at the view's watermark ``W``
+(``e + label_delay <= W``), and the offline join at time ``t`` drops a row once
+``t - (e + label_delay) > ttl``: so past ``t - W > ttl`` none of them is visible (the
+newest could be known exactly at ``W``; an age of exactly ttl is still visible). A view
+that old is served as if the entity were unknown: the builder gets None and the plugin's
+defaults follow, which is what the offline join gives an entity with no visible rows;
+``defaults`` and ``Freshness.stale`` both say so. A request dated before ``W`` (a
+replay, or a clock behind the materialization) would read values built from its own
+future; it gets the defaults too, flagged ``Freshness.future``. Replays belong to batch
+scoring over the offline store, which computes every row as of its own time.
+
 Nothing here knows about HTTP, Litestar or a particular model: the core stays free of
 backends.
 """
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,17 +51,25 @@ class FeatureAssemblyError(LabError):
 
 @dataclass(frozen=True)
 class Freshness:
-    """How old a view's values are at the request's time.
+    """How old a view's values are at the request's time, and whether they may be used.
 
     ``age_seconds`` is request time minus the view's watermark (None when the view was
     never materialized); ``stale`` is True when that age exceeds the view's ttl (an age
     of exactly ttl is still fresh, as in the offline join) or the view was never
-    materialized. A negative age means the request is older than the materialization.
+    materialized. ``future`` is True when the age is negative: the request is dated
+    before the materialization, whose values may hold events after the request.
+    ``usable`` is False in all those cases; the assembler then serves the defaults.
     """
 
     watermark: dt.datetime | None
     age_seconds: float | None
     stale: bool
+    future: bool = False
+
+    @property
+    def usable(self) -> bool:
+        """The offline join at the request's time could see these values."""
+        return not (self.stale or self.future)
 
 
 @dataclass(frozen=True)
@@ -57,7 +78,7 @@ class AssembledFeatures:
 
     features: dict[str, float]
     vector: np.ndarray  # float32, shape (1, n_features), in the model's column order
-    defaults: dict[str, bool]
+    defaults: dict[str, bool]  # view -> its features are the defaults (unknown, stale or future)
     freshness: dict[str, Freshness]
 
 
@@ -75,7 +96,7 @@ def freshness(view: FeatureView, watermark: dt.datetime | None, when: dt.datetim
         return Freshness(None, None, True)
     at, mark = _comparable(when, watermark)
     age = at - mark
-    return Freshness(watermark, age.total_seconds(), age > view.ttl)
+    return Freshness(watermark, age.total_seconds(), age > view.ttl, age < dt.timedelta(0))
 
 
 class FeatureAssembler:
@@ -83,7 +104,9 @@ class FeatureAssembler:
 
     ``views`` are the views whose entity keys the request carries; ``build_row`` is the
     feature plugin's request-time function; ``feature_names`` is the model's column
-    order. Safe to call from several threads when the store is.
+    order. Safe to call from several threads when the store is. ``counts()`` says how
+    many requests got a view's defaults because its values were past the ttl or from
+    the request's future.
     """
 
     def __init__(
@@ -97,22 +120,61 @@ class FeatureAssembler:
         self.views = tuple(views)
         self.build_row = build_row
         self.feature_names = tuple(feature_names)
+        self._lock = threading.Lock()
+        self._counts = {"stale": 0, "future": 0}
 
-    def assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
-        """The features for ``request`` (holding every view's entity key) at time ``when``.
+    def counts(self) -> dict[str, int]:
+        """Requests assembled since start that served some view's defaults because its
+        values were past the ttl (``stale``; a view never materialized not included) or
+        dated after the request (``future``). ``check()`` is not counted."""
+        with self._lock:
+            return dict(self._counts)
 
-        Raises ``FeatureAssemblyError`` when the builder does not produce a feature the
-        model needs or produces a value that is not a finite number; store errors
-        (``LabError``) pass through.
+    def rows(
+        self, request: Mapping[str, Any], when: dt.datetime
+    ) -> tuple[dict[str, dict | None], dict[str, bool], dict[str, Freshness]]:
+        """``(rows, defaults, freshness)`` by view name: the online rows the request may use.
+
+        A view's row is None, and ``defaults`` True, when the store does not know the
+        entity or the view's values are not usable at ``when`` (``Freshness.usable``):
+        past the ttl, never materialized, or from the request's future. The point-in-time
+        join at ``when`` sees none of those values either.
         """
         rows: dict[str, dict | None] = {}
         defaults: dict[str, bool] = {}
         fresh: dict[str, Freshness] = {}
         for view in self.views:
+            state = freshness(view, self.store.watermark(view), when)
+            # Read even when unusable: a store problem (a view redefined since it was
+            # materialized) must show at start-up (``check``), whatever the sample's time.
             row = self.store.read(view, [request[view.entity]])[0]
+            if not state.usable:
+                row = None
             rows[view.name] = row
             defaults[view.name] = row is None
-            fresh[view.name] = freshness(view, self.store.watermark(view), when)
+            fresh[view.name] = state
+        return rows, defaults, fresh
+
+    def assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
+        """The features for ``request`` (holding every view's entity key) at time ``when``.
+
+        A view whose values are unusable at ``when`` (see ``rows``) gets the defaults,
+        flagged in ``defaults`` and ``freshness``. Raises ``FeatureAssemblyError`` when
+        the builder does not produce a feature the model needs or produces a value that
+        is not a finite number; store errors (``LabError``) pass through.
+        """
+        assembled = self._assemble(request, when)
+        states = assembled.freshness.values()
+        stale = any(f.stale and f.watermark is not None for f in states)
+        future = any(f.future for f in states)
+        if stale or future:
+            with self._lock:
+                self._counts["stale"] += stale
+                self._counts["future"] += future
+        return assembled
+
+    def _assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
+        rows, defaults, fresh = self.rows(request, when)
         built = self.build_row(request, rows)
         features: dict[str, float] = {}
         for name in self.feature_names:
@@ -137,7 +199,7 @@ class FeatureAssembler:
         sentences (a feature the model needs that cannot be built, a store error).
         An empty list means such a request can be served."""
         try:
-            self.assemble(sample_request, when)
+            self._assemble(sample_request, when)
         except LabError as exc:
             return [str(exc)]
         return []

@@ -113,6 +113,9 @@ class PointInTimeContract:
         assert with_fill == [{"N": 0, "S": 0.0, "M": 0.25}, {"N": 0, "S": 0.0, "M": 0.25}]
         no_fill = self.features(store, src, windowed(), entity_rows((2, T0)))
         assert no_fill == [{"N": 0, "S": 0.0, "M": None}]
+        # what serving falls back to for an unknown or stale entity (FeatureView.defaults)
+        assert with_fill == [windowed(fill=0.25).defaults] * 2 and no_fill == [windowed().defaults]
+        assert self.features(store, src, latest(), entity_rows((2, T0))) == [latest().defaults]
 
     def test_result_keeps_input_rows_order_and_columns(self, store):
         store.write_source("ev", source((1, T0, 1.0), (2, T0, 2.0), (3, T0 - HOUR, 3.0)))
