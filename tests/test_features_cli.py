@@ -38,10 +38,25 @@ def test_training_set_is_written_atomically_and_recorded(lab_root, capsys):
     with Registry.open(lab_root / "registry.db", project_root=lab_root) as reg:
         record = reg.get_dataset(digest)
     assert record["kind"] == "training_set" and record["rows"] == table.num_rows
-    assert record["path"] == "sets/train.parquet"
+    assert record["path"] == str(out.resolve())
     meta = record["meta"] if isinstance(record["meta"], dict) else json.loads(record["meta"])
     assert set(meta["views"]) == {"customer_spending", "terminal_risk"}
     assert (meta["start"], meta["end"]) == ("2018-04-10", "2018-04-16")
+
+
+def test_training_set_records_the_absolute_path_of_a_relative_out(lab_root, monkeypatch, capsys):
+    """``--out`` is relative to the working directory, here inside the lab root; the
+    registry keeps the absolute resolved path, so any process can find the file."""
+    here = lab_root / "work" / "here"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    assert lab(lab_root, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-11",
+               "--out", "../ts.parquet") == 0
+    written = (lab_root / "work" / "ts.parquet").resolve()
+    assert str(written) in capsys.readouterr().out
+    with Registry.open(lab_root / "registry.db", project_root=lab_root) as reg:
+        record = reg.get_dataset(table_digest(pq.read_table(written)))
+    assert record["path"] == str(written)
 
 
 def test_materialize_then_get_one_customer(lab_root, capsys):

@@ -87,7 +87,8 @@ def _load_run(args: argparse.Namespace, ctx: Context) -> int:
 def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD")
-    p.add_argument("--out", required=True, help="Parquet file to write (atomically)")
+    p.add_argument("--out", required=True,
+                   help="Parquet file to write (atomically); the registry records its absolute path")
 
 
 def _training_run(args: argparse.Namespace, ctx: Context) -> int:
@@ -104,8 +105,7 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     if out.suffix != ".parquet":
         raise ConfigError(f"--out {args.out!r} must end in .parquet")
     config = ctx.config
-    if not out.is_absolute():
-        out = Path.cwd() / out
+    out = out.resolve()  # relative to the working directory; the registry keeps it absolute
     offline = offline_store(ctx)
     all_views = list(views(ctx).values())
     request_features, feature_columns = request_half(ctx.pm)
@@ -113,10 +113,7 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
                                  request_features=request_features, feature_columns=feature_columns)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
-    try:
-        shown_path = str(out.resolve().relative_to(config.root))
-    except ValueError:
-        shown_path = str(out.resolve())
+    shown_path = str(out)
     meta = {
         "start": start.isoformat(), "end": end.isoformat(), "source": "transactions",
         "source_digest": offline.source_digest("transactions"),
