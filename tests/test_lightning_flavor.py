@@ -1,4 +1,5 @@
-"""The lightning_mlp flavor: determinism, artifacts, checkpoints and resume after kill -9."""
+"""The lightning_mlp flavor: the flavor contract for both tasks, determinism, artifacts,
+checkpoints and resume after kill -9."""
 
 import json
 import shutil
@@ -14,6 +15,7 @@ import plugins.lightning_tabular as lightning_tabular
 from lab.config import load_config
 from lab.errors import LabError
 from lab.plugins import make_plugin_manager, model_flavor
+from lab.testing.flavors import ModelFlavorContract, contract_data
 from plugins.lightning_tabular.checkpoints import CheckpointWarning
 from plugins.lightning_tabular.flavor import LightningMLP
 from tests.conftest import kill_when_marked, tiny_fraud_data
@@ -37,6 +39,16 @@ def flavor():
 def reference(data, flavor, tmp_path_factory):
     """An uninterrupted 3-epoch fit, the yardstick for every resume."""
     return flavor.fit(*data, FEATURES, PARAMS, seed=3, workdir=tmp_path_factory.mktemp("ref"), max_epochs=3)
+
+
+class TestLightningMLPContract(ModelFlavorContract):
+    @pytest.fixture
+    def flavor(self):
+        return LightningMLP()
+
+    @pytest.fixture
+    def fit_params(self, task):
+        return {"hidden_sizes": [8], "dropout": 0.0, "lr": 3e-2, "batch_size": 32}
 
 
 class EpochLog(pl.Callback):
@@ -231,3 +243,74 @@ def test_ctrl_c_raises_keyboard_interrupt_and_keeps_the_sigint_handler(data, fla
     assert signal.getsignal(signal.SIGINT) is handler
     resumed = flavor.fit(*data, FEATURES, PARAMS, seed=3, workdir=tmp_path, max_epochs=3)
     assert np.array_equal(resumed.model.predict(data[2]), reference.model.predict(data[2]))
+
+
+# ---------------------------------------------------------------- tasks
+
+QUICK = {"hidden_sizes": [8], "dropout": 0.0, "lr": 3e-2, "batch_size": 32}
+
+
+def test_a_format_1_folder_without_a_task_loads_as_classification(data, flavor, reference, tmp_path):
+    path = tmp_path / "model"
+    flavor.save(reference.model, path)
+    manifest = json.loads((path / "model.json").read_text())
+    assert manifest["format"] == 2 and manifest["task"] == "classification"
+    del manifest["task"]
+    (path / "model.json").write_text(json.dumps({**manifest, "format": 1}))  # as saved before tasks existed
+    old = flavor.load(path)
+    assert old.task == "classification"
+    assert np.array_equal(old.predict(data[2]), reference.model.predict(data[2]))
+    (path / "model.json").write_text(json.dumps({**manifest, "format": 2}))  # format 2 must say its task
+    with pytest.raises(LabError, match="records task None"):
+        flavor.load(path)
+
+
+def test_a_regression_model_keeps_its_target_statistics(flavor, tmp_path):
+    data = contract_data("regression")
+    fit = flavor.fit(*data.arrays, list(data.feature_names), QUICK, seed=1, workdir=tmp_path / "fit", max_epochs=2,
+                     task="regression")
+    assert fit.params.keys() == QUICK.keys() | {"weight_decay"}  # no pos_weight for regression
+    assert set(fit.metrics) == {"val_mae", "val_rmse", "val_r2", "epochs"}
+    assert fit.model.target.mean[0] == pytest.approx(float(data.train_y.astype(np.float64).mean()), rel=1e-6)
+    flavor.save(fit.model, tmp_path / "model")
+    manifest = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert manifest["task"] == "regression" and "target.json" in manifest["files"]
+    target = json.loads((tmp_path / "model" / "target.json").read_text())
+    (tmp_path / "model" / "target.json").write_text(json.dumps({**target, "mean": [0.0]}))
+    with pytest.raises(LabError, match="target.json does not match the sha256"):
+        flavor.load(tmp_path / "model")
+
+
+def test_regression_refuses_pos_weight_and_labels_it_cannot_use(flavor, tmp_path):
+    data = contract_data("regression")
+    names = list(data.feature_names)
+    with pytest.raises(LabError, match="pos_weight weighs positive labels"):
+        flavor.fit(*data.arrays, names, {"pos_weight": 3.0}, seed=0, workdir=tmp_path, max_epochs=1, task="regression")
+    bad_y = data.train_y.copy()
+    bad_y[3] = np.nan
+    with pytest.raises(LabError, match="train_y holds NaN"):
+        flavor.fit(data.train_x, bad_y, data.valid_x, data.valid_y, names, {}, seed=0, workdir=tmp_path,
+                   max_epochs=1, task="regression")
+
+
+def test_search_space_draws_pos_weight_for_classification_only(flavor):
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert "pos_weight" in flavor.search_space(study.ask())
+    assert "pos_weight" not in flavor.search_space(study.ask(), task="regression")
+
+
+def test_a_flavor_that_cannot_do_a_task_says_which_it_can(tmp_path):
+    class ClassifierOnly(LightningMLP):
+        tasks = ("classification",)
+
+    contract = ModelFlavorContract()
+    contract.test_refuses_a_task_it_cannot_do_naming_the_ones_it_can(
+        ClassifierOnly(), "regression", contract_data("regression"), {}, tmp_path)
+    with pytest.raises(LabError, match="cannot do regression; it supports classification"):
+        ClassifierOnly().fit(*contract_data("regression").arrays, list(FEATURES), {}, seed=0, workdir=tmp_path,
+                             max_epochs=1, task="regression")
+    with pytest.raises(LabError, match="'ranking' is not a task at all"):
+        LightningMLP().fit(*contract_data("regression").arrays, list(FEATURES), {}, seed=0, workdir=tmp_path,
+                           max_epochs=1, task="ranking")

@@ -19,6 +19,7 @@ from lab.training.metrics import (
     gate_passes,
     higher_is_better,
     mae,
+    metric_names,
     metric_value,
     r2,
     rmse,
@@ -155,6 +156,8 @@ def test_task_metrics_gives_each_tasks_standard_set():
     pr = np.array([12.0, 18.0, 33.0])
     assert task_metrics("regression", yr, pr) == {
         "mae": pytest.approx(7 / 3), "rmse": pytest.approx(np.sqrt(17 / 3)), "r2": pytest.approx(1 - 17 / 200)}
+    assert metric_names("regression") == ("mae", "rmse", "r2")
+    assert metric_names("classification") == ("roc_auc", "average_precision")
     assert metric_value("regression", "rmse", yr, pr) == pytest.approx(np.sqrt(17 / 3))
     assert metric_value("classification", "roc_auc", y, p) == roc_auc_score(y, p)
     with pytest.raises(LabError, match="'rmse' is not a classification metric; use one of roc_auc, average_precision"):

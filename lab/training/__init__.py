@@ -8,6 +8,7 @@ from lab.training.metrics import (
     gate_passes,
     higher_is_better,
     mae,
+    metric_names,
     metric_value,
     r2,
     rmse,
@@ -18,6 +19,6 @@ from lab.training.protocol import Scaler, reference_split
 
 __all__ = [
     "FitResult", "ModelFlavor", "Scaler", "ScoringModel", "average_precision",
-    "card_precision_at_k", "evaluate", "gate_passes", "higher_is_better", "mae", "metric_value",
+    "card_precision_at_k", "evaluate", "gate_passes", "higher_is_better", "mae", "metric_names", "metric_value",
     "r2", "reference_split", "rmse", "roc_auc", "task_metrics",
 ]

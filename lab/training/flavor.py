@@ -1,4 +1,10 @@
-"""The model-flavor contract: how a kind of model is trained, saved, loaded and scored."""
+"""The model-flavor contract: how a kind of model is trained, saved, loaded and scored.
+
+A flavor trains for one or more tasks (``lab.modelspec.TASKS``): ``classification``
+(binary labels 0/1; the model predicts the probability of 1) or ``regression`` (numeric
+labels; the model predicts in the label's units). ``lab.testing.flavors.ModelFlavorContract``
+checks an implementation.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,21 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from lab.errors import LabError
+from lab.modelspec import TASKS
+
 
 class ScoringModel(Protocol):
     """What serving and batch scoring need from a loaded model."""
 
     feature_names: list[str]
+    task: str
+    """``"classification"`` or ``"regression"``: what ``predict`` returns."""
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """Scores in [0, 1], one per row of ``features`` (float32, columns in ``feature_names`` order)."""
+        """One finite value per row of ``features`` (float32, columns in ``feature_names``
+        order): the probability of label 1, in [0, 1], for classification; the prediction
+        in the label's units for regression."""
 
 
 @dataclass
@@ -30,13 +43,37 @@ class FitResult:
 
 
 class ModelFlavor(abc.ABC):
-    """A kind of model. Implementations must be deterministic for a given seed on CPU."""
+    """A kind of model. Implementations must be deterministic for a given seed on CPU.
+
+    ``tasks`` lists the tasks ``fit`` accepts; ``fit`` raises ``LabError`` for any other
+    (``check_task`` does it). ``supports_resume`` says whether a fit interrupted (Ctrl+C,
+    a kill) continues from its checkpoints under the same ``workdir`` when called again
+    and ends with the same model as an uninterrupted fit; a flavor without checkpoints
+    leaves it False and simply trains again.
+
+    During ``fit``, every object in ``callbacks`` that has ``lab_epoch_end(epoch, metrics)``
+    is called at least once (after each epoch, for an iterative model) with the
+    validation metrics of ``lab.training.metrics.task_metrics`` prefixed ``val_``
+    (``val_average_precision``, ``val_roc_auc``; ``val_mae``, ``val_rmse``, ``val_r2``):
+    a sweep prunes on them.
+    """
 
     name: str = ""
+    tasks: tuple[str, ...] = ("classification",)
+    supports_resume: bool = False
+
+    def check_task(self, task: str) -> None:
+        """Raise ``LabError`` naming the supported tasks when this flavor cannot do ``task``."""
+        if task not in self.tasks:
+            known = "" if task in TASKS else f" ({task!r} is not a task at all; tasks: {', '.join(TASKS)})"
+            raise LabError(
+                f"model flavor {self.name or type(self).__name__!r} cannot do {task}; it supports "
+                f"{', '.join(self.tasks)}{known}. Choose another flavor in the model spec"
+            )
 
     @abc.abstractmethod
-    def search_space(self, trial: Any) -> dict[str, Any]:
-        """Draw hyperparameters from an Optuna ``trial`` (``trial.suggest_*``)."""
+    def search_space(self, trial: Any, task: str = "classification") -> dict[str, Any]:
+        """Draw hyperparameters for ``task`` from an Optuna ``trial`` (``trial.suggest_*``)."""
 
     @abc.abstractmethod
     def fit(
@@ -52,8 +89,14 @@ class ModelFlavor(abc.ABC):
         workdir: Path,
         max_epochs: int,
         callbacks: Sequence[Any] = (),
+        task: str = "classification",
     ) -> FitResult:
-        """Train; checkpoints go atomically under ``workdir`` and a rerun resumes from the last good one."""
+        """Train a model for ``task``; checkpoints (if any) go atomically under ``workdir``.
+
+        Raises ``LabError`` for a task outside ``tasks``, for arrays of the wrong shape
+        (``x`` must be rows × ``len(feature_names)``, ``y`` one label per row) and for
+        labels the task cannot use.
+        """
 
     @abc.abstractmethod
     def save(self, model: ScoringModel, path: Path) -> None:
@@ -61,4 +104,4 @@ class ModelFlavor(abc.ABC):
 
     @abc.abstractmethod
     def load(self, path: Path) -> ScoringModel:
-        """Read a model written by ``save``."""
+        """Read a model written by ``save``; its ``task`` is the one it was trained for."""

@@ -208,6 +208,11 @@ def _check_task(task: str) -> dict[str, Callable[[Any, Any], float]]:
     return _BY_TASK[task]
 
 
+def metric_names(task: str) -> tuple[str, ...]:
+    """The names ``task_metrics`` returns for ``task``, in order."""
+    return tuple(_check_task(task))
+
+
 def task_metrics(task: str, y: Any, scores: Any) -> dict[str, float]:
     """The task's standard metrics for one evaluation set.
 

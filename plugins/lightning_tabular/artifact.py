@@ -2,11 +2,16 @@
 
 Layout of a model folder::
 
-    model.json      manifest: flavor, format, architecture, sha256 of every file below
+    model.json      manifest: flavor, format, task, architecture, sha256 of every file below
     weights.pt      torch state dict of the TabularMLP (scaler buffers included)
     scaler.json     the training-set scaler (also inside the weights; here for people)
     features.json   feature names, in the column order ``predict`` expects
     params.json     the hyperparameters the model was trained with
+    target.json     regression only: the training target's mean and std (outputs are
+                    standardized targets; ``predict`` maps them back to label units)
+
+Format 2 records the task in the manifest; a format-1 folder (written before regression
+existed) has no task and is a classification model.
 
 ``save_model`` builds the folder beside its target under a hidden temporary name,
 fsyncs every file and the folder, then renames it into place, so a reader never sees a
@@ -33,7 +38,8 @@ from lab.training.protocol import Scaler
 from .network import MLPScorer, TabularMLP
 
 FLAVOR_NAME = "lightning_mlp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: no task recorded, so classification
 MANIFEST = "model.json"
 
 
@@ -74,11 +80,14 @@ def save_model(model: MLPScorer, path: Path) -> None:
             "features.json": _json_bytes(model.feature_names, "feature names"),
             "scaler.json": _json_bytes(model.scaler.to_dict(), "scaler statistics"),
         }
+        if model.task == "regression":
+            files["target.json"] = _json_bytes(model.target.to_dict(), "target statistics")
         for name, data in files.items():
             _write_synced(staging / name, data)
         manifest = {
             "flavor": FLAVOR_NAME,
             "format": FORMAT_VERSION,
+            "task": model.task,
             "architecture": {
                 "n_features": len(model.feature_names),
                 "hidden_sizes": list(model.params["hidden_sizes"]),
@@ -114,8 +123,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise LabError(f"{manifest_path} is unreadable ({exc}); the model folder is damaged, save it again") from None
     if manifest.get("flavor") != FLAVOR_NAME:
         raise LabError(f"{path} holds a {manifest.get('flavor')!r} model, not {FLAVOR_NAME!r}; load it with that flavor")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise LabError(f"{path} uses model format {manifest.get('format')}; this lab reads format {FORMAT_VERSION}")
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise LabError(
+            f"{path} uses model format {manifest.get('format')}; this lab reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}: upgrade lab to load it"
+        )
+    task = manifest.setdefault("task", "classification") if manifest["format"] == 1 else manifest.get("task")
+    if task not in ("classification", "regression"):
+        raise LabError(f"{manifest_path} records task {task!r}; the {FLAVOR_NAME} flavor does classification or regression")
     return manifest
 
 
@@ -144,10 +159,16 @@ def load_model(path: Path) -> MLPScorer:
     params = json.loads(contents["params.json"])
     feature_names = json.loads(contents["features.json"])
     scaler = Scaler.from_dict(json.loads(contents["scaler.json"]))
+    task = manifest["task"]
+    target = None
+    if task == "regression":
+        if "target.json" not in contents:
+            raise LabError(f"{path / MANIFEST} is a regression model but lists no target.json; save it again")
+        target = Scaler.from_dict(json.loads(contents["target.json"]))
     net = TabularMLP(arch["n_features"], arch["hidden_sizes"], arch["dropout"], scaler)
     try:
         state = torch.load(io.BytesIO(contents["weights.pt"]), map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean the same here
         raise LabError(f"{path / 'weights.pt'} does not fit the manifest's architecture: {exc}") from None
-    return MLPScorer(net, feature_names, params, scaler)
+    return MLPScorer(net, feature_names, params, scaler, task=task, target=target)
