@@ -6,8 +6,10 @@ plugin through the ``lab_templates`` hook. ``init_lab`` copies it into the new f
 replaces ``{{project}}`` in text files and in paths with the lab's name. The core names
 no template: ``lab init --list`` shows what the installed plugins offer.
 
-Nothing is written partially: the copy is made in a hidden sibling folder and renamed
-into place, so a failure or a kill leaves either no lab or a whole one.
+Nothing is written partially: the copy is made in a hidden sibling folder, then renamed
+into place (a new folder) or moved in file by file with ``pyproject.toml`` last (an
+existing empty folder, which may be the shell's current one), so a failure or a kill
+leaves no lab or a whole one.
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def init_lab(target: str | os.PathLike, template: Template, *, project_name: str
              force: bool = False) -> Path:
     """Create a lab in ``target`` from ``template``; returns the lab's folder.
 
-    ``target`` may be missing or empty; a non-empty folder is refused unless ``force``,
-    which adds the template's files to it (each replacing a file of the same name, one
-    atomic rename per file). ``project_name`` defaults to ``target``'s name made valid.
+    ``target`` may be missing (the finished copy is renamed into place) or empty (the
+    files are moved in, ``pyproject.toml`` last, so the folder is a lab only once whole);
+    a non-empty folder is refused unless ``force``, which adds the template's files to it,
+    each replacing a file of the same name. ``project_name`` defaults to ``target``'s
+    name made valid.
     """
     target = Path(target).absolute()
     name = project_name if project_name is not None else default_project_name(target)
@@ -117,10 +121,10 @@ def init_lab(target: str | os.PathLike, template: Template, *, project_name: str
     try:
         staging.mkdir()
         _render(template.path, staging, name)
-        if existing:
+        if target.exists():  # keep the folder itself: it may be someone's current directory
             _merge(staging, target)
         else:
-            os.replace(staging, target)  # onto a missing or empty folder: one rename
+            os.replace(staging, target)  # one rename: the lab appears whole
         fsync_dir(target.parent)
     except OSError as exc:
         raise LabError(f"cannot create the lab in {target}: {exc}") from None
@@ -162,8 +166,10 @@ def _render(source: Path, dest: Path, name: str) -> None:
 
 
 def _merge(staging: Path, target: Path) -> None:
-    """Move every file of ``staging`` into ``target`` (``--force``), one rename per file."""
-    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+    """Move every file of ``staging`` into the existing ``target``, one rename per file,
+    ``pyproject.toml`` last: the folder is a lab only once everything else is there."""
+    files = sorted(p for p in staging.rglob("*") if p.is_file())
+    for src in sorted(files, key=lambda p: p.relative_to(staging) == Path("pyproject.toml")):
         out = target / src.relative_to(staging)
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, out)

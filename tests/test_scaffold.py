@@ -82,6 +82,22 @@ def test_an_empty_existing_folder_is_used(tmp_path, toy_template):
     assert (tmp_path / "empty" / "pyproject.toml").exists()
 
 
+def test_init_into_the_current_empty_folder_keeps_it(tmp_path, monkeypatch, capsys):
+    """`mkdir eta && cd eta && lab init . -t delivery`: the shell's folder is the lab, not a
+    deleted folder that another one replaced."""
+    here = tmp_path / "eta"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("LAB_HOME", raising=False)
+    inode = here.stat().st_ino
+    assert main(["init", ".", "--template", "delivery"]) == 0
+    assert "created lab 'eta'" in capsys.readouterr().out
+    assert here.stat().st_ino == inode
+    assert "pyproject.toml" in os.listdir(".")
+    assert load_config(".").model_name == "delivery_time"
+    assert siblings(here) == ["eta"]
+
+
 def test_a_non_empty_folder_is_refused_and_left_alone(tmp_path, toy_template):
     target = tmp_path / "busy"
     target.mkdir()
