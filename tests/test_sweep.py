@@ -1,4 +1,5 @@
-"""Optuna sweeps: determinism, pruning, and resume after kill -9 without re-running trials."""
+"""Optuna sweeps: determinism, pruning, resume after kill -9 without re-running trials, and
+any task's metric as the objective."""
 
 import json
 import textwrap
@@ -9,8 +10,9 @@ import optuna
 import pytest
 
 from lab.errors import LabError
-from lab.training.metrics import average_precision
-from lab.training.sweep import TrialPruning, default_sweep_storage, run_sweep
+from lab.testing.flavors import contract_data
+from lab.training.metrics import average_precision, r2, rmse
+from lab.training.sweep import TrialPruning, default_sweep_storage, run_sweep, trial_key
 from plugins.lightning_tabular.flavor import LightningMLP
 from tests.conftest import kill_when_marked, tiny_fraud_data
 
@@ -88,7 +90,7 @@ def test_bad_arguments_are_named(data, tmp_path):
         sweep(data, tmp_path, n_trials=0)
     with pytest.raises(LabError, match="hiden"):
         class Typo(LightningMLP):
-            def search_space(self, trial):
+            def search_space(self, trial, task="classification"):
                 return {"hiden_sizes": [8]}
         run_sweep(Typo(), *data, FEATURES, storage=default_sweep_storage(tmp_path), workdir=tmp_path,
                   **{**SWEEP, "study_name": "typo"})
@@ -184,3 +186,77 @@ def test_ctrl_c_mid_trial_is_retried_from_its_checkpoint(data, reference, tmp_pa
     assert result.trials[1]["params"] == result.trials[0]["params"]
     assert json.loads((tmp_path / "trials" / result.trials[1]["key"] / "fit.json").read_text())["resumed_from"] == "epoch=0.ckpt"
     assert result.trials[1]["value"] == reference[0].trials[0]["value"]
+
+
+# ---------------------------------------------------------------- tasks and metrics
+
+
+@pytest.fixture(scope="module")
+def regression_data():
+    return contract_data("regression").arrays
+
+
+def regression_sweep(data, workdir, **overrides):
+    args = {**SWEEP, "study_name": "delivery", "n_trials": 2, "max_epochs": 2, "task": "regression", **overrides}
+    return run_sweep(LightningMLP(), *data, list(contract_data("regression").feature_names),
+                     storage=default_sweep_storage(workdir), workdir=workdir, **args)
+
+
+def test_a_regression_sweep_minimizes_rmse_and_prunes_on_it(regression_data, tmp_path):
+    result = regression_sweep(regression_data, tmp_path)
+    assert (result.task, result.metric) == ("regression", "rmse")
+    values = [t["value"] for t in result.trials if t["state"] == "COMPLETE"]
+    assert result.best_value == min(values) and len(set(values)) == len(values)
+    assert "pos_weight" not in result.best_params
+    assert rmse(regression_data[3], result.best_fit.model.predict(regression_data[2])) == pytest.approx(result.best_value)
+    assert result.best_fit.model.task == "regression"
+    study = optuna.load_study(study_name="delivery", storage=default_sweep_storage(tmp_path))
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    # The pruner saw val_rmse each epoch: the last report is the model's validation RMSE
+    # (per-epoch metrics come from the logits, the value from predict: equal to float32 precision).
+    best = study.trials[result.best_number]
+    assert best.intermediate_values[1] == pytest.approx(result.best_value, rel=1e-4)
+    # A regression trial's folder is not a classification trial's with the same params.
+    assert result.trials[0]["key"] == trial_key("lightning_mlp", result.trials[0]["params"], SWEEP["seed"], "regression")
+    assert result.trials[0]["key"] != trial_key("lightning_mlp", result.trials[0]["params"], SWEEP["seed"])
+
+
+def test_a_higher_is_better_regression_metric_is_maximized(regression_data, tmp_path):
+    result = regression_sweep(regression_data, tmp_path, metric="r2", n_trials=2, study_name="r2")
+    values = [t["value"] for t in result.trials if t["state"] == "COMPLETE"]
+    assert result.best_value == max(values)
+    assert r2(regression_data[3], result.best_fit.model.predict(regression_data[2])) == pytest.approx(result.best_value)
+    study = optuna.load_study(study_name="r2", storage=default_sweep_storage(tmp_path))
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def test_a_study_keeps_its_metric(regression_data, data, tmp_path):
+    regression_sweep(regression_data, tmp_path, n_trials=1, max_epochs=1)
+    with pytest.raises(LabError, match="optimizes rmse .regression, minimize.; this sweep optimizes mae"):
+        regression_sweep(regression_data, tmp_path, n_trials=1, max_epochs=1, metric="mae")
+    with pytest.raises(LabError, match="optimizes rmse .regression, minimize.; this sweep optimizes r2 .regression, maximize"):
+        regression_sweep(regression_data, tmp_path, n_trials=1, max_epochs=1, metric="r2")
+    with pytest.raises(LabError, match="optimizes rmse .regression.*this sweep optimizes roc_auc .classification"):
+        sweep(data, tmp_path, study_name="delivery", metric="roc_auc", n_trials=1)
+
+
+def test_bad_task_and_metric_are_named(data, tmp_path):
+    with pytest.raises(LabError, match="cannot optimize 'rmse'; use one of roc_auc, average_precision"):
+        sweep(data, tmp_path, metric="rmse")
+    with pytest.raises(LabError, match="unknown task 'ranking'"):
+        sweep(data, tmp_path, task="ranking")
+
+    class ClassifierOnly(LightningMLP):
+        tasks = ("classification",)
+
+    with pytest.raises(LabError, match="cannot do regression; it supports classification"):
+        run_sweep(ClassifierOnly(), *data, FEATURES, storage=default_sweep_storage(tmp_path), workdir=tmp_path,
+                  **{**SWEEP, "task": "regression"})
+    assert not (tmp_path / "optuna.db").exists()  # refused before any study was made
+
+
+def test_a_study_from_before_tasks_counts_as_average_precision(data, tmp_path):
+    old = optuna.create_study(study_name="old", storage=default_sweep_storage(tmp_path), direction="maximize")
+    old.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    with pytest.raises(LabError, match="optimizes average_precision .classification, maximize.; this sweep optimizes roc_auc"):
+        sweep(data, tmp_path, study_name="old", metric="roc_auc")

@@ -1,7 +1,9 @@
 """Hyperparameter sweeps with Optuna: deterministic, resumable after kill -9.
 
-``run_sweep`` maximizes average precision on the validation set over a flavor's
-``search_space``. Trials are driven with ask/tell so the sweep controls each step:
+``run_sweep`` optimizes one metric of the task on the validation set (average precision
+for classification by default, RMSE for regression) over a flavor's ``search_space``,
+maximizing or minimizing as ``higher_is_better`` says. Trials are driven with ask/tell so
+the sweep controls each step:
 
 - Every trial gets a TPE sampler seeded from (seed, number of finished trials), so a
   sweep is reproducible, also across a crash and a rerun.
@@ -11,6 +13,8 @@
 - On start, a RUNNING trial whose process is gone (same host, pid dead) is marked FAIL
   and its params enqueued again. One process per study: a second concurrent worker
   on the same study is not supported by this orphan rule.
+- A study records its task and metric; continuing it with another is an error, so one
+  study never mixes values of two metrics.
 
 Optuna is imported inside the functions (the core must not need it to import).
 """
@@ -29,14 +33,16 @@ import numpy as np
 
 from lab.atomic import atomic_write_text
 from lab.errors import LabError
+from lab.modelspec import DEFAULT_METRIC, TASKS
 from lab.training.flavor import FitResult, ModelFlavor
-from lab.training.metrics import average_precision
+from lab.training.metrics import higher_is_better, metric_names, metric_value
 
-OBJECTIVE = "val_average_precision"
+OBJECTIVE = "val_average_precision"  # the default objective: classification, average precision
 _OWNER = "lab:owner"
 _KEY = "lab:key"
 _PARAMS = "lab:params"
 _RETRY_OF = "lab:retry_of"
+_OBJECTIVE = "lab:objective"  # study attr: {"task", "metric"}
 
 
 def _optuna():
@@ -53,9 +59,12 @@ class SweepResult:
 
     best_params: dict[str, Any]
     best_value: float
+    """The best trial's ``metric`` on the validation set."""
     best_number: int
     trials: list[dict[str, Any]] = field(default_factory=list)
     best_fit: FitResult | None = None
+    task: str = "classification"
+    metric: str = "average_precision"
 
 
 class TrialPruning:
@@ -86,9 +95,12 @@ def default_sweep_storage(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).resolve()}/optuna.db"
 
 
-def trial_key(flavor_name: str, params: dict[str, Any], seed: int) -> str:
-    """16 hex digits naming a trial's folder; equal params and seed give the same key."""
-    blob = json.dumps({"flavor": flavor_name, "params": params, "seed": seed}, sort_keys=True)
+def trial_key(flavor_name: str, params: dict[str, Any], seed: int, task: str = "classification") -> str:
+    """16 hex digits naming a trial's folder; equal params, seed and task give the same key."""
+    named = {"flavor": flavor_name, "params": params, "seed": seed}
+    if task != "classification":  # classification keys stay what they were: old sweeps resume
+        named["task"] = task
+    blob = json.dumps(named, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -192,9 +204,15 @@ def run_sweep(
     callbacks: Sequence[Any] = (),
     on_trial: Callable[[dict[str, Any]], None] | None = None,
     max_attempts: int | None = None,
+    task: str = "classification",
+    metric: str | None = None,
 ) -> SweepResult:
     """Run trials until the study holds ``n_trials`` COMPLETE ones, then return the best.
 
+    The objective is ``metric`` (one of ``metric_names(task)``; default: the task's
+    ``DEFAULT_METRIC``, average precision for classification) computed from the trial
+    model's predictions on the validation set; the study maximizes it or, for an error
+    such as rmse, minimizes it. Pruning watches the flavor's per-epoch ``val_<metric>``.
     Each finished trial's model is saved under ``workdir/trials/<key>/model``.
     ``on_trial(record)`` is called for each trial this call finishes (COMPLETE or
     PRUNED), before Optuna is told: a kill in between repeats the call on the rerun,
@@ -204,18 +222,35 @@ def run_sweep(
     optuna = _optuna()
     if n_trials < 1:
         raise LabError(f"n_trials must be at least 1, got {n_trials}")
+    if task not in TASKS:
+        raise LabError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    flavor.check_task(task)
+    metric = DEFAULT_METRIC[task] if metric is None else metric
+    if metric not in metric_names(task):
+        raise LabError(f"a {task} sweep cannot optimize {metric!r}; use one of {', '.join(metric_names(task))}")
+    objective = f"val_{metric}"
+    direction = "maximize" if higher_is_better(metric) else "minimize"
     workdir = Path(workdir)
     if storage.startswith("sqlite:///"):
         Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
-        direction="maximize",
+        direction=direction,
         load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise LabError(f"study {study_name!r} in {storage} minimizes; sweeps maximize average precision, pick a new study name")
+    # A study made before tasks existed optimized average precision for classification.
+    recorded = study.user_attrs.get(_OBJECTIVE, {"task": "classification", "metric": "average_precision"})
+    wanted = {"task": task, "metric": metric}
+    has_trials = bool(study.get_trials(deepcopy=False))
+    if study.direction.name.lower() != direction or (has_trials and recorded != wanted):
+        raise LabError(
+            f"study {study_name!r} in {storage} optimizes {recorded['metric']} ({recorded['task']}, "
+            f"{study.direction.name.lower()}); this sweep optimizes {metric} ({task}, {direction}): pick a new study name"
+        )
+    if study.user_attrs.get(_OBJECTIVE) != wanted:
+        study.set_user_attr(_OBJECTIVE, wanted)
     _requeue_orphans(study)
 
     def count(*states: Any) -> int:
@@ -233,8 +268,8 @@ def run_sweep(
         study.sampler = optuna.samplers.TPESampler(seed=_derived_seed(seed, count(TrialState.COMPLETE, TrialState.PRUNED)))
         trial = study.ask()
         trial.set_user_attr(_OWNER, _owner())
-        params = flavor.search_space(trial)
-        key = trial_key(flavor.name, params, seed)
+        params = flavor.search_space(trial, task=task)
+        key = trial_key(flavor.name, params, seed, task)
         trial.set_user_attr(_KEY, key)
         trial.set_user_attr(_PARAMS, params)
         trial_dir = workdir / "trials" / key
@@ -245,10 +280,10 @@ def run_sweep(
                 fit = flavor.fit(
                     train_x, train_y, valid_x, valid_y, feature_names, params,
                     seed=seed, workdir=trial_dir, max_epochs=max_epochs,
-                    callbacks=[*callbacks, TrialPruning(trial)],
+                    callbacks=[*callbacks, TrialPruning(trial, monitor=objective)], task=task,
                 )
-                value = average_precision(valid_y, fit.model.predict(np.asarray(valid_x, dtype=np.float32)))
-                metrics = {**fit.metrics, OBJECTIVE: value}
+                value = metric_value(task, metric, valid_y, fit.model.predict(np.asarray(valid_x, dtype=np.float32)))
+                metrics = {**fit.metrics, objective: value}
                 flavor.save(fit.model, trial_dir / "model")
                 atomic_write_text(
                     trial_dir / "result.json",
@@ -270,7 +305,7 @@ def run_sweep(
         except BaseException:
             study.tell(trial, state=TrialState.FAIL)
             raise
-        value = float(fit.metrics[OBJECTIVE])
+        value = float(fit.metrics[objective])
         if on_trial:
             try:
                 on_trial({**record, "state": "COMPLETE", "value": value, "metrics": dict(fit.metrics)})
@@ -294,4 +329,6 @@ def run_sweep(
         best_number=best.number,
         trials=[_trial_row(t) for t in study.get_trials(deepcopy=False)],
         best_fit=best_fit,
+        task=task,
+        metric=metric,
     )
