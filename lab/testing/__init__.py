@@ -8,7 +8,13 @@ Subclass one and give it a ``store`` fixture to prove a backend in a few lines::
             return MyStore(tmp_path / "db")
 """
 
+from lab.testing.executors import StageExecutorContract
+from lab.testing.flavors import ModelFlavorContract
+from lab.testing.modelspec import ModelSpecContract, check_model_spec
 from lab.testing.point_in_time import PointInTimeContract
 from lab.testing.stores import OfflineStoreContract, OnlineStoreContract
 
-__all__ = ["OfflineStoreContract", "OnlineStoreContract", "PointInTimeContract"]
+__all__ = [
+    "ModelFlavorContract", "ModelSpecContract", "OfflineStoreContract", "OnlineStoreContract",
+    "PointInTimeContract", "StageExecutorContract", "check_model_spec",
+]
