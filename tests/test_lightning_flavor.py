@@ -307,7 +307,7 @@ def test_a_flavor_that_cannot_do_a_task_says_which_it_can(tmp_path):
 
     contract = ModelFlavorContract()
     contract.test_refuses_a_task_it_cannot_do_naming_the_ones_it_can(
-        ClassifierOnly(), "regression", contract_data("regression"), {}, tmp_path)
+        ClassifierOnly(), "regression", contract_data("regression"), tmp_path)
     with pytest.raises(LabError, match="cannot do regression; it supports classification"):
         ClassifierOnly().fit(*contract_data("regression").arrays, list(FEATURES), {}, seed=0, workdir=tmp_path,
                              max_epochs=1, task="regression")

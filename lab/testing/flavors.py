@@ -136,7 +136,7 @@ class ModelFlavorContract:
         assert flavor.tasks and set(flavor.tasks) <= set(TASKS), f"tasks {flavor.tasks} must be among {TASKS}"
         assert isinstance(flavor.supports_resume, bool)
 
-    def test_refuses_a_task_it_cannot_do_naming_the_ones_it_can(self, flavor, task, data, fit_params, tmp_path):
+    def test_refuses_a_task_it_cannot_do_naming_the_ones_it_can(self, flavor, task, data, tmp_path):
         if task in flavor.tasks:
             pytest.skip(f"{flavor.name} does {task}")
         with pytest.raises(LabError) as caught:
