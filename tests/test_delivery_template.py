@@ -106,6 +106,13 @@ def test_the_simulate_stage_writes_the_orders(dl, tmp_path):
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["orders.parquet"]  # no temp file left
 
 
+def test_a_misspelt_simulator_key_is_not_ignored(dl, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[tool.lab.delivery]\nn_store = 3\n")
+    with pytest.raises(LabError, match=r"unknown key\(s\) n_store in \[tool.lab.delivery\]; known keys are: days, "):
+        dl.simulate(tmp_path, tmp_path / "runs" / "r1", **SMALL)
+    assert not (tmp_path / "data").exists()
+
+
 # ---------------------------------------------------------------------------- spec and hooks
 
 def test_the_hooks_declare_the_model_and_its_views(dl, lab_dir):

@@ -21,6 +21,7 @@ input of each stage in ``notebooks/pipeline.toml``).
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from typing import Any, Mapping
 
 from lab import hookimpl
@@ -119,11 +120,20 @@ def simulate_orders(*, n_stores: int = 150, n_couriers: int = 250, orders_per_da
 
 def simulate(root, run_dir, *, n_stores: int, n_couriers: int, orders_per_day: int, days: int,
              start_date: str, seed: int) -> dict:
-    """The ``simulate`` stage: write ``data/orders.parquet`` (atomically) and summarize it."""
+    """The ``simulate`` stage: write ``data/orders.parquet`` (atomically) and summarize it.
+
+    Its parameters come from ``[tool.lab.delivery]``; a key there that it does not know
+    is an error rather than a setting silently ignored.
+    """
     from lab.atomic import atomic_path
     from lab.pipeline.context import StageContext
 
     with StageContext.open(root, run_dir) as ctx:
+        known = tuple(inspect.signature(simulate_orders).parameters)
+        unknown = sorted(set(ctx.config.section("delivery") or {}) - set(known))
+        if unknown:
+            raise LabError(f"unknown key(s) {', '.join(unknown)} in [tool.lab.delivery]; "
+                           f"known keys are: {', '.join(sorted(known))}")
         orders = simulate_orders(n_stores=n_stores, n_couriers=n_couriers, orders_per_day=orders_per_day,
                                  days=days, start_date=start_date, seed=seed)
         with atomic_path(ctx.path(ORDERS)) as tmp:
