@@ -7,6 +7,10 @@ version it was computed with, the key type and the row count. ``write`` swaps a 
 table and its watermark in one ``BEGIN IMMEDIATE`` transaction; readers in WAL mode keep
 reading the previous snapshot until it commits, so they see the old or the new rows,
 never a mix, and are never blocked by the writer.
+
+Only ``write`` creates the file. Reading a store that does not exist (never
+materialized, or deleted) creates nothing: every view reads as never materialized, and
+a file written later is picked up by the next read.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import sqlite3
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
@@ -64,7 +69,7 @@ def _to_cell(value):
 
 
 class SQLiteOnlineStore(OnlineStore):
-    """The built-in online store at ``path`` (created, with its folder, on first use).
+    """The built-in online store at ``path`` (created, with its folder, by the first ``write``).
 
     Safe to share between threads (each thread gets its own connection) and processes.
     """
@@ -80,17 +85,28 @@ class SQLiteOnlineStore(OnlineStore):
     def __repr__(self) -> str:
         return f"SQLiteOnlineStore({str(self.path)!r})"
 
-    def _con(self) -> sqlite3.Connection:
+    def _con(self, create: bool = False) -> sqlite3.Connection | None:
+        """This thread's connection; None when the file does not exist and not ``create``."""
         con = getattr(self._local, "con", None)
         if con is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                  timeout=self.busy_timeout_ms / 1000)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                target, uri = str(self.path), False
+            else:
+                # mode=rw: open an existing file, never create one (a reader must not
+                # leave an empty store behind that later looks materialized-but-empty).
+                target, uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=rw", True
+            try:
+                # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+                con = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False,
+                                      timeout=self.busy_timeout_ms / 1000)
+            except sqlite3.OperationalError:
+                if create or self.path.exists():
+                    raise
+                return None
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=FULL")
             con.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-            con.execute(_SCHEMA)
             self._local.con = con
             with self._lock:
                 self._all.append(con)
@@ -131,9 +147,10 @@ class SQLiteOnlineStore(OnlineStore):
         ddl = ", ".join(f"{_q(c)} {types[c]}" for c in columns[1:])
         ddl = f"{_q(view.entity)} {types[view.entity]} PRIMARY KEY" + (f", {ddl}" if ddl else "")
         placeholders = ", ".join("?" for _ in columns)
-        con = self._con()
+        con = self._con(create=True)
         self._begin_immediate(con)
         try:
+            con.execute(_SCHEMA)  # this connection may have been opened by a reader
             con.execute(f"DROP TABLE IF EXISTS {table}")
             con.execute(f"CREATE TABLE {table} ({ddl})")
             con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", data)
@@ -155,10 +172,17 @@ class SQLiteOnlineStore(OnlineStore):
 
     # -- reading -------------------------------------------------------------------
 
-    def _state(self, con: sqlite3.Connection, view: FeatureView) -> tuple | None:
-        return con.execute(
-            "SELECT version, watermark, key_type FROM watermarks WHERE view = ?", (view.name,)
-        ).fetchone()
+    def _state(self, con: sqlite3.Connection | None, view: FeatureView) -> tuple | None:
+        if con is None:
+            return None
+        try:
+            return con.execute(
+                "SELECT version, watermark, key_type FROM watermarks WHERE view = ?", (view.name,)
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a file no write has reached yet
+                return None
+            raise
 
     def read(self, view: FeatureView, keys: Sequence) -> list[dict | None]:
         """Each key's features (a dict by feature name), in order; None for an unknown key.
@@ -168,6 +192,8 @@ class SQLiteOnlineStore(OnlineStore):
         """
         keys = list(keys)
         con = self._con()
+        if con is None:  # no store file: nothing was ever materialized
+            return [None] * len(keys)
         # One read transaction over all batches: one snapshot even if a write commits.
         many = len(keys) > _BATCH
         if many:
@@ -205,9 +231,17 @@ class SQLiteOnlineStore(OnlineStore):
 
     def materialized(self) -> dict[str, dict]:
         """Every materialized view: version, watermark, entity, row count, write time."""
-        rows = self._con().execute(
-            "SELECT view, version, watermark, entity, rows, written_at FROM watermarks ORDER BY view"
-        ).fetchall()
+        con = self._con()
+        if con is None:
+            return {}
+        try:
+            rows = con.execute(
+                "SELECT view, version, watermark, entity, rows, written_at FROM watermarks ORDER BY view"
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
         return {r[0]: {"version": r[1], "watermark": r[2], "entity": r[3], "rows": r[4], "written_at": r[5]}
                 for r in rows}
 
