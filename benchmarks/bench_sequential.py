@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/bench_sequential.py [--sims 2000] [--looks 20] [--seed 7]
 
 A/A: every experiment has no true difference and is looked at ``--looks`` times, equally
-spaced up to the planned sample size. The naive analyst runs the fixed-horizon test at
+spaced up to the planned sample size. Then A/A at 50/50, 90/10 and 99/1 splits looked at
+after every 5 units from the first, for several mixing scales, beside what each arm's own
+variance with no minimum sample gave (the old, anti-conservative form). The naive analyst runs the fixed-horizon test at
 every look and stops at the first p < 0.05; the sequential analyst checks the mSPRT's
 always-valid p-value at every look. Their false-positive rates are printed with
 Monte-Carlo standard errors. A/B: the true lift equals the planned MDE; the fixed test at
@@ -29,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from lab.experiments.stats import (  # noqa: E402
-    mean_test_from_summary, proportion_test, sample_size_means, sample_size_proportions,
-    sequential_proportion_test, sequential_test,
+    difference_variance, mean_test_from_summary, mixture_log_likelihood_ratio, proportion_test, sample_size_means,
+    sample_size_proportions, sequential_proportion_test, sequential_test,
 )
 
 ALPHA, POWER = 0.05, 0.8
@@ -60,6 +62,84 @@ def simulate_means(rng, sims: int, at: np.ndarray, mean: float, std: float):
     squares = (chunk_ss + chunks * chunk_mean**2).cumsum(axis=1)
     running_mean = total / at
     return running_mean, (squares - at * running_mean**2) / (at - 1)
+
+
+def arrivals(rng, sims: int, units: int, every: int, share: float, kind: str, rate: float = BASELINE):
+    """A/A experiments watched from the first units: each unit goes to treatment with
+    probability ``share``, and the test is looked at after every ``every`` units.
+
+    Returns the cumulative per-arm summaries at each look as (sims × looks) arrays:
+    ``(successes_c, n_c, successes_t, n_t)`` for conversions (rate ``rate``), else
+    ``(mean_c, var_c, n_c, mean_t, var_t, n_t)`` for standard normal outcomes (NaN where
+    an arm has too few units). Simulated from each chunk's sufficient statistics.
+    """
+    looks = units // every
+    treated = rng.binomial(every, share, size=(sims, looks))
+    out = []
+    for n in (every - treated, treated):
+        total = n.cumsum(axis=1)
+        if kind == "proportion":
+            out.append((rng.binomial(n, rate).cumsum(axis=1), total))
+            continue
+        chunk_sum = rng.normal(0.0, 1.0, n.shape) * np.sqrt(n)
+        within = np.where(n > 1, rng.chisquare(np.maximum(n - 1, 1)), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            squares = (within + np.where(n > 0, chunk_sum**2 / np.maximum(n, 1), 0.0)).cumsum(axis=1)
+            mean = np.where(total > 0, chunk_sum.cumsum(axis=1) / total, np.nan)
+            var = np.where(total > 1, (squares - total * mean**2) / (total - 1), np.nan)
+        out.append((mean, var, total))
+    (a, b, *c), (d, e, *f) = out
+    return (a, b, d, e) if kind == "proportion" else (a, b, c[0], d, e, f[0])
+
+
+def unbalanced_aa(rng, sims: int, kind: str, share: float, taus, *, units: int = 10_000, every: int = 5,
+                  rate: float = BASELINE, unpooled: bool = False) -> dict[float, np.ndarray]:
+    """For each mixing scale in ``taus``: whether each A/A experiment ever rejected.
+
+    ``unpooled=True`` evaluates the mixture with each arm's own variance and no minimum
+    sample instead (what the library did before), for comparison.
+    """
+    data = arrivals(rng, sims, units, every, share, kind, rate)
+    if unpooled:
+        if kind == "proportion":
+            xc, nc, xt, nt = data
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mc, mt = xc / nc, xt / nt
+            data = (mc, mc * (1 - mc), nc, mt, mt * (1 - mt), nt)
+        mc, vc, nc, mt, vt, nt = data
+        variance = difference_variance(vc, nc, vt, nt)
+        return {tau: (mixture_log_likelihood_ratio(mt - mc, variance, tau) >= math.log(1 / ALPHA)).any(axis=-1)
+                for tau in taus}
+    test = sequential_proportion_test if kind == "proportion" else sequential_test
+    return {tau: test(*data, tau=tau, alpha=ALPHA).stopped_at >= 0 for tau in taus}
+
+
+UNBALANCED_TAUS = {"proportion": (0.005, 0.01, 0.03, 0.1, 0.5), "mean": (0.05, 0.1, 0.3, 1.0, 5.0)}
+SPLITS = (0.5, 0.1, 0.01)
+
+
+def unbalanced_report(rng, sims: int) -> bool:
+    """Print A/A false-positive rates at 50/50, 90/10 and 99/1 splits, looked at after every
+    5 units from the first, per mixing scale; True when all keep alpha (+ 3 s.e.)."""
+    ok = True
+    print(f"A/A at unbalanced splits, looked at after every 5 units from the start up to 10,000 units, "
+          f"{sims} experiments each (conversion at {BASELINE:.0%}; standard normal means):")
+    for kind, taus in UNBALANCED_TAUS.items():
+        start = time.perf_counter()
+        print(f"  [{kind}] tau: " + "  ".join(f"{t:>15g}" for t in taus))
+        for share in SPLITS:
+            split = f"{100 * (1 - share):g}/{100 * share:g}"
+            seed = rng.integers(2**32)
+            pooled = unbalanced_aa(np.random.default_rng(seed), sims, kind, share, taus)
+            old = unbalanced_aa(np.random.default_rng(seed), sims, kind, share, taus, unpooled=True)
+            rates = [rate(pooled[t]) for t in taus]
+            ok &= all(r[0] <= ALPHA + 3 * r[1] for r in rates)
+            print(f"    {split:>6} mSPRT     " + "  ".join(f"{fmt(r):>15}" for r in rates))
+            print(f"    {split:>6} unpooled  " + "  ".join(f"{fmt(rate(old[t])):>15}" for t in taus))
+        print(f"  ({time.perf_counter() - start:.2f} s)")
+    print("  mSPRT: pooled variance and the minimum sample; unpooled: each arm's own variance, no minimum "
+          "(the old, anti-conservative form)\n")
+    return ok
 
 
 def conversion_runs(rng, sims: int, looks: int, lift: float, horizon: float = 1.0):
@@ -134,6 +214,7 @@ def main(argv=None) -> int:
               f"power {fmt(rate(longer.stopped_at >= 0))}")
         print(f"  ({time.perf_counter() - start:.2f} s)\n")
         ok &= abs(power[0] - POWER) <= 3 * power[1]
+    ok &= unbalanced_report(rng, args.sims)
     print("acceptance:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -17,7 +17,7 @@ from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_effectsize, proportions_ztest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
 
-from benchmarks.bench_sequential import conversion_runs, mean_runs
+from benchmarks.bench_sequential import conversion_runs, mean_runs, unbalanced_aa
 from lab.errors import ConfigError
 from lab.experiments.stats import (
     adjust_pvalues, boundary, confidence_sequence, cuped, duration_days, mde_means, mde_proportions, mean_test,
@@ -246,8 +246,23 @@ def test_sequential_from_observations_equals_the_summary_form():
                                [t.var(ddof=1) for _, t in summary], [t.size for _, t in summary], tau=0.5)
     np.testing.assert_allclose(result.p_value, expected.p_value, rtol=1e-9)
     assert np.all(np.diff(result.p_value) <= 0)
-    empty = sequential_proportion_test([0, 0, 3], [10, 20, 30], [0, 0, 5], [10, 20, 30], tau=0.05)
-    assert empty.p_value[0] == 1.0 and np.isinf(empty.boundary[0]) and np.isfinite(empty.boundary[2])
+    # no conversions yet, then too few expected events per arm (8 of 60 pooled: 4 per arm < MIN_EVENTS): no evidence
+    early = sequential_proportion_test([0, 0, 3, 30], [10, 20, 30, 300], [0, 0, 5, 50], [10, 20, 30, 300], tau=0.05)
+    assert early.ready.tolist() == [False, False, False, True]
+    assert np.all(early.p_value[:3] == 1.0) and np.all(np.isinf(early.boundary[:3])) and np.isfinite(early.boundary[3])
+    assert np.all(np.isinf(early.ci_lower[:3])) and np.isfinite(early.ci_lower[3])
+
+
+def test_a_small_arm_without_conversions_is_no_evidence():
+    # The defect: a 90/10 canary after a few dozen units, 0 conversions in the small arm.
+    # Its own variance is 0 and the unpooled test read that as certainty; pooled, it is not.
+    seq = sequential_proportion_test([9, 18, 45], [90, 180, 450], [0, 0, 5], [10, 20, 50], tau=0.05)
+    assert seq.ready.tolist() == [False, False, True] and np.all(seq.p_value == 1.0)
+    assert seq.variance[0] == pytest.approx(0.09 * 0.91 * (1 / 90 + 1 / 10))  # pooled rate 9/100
+    # means: each arm needs MIN_UNITS units; the variance is the pooled one
+    means = sequential_test([0.0, 0.0], [1.0, 1.0], [20, 40], [5.0, 0.3], [1e-6, 2.0], [2, 10], tau=1.0)
+    assert means.ready.tolist() == [False, True] and means.p_value[0] == 1.0
+    assert means.variance[1] == pytest.approx((39 * 1.0 + 9 * 2.0) / 48 * (1 / 40 + 1 / 10))
 
 
 @pytest.mark.parametrize("runs", (conversion_runs, mean_runs))
@@ -257,6 +272,24 @@ def test_aa_sequential_keeps_alpha_while_peeking_does_not(runs):
     se = math.sqrt(0.05 * 0.95 / sims)
     assert np.mean(sequential.stopped_at >= 0) <= 0.05 + 3 * se
     assert np.mean((naive < 0.05).any(axis=1)) > 0.05 + 5 * se  # peeking roughly quadruples the FPR
+
+
+UNBALANCED_TAUS = {"proportion": (0.005, 0.02, 0.1, 0.5), "mean": (0.05, 0.3, 1.0, 5.0)}
+
+
+@pytest.mark.parametrize("kind", ("proportion", "mean"))
+def test_aa_sequential_keeps_alpha_at_unbalanced_splits_looked_at_from_the_first_units(kind):
+    # A 90/10 or 99/1 canary checked after every 5 units from the very start: a small arm
+    # with no conversions yet, or with a variance estimated from two units, must not look
+    # like overwhelming evidence. Every split and mixing scale keeps alpha (+ 3 s.e.).
+    sims, alpha = 1200, 0.05
+    limit = alpha + 3 * math.sqrt(alpha * (1 - alpha) / sims)
+    rng = np.random.default_rng(11)
+    rates = {}
+    for share in (0.5, 0.1, 0.01):
+        for tau, stopped in unbalanced_aa(rng, sims, kind, share, UNBALANCED_TAUS[kind]).items():
+            rates[share, tau] = float(stopped.mean())
+    assert max(rates.values()) <= limit, {k: v for k, v in rates.items() if v > limit}
 
 
 @pytest.mark.parametrize("runs, lift", ((conversion_runs, 0.01), (mean_runs, 0.1)))

@@ -441,3 +441,25 @@ def test_builtin_error_rate_checked_at_every_look_rarely_stops_an_aa_experiment(
     (r,) = check_guardrails(experiment(), {"error_rate": {"control": (60, 3_000), "treatment": (180, 3_000)}},
                             [dataclasses.replace(BUILTIN_GUARDRAILS["error_rate"], alpha=0.01)])
     assert r.breached and r.sequential
+
+
+def test_a_tiny_variant_arm_is_no_evidence_for_a_sequential_guardrail():
+    # A 98/2 canary after 100 requests: both of the variant's 2 requests failed, and 2 of
+    # its 2 latencies happen to be close together. Estimated on its own, the variant's
+    # variance is 0 and the old test breached at once; the sequential test waits.
+    error_rate = dataclasses.replace(BUILTIN_GUARDRAILS["error_rate"], alpha=0.05)
+    latency = dataclasses.replace(BUILTIN_GUARDRAILS["latency_ms"], alpha=0.05)
+    rng = np.random.default_rng(3)
+    data = {"error_rate": {"control": (2, 98), "treatment": (2, 2)},
+            "latency_ms": {"control": latencies(rng, 98, 100), "treatment": [130.0, 130.5]}}
+    results = check_guardrails(experiment(), data, [error_rate, latency])
+    assert not any(r.breached for r in results)
+    assert all(r.p_value is None and "sequential test waits" in r.note for r in results), results
+    # with enough requests the same guardrail decides, and agrees with the report's test
+    from lab.experiments.stats import sequential_proportion_test
+
+    counts = {"control": (40, 2_000), "treatment": (90, 2_000)}
+    (r,) = check_guardrails(experiment(), {"error_rate": counts}, [error_rate])
+    same = sequential_proportion_test([40], [2_000], [90], [2_000], tau=0.5 * 40 / 2_000)
+    assert r.breached and r.p_value == pytest.approx(float(same.p_value[-1]))
+

@@ -11,11 +11,15 @@ scaling control's samples by ``m`` scales its mean by ``m`` and its variance by 
 - fixed, proportion: with no tolerance the pooled two-proportion z test
   (``stats.proportion_test``, one-sided); with one, a Wald z on ``p_t - m * p_c`` with the
   unpooled variance, since the pooled one assumes ``p_t = p_c``.
-- sequential (both kinds): the mixture SPRT of ``lab.experiments.stats.sequential`` on
-  ``mean_t - m * mean_c``, mixing scale ``tau * |control mean|``. Its p-value ``1/Lambda``
-  is two-sided and valid at every look however often one looks (Ville's inequality), so
-  breaching only when it is below alpha *and* the variant is worse keeps the chance of a
-  false stop below alpha over the whole experiment (conservative for one side).
+- sequential (both kinds): the mixture SPRT of ``lab.experiments.stats.sequential``
+  (``sequential_test`` for means, ``sequential_proportion_test`` for proportions, the
+  functions the experiment report uses) on ``mean_t - m * mean_c`` with ``margin=m``,
+  mixing scale ``tau * |control mean|``: the variance pooled under the null, and no
+  verdict (``p_value=None`` with a note) before the minimum sample those functions
+  require. Its p-value ``1/Lambda`` is two-sided and valid at every look however often
+  one looks (Ville's inequality), so breaching only when it is below alpha *and* the
+  variant is worse keeps the chance of a false stop below alpha over the whole
+  experiment (conservative for one side).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 from scipy import stats
 
 from lab.experiments.stats.analysis import mean_test_from_summary, proportion_test, relative_lift
-from lab.experiments.stats.sequential import mixture_log_likelihood_ratio
+from lab.experiments.stats.sequential import MIN_EVENTS, MIN_UNITS, sequential_proportion_test, sequential_test
 
 
 def moments(kind: str, data: Any) -> tuple[float, float, int]:
@@ -74,21 +78,33 @@ def fixed_p(kind: str, worse: str, tolerance: float, alpha: float, control: Any,
     return float(stats.norm.sf(gap / math.sqrt(vv / nv + m * m * vc / nc)))
 
 
-def sequential_p(kind: str, worse: str, tolerance: float, tau: float, control: Any, variant: Any) -> float:
-    """Always-valid p-value (mSPRT) that the variant is worse; 1 when it is not worse."""
+def sequential_p(kind: str, worse: str, tolerance: float, tau: float, control: Any,
+                 variant: Any) -> tuple[float | None, str]:
+    """Always-valid p-value (mSPRT) that the variant is worse, and a note.
+
+    ``(None, why)`` before the sequential test's minimum sample; 1 when the variant is not worse.
+    """
     m, alternative = margin(worse, tolerance)
     mc, vc, nc = moments(kind, control)
     mv, vv, nv = moments(kind, variant)
     gap = mv - m * mc if alternative == "larger" else m * mc - mv
-    if gap <= 0:
-        return 1.0
-    variance = vv / nv + m * m * vc / nc
-    if variance == 0:
-        return _by_sign(gap)
     # The scale of a "relevant" change: tau of control's level (of the variant's if control is at 0).
-    scale = tau * (abs(mc) or abs(mv))
-    llr = float(mixture_log_likelihood_ratio(gap, variance, scale))
-    return float(min(1.0, math.exp(-llr)))
+    scale = tau * (abs(mc) or abs(mv)) or tau
+    if kind == "proportion":
+        result = sequential_proportion_test([control[0]], [nc], [variant[0]], [nv], tau=scale, margin=m)
+        wait = (f"the sequential test waits for {MIN_UNITS} requests and {MIN_EVENTS} expected events and "
+                f"non-events per variant at the pooled rate (has {nc} and {nv} requests, "
+                f"{control[0] + variant[0]} events)")
+    else:
+        result = sequential_test([mc], [vc], [nc], [mv], [vv], [nv], tau=scale, margin=m)
+        wait = f"the sequential test waits for {MIN_UNITS} samples per variant (has {nc} and {nv})"
+    if not result.ready[-1]:
+        if kind == "mean" and nc >= MIN_UNITS and nv >= MIN_UNITS and result.variance[-1] == 0:
+            return _by_sign(gap), ""  # no noise at all within either arm
+        return None, wait
+    if gap <= 0:
+        return 1.0, ""
+    return float(result.p_value[-1]), ""
 
 
 def lift_interval(kind: str, alpha: float, control: Any, variant: Any) -> tuple[float, float] | None:

@@ -261,8 +261,10 @@ def check_guardrails(
                 c, v = parsed[control], parsed[variant]
                 note = tests.too_little(g.kind, c, v)
                 if not note:
-                    p = (tests.sequential_p(g.kind, g.worse, g.tolerance, g.tau, c, v) if g.sequential
-                         else tests.fixed_p(g.kind, g.worse, g.tolerance, alpha, c, v))
+                    if g.sequential:
+                        p, note = tests.sequential_p(g.kind, g.worse, g.tolerance, g.tau, c, v)
+                    else:
+                        p = tests.fixed_p(g.kind, g.worse, g.tolerance, alpha, c, v)
                     lift_ci = tests.lift_interval(g.kind, alpha, c, v)
             diff = v_val - c_val if c_val is not None and v_val is not None else None
             rel = diff / c_val if diff is not None and c_val != 0 else None

@@ -3,7 +3,8 @@
 - ``planning``: units per arm, minimum detectable effect, duration (``Plan``).
 - ``analysis``: fixed-horizon tests with intervals on the effect and the relative lift,
   multiple-comparison corrections, the sample-ratio-mismatch check, CUPED.
-- ``sequential``: the mixture SPRT: always-valid p-values and confidence sequences.
+- ``sequential``: the mixture SPRT: always-valid p-values and confidence sequences
+  (pooled variance under the null; no decision before a minimum sample).
 
 Pure numpy and scipy; statsmodels is only used by the tests, to check these against it.
 """
@@ -17,15 +18,17 @@ from lab.experiments.stats.planning import (
     sample_size_proportions,
 )
 from lab.experiments.stats.sequential import (
-    SequentialResult, always_valid_p_values, boundary, confidence_sequence, difference_variance,
-    mixture_log_likelihood_ratio, sequential_proportion_test, sequential_test, sequential_test_observations,
+    MIN_EVENTS, MIN_UNITS, SequentialResult, always_valid_p_values, boundary, confidence_sequence,
+    difference_variance, mixture_log_likelihood_ratio, pooled_variance, sequential_proportion_test, sequential_test,
+    sequential_test_observations,
 )
 
 __all__ = [
-    "Comparison", "CupedAdjustment", "Plan", "SampleRatioCheck", "SequentialResult", "adjust_pvalues",
+    "MIN_EVENTS", "MIN_UNITS", "Comparison", "CupedAdjustment", "Plan", "SampleRatioCheck", "SequentialResult",
+    "adjust_pvalues",
     "always_valid_p_values", "boundary", "confidence_sequence", "cuped", "difference_variance", "duration_days",
     "mde_means", "mde_proportions", "mean_test", "mean_test_from_summary", "mixture_log_likelihood_ratio",
-    "power_means", "power_proportions", "proportion_test", "relative_lift", "sample_size_means",
+    "pooled_variance", "power_means", "power_proportions", "proportion_test", "relative_lift", "sample_size_means",
     "sample_size_proportions", "sequential_proportion_test", "sequential_test", "sequential_test_observations",
     "srm_check",
 ]
