@@ -15,7 +15,7 @@ from lab.cli import main
 from lab.config import load_config
 from lab.errors import LabError, NotFound
 from lab.experiments import Experiment, ExperimentStore, Variant, assign
-from lab.experiments.report import SECTIONS, experiment_results, headline, render_report
+from lab.experiments.report import SECTIONS, experiment_results, headline, render_report, report_tables
 from lab.experiments.stats import sample_size_proportions, sequential_test_observations
 from lab.pipeline.stage import StageExecutor, StageFailed
 from lab.plugins import make_plugin_manager
@@ -87,6 +87,39 @@ def test_a_real_lift_is_significant_with_the_right_sign_and_covers_the_truth(con
     seq = results["sequential"]["arms"]["treatment"]
     assert seq["rejected"] and seq["final_p"] < 0.05
     assert "SIGNIFICANT" in headline(results)[1]
+
+
+def test_before_the_planned_sample_the_decision_is_the_sequential_one(config, pm):
+    # Planned: 14,745 units per arm (10 % -> 11 %). About 5,000 per arm are in and the
+    # fixed-horizon p is below alpha, but that p is only valid at the planned n: the
+    # verdict must be the always-valid test's, with how far the sample has come.
+    e = create(config, mde=0.01, baseline=0.10)
+    outcomes = simulate(e, 10_000, {"control": 0.10, "treatment": 0.115}, seed=3)
+    results = experiment_results(config, "checkout", outcomes, pm=pm)
+    c, seq = comparison(results), results["sequential"]["arms"]["treatment"]
+    assert c["p_value"] < 0.05 and seq["final_p"] > 0.05  # the situation of the defect
+    decision = c["decision"]
+    assert decision["basis"] == "sequential" and decision["significant"] is False
+    assert decision["n"] == 10_000 and decision["planned"] == 2 * 14_745
+    line = headline(results)[1]
+    assert "SIGNIFICANT" not in line
+    assert "not significant yet (sequential: always-valid p > alpha 0.05" in line and "10,000 of 29,490 planned units" in line
+    table = report_tables(results)["comparisons"]
+    assert table["decision"][0].startswith("not significant yet") and table["decided_by"][0] == "sequential"
+
+    # at the planned sample the fixed-horizon test decides
+    full = simulate(e, 30_000, {"control": 0.10, "treatment": 0.12}, seed=5)
+    results = experiment_results(config, "checkout", full, pm=pm)
+    decision = comparison(results)["decision"]
+    assert decision["basis"] == "fixed-horizon" and decision["significant"] is True
+    assert "SIGNIFICANT (fixed-horizon test at the planned sample" in headline(results)[1]
+
+    # an experiment without a plan has no horizon: always the sequential verdict
+    create(config, name="unplanned", layer="other")
+    results = experiment_results(config, "unplanned", outcomes, pm=pm)
+    decision = comparison(results)["decision"]
+    assert decision["basis"] == "sequential" and decision["planned"] is None
+    assert "no planned sample size" in headline(results)[1]
 
 
 def test_holm_adjusts_across_treatment_arms(config, pm):

@@ -3,7 +3,9 @@
 ``experiment_results(config, name, outcomes)`` computes, from an outcomes table (see
 ``lab.experiments.outcomes``) and the experiment as stored: per-variant counts and
 means; each treatment's effect against control with its interval, relative lift,
-fixed-horizon p-value and the p-value adjusted across treatments (Holm); CUPED when a
+fixed-horizon p-value and the p-value adjusted across treatments (Holm), and its
+decision: the fixed-horizon verdict once both arms have their planned sample, the
+always-valid sequential one before that (or without a plan); CUPED when a
 pre-period covariate is given; the sample-ratio-mismatch check; the mixture SPRT at
 ``looks`` equally spaced looks; the planned sample size against the achieved one;
 the platform guardrails from the prediction ledger; and online quality when labels
@@ -121,6 +123,14 @@ def _tau(analysed, y_control: np.ndarray, y_all: np.ndarray) -> tuple[float | No
     return (0.1 * spread, "0.1 standard deviations (no MDE planned)") if spread > 0 else (None, "")
 
 
+def _waiting(kind: str) -> str:
+    from lab.experiments.stats import MIN_EVENTS, MIN_UNITS
+
+    events = (f" and {MIN_EVENTS} expected conversions and non-conversions per arm at the pooled rate"
+              if kind == "proportion" else "")
+    return f"no decision yet: the sequential test waits for {MIN_UNITS} units per arm{events}"
+
+
 def _sequential_section(analysed, arms, y, at, looks: int) -> dict:
     from lab.experiments.stats import sequential_test_observations
 
@@ -148,14 +158,17 @@ def _sequential_section(analysed, arms, y, at, looks: int) -> dict:
             counts = np.linspace(ys.size / looks, ys.size, looks).round().astype(int)
         keep = np.r_[True, np.diff(counts) > 0] & (counts >= 1)
         counts = counts[keep]
-        seq = sequential_test_observations(ys, treated, looks=counts, tau=tau, alpha=analysed.alpha)
+        seq = sequential_test_observations(ys, treated, looks=counts, tau=tau, alpha=analysed.alpha,
+                                           kind=analysed.metric_kind)
+        ready = bool(seq.ready[-1])
         out["arms"][v.name] = {
             "n": [int(c) for c in counts],
             "at": None if edges is None else [t.astype("datetime64[us]").item() for t in edges[keep]],
             "effect": _floats(seq.effect), "boundary": _floats(seq.boundary),
             "ci_lower": _floats(seq.ci_lower), "ci_upper": _floats(seq.ci_upper),
             "p_value": _floats(seq.p_value), "final_p": float(seq.p_value[-1]),
-            "rejected": bool(seq.rejected[-1]), "stopped_at": int(seq.stopped_at), "note": "",
+            "rejected": bool(seq.rejected[-1]), "stopped_at": int(seq.stopped_at), "ready": ready,
+            "note": "" if ready else _waiting(analysed.metric_kind),
         }
     return out
 
@@ -230,6 +243,46 @@ def _sample_size_section(analysed, counts: dict[str, int], y_control: np.ndarray
     return out
 
 
+def _decisions(analysed, comparisons: list[dict], sequential: dict, sample_size: dict,
+               counts: dict[str, int]) -> None:
+    """Add each comparison's ``decision``: what may be concluded now, and on what basis.
+
+    A fixed-horizon p-value is valid only at the planned sample size, so it decides only
+    once both arms have their planned units. Before that (or with no plan) the decision
+    is the always-valid sequential test's, at alpha / (number of treatments) (Bonferroni
+    over arms; always-valid p-values allow it at any look).
+    """
+    control = analysed.control.name
+    required = {a["variant"]: a["required"] for a in sample_size["arms"]} if sample_size["planned"] else None
+    alpha = analysed.alpha / max(1, len(analysed.variants) - 1)
+    for c in comparisons:
+        v = c["variant"]
+        n = counts[control] + counts[v]
+        planned = required[control] + required[v] if required else None
+        progress = (f"{n:,} of {planned:,} planned units" if planned is not None
+                    else "no planned sample size (create the experiment with --mde to plan one)")
+        reached = required is not None and counts[control] >= required[control] and counts[v] >= required[v]
+        seq = sequential["arms"].get(v, {})
+        if reached and c["p_value"] is not None:
+            significant = bool(c["significant"])
+            text = (f"{'SIGNIFICANT' if significant else 'not significant'} (fixed-horizon test at the planned "
+                    f"sample: {progress})")
+            basis = "fixed-horizon"
+        elif seq.get("ready"):
+            p = seq["final_p"]
+            significant = p <= alpha
+            text = (f"{'SIGNIFICANT' if significant else 'not significant yet'} (sequential: always-valid p "
+                    f"{'<=' if significant else '>'} alpha {alpha:g}; {progress})")
+            basis = "sequential"
+        else:
+            significant = None
+            why = seq.get("note") or sequential.get("note") or _waiting(analysed.metric_kind)
+            text = f"{why if why.startswith('no decision') else 'no decision yet: ' + why} ({progress})"
+            basis = "sequential"
+        c["decision"] = {"basis": basis, "significant": significant, "text": text, "n": n, "planned": planned,
+                         "alpha": analysed.alpha if basis == "fixed-horizon" else alpha}
+
+
 def _guardrail_section(config, pm, analysed) -> dict:
     from lab.experiments.guardrails import check_guardrails, guardrail_data_from_ledger, platform_guardrails
 
@@ -299,6 +352,9 @@ def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, loo
         reject, adjusted = adjust_pvalues([c["p_value"] for c in tested], method=correction, alpha=analysed.alpha)
         for c, r, p in zip(tested, reject, adjusted):
             c.update(p_adjusted=float(p), significant=bool(r))
+    sequential = _sequential_section(analysed, arms, y, at, int(looks))
+    sample_size = _sample_size_section(analysed, counts, y_control, at)
+    _decisions(analysed, comparisons, sequential, sample_size, counts)
     quality = None
     if labels is not None:
         from lab.experiments.quality import variant_quality
@@ -313,8 +369,8 @@ def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, loo
         "comparisons": comparisons, "correction": correction,
         "cuped": _cuped_section(analysed, arms, y, pre_values, analysed.alpha),
         "srm": _srm_section(analysed, counts, config.experiments.srm_p),
-        "sequential": _sequential_section(analysed, arms, y, at, int(looks)),
-        "sample_size": _sample_size_section(analysed, counts, y_control, at),
+        "sequential": sequential,
+        "sample_size": sample_size,
         "guardrails": _guardrail_section(config, pm, analysed),
         "quality": quality,
         "labels_as_of": None if labels_as_of is None else as_naive_utc(labels_as_of).isoformat(),

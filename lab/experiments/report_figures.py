@@ -27,7 +27,9 @@ def _interval(ci, spec: str = "+.4g") -> str:
 
 
 def headline(results: dict) -> list[str]:
-    """A few lines that say what happened: the effects, SRM, guardrails, sample size."""
+    """A few lines that say what happened: the effects and the decision each allows now
+    (the fixed-horizon verdict only at the planned sample, the sequential one before),
+    SRM, guardrails, sample size."""
     r = results
     status = r["status"]["status"]
     if r["status"].get("stop_reason"):
@@ -41,10 +43,11 @@ def headline(results: dict) -> list[str]:
             continue
         lift = "" if c["lift"] is None else f", lift {c['lift']:+.2%} {_interval(c['lift_ci'], '+.2%')}"
         always = sequential.get(c["variant"], {}).get("final_p")
+        # the verdict: fixed-horizon only at the planned sample, the sequential test's before it
         lines.append(
             f"{c['variant']} vs {r['control']}: effect {c['effect']:+.4g} {_interval(c['ci'])}{lift}, "
-            f"p={c['p_value']:.3g} ({r['correction']}-adjusted {c['p_adjusted']:.3g}), "
-            f"always-valid p={_fmt(always, '.3g')}" + (" SIGNIFICANT" if c.get("significant") else ""))
+            f"fixed-horizon p={c['p_value']:.3g} ({r['correction']}-adjusted {c['p_adjusted']:.3g}), "
+            f"always-valid p={_fmt(always, '.3g')}: {c['decision']['text']}")
     srm = r["srm"]
     if srm["checked"]:
         verdict = "MISMATCH: do not trust the effects until it is explained" if srm["mismatch"] else "ok"
@@ -89,7 +92,9 @@ def report_tables(results: dict) -> dict:
         "variant": c["variant"], "effect": c["effect"], "ci_low": (c["ci"] or (None, None))[0],
         "ci_high": (c["ci"] or (None, None))[1], "lift": c["lift"], "lift_low": (c["lift_ci"] or (None, None))[0],
         "lift_high": (c["lift_ci"] or (None, None))[1], "p_value": c["p_value"], "p_adjusted": c.get("p_adjusted"),
-        "significant": c.get("significant"), "always_valid_p": seq.get(c["variant"], {}).get("final_p"),
+        "fixed_horizon_significant": c.get("significant"),
+        "always_valid_p": seq.get(c["variant"], {}).get("final_p"),
+        "decision": c["decision"]["text"], "decided_by": c["decision"]["basis"],
         "cuped_effect": cuped.get(c["variant"], {}).get("effect"),
         "cuped_p_value": cuped.get(c["variant"], {}).get("p_value"), "note": c["note"],
     } for c in r["comparisons"]]
