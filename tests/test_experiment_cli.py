@@ -59,7 +59,18 @@ def row_counts(root) -> dict[str, int]:
         return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
 
 
+def register_versions(root, count: int, model: str = "fraud") -> None:
+    """``count`` versions of ``model`` in the lab's registry (the payloads name them)."""
+    from lab.registry import Registry
+
+    with Registry.open(root / "registry.db", project_root=root) as reg:
+        for _ in range(count):
+            reg.register_model(model, run_id=None, flavor="tabular_mlp", artifact_path="runs/models/m",
+                               metrics={}, lineage={})
+
+
 def test_create_start_ramp_stop_round_trip(lab_root, capsys):
+    register_versions(lab_root, 3)
     assert lab(lab_root, "create", "ranker", "--variants", "control=0.9,treatment=0.1", "--layer", "search",
                "--layer-share", "0-8000", "--unit", "CUSTOMER_ID", "--metric", "ctr", "--metric-kind", "mean",
                "--payload", "treatment:model_version=3", "--payload", "control:model_version=2",
@@ -133,7 +144,23 @@ def test_a_flag_created_without_a_layer_has_its_own(lab_root, capsys):
     (["create", "x", "--variants", "control=0.5,treatment=0.5", "--alpha", "1.5"], "strictly between 0 and 1"),
     (["create", "x", "--variants", "control:0.5,treatment:0.5"], "cannot read 'control:0.5'.*control=0.5"),
     (["create", "x", "--variants", "a=0.5,a=0.5"], "appears twice"),
-    (["create", "x", "--variants", "control=1"], "at least 2 .*kind='flag'"),
+    (["create", "x", "--variants", "control=1"], "at least 2 .*add --flag for a single-variant flag"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--baseline", "1.5"],
+     "^lab: error: --baseline must be a conversion rate strictly between 0 and 1"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--baseline", "0"], "^lab: error: --baseline must be"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--baseline", "-0.3"], "^lab: error: --baseline must be"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--power", "0.005"],
+     r"^lab: error: --power 0\.005 is not above --alpha 0\.01"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--power", "1.2"], "^lab: error: --power must be"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--power", "0.9", "--alpha", "0.95"], "--power 0.9 is not above"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--mde", "0"], "^lab: error: --mde must be a positive"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--mde", "-0.01"], "^lab: error: --mde must be a positive"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--mde", "nan"], "^lab: error: --mde must be a positive"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--mde", "0.2", "--baseline", "0.9"], "lower --mde"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=2"],
+     "model 'fraud' has no version 2; versions: none registered yet.*Register it first"),
+    (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=two"],
+     "model_version must be a whole number"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "c:k=1"], "names variant 'c'"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "a-k-1"], "VARIANT:KEY=VALUE"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--layer-share", "half"], "START-END"),
@@ -159,7 +186,8 @@ def test_bad_changes_to_an_existing_experiment_write_nothing(lab_root, capsys):
     for args, message in [
         (["set-weights", "ranker", "control=0.9,treatment=0.2"], r"sum to 1\.1"),
         (["set-weights", "ranker", "control=0.5,blue=0.5"], "unknown variant.*'blue'.*missing treatment"),
-        (["create", "other", "--variants", "a=0.5,b=0.5"], "overlaps 'ranker'.*Free ranges of layer 'default': none"),
+        (["create", "other", "--variants", "a=0.5,b=0.5"],
+         "overlaps 'ranker'.*layer 'default' has no free range left: stop one of its experiments"),
         (["create", "ranker", "--variants", "a=0.5,b=0.5", "--layer", "l2"], "already exists"),
         (["audit", "--limit", "0"], "at least 1"),
     ]:
@@ -242,3 +270,76 @@ def test_check_without_a_ledger_or_experiment_is_a_clear_error(lab_root, tmp_pat
     assert "no prediction ledger at" in capsys.readouterr().err
     assert lab(lab_root, "check", "nope") == 2
     assert "no experiment or flag 'nope'" in capsys.readouterr().err
+
+
+def test_a_mean_metric_takes_any_finite_baseline(lab_root, capsys):
+    assert lab(lab_root, "create", "revenue", "--variants", "a=0.5,b=0.5", "--metric-kind", "mean",
+               "--baseline", "42.5", "--mde", "1.5", "--power", "0.9") == 0
+    with ExperimentStore.open(lab_root / "registry.db") as store:
+        e = store.get("revenue")
+    assert (e.baseline, e.mde, e.power) == (42.5, 1.5, 0.9)
+
+
+def test_an_overlap_names_the_free_ranges_when_there_are_some(lab_root, capsys):
+    assert lab(lab_root, "create", "ranker", "--variants", "a=0.5,b=0.5", "--layer-share", "0-6000") == 0
+    assert lab(lab_root, "create", "other", "--variants", "a=0.5,b=0.5", "--layer-share", "5000-8000") == 2
+    err = capsys.readouterr().err
+    assert "Free ranges of layer 'default': 6000-10000; pick one of them (--layer-share START-END)" in err
+
+
+def test_setting_the_current_weights_again_writes_nothing(lab_root, capsys):
+    assert lab(lab_root, "create", "ranker", "--variants", "control=0.9,treatment=0.1") == 0
+    assert lab(lab_root, "start", "ranker") == 0
+    before, events = row_counts(lab_root), heard(lab_root)
+    capsys.readouterr()
+    for weights in ("control=0.9,treatment=0.1", "treatment=0.1,control=0.9", "control=0.90,treatment=0.10"):
+        assert lab(lab_root, "set-weights", "ranker", weights, "--reason", "again") == 0
+        assert "ranker: already at these weights (control=0.9,treatment=0.1); nothing recorded" in \
+            capsys.readouterr().out
+    assert row_counts(lab_root) == before and heard(lab_root) == events  # no audit row, no event
+    with ExperimentStore.open(lab_root / "registry.db") as store:
+        assert [r["action"] for r in store.audit("ranker")] == ["create", "start"]
+        store.apply_allocation("ranker", {"control": 0.9, "treatment": 0.1}, source="thompson")
+        assert [r["action"] for r in store.audit("ranker")] == ["create", "start"]
+        assert store.allocations("ranker") == []
+    assert row_counts(lab_root) == before
+    assert lab(lab_root, "set-weights", "ranker", "control=0.8,treatment=0.2") == 0  # a real change is recorded
+    assert row_counts(lab_root)["experiment_audit"] == before["experiment_audit"] + 1
+
+
+def test_payload_model_versions_must_exist_at_create_and_at_start(lab_root, capsys):
+    register_versions(lab_root, 1)
+    args = ["--flag", "--variants", "control=0.9,treatment=0.1", "--payload", "control:model_version=1"]
+    assert lab(lab_root, "create", "rollout", *args, "--payload", "treatment:model_version=2") == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("lab: error: --payload treatment:model_version=2: model 'fraud' has no version 2; "
+                           "versions: 1. Register it first (`lab run` registers a new version) or name an "
+                           "existing version (see `lab models fraud`)")
+    assert row_counts(lab_root) == dict.fromkeys(TABLES, 0)
+    assert lab(lab_root, "create", "rollout", *args, "--payload", "treatment:model_version=1") == 0
+
+    # a draft stored through the library with a version that does not exist is refused at start
+    from lab.experiments import Experiment, Variant
+
+    with ExperimentStore.open(lab_root / "registry.db") as store:
+        store.create(Experiment("canary", (Variant("control", 0.9, {"model_version": 1}),
+                                           Variant("treatment", 0.1, {"model_version": 7})), kind="flag"))
+    before = row_counts(lab_root)
+    capsys.readouterr()
+    assert lab(lab_root, "start", "canary") == 2
+    err = capsys.readouterr().err
+    assert "variant 'treatment' of flag 'canary' names model_version 7: model 'fraud' has no version 7" in err
+    assert "versions: 1" in err and "Register it first" in err
+    assert row_counts(lab_root) == before
+    register_versions(lab_root, 6)  # now version 7 exists
+    assert lab(lab_root, "start", "canary") == 0
+
+
+def test_payload_versions_are_of_the_configured_model(lab_root, capsys):
+    text = (lab_root / "pyproject.toml").read_text().replace("[tool.lab]\n", '[tool.lab]\nmodel_name = "churn"\n')
+    (lab_root / "pyproject.toml").write_text(text)
+    register_versions(lab_root, 2, model="fraud")
+    assert lab(lab_root, "create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=2") == 2
+    assert "model 'churn' has no version 2; versions: none registered yet" in capsys.readouterr().err
+    register_versions(lab_root, 2, model="churn")
+    assert lab(lab_root, "create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=2") == 0

@@ -356,3 +356,36 @@ def test_every_public_name_resolves_to_its_module_object_and_scipy_waits_for_fir
             "print(before, 'scipy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_weights_already_served_write_nothing(store):
+    store.create(ranker())
+    store.start("ranker")
+    before, version, state = row_counts(store), store.version(), store.get("ranker")
+    assert store.set_weights("ranker", {"treatment": 0.1, "control": 0.9}, reason="again") == state
+    assert store.apply_allocation("ranker", {"control": 0.9, "treatment": 0.1}, source="thompson") == state
+    assert row_counts(store) == before and store.version() == version
+    changed = store.set_weights("ranker", {"control": 0.8, "treatment": 0.2})
+    assert changed.weights == {"control": 0.8, "treatment": 0.2}
+    assert row_counts(store)["experiment_audit"] == before["experiment_audit"] + 1
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"baseline": 1.5}, r"baseline of experiment 'ranker' must be a conversion rate strictly between 0 and 1"),
+    ({"baseline": 0.0}, "baseline of experiment 'ranker' must be"),
+    ({"baseline": -0.3}, "baseline of experiment 'ranker' must be"),
+    ({"power": 0.04}, "power of experiment 'ranker' 0.04 is not above alpha of experiment 'ranker' 0.05"),
+    ({"mde": 0.5, "baseline": 0.6}, "plans for a rate of 1.1.*lower mde"),
+])
+def test_an_impossible_plan_is_refused_at_create(store, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        store.create(ranker(**fields))
+    assert row_counts(store) == dict.fromkeys(TABLES, 0)
+    store.create(ranker(metric_kind="mean", baseline=42.0, mde=1.0))  # a mean's baseline is any number
+
+
+def test_a_full_layer_says_there_is_no_free_range(store):
+    store.create(ranker())
+    with pytest.raises(ConfigError, match="layer 'default' has no free range left") as info:
+        store.create(Experiment("other", (Variant("a", 0.5), Variant("b", 0.5))))
+    assert "pick one of them" not in str(info.value)

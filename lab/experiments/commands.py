@@ -126,20 +126,66 @@ def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reason", default="", help="why, kept in the audit log")
 
 
+PLAN_FLAGS = {"alpha": "--alpha", "power": "--power", "mde": "--mde", "baseline": "--baseline"}
+
+
+def _model_version(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise ConfigError(f"{where}: model_version must be a whole number >= 1 (a version of the model in the "
+                          f"registry, see `lab models`), got {value!r}")
+    return int(value)
+
+
+def check_model_versions(ctx: Context, experiment, *, at_create: bool) -> None:
+    """Every ``model_version`` payload must name a registered version of the lab's model
+    (``config.model_name``); otherwise ``lab serve --flag`` could never be ready. Checked
+    by ``lab experiment create`` and ``lab experiment start``."""
+    wanted: dict[str, tuple[int, str]] = {}
+    for v in experiment.variants:
+        if "model_version" not in v.payload:
+            continue
+        where = (f"--payload {v.name}:model_version={json.dumps(v.payload['model_version'])}" if at_create
+                 else f"variant {v.name!r} of {experiment.kind} {experiment.name!r}")
+        wanted[v.name] = (_model_version(v.payload["model_version"], where), where)
+    if not wanted:
+        return
+    from lab.registry import Registry
+
+    model = ctx.config.model_name
+    with Registry.open(ctx.config.registry_path, project_root=ctx.config.root) as registry:
+        versions = [mv.version for mv in registry.list_model_versions(model)]
+    for number, where in wanted.values():
+        if number not in versions:
+            known = ", ".join(map(str, versions)) or "none registered yet"
+            names = "" if at_create else f" names model_version {number}"
+            fix = ("create a new one that names an existing version" if not at_create
+                   else "name an existing version")
+            raise ConfigError(
+                f"{where}{names}: model {model!r} has no version {number}; versions: {known}. Register it first "
+                f"(`lab run` registers a new version) or {fix} (see `lab models {model}`)"
+            )
+
+
 def _create_run(args: argparse.Namespace, ctx: Context) -> int:
     from lab import events
-    from lab.experiments.model import Experiment, Variant
+    from lab.experiments.model import Experiment, Variant, check_plan
 
     weights = parse_weights(args.variants)
-    payloads = parse_payloads(args.payload, list(weights))
+    if len(weights) < 2 and not args.flag:
+        raise ConfigError(f"experiment {args.name!r} has {len(weights)} variant; an experiment needs at least 2 "
+                          "(control first, then treatments); add --flag for a single-variant flag")
     defaults = ctx.config.experiments
+    alpha = defaults.alpha if args.alpha is None else args.alpha
+    power = defaults.power if args.power is None else args.power
+    check_plan(args.metric_kind, alpha, power, args.mde, args.baseline, names=PLAN_FLAGS)
+    payloads = parse_payloads(args.payload, list(weights))
     experiment = Experiment(
         name=args.name, variants=tuple(Variant(n, w, payloads[n]) for n, w in weights.items()),
         layer=args.layer, salt=args.salt, kind="flag" if args.flag else "experiment",
         unit=args.unit, layer_share=parse_share(args.layer_share), metric=args.metric,
-        metric_kind=args.metric_kind, alpha=defaults.alpha if args.alpha is None else args.alpha,
-        power=defaults.power if args.power is None else args.power, mde=args.mde, baseline=args.baseline,
+        metric_kind=args.metric_kind, alpha=alpha, power=power, mde=args.mde, baseline=args.baseline,
     )
+    check_model_versions(ctx, experiment, at_create=True)
     with _open(ctx) as store:
         store.create(experiment, reason=args.reason)
     share = "{}-{}".format(*experiment.layer_share)
@@ -160,6 +206,7 @@ def _start_run(args: argparse.Namespace, ctx: Context) -> int:
     from lab import events
 
     with _open(ctx) as store:
+        check_model_versions(ctx, store.get(args.name), at_create=False)
         experiment = store.start(args.name, reason=args.reason)
     print(f"started {experiment.kind} {experiment.name}: {_weights_text(experiment.weights)}")
     _emit(ctx, events.EXPERIMENT_STARTED, experiment, reason=args.reason)
@@ -197,6 +244,9 @@ def _set_weights_run(args: argparse.Namespace, ctx: Context) -> int:
     with _open(ctx) as store:
         before = store.get(args.name)
         experiment = store.set_weights(args.name, weights, reason=args.reason)
+    if experiment == before:  # the store wrote nothing: these are the weights it serves
+        print(f"{experiment.name}: already at these weights ({_weights_text(experiment.weights)}); nothing recorded")
+        return 0
     print(f"{experiment.name}: {_weights_text(before.weights)} -> {_weights_text(experiment.weights)}")
     _emit(ctx, events.FLAG_CHANGED, experiment, action="set_weights", old=before.weights, reason=args.reason)
     return 0

@@ -258,6 +258,54 @@ class Experiment:
         return cls(**values)
 
 
+def check_plan(metric_kind: str, alpha: Any, power: Any, mde: Any, baseline: Any, *,
+               names: Mapping[str, str] | None = None) -> None:
+    """Refuse a plan that cannot be: alpha or power outside (0, 1), power not above alpha,
+    an mde that is not a positive number, a proportion's baseline outside (0, 1), or a
+    baseline + mde that is no longer a rate. ``names`` says how each field is called in
+    the messages (the CLI passes ``--alpha`` and so on); the default is the field name.
+
+    ``Experiment`` itself accepts such plans, so that experiments stored before this
+    check still load; ``ExperimentStore.create`` and ``lab experiment create`` refuse
+    them, so the error comes at create and not in the report.
+    """
+    n = {key: key for key in ("alpha", "power", "mde", "baseline")}
+    n.update(names or {})
+
+    def real(value: Any) -> float | None:
+        ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(float(value))
+        return float(value) if ok else None
+
+    a, p = real(alpha), real(power)
+    if a is None or not 0 < a < 1:
+        raise ConfigError(f"{n['alpha']} must be a number strictly between 0 and 1 (the false-positive rate, "
+                          f"e.g. 0.05), got {alpha!r}")
+    if p is None or not 0 < p < 1:
+        raise ConfigError(f"{n['power']} must be a number strictly between 0 and 1 (the chance to detect the "
+                          f"mde when it is real, e.g. 0.8), got {power!r}")
+    if p <= a:
+        raise ConfigError(f"{n['power']} {p:g} is not above {n['alpha']} {a:g}: power is the chance to detect the "
+                          "mde when it is real and must exceed the false-positive rate (e.g. 0.8)")
+    d = None if mde is None else real(mde)
+    if mde is not None and (d is None or d <= 0):
+        raise ConfigError(f"{n['mde']} must be a positive number (the smallest absolute effect worth detecting, "
+                          f"e.g. 0.01 for one percentage point), got {mde!r}")
+    b = None if baseline is None else real(baseline)
+    if baseline is not None and b is None:
+        raise ConfigError(f"{n['baseline']} must be a finite number, got {baseline!r}")
+    if metric_kind != "proportion":
+        return
+    if b is not None and not 0 < b < 1:
+        raise ConfigError(f"{n['baseline']} must be a conversion rate strictly between 0 and 1 for a proportion "
+                          f"metric (e.g. 0.1 for 10 %), got {baseline!r}")
+    if d is not None and d >= 1:
+        raise ConfigError(f"{n['mde']} of a proportion metric is an absolute change in the rate, below 1 "
+                          f"(e.g. 0.01 for one percentage point), got {mde!r}")
+    if d is not None and b is not None and b + d >= 1:
+        raise ConfigError(f"{n['mde']} {d:g} on {n['baseline']} {b:g} plans for a rate of {b + d:g}, and a rate "
+                          f"stays below 1: lower {n['mde']}")
+
+
 def _share(value: Any, where: str) -> tuple[int, int]:
     ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
         isinstance(b, int) and not isinstance(b, bool) for b in value)

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import current_actor
 from lab.experiments.assignment import format_ranges
-from lab.experiments.model import Experiment, Variant, check_weights_sum, free_ranges
+from lab.experiments.model import Experiment, Variant, check_plan, check_weights_sum, free_ranges
 from lab.registry._db import Database, dumps, loads, utc_now
 from lab.registry._migrations import apply_migrations
 
@@ -51,12 +51,15 @@ def _experiment(row: dict) -> Experiment:
 
 
 def _reweigh(name: str, weights: Mapping[str, float]):
-    """The ``_change`` step of a weight change: refused once stopped, else ``with_weights``."""
+    """The ``_change`` step of a weight change: refused once stopped, else ``with_weights``;
+    None when the weights are already these (nothing to write)."""
     def build(e: Experiment):
         if e.status == "stopped":
             raise LabError(f"{e.kind} {name!r} is stopped; its weights are final. "
                            "Create a new one to serve another split")
         changed = e.with_weights(weights)
+        if changed.weights == e.weights and changed.buckets == e.buckets:
+            return None
         return changed, e.weights, changed.weights
 
     return build
@@ -163,15 +166,19 @@ class ExperimentStore:
     def create(self, experiment: Experiment, *, actor: str | None = None, reason: str = "") -> Experiment:
         """Store a new draft experiment or flag; returns it as stored.
 
-        Raises LabError if the name is taken, ConfigError if it is not a draft or if its
-        layer share overlaps a live (draft or running) experiment of the same layer; that
-        message lists the layer's free ranges.
+        Raises LabError if the name is taken, ConfigError if it is not a draft, if its plan
+        cannot be (``check_plan``: a proportion's baseline outside (0, 1), power not above
+        alpha, ...) or if its layer share overlaps a live (draft or running) experiment of
+        the same layer; that message lists the layer's free ranges.
         """
         if not isinstance(experiment, Experiment):
             raise ConfigError(f"create() takes an Experiment, got {type(experiment).__name__}")
         if experiment.status != "draft":
             raise ConfigError(f"create {experiment.name!r} as a draft (status='draft'), then start it; "
                               f"got status {experiment.status!r}")
+        e = experiment
+        check_plan(e.metric_kind, e.alpha, e.power, e.mde, e.baseline,
+                   names={k: f"{k} of experiment {e.name!r}" for k in ("alpha", "power", "mde", "baseline")})
         with self._db.write() as db:
             if self._db.one("SELECT 1 AS x FROM experiments WHERE name = ?", [experiment.name]):
                 raise LabError(f"experiment {experiment.name!r} already exists in {self.path}; pick another "
@@ -189,19 +196,28 @@ class ExperimentStore:
         for other in live:
             if other["share_start"] < end and start < other["share_end"]:
                 free = free_ranges([(r["share_start"], r["share_end"]) for r in live])
+                if free:
+                    fix = (f"Free ranges of layer {e.layer!r}: {format_ranges(free)}; pick one of them "
+                           "(--layer-share START-END) or another layer (--layer NAME)")
+                else:
+                    fix = (f"layer {e.layer!r} has no free range left: stop one of its experiments "
+                           "(`lab experiment stop NAME`) or use another layer (--layer NAME)")
                 raise ConfigError(
                     f"layer share {start}-{end} of {e.name!r} overlaps {other['name']!r} "
                     f"({other['share_start']}-{other['share_end']}) in layer {e.layer!r}; a unit can be in only "
-                    f"one experiment per layer. Free ranges of layer {e.layer!r}: {format_ranges(free)}; "
-                    "pick one of them (--layer-share START-END) or another layer (--layer NAME)"
+                    f"one experiment per layer. {fix}"
                 )
 
     def _change(self, name: str, action: str, build, reason: str, actor: str | None, also=None) -> Experiment:
         """Apply ``build(current) -> (new experiment, old value, new value)`` in one
-        transaction, with its audit row and, if given, ``also(db, changed)``'s writes."""
+        transaction, with its audit row and, if given, ``also(db, changed)``'s writes.
+        ``build`` returning None means no change: nothing is written, ``current`` returned."""
         with self._db.write() as db:
             current = _experiment(self._require(name))
-            changed, old, new = build(current)
+            built = build(current)
+            if built is None:
+                return current
+            changed, old, new = built
             now = utc_now()
             values = {"status": changed.status, "updated_at": now,
                       "variants": dumps([v.to_dict() for v in changed.variants], "variants"),
@@ -244,7 +260,9 @@ class ExperimentStore:
                     reason: str = "") -> Experiment:
         """New weights for a draft or running experiment; ``weights`` names every variant
         and sums to 1. Buckets move minimally (``Experiment.with_weights``): a unit moves
-        only out of a variant whose weight shrank and into one whose weight grew."""
+        only out of a variant whose weight shrank and into one whose weight grew. Weights
+        equal to the current ones change nothing and write nothing (no audit row); the
+        experiment is returned as it is."""
         return self._change(name, "set_weights", _reweigh(name, weights), reason, actor)
 
     def apply_allocation(self, name: str, weights: Mapping[str, float], *, source: str,
@@ -255,7 +273,8 @@ class ExperimentStore:
         reason ``reason`` or ``"<source> allocation"``) and the allocation row are written
         together or not at all, so the history never disagrees with what was served.
         Refused like ``set_weights`` (a stopped experiment, bad weights); returns the
-        experiment as now served.
+        experiment as now served. Weights equal to the ones served write nothing, neither
+        an audit row nor an allocation row: the history records changes.
         """
         _check_source(source)
         actor = actor or current_actor()
