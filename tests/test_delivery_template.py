@@ -25,6 +25,7 @@ from lab.features.training import training_set
 from lab.modelspec import ModelSpec
 from lab.plugins import make_plugin_manager
 from lab.scaffold import available_templates, find_template, init_lab
+from lab.testing.modelspec import ModelSpecContract
 from lab.testing.reference import reference_features
 
 LAB = Path(sys.executable).parent / "lab"
@@ -137,6 +138,22 @@ def test_the_example_request_is_valid(dl):
             assert f.ge <= value <= f.le, f.name
     row = dl.request_row(example, {"store_prep": None, "courier_pace": None})
     assert list(row) == list(dl.MODEL.features)
+
+
+class TestDeliverySpecContract(ModelSpecContract):
+    """The platform's contract for a lab's model spec, on simulated orders."""
+
+    @pytest.fixture
+    def spec(self, dl):
+        return dl.MODEL
+
+    @pytest.fixture
+    def events(self, dl):
+        return dl.simulate_orders(**{**SMALL, "days": 2})
+
+    @pytest.fixture
+    def views_by_name(self, dl):
+        return {v.name: v for v in dl.VIEWS}
 
 
 @pytest.mark.parametrize("when, hour, rush, weekend", [
