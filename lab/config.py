@@ -74,6 +74,7 @@ class ServeConfig:
     port: int = 8000
     flag_refresh_s: float = 1.0
     guardrail_interval_s: float = 30.0
+    allow_empty_store: bool = False  # ready even if a view was never materialized (scores on defaults)
 
 
 @dataclass(frozen=True)

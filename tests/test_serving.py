@@ -55,9 +55,10 @@ def wait_ready(client, timeout: float = 30.0):
         time.sleep(0.02)
 
 
-def open_client(root, pm=None) -> TestClient:
+def open_client(root, pm=None, **kwargs) -> TestClient:
     config = load_config(root)
-    return TestClient(create_app(config, pm or get_plugin_manager(config)))
+    # The server answers only requests addressed to a loopback name (DNS rebinding).
+    return TestClient(create_app(config, pm or get_plugin_manager(config), **kwargs), base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -189,6 +190,85 @@ def test_oversized_body_is_refused_before_parsing(client):
     assert response.status_code == 413 and "too large" in response.json()["detail"]
 
 
+def test_a_nul_byte_in_the_date_is_refused_naming_the_field(client):
+    body = _with(TX_DATETIME="2018-09-30T12:00:00\u0000junk")
+    assert "\\u0000" in body  # the JSON escape, as a client would send it
+    response = client.post("/predict", content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == "TX_DATETIME" and "TX_DATETIME" in response.json()["detail"]
+    assert client.get("/stats").json()["predictions"] == 0
+
+
+# -- what a web page on this machine can do: nothing -------------------------------------
+
+def _nothing_scored(client):
+    stats = client.get("/stats").json()
+    assert stats["predictions"] == 0 and stats["ledger"]["appended"] == 0
+
+
+@pytest.mark.parametrize("headers", [
+    {"content-type": "text/plain"},
+    {"content-type": "text/plain;charset=UTF-8"},
+    {"content-type": "application/x-www-form-urlencoded"},
+    {"content-type": "multipart/form-data; boundary=x"},
+    {},
+])
+def test_predict_refuses_a_body_that_is_not_declared_json(client, headers):
+    response = client.post("/predict", content=_with().encode(), headers=headers)
+    assert response.status_code == 415, response.text
+    assert "content-type: application/json" in response.json()["detail"]
+    _nothing_scored(client)
+
+
+def test_a_form_post_is_refused(client):
+    response = client.post("/predict", data={k: str(v) for k, v in GOOD.items()})
+    assert response.status_code == 415 and "application/json" in response.json()["detail"]
+    _nothing_scored(client)
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example",
+                                  "localhost.evil.example:8000", "[::2]:8000"])
+def test_a_request_for_another_host_name_is_refused_dns_rebinding(client, tiny_lab, host):
+    scored = client.post("/predict", json=tiny_lab.transaction(1), headers={"host": host})
+    assert scored.status_code == 400 and "Host" in scored.json()["detail"]
+    for path in ("/readyz", "/stats", "/schema/openapi.json"):
+        assert client.get(path, headers={"host": host}).status_code == 400
+    _nothing_scored(client)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8000", "localhost", "LOCALHOST:9", "[::1]", "[::1]:8000"])
+def test_loopback_host_names_are_served(client, tiny_lab, host):
+    assert client.post("/predict", json=tiny_lab.transaction(1), headers={"host": host}).status_code == 200
+
+
+def test_a_server_bound_beyond_loopback_takes_any_host_name(tiny_lab):
+    with open_client(tiny_lab.root, host="0.0.0.0") as c:
+        assert wait_ready(c).status_code == 200
+        assert c.get("/readyz", headers={"host": "fraud.internal:8000"}).status_code == 200
+
+
+def test_openapi_document_agrees_with_the_server(client):
+    raw = client.get("/schema/openapi.json")
+    assert "e+18" not in raw.text and str(2**63 - 1) in raw.text
+    spec = raw.json()
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"200", "400", "413", "415", "503"} <= set(predict["responses"])
+    body_ref = predict["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    schema = spec["components"]["schemas"][body_ref.rsplit("/", 1)[1]]
+    assert schema["additionalProperties"] is False
+    for name in ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID"):
+        bounds = schema["properties"][name]
+        assert bounds["type"] == "integer"
+        assert bounds["maximum"] == 2**63 - 1 and type(bounds["maximum"]) is int
+        assert bounds["minimum"] == 0 and type(bounds["minimum"]) is int
+    assert schema["properties"]["TX_AMOUNT"]["maximum"] == 1e9
+    # What the document promises is what the server does, at the bound and past it.
+    top = client.post("/predict", json={**GOOD, "CUSTOMER_ID": 2**63 - 1})
+    assert top.status_code == 200, top.text
+    assert client.post("/predict", json={**GOOD, "CUSTOMER_ID": 2**63}).status_code == 400
+    assert client.post("/predict", json={**GOOD, "EXTRA": 1}).status_code == 400
+
+
 # -- health, readiness, schema ------------------------------------------------------------
 
 def test_health_ready_and_schema(client, tiny_lab):
@@ -273,9 +353,43 @@ def test_a_redefined_view_makes_the_server_unready_not_a_500(tiny_lab):
         assert ready.status_code == 503 and "materialize" in ready.json()["reason"]
 
 
-def test_readyz_warns_when_a_view_was_never_materialized(tiny_lab):
-    (tiny_lab.root / "data" / "online.db").unlink()
+def test_a_missing_online_store_makes_the_server_unready_and_is_not_created(tiny_lab):
+    online = tiny_lab.root / "data" / "online.db"
+    online.unlink()
     with open_client(tiny_lab.root) as c:
+        ready = wait_ready(c)
+        assert ready.status_code == 503
+        reason = ready.json()["reason"]
+        assert "run `lab run materialize`" in reason and "--allow-empty-store" in reason
+        assert "customer_spending" in reason and "terminal_risk" in reason and str(online) in reason
+        scored = c.post("/predict", json=tiny_lab.transaction(1))
+        assert scored.status_code == 503 and "lab run materialize" in scored.json()["detail"]
+    assert not online.exists()  # reading never creates the store; only materialization does
+    assert read_predictions(tiny_lab.root / "data" / "ledger.db") == []
+
+
+def test_a_view_never_materialized_makes_the_server_unready(tiny_lab):
+    config = load_config(tiny_lab.root)
+    online = tiny_lab.root / "data" / "online.db"
+    online.unlink()
+    pm = get_plugin_manager(config)
+    view = feature_views(pm, config)["customer_spending"]
+    store = pm.hook.lab_online_store(config=config)
+    store.write(view, pa.table({view.entity: [1], **{n: [1.0] for n in view.feature_names}}), tiny_lab.watermark)
+    store.close()
+    with open_client(tiny_lab.root) as c:
+        reason = wait_ready(c).json()["reason"]
+        assert "'terminal_risk'" in reason and "'customer_spending'" not in reason and "lab run materialize" in reason
+
+
+@pytest.mark.parametrize("how", ["argument", "config"])
+def test_allow_empty_store_serves_defaults_with_a_warning(tiny_lab, how):
+    online = tiny_lab.root / "data" / "online.db"
+    online.unlink()
+    if how == "config":
+        with (tiny_lab.root / "pyproject.toml").open("a") as f:
+            f.write("\n[tool.lab.serve]\nallow_empty_store = true\n")
+    with open_client(tiny_lab.root, **({"allow_empty_store": True} if how == "argument" else {})) as c:
         ready = wait_ready(c)
         assert ready.status_code == 200
         assert any("never materialized" in w for w in ready.json()["warnings"])
@@ -283,6 +397,28 @@ def test_readyz_warns_when_a_view_was_never_materialized(tiny_lab):
         assert body["defaults"] == {"customer_spending": True, "terminal_risk": True}
         assert body["stale"] == {"customer_spending": True, "terminal_risk": True}
         assert body["feature_age_seconds"] == {"customer_spending": None, "terminal_risk": None}
+    assert not online.exists()
+
+
+def test_the_sqlite_online_store_does_not_create_a_missing_file_when_read(tiny_lab, tmp_path):
+    from plugins.sqlite_online import SQLiteOnlineStore
+
+    config = load_config(tiny_lab.root)
+    view = feature_views(get_plugin_manager(config), config)["terminal_risk"]
+    path = tmp_path / "nested" / "online.db"
+    store = SQLiteOnlineStore(path)
+    try:
+        assert store.read(view, [10, 11]) == [None, None]
+        assert store.watermark(view) is None and store.materialized() == {}
+        assert not path.exists() and not path.parent.exists()
+        # A file written after the first read is seen by the same store object.
+        writer = SQLiteOnlineStore(path)
+        writer.write(view, pa.table({view.entity: [10], **{n: [0.5] for n in view.feature_names}}),
+                     tiny_lab.watermark)
+        writer.close()
+        assert store.read(view, [10, 11])[0] is not None and store.watermark(view) == tiny_lab.watermark
+    finally:
+        store.close()
 
 
 # -- the ledger -------------------------------------------------------------------------
@@ -416,7 +552,8 @@ def test_lab_serve_names_a_busy_port(tiny_lab, capsys):
         sock.listen()
         port = sock.getsockname()[1]
         assert main(["--root", str(tiny_lab.root), "serve", "--port", str(port)]) == 2
-    assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use; choose another with --port" in err and "warning" not in err
 
 
 def test_serve_is_offered_through_the_cli_hook(bare_lab, capsys):
@@ -426,4 +563,16 @@ def test_serve_is_offered_through_the_cli_hook(bare_lab, capsys):
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     out = capsys.readouterr().out
-    assert "--port" in out and "--alias" in out and "127.0.0.1" in out
+    assert "--port" in out and "--alias" in out and "127.0.0.1" in out and "--allow-empty-store" in out
+
+
+def test_lab_serve_warns_when_listening_beyond_loopback(tiny_lab, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["--root", str(tiny_lab.root), "serve", "--host", "0.0.0.0", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0" in err and "other machines" in err and "127.0.0.1" in err

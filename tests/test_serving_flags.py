@@ -90,7 +90,7 @@ def test_flag_routes_sticky_then_ramps_and_rolls_back_live(lab_with_two_versions
     make_flag(lab.root)
     config = load_config(lab.root)
     app = create_app(config, get_plugin_manager(config), flag="fraud_rollout", refresh_s=0.05, guardrail_s=0)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         ready = wait_ready(client)
         assert ready.status_code == 200, ready.text
         first = score_all(client, lab)
@@ -165,7 +165,7 @@ def test_a_latency_regression_stops_the_flag_and_routes_everyone_to_control(lab_
                                   metrics={}, lineage={})
     make_flag(lab.root, weights=(0.5, 0.5), treatment_flavor_version=slow.version)
     app = create_app(config, pm, flag="fraud_rollout", refresh_s=0.05, guardrail_s=0.5)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         assert wait_ready(client).status_code == 200
 
         def stopped() -> bool:
@@ -189,7 +189,8 @@ def test_a_variant_without_a_model_is_not_ready_with_the_fix(lab_with_two_versio
     with ExperimentStore.open(config.registry_path) as store:
         store.create(Experiment("bad_flag", (Variant("control", 0.5, {"model_version": 1}),
                                              Variant("treatment", 0.5)), kind="flag", layer="x"))
-    with TestClient(create_app(config, flag="bad_flag", refresh_s=0.05, guardrail_s=0)) as client:
+    app = create_app(config, flag="bad_flag", refresh_s=0.05, guardrail_s=0)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         response = wait_ready(client)
         assert response.status_code == 503
         assert "names no model" in response.json()["reason"] and "model_version=N" in response.json()["reason"]
@@ -208,7 +209,7 @@ def test_the_server_follows_promote_and_rollback_without_a_restart(lab_with_two_
     def versions():
         return {v for _, v in score_all(client, lab, customers=range(10)).values()}
 
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         assert wait_ready(client).status_code == 200
         assert versions() == {1}
         assert main(["--root", str(lab.root), "promote", "fraud", "2", "--reason", "better"]) == 0
@@ -256,7 +257,7 @@ def test_a_promoted_version_with_other_inputs_is_not_swapped_in(lab_with_two_ver
     with Registry.open(config.registry_path, project_root=lab.root) as reg:
         narrow = reg.register_model("fraud", run_id=None, flavor="narrow_mlp", artifact_path=MODEL_ARTIFACT,
                                     metrics={}, lineage={})
-    with TestClient(create_app(config, pm, refresh_s=0.05)) as client:
+    with TestClient(create_app(config, pm, refresh_s=0.05), base_url="http://127.0.0.1") as client:
         assert wait_ready(client).status_code == 200
         with Registry.open(config.registry_path, project_root=lab.root) as reg:
             reg.promote("fraud", narrow.version)

@@ -12,12 +12,12 @@ from lab import hookimpl
 
 
 def create_app(config, pm=None, *, model_name=None, alias="champion", flag=None, refresh_s=None,
-               guardrail_s=None):
+               guardrail_s=None, host=None, allow_empty_store=None):
     """The model server app; see ``plugins.litestar_serving.app.create_app``."""
     from plugins.litestar_serving.app import create_app as _create_app
 
     return _create_app(config, pm, model_name=model_name, alias=alias, flag=flag, refresh_s=refresh_s,
-                       guardrail_s=guardrail_s)
+                       guardrail_s=guardrail_s, host=host, allow_empty_store=allow_empty_store)
 
 
 @hookimpl

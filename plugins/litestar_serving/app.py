@@ -5,8 +5,15 @@ at once while a worker thread opens the online store and the prediction ledger,
 resolves the alias (``champion`` by default) in the registry, loads that version with
 its flavor, and warms it with one prediction and one dry-run feature assembly. Only
 then does ``/readyz`` answer 200 and ``/predict`` score; before, or if any step failed,
-both answer 503 with the reason. Everything opened is closed in ``finally`` at shutdown,
-the ledger last so that every prediction made is committed.
+both answer 503 with the reason. An online store with a view the model reads never
+materialized (a missing ``online.db``) is such a failure, unless ``allow_empty_store``.
+Everything opened is closed in ``finally`` at shutdown, the ledger last so that every
+prediction made is committed, and its counts are written to stderr at once (not through
+the queued log, which a re-raised SIGTERM would cut short).
+
+Only requests that say they carry JSON are read (a text/plain or form post is what any
+web page may send without asking), and on a loopback address only requests addressed to
+a loopback name are answered (a DNS-rebinding page cannot read the responses).
 
 The server follows its alias: every ``flag_refresh_s`` it looks the alias up again, and
 when ``lab promote`` or ``lab rollback`` moved it, loads that version beside the one
@@ -19,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +37,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import msgspec
+import msgspec.inspect
 import numpy as np
 from litestar import Controller, Litestar, Request, Response, get, post
 from litestar.datastructures import State
@@ -35,6 +46,7 @@ from litestar.exceptions import ClientException, ImproperlyConfiguredException, 
 from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPI, Schema
 from litestar.params import JSONBody
 
 import lab
@@ -42,7 +54,7 @@ from lab.errors import LabError
 from lab.serving.ledger import Ledger, PredictionRecord
 from lab.serving.routing import FlagRouter
 from lab.serving.scoring import FeatureAssembler
-from plugins.litestar_serving.errors import client_error_handler, strict_body
+from plugins.litestar_serving.errors import client_error_handler, host_guard, strict_body
 from plugins.litestar_serving.schemas import ErrorBody, Health, Prediction, Readiness, ServerStats, Transaction
 
 log = logging.getLogger("lab.serving")
@@ -69,6 +81,7 @@ class ServingState:
     predictions: int = 0
     not_ready: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
+    allow_empty_store: bool = False
 
 
 def fraud_row_builder(request, rows):
@@ -134,6 +147,9 @@ def start_up(state: ServingState, config, pm) -> None:
                            "must return one score per row")
         keys = set(Transaction.__struct_fields__)
         views = [v for v in feature_views(pm, config).values() if v.entity in keys]
+        state.reason = "checking the online store"
+        check_materialized(state.store, views, state.allow_empty_store)
+        state.reason = f"warming up {where}"
         assembler = FeatureAssembler(state.store, views, fraud_row_builder, names)
         problems = assembler.check(_sample_request(), dt.datetime(2018, 8, 1, 12, 0))
         if problems:
@@ -152,6 +168,20 @@ def start_up(state: ServingState, config, pm) -> None:
             log.error("not ready: %s", state.reason)
         else:
             log.exception("not ready: %s", state.reason)
+
+
+def check_materialized(store, views, allow_empty: bool) -> None:
+    """Raise ``LabError`` naming the fix when a view the model reads was never
+    materialized: every request would silently score on defaults. ``allow_empty``
+    (``lab serve --allow-empty-store``) accepts that; ``/readyz`` then warns instead."""
+    never = [view.name for view in views if store.watermark(view) is None]
+    if not never or allow_empty:
+        return
+    path = getattr(store, "path", None)
+    where = f" (there is no {path})" if path is not None and not path.exists() else ""
+    raise LabError(f"the online store{where} has no features for view(s) {', '.join(map(repr, never))}, so "
+                   "every request would be scored on defaults: run `lab run materialize` first, or serve "
+                   "on defaults anyway with `lab serve --allow-empty-store`")
 
 
 def follow_alias(state: ServingState, config, pm) -> bool:
@@ -228,8 +258,10 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
                 if state.ledger is not None:
                     await asyncio.to_thread(state.ledger.close)
                     stats = state.ledger.stats()
-                    log.info("ledger closed: %d written, %d dropped, %d failed",
-                             stats["written"], stats["dropped"], stats["failed"])
+                    # Straight to stderr: the "lab" logger goes through Litestar's queue
+                    # listener, drained only at exit, and uvicorn re-raises SIGTERM first.
+                    print(f"lab serve: ledger closed: {stats['written']} written, {stats['dropped']} "
+                          f"dropped, {stats['failed']} failed", file=sys.stderr, flush=True)
 
     return lifespan
 
@@ -251,7 +283,10 @@ class PredictionController(Controller):
         request_max_body_size=MAX_BODY_BYTES,
         before_request=strict_body,
         responses={
-            400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown or of the wrong type"),
+            400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown or of the "
+                                                     "wrong type; or a Host header that is not this server's"),
+            413: ResponseSpec(ErrorBody, description=f"The body is over {MAX_BODY_BYTES // 1024} KiB"),
+            415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
             503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load"),
         },
     )
@@ -347,15 +382,62 @@ class HealthController(Controller):
         return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to listen on) is reachable from this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_names(host: str) -> frozenset[str]:
+    """The Host header names a server listening on ``host`` answers to; empty: any."""
+    if not is_loopback(host):
+        return frozenset()
+    bound = host.lower().strip("[]")
+    bound = f"[{bound}]" if ":" in bound else bound
+    return frozenset({"127.0.0.1", "localhost", "[::1]", bound})
+
+
+def _strict_openapi(openapi: OpenAPI) -> None:
+    """Make the request body's schema say what the decoder enforces: Litestar writes
+    integer bounds as floats (2**63-1 becomes 9.223372036854776e+18, a different number)
+    and leaves out that unknown fields are refused."""
+    info = msgspec.inspect.type_info(Transaction)
+    schema = (openapi.components.schemas or {}).get(Transaction.__name__)
+    if not isinstance(schema, Schema):
+        return
+    if info.forbid_unknown_fields:
+        schema.additional_properties = False
+    for struct_field in info.fields:
+        kind = struct_field.type
+        kind = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
+        prop = (schema.properties or {}).get(struct_field.encode_name)
+        if isinstance(kind, msgspec.inspect.IntType) and isinstance(prop, Schema):
+            for bound, key in (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusive_minimum"),
+                               ("lt", "exclusive_maximum")):
+                if getattr(kind, bound) is not None:
+                    setattr(prop, key, getattr(kind, bound))
+
+
 def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion",
                flag: str | None = None, refresh_s: float | None = None,
-               guardrail_s: float | None = None) -> Litestar:
+               guardrail_s: float | None = None, host: str | None = None,
+               allow_empty_store: bool | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``), plus every route from ``lab_http_routes``.
     The alias is looked up again every ``refresh_s`` seconds and a moved alias is
     swapped in live. With ``flag``, each request is routed to the version its unit's
     variant names, changes to the flag are picked up every ``refresh_s``, and the platform
     guardrails are checked every ``guardrail_s`` seconds (defaults: [tool.lab.serve]).
+
+    ``host`` is the address the server listens on (default [tool.lab.serve] host): on a
+    loopback address only requests whose Host header names 127.0.0.1, localhost or
+    [::1] (any port) are answered; others get a 400. ``allow_empty_store`` (default
+    [tool.lab.serve] allow_empty_store) lets the server be ready when a view was never
+    materialized, scoring on defaults.
 
     Routes: POST /predict, GET /healthz, /readyz, /stats; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
@@ -367,7 +449,10 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     extra = [handler for batch in pm.hook.lab_http_routes(config=config) for handler in (batch or [])]
     refresh_s = config.serve.flag_refresh_s if refresh_s is None else refresh_s
     guardrail_s = config.serve.guardrail_interval_s if guardrail_s is None else guardrail_s
-    state = ServingState(model_name=model_name or config.model_name, alias=f"flag {flag}" if flag else alias)
+    host = config.serve.host if host is None else host
+    allow_empty_store = config.serve.allow_empty_store if allow_empty_store is None else allow_empty_store
+    state = ServingState(model_name=model_name or config.model_name, alias=f"flag {flag}" if flag else alias,
+                         allow_empty_store=allow_empty_store)
     if flag:
         from lab.plugins import model_flavor
 
@@ -375,9 +460,11 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
             return model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
 
         state.router = FlagRouter(config.registry_path, flag, state.model_name, load)
+    names = _host_names(host)
     try:
-        return Litestar(
+        app = Litestar(
             route_handlers=[PredictionController, HealthController, *extra],
+            middleware=[host_guard(names, host)] if names else [],
             lifespan=[_lifespan(config, pm, refresh_s, guardrail_s)],
             state=State({"serving": state}),
             exception_handlers={ClientException: client_error_handler,
@@ -396,3 +483,5 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
         )
     except ImproperlyConfiguredException as exc:
         raise LabError(f"the routes from lab_http_routes cannot be mounted: {exc}") from None
+    _strict_openapi(app.openapi_schema)
+    return app

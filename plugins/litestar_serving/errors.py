@@ -8,6 +8,11 @@ in ``extra``, a missing or unknown field under the key ``data``. A client needs 
 field and the fix, so the handler finds the field (the key, or the name the message
 quotes) and appends what the field must be. msgspec stops at the first error, so one
 field is named at a time.
+
+``strict_body`` also refuses, with a 415, a body not declared ``application/json``:
+text/plain and form posts are what any web page may send cross-site without asking
+first. ``host_guard`` (a middleware) refuses a request addressed to a name this server
+does not answer to, so a DNS-rebinding page cannot read it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import re
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 from plugins.litestar_serving.schemas import FIELD_HINTS, ErrorBody, Transaction
 
@@ -27,13 +33,68 @@ _EXPECTED = ", ".join(FIELD_HINTS)
 _decoder = msgspec.json.Decoder(Transaction)  # strict: no string-to-number coercion
 
 
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
 async def strict_body(request: Request) -> None:
-    """``before_request`` hook: raise a 400 naming the field unless the raw body decodes
-    strictly as a ``Transaction``. Returns None so the handler then runs as usual."""
+    """``before_request`` hook: raise a 415 unless the body is declared JSON, and a 400
+    naming the field unless the raw body decodes strictly as a ``Transaction``. Returns
+    None so the handler then runs as usual."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not _is_json(media_type):
+        got = f"content-type {media_type}" if media_type else "no content-type"
+        raise ClientException(status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                              detail=f"the body must be JSON, sent with the header `content-type: "
+                                     f"application/json` (got {got})")
+    body = await request.body()
     try:
-        _decoder.decode(await request.body())
+        _decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "key": None}]) from None
+    if b"\\u0000" in body:
+        # msgspec reads a date-time only up to a NUL: "...12:00:00\u0000junk" would pass.
+        for name, value in msgspec.json.decode(body).items():
+            if isinstance(value, str) and "\x00" in value:
+                raise ValidationException(detail="invalid body", extra=[{
+                    "message": "Invalid RFC3339 encoded datetime: it holds a NUL character", "key": name}])
+
+
+def host_guard(names: frozenset[str], bound: str):
+    """Middleware: a 400 for an HTTP request whose Host header, port aside, is not in
+    ``names``. A request with no Host header (no browser sends one) passes."""
+    allowed = ", ".join(sorted(names))
+
+    def middleware(app):
+        async def guard(scope, receive, send):
+            if scope["type"] == "http":
+                raw = next((value for key, value in scope["headers"] if key == b"host"), None)
+                if raw is not None and _host_name(raw.decode("latin-1")) not in names:
+                    body = msgspec.json.encode(ErrorBody(detail=(
+                        f"the Host header {raw.decode('latin-1')[:100]!r} does not name this server, which "
+                        f"listens on {bound} and answers only requests to {allowed} (any port); use "
+                        "http://127.0.0.1:PORT, or listen on another address with `lab serve --host`")))
+                    await send({"type": "http.response.start", "status": HTTP_400_BAD_REQUEST,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            await app(scope, receive, send)
+
+        return guard
+
+    return middleware
+
+
+def _host_name(host: str) -> str | None:
+    """The name in a Host header, port aside: ``"localhost:8000"`` -> ``"localhost"``,
+    ``"[::1]:80"`` -> ``"[::1]"``; None when what follows the name is not ``:PORT``."""
+    host = host.strip().lower()
+    split = host.index("]") + 1 if host.startswith("[") and "]" in host else host.find(":")
+    if split < 0 or split == len(host):
+        return host
+    name, port = host[:split], host[split:]
+    return name if port[:1] == ":" and port[1:].isdigit() else None
 
 
 def describe_validation(message: str, key: str | None) -> tuple[str, str | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import socket
+import sys
 
 from lab.cli import Command, Context
 from lab.errors import ConfigError, LabError
@@ -46,6 +47,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads for scoring (default 1: one row at a time gains nothing from more)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--access-log", action="store_true", help="log every request (slower)")
+    p.add_argument("--allow-empty-store", action="store_true", default=None,
+                   help="be ready even if a feature view was never materialized (e.g. no data/online.db): "
+                        "such views score on defaults (default: [tool.lab.serve] allow_empty_store, false)")
 
 
 def check_servable(config, model_name: str, alias: str):
@@ -97,6 +101,17 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def bind_warning(host: str) -> str | None:
+    """The warning to print when ``host`` is reachable from other machines, else None."""
+    from plugins.litestar_serving.app import is_loopback
+
+    if is_loopback(host):
+        return None
+    return (f"lab serve: warning: listening on {host}, so other machines can reach this server: /predict "
+            "has no authentication, writes to the ledger and returns stored customer features. Serve on "
+            "127.0.0.1 (the default) unless a proxy or firewall in front decides who may call it.")
+
+
 def _run(args: argparse.Namespace, ctx: Context) -> int:
     import uvicorn
 
@@ -111,9 +126,13 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         version = check_servable(config, model_name, args.alias)
         what = f"{version.name} v{version.version} ({args.alias})"
+    warning = bind_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     check_port_free(host, port)
     _set_threads(args.threads)
-    app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias, flag=args.flag)
+    app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias, flag=args.flag, host=host,
+                     allow_empty_store=args.allow_empty_store)
     print(f"lab serve: {what} on http://{host}:{port} "
           f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
