@@ -19,28 +19,14 @@ from lab.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class SimulateConfig:
-    exact: bool = True
-    n_customers: int = 5000
-    n_terminals: int = 10000
-    nb_days: int = 183
-    start_date: str = "2018-04-01"
-    radius: float = 5.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
 class PipelineConfig:
     retries: int = 1
-    stages: tuple[str, ...] = (
-        "simulate", "features", "train", "evaluate",
-        "register", "materialize", "batch_score", "drift",
-    )
+    stages: tuple[str, ...] = ()  # empty: every stage of notebooks/pipeline.toml, in file order
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    train_start: str = "2018-07-25"
+    train_start: str | None = None  # required by the platform's steps; a lab sets it
     delta_train: int = 7
     delta_delay: int = 7
     delta_test: int = 7
@@ -50,12 +36,14 @@ class TrainConfig:
 
     @property
     def train_start_date(self) -> dt.date:
+        if self.train_start is None:
+            raise ConfigError("set [tool.lab.train] train_start, the first day of training (e.g. \"2024-03-01\")")
         return dt.date.fromisoformat(self.train_start)
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    metric: str = "average_precision"
+    metric: str | None = None  # default: the model spec's metric
     min_delta: float = 0.0
 
 
@@ -84,8 +72,7 @@ class LabConfig:
     runs_dir: str = "runs"
     data_dir: str = "data"
     plugins: tuple[str, ...] = ()
-    model_name: str = "fraud"
-    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    model_name: str | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -124,16 +111,11 @@ class LabConfig:
     def ledger_path(self) -> Path:
         return self.data_path / "ledger.db"
 
-    @property
-    def raw_transactions_path(self) -> Path:
-        return self.data_path / "transactions.parquet"
-
     def replace(self, **changes: Any) -> "LabConfig":
         return dataclasses.replace(self, **changes)
 
 
 _SECTIONS = {
-    "simulate": SimulateConfig,
     "pipeline": PipelineConfig,
     "train": TrainConfig,
     "gate": GateConfig,
@@ -142,7 +124,10 @@ _SECTIONS = {
 }
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    """A frozen dataclass ``cls`` from a TOML table: unknown keys and wrong types are a
+    ``ConfigError`` naming ``[where]`` and the known keys. Plugins build their
+    ``[tool.lab.<name>]`` settings with it."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -165,7 +150,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"[{where}] {name} must be a number, got {value!r}")
             if isinstance(default, int) and not isinstance(value, int):
                 raise ConfigError(f"[{where}] {name} must be a whole number, got {value!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
+        elif (isinstance(default, str) or str(known[name].type).startswith("str")) and not isinstance(value, str):
             raise ConfigError(f"[{where}] {name} must be a string, got {value!r}")
         out[name] = value
     return cls(**out)
@@ -195,10 +180,10 @@ def load_config(root: str | os.PathLike | None = None, **overrides: Any) -> LabC
         table = dict(data.get("tool", {}).get("lab", {}))
     sections = {}
     for name, cls in _SECTIONS.items():
-        sections[name] = _build(cls, dict(table.pop(name, {}) or {}), f"tool.lab.{name}")
+        sections[name] = build_section(cls, dict(table.pop(name, {}) or {}), f"tool.lab.{name}")
     # Sub-tables the platform does not own belong to plugins (config.section(name)).
     plugin_tables = {k: table.pop(k) for k in [k for k, v in table.items() if isinstance(v, dict)]}
-    top = _build(_TopLevel, table, "tool.lab")
+    top = build_section(_TopLevel, table, "tool.lab")
     config = LabConfig(root=root_path, **dataclasses.asdict(top), **sections, sections=plugin_tables)
     for key, value in overrides.items():
         if key in _SECTIONS and isinstance(value, dict):
@@ -213,4 +198,4 @@ class _TopLevel:
     runs_dir: str = "runs"
     data_dir: str = "data"
     plugins: tuple[str, ...] = ()
-    model_name: str = "fraud"
+    model_name: str | None = None

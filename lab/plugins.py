@@ -24,7 +24,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("lightning_tabular", "plugins.lightning_tabular"),
     ("litestar_serving", "plugins.litestar_serving"),
     ("evidently_drift", "plugins.evidently_drift"),
-    ("fraud_features", "plugins.fraud_features"),
+    ("fraud", "plugins.fraud"),
     ("delivery", "plugins.delivery"),
 )
 

@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A lab small enough for the whole notebook pipeline to run in a test (about 40 s).
 SMALL_LAB = """
-[tool.lab.simulate]
+model_name = "fraud"
+
+[tool.lab.fraud]
 exact = false
 n_customers = 400
 n_terminals = 800

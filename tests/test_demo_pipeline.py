@@ -101,7 +101,8 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     # flavor and the sweep, not on the model server.
     with Registry.open(config.registry_path) as reg:
         train = reg.last_finished_stage("train")["outputs"]["code_files"]
-    assert {"plugins/fraud_features/stages.py", "lab/training/sweep.py", "plugins/lightning_tabular/flavor.py"} <= set(train)
+    assert {"lab/steps/training.py", "plugins/fraud/spec.py", "lab/training/sweep.py",
+            "plugins/lightning_tabular/flavor.py"} <= set(train)
     assert "plugins/litestar_serving/app.py" not in train and "lab/serving/ledger.py" not in train
 
     # Nothing changed: every stage is skipped, the champion is the same.

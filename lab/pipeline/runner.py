@@ -65,10 +65,14 @@ def stage_params(config, stage: Stage, run_dir: Path) -> dict:
     params = {}
     for entry in stage.config:
         section, _, key = entry.partition(".")
-        value = getattr(config, section, None)
-        if not dataclasses.is_dataclass(value):
-            raise ConfigError(f"stage {stage.name!r} asks for config section {section!r}, which does not exist")
-        values = dataclasses.asdict(value)
+        value = getattr(config, section, None) if section != "sections" else None
+        if dataclasses.is_dataclass(value):
+            values = dataclasses.asdict(value)
+        elif config.section(section) is not None:  # a plugin's own table: its notebook holds the defaults
+            values = config.section(section)
+        else:
+            raise ConfigError(f"stage {stage.name!r} asks for config section {section!r}: add a "
+                              f"[tool.lab.{section}] table to pyproject.toml")
         if key and key not in values:
             raise ConfigError(f"stage {stage.name!r} asks for {entry!r}; [tool.lab.{section}] has {sorted(values)}")
         params.update({key: values[key]} if key else values)
@@ -129,7 +133,7 @@ def outputs_match(config, stage: Stage, recorded: dict | None) -> bool:
 
 def select_stages(config, only: list[str] | None = None) -> list[Stage]:
     defined = {s.name: s for s in load_stages(config.root / PIPELINE_FILE)}
-    order = list(config.pipeline.stages)
+    order = list(config.pipeline.stages) or list(defined)  # default: every stage, in file order
     missing = [n for n in order if n not in defined]
     if missing:
         raise ConfigError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from lab.atomic import atomic_path
 from lab.pipeline.context import StageContext
 from lab.steps._common import TRAINSET, spec_of, views_of, window
 
@@ -26,8 +25,8 @@ def features(root, run_dir, *, source_path, train_start, delta_train, delta_dela
             ctx.offline, views, win.train_start, win.end, request_features=spec.request_frame,
             feature_columns=list(spec.features), source=spec.source, id_column=spec.id_column,
             time_column=spec.time_column, label=spec.label, carry=list(spec.carry))
-        with atomic_path(ctx.path(TRAINSET)) as tmp:
-            pl.from_arrow(table).write_parquet(tmp)
+        # The file carries the digest it is recorded under, so train logs that one.
+        ctx.write_dataset(TRAINSET, table, digest=digest)
         ctx.registry.record_dataset(
             kind="training_set", name=f"{spec.name} {win.train_start}..{win.end}", digest=digest,
             path=TRAINSET, rows=table.num_rows,

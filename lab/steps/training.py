@@ -8,7 +8,6 @@ from pathlib import Path
 
 from lab.atomic import atomic_write_text
 from lab.pipeline.context import StageContext
-from lab.pipeline.digest import path_digest
 from lab.steps._common import CANDIDATE, CANDIDATE_JSON, TRAINSET, spec_of, split, window, xy
 
 
@@ -29,7 +28,9 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
         day = pl.col(spec.time_column).dt.date()
         cut = train_df.select(day.max()).item() - dt.timedelta(days=valid_days - 1)
         fit_df, valid_df = train_df.filter(day < cut), train_df.filter(day >= cut)
-        trainset_digest = path_digest(ctx.path(TRAINSET))
+        # The digest the features step recorded the training set under (its source digest,
+        # window and view versions), so lineage walks run -> data set -> source.
+        trainset_digest = ctx.dataset_digest(TRAINSET)
 
         workdir = ctx.run_dir / "train"
         workdir.mkdir(parents=True, exist_ok=True)

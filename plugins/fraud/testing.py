@@ -26,6 +26,8 @@ version = "0"
 
 [tool.lab]
 model_name = "fraud"
+
+[tool.lab.fraud]
 """
 
 
@@ -66,7 +68,7 @@ def build_tiny_lab(folder: str | Path, *, rows: int = 400, seed: int = 7) -> Tin
     from lab.config import load_config
     from lab.plugins import feature_views, get_plugin_manager, model_flavor
     from lab.registry import Registry
-    from plugins.fraud_features import FEATURE_COLUMNS
+    from plugins.fraud.features import FEATURE_COLUMNS
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

@@ -1,1 +1,0 @@
-"""Data sets the platform ships: ``lab.datasets.fraud`` is the card-fraud simulator."""
