@@ -139,9 +139,17 @@ def _ignored(rel: Path) -> bool:
     return any(fnmatch.fnmatch(part, pattern) for part in rel.parts for pattern in _IGNORED)
 
 
+def _walk(source: Path):
+    """Every folder and file under ``source``, following folder links: a template may link
+    to files its plugin also uses (the fraud template's notebooks are the demo's)."""
+    for folder, dirs, files in os.walk(source, followlinks=True):
+        for entry in (*dirs, *files):
+            yield Path(folder) / entry
+
+
 def _render(source: Path, dest: Path, name: str) -> None:
     """Copy ``source`` into ``dest``, with ``{{project}}`` replaced in text files and paths."""
-    for src in sorted(source.rglob("*")):
+    for src in sorted(_walk(source)):
         rel = src.relative_to(source)
         if _ignored(rel):
             continue
