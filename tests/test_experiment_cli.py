@@ -214,7 +214,7 @@ def write_ledger(path, experiment: str, means: dict[str, float], n: int = 500, s
         for version, (variant, mean) in enumerate(means.items(), start=1):
             for ms in rng.normal(mean, 3.0, n).clip(min=1):
                 ledger.append(PredictionRecord(
-                    transaction_id=None, model_name="fraud", model_version=version, features={}, defaults={},
+                    event_id=None, model_name="fraud", model_version=version, features={}, defaults={},
                     score=0.1, latency_ms=float(ms), experiment=experiment, variant=variant))
 
 

@@ -55,8 +55,8 @@ def joined(ledger_path, labels, variant, *, as_of=None):
     import sqlite3
 
     with sqlite3.connect(ledger_path) as conn:
-        rows = conn.execute("SELECT transaction_id, score FROM predictions WHERE experiment = 'fraud_ab' "
-                            "AND variant = ? AND transaction_id IS NOT NULL ORDER BY id", [variant]).fetchall()
+        rows = conn.execute("SELECT event_id, score FROM predictions WHERE experiment = 'fraud_ab' "
+                            "AND variant = ? AND event_id IS NOT NULL ORDER BY id", [variant]).fetchall()
     latest = pl.DataFrame(rows, schema=["TRANSACTION_ID", "score"], orient="row").unique(
         "TRANSACTION_ID", keep="last")
     if as_of is not None:

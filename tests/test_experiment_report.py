@@ -236,7 +236,7 @@ def write_ledger(config, experiment, n, latency, seed=3):
         for i in range(n):
             variant = "control" if i % 2 else "treatment"
             ledger.append(PredictionRecord(
-                transaction_id=i, model_name="fraud", model_version=1, features={}, defaults={},
+                event_id=i, model_name="fraud", model_version=1, features={}, defaults={},
                 score=float(rng.random()), latency_ms=float(rng.normal(latency[variant], 2.0)),
                 experiment=experiment, variant=variant))
 

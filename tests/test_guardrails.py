@@ -394,11 +394,11 @@ def test_guardrail_data_from_the_prediction_ledger(config, pm, store, tmp_path):
         for variant, version, mean in [("control", 1, 20.0), ("treatment", 2, 26.0)]:
             for ms in latencies(rng, 500, mean, sd=3.0):
                 ledger.append(PredictionRecord(
-                    transaction_id=None, model_name="fraud", model_version=version, features={}, defaults={},
+                    event_id=None, model_name="fraud", model_version=version, features={}, defaults={},
                     score=0.1, latency_ms=ms, experiment="checkout", variant=variant))
         # A request no flag routed and one routed by another flag are not this experiment's.
         for name in (None, "other"):
-            ledger.append(PredictionRecord(transaction_id=None, model_name="fraud", model_version=1, features={},
+            ledger.append(PredictionRecord(event_id=None, model_name="fraud", model_version=1, features={},
                                            defaults={}, score=0.1, latency_ms=9999.0, experiment=name,
                                            variant="control" if name else None))
     guardrails = platform_guardrails(config, pm)

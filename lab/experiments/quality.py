@@ -131,8 +131,8 @@ def variant_quality(
             continue
         counts[variant] = counts.get(variant, 0) + 1
         scored = latest.setdefault(variant, {})
-        if row["transaction_id"] is not None:  # a request without one cannot meet its label
-            scored[int(row["transaction_id"])] = float(row["score"])
+        if row["event_id"] is not None:  # a request without one cannot meet its label
+            scored[int(row["event_id"])] = float(row["score"])
     wanted = {t for scored in latest.values() for t in scored}
     known, pending = _labels(labels, wanted, label_column, time_column, as_of, label_delay)
     out: dict[str, dict] = {}

@@ -45,30 +45,37 @@ from lab.errors import ConfigError, LabError
 
 log = logging.getLogger("lab.serving.ledger")
 
-SCHEMA = """
+TABLE = """
 CREATE TABLE IF NOT EXISTS predictions (
     id             INTEGER PRIMARY KEY,
     at             TEXT NOT NULL,     -- UTC time the prediction was made (ISO 8601)
     request_id     TEXT NOT NULL,
-    transaction_id INTEGER,
+    event_id,                         -- the request's id field (the schema's ``id``), int or text as sent
     model_name     TEXT NOT NULL,
     model_version  INTEGER NOT NULL,
     request        TEXT NOT NULL,     -- the request as received (JSON): keys to join labels on
     features       TEXT NOT NULL,     -- the model inputs actually used (JSON object)
-    defaults       TEXT NOT NULL,     -- feature group -> defaulted because the entity was unknown
+    defaults       TEXT NOT NULL,     -- feature view -> defaulted (entity unknown, stale or future)
     score          REAL NOT NULL,
     latency_ms     REAL NOT NULL,
     experiment     TEXT,              -- the flag that routed this request, if any
     variant        TEXT               -- the flag's variant the unit was assigned to
 );
-CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model_name, model_version, id);
-CREATE INDEX IF NOT EXISTS predictions_transaction ON predictions (transaction_id);
 """
+INDEXES = """
+CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model_name, model_version, id);
+CREATE INDEX IF NOT EXISTS predictions_event ON predictions (event_id);
+"""
+SCHEMA = TABLE + INDEXES
 # Columns added after the first release, with their type: a ledger file made before
 # them gets them on open (ALTER TABLE ADD COLUMN keeps every existing row).
 _ADDED_COLUMNS = (("experiment", "TEXT"), ("variant", "TEXT"))
+# Columns renamed since, old name -> new: renamed on open (RENAME COLUMN keeps the rows and
+# rewrites the indexes on them); a reader of a file not yet opened sees the new name.
+_RENAMED_COLUMNS = (("transaction_id", "event_id"),)
+_OLD_INDEXES = ("predictions_transaction",)
 
-_COLUMNS = ("at", "request_id", "transaction_id", "model_name", "model_version",
+_COLUMNS = ("at", "request_id", "event_id", "model_name", "model_version",
             "request", "features", "defaults", "score", "latency_ms", "experiment", "variant")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _JSON_COLUMNS = ("request", "features", "defaults")
@@ -80,10 +87,11 @@ def utc_now_iso() -> str:
 
 @dataclass
 class PredictionRecord:
-    """One prediction as the ledger stores it. ``request``, ``features`` and ``defaults``
-    must be JSON-able; ``at`` defaults to now (UTC) and ``request_id`` to a fresh uuid."""
+    """One prediction as the ledger stores it. ``event_id`` is the value of the request's
+    id field (None when there is none); ``request``, ``features`` and ``defaults`` must be
+    JSON-able; ``at`` defaults to now (UTC) and ``request_id`` to a fresh uuid."""
 
-    transaction_id: int | None
+    event_id: int | str | None
     model_name: str
     model_version: int
     features: dict[str, Any]
@@ -98,7 +106,7 @@ class PredictionRecord:
 
     def as_row(self) -> tuple:
         return (
-            self.at, self.request_id, self.transaction_id, self.model_name, int(self.model_version),
+            self.at, self.request_id, self.event_id, self.model_name, int(self.model_version),
             json.dumps(self.request, default=str), json.dumps(self.features), json.dumps(self.defaults),
             float(self.score), float(self.latency_ms), self.experiment, self.variant,
         )
@@ -129,11 +137,17 @@ def _init_file(path: Path) -> None:
     conn = _connect(path)
     try:
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(SCHEMA)
+        conn.executescript(TABLE)
         have = {row["name"] for row in conn.execute("PRAGMA table_info(predictions)")}
+        for old, new in _RENAMED_COLUMNS:
+            if old in have and new not in have:
+                conn.execute(f"ALTER TABLE predictions RENAME COLUMN {old} TO {new}")
         for name, kind in _ADDED_COLUMNS:
             if name not in have:
                 conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+        for index in _OLD_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {index}")
+        conn.executescript(INDEXES)
     finally:
         conn.close()
 
@@ -323,7 +337,7 @@ def read_predictions(
     model_version: int | None = None,
     experiment: str | None = None,
     variant: str | None = None,
-    transaction_ids: Sequence[int] | None = None,
+    event_ids: Sequence[int | str] | None = None,
     since: str | None = None,
     until: str | None = None,
     limit: int | None = None,
@@ -331,7 +345,8 @@ def read_predictions(
     """Predictions in the ledger at ``path``, oldest first, with JSON columns decoded.
 
     Filters combine with AND: ``model_name``/``model_version``; ``experiment``/``variant``
-    (the flag that routed the request); ``transaction_ids``;
+    (the flag that routed the request); ``event_ids`` (the request ids, compared as sent:
+    17 and "17" differ);
     ``since``/``until`` (inclusive, ISO 8601 UTC strings compared with ``at``). With
     ``limit``, the latest ``limit`` matching rows. Works while a server is writing.
     """
@@ -360,10 +375,12 @@ def read_predictions(
                 return []
             where.append(f"{column} = ?")
             params.append(value)
-    if transaction_ids is not None:
-        ids = [int(t) for t in transaction_ids]
-        where.append("transaction_id IN (SELECT value FROM json_each(?))")
-        params.append(json.dumps(ids))
+    # A file not opened by a server since a rename still has the old name; read it as the new.
+    renamed = {old: new for old, new in _RENAMED_COLUMNS if old in have and new not in have}
+    event_column = next((old for old, new in renamed.items() if new == "event_id"), "event_id")
+    if event_ids is not None:
+        where.append(f"{event_column} IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(list(event_ids)))
     if since is not None:
         where.append("at >= ?")
         params.append(since)
@@ -382,12 +399,19 @@ def read_predictions(
     finally:
         conn.close()
     missing = {name: None for name, _ in _ADDED_COLUMNS if name not in have}
-    return [{**_decode(r), **missing} for r in reversed(rows)]
+    out = []
+    for row in reversed(rows):
+        decoded = {**_decode(row), **missing}
+        for old, new in renamed.items():
+            decoded[new] = decoded.pop(old)
+        out.append(decoded)
+    return out
 
 
-def iter_feature_rows(rows: Sequence[dict]) -> Iterator[dict]:
+def iter_feature_rows(rows: Sequence[dict], *, id_column: str = "event_id") -> Iterator[dict]:
     """Flatten ledger rows for training from logs: one dict per prediction with the
-    transaction id, the features used, the score and the model version."""
+    event id (under ``id_column``: pass the spec's ``request.id`` to join labels on it),
+    the features used, the score and the model version."""
     for row in rows:
-        yield {"TRANSACTION_ID": row["transaction_id"], **row["features"],
+        yield {id_column: row["event_id"], **row["features"],
                "score": row["score"], "model_version": row["model_version"]}
