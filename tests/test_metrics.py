@@ -1,4 +1,5 @@
-"""Metrics against scikit-learn, card precision@k on hand-made days, directions and the gate."""
+"""Metrics against scikit-learn, directions and the gate; the fraud plugin's card
+precision@k on hand-made days."""
 
 import numpy as np
 import pytest
@@ -14,8 +15,6 @@ from lab.errors import LabError
 from lab.modelspec import TASKS
 from lab.training.metrics import (
     average_precision,
-    card_precision_at_k,
-    evaluate,
     gate_passes,
     higher_is_better,
     mae,
@@ -26,6 +25,7 @@ from lab.training.metrics import (
     roc_auc,
     task_metrics,
 )
+from plugins.fraud.metrics import card_precision_at_k, card_precision_metrics
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -104,18 +104,22 @@ def test_card_precision_breaks_score_ties_by_card_id():
     assert card_precision_at_k([3, 1, 2], [0, 0, 0], [1, 0, 0], [0.5, 0.5, 0.5], k=1) == 0.0
 
 
-def test_evaluate_returns_the_three_protocol_metrics():
+def test_card_precision_metrics_read_cards_days_and_labels_from_the_scored_frame():
+    """What the fraud spec adds through ``ModelSpec.metrics``: one higher-better metric."""
+    import polars as pl
+
     rng = np.random.default_rng(3)
     n = 2000
     y = (rng.random(n) < 0.05).astype(int)
     score = rng.random(n) + 0.5 * y
     cards = rng.integers(0, 300, n)
     days = rng.integers(0, 7, n)
-    result = evaluate(y, score, cards, days)
-    assert set(result) == {"roc_auc", "average_precision", "card_precision_at_100"}
-    assert result["roc_auc"] == pytest.approx(roc_auc_score(y, score))
-    assert result["average_precision"] == pytest.approx(average_precision_score(y, score))
-    assert 0.0 <= result["card_precision_at_100"] <= 1.0
+    frame = pl.DataFrame({"CUSTOMER_ID": cards, "TX_TIME_DAYS": days, "TX_FRAUD": y})
+    result = card_precision_metrics(frame, score)
+    assert result == {"card_precision_at_100": card_precision_at_k(cards, days, y, score, k=100)}
+    assert 0.0 < result["card_precision_at_100"] <= 1.0
+    assert card_precision_metrics(frame, score, k=10).keys() == {"card_precision_at_10"}
+    assert higher_is_better("card_precision_at_100")
 
 
 # ---------------------------------------------------------------- metrics by task
@@ -174,9 +178,20 @@ def test_every_task_metric_has_a_direction():
             assert isinstance(higher_is_better(name), bool)
     assert higher_is_better("average_precision") and higher_is_better("r2")
     assert not higher_is_better("rmse") and not higher_is_better("mae")
-    assert higher_is_better("card_precision_at_100")
     with pytest.raises(LabError, match="unknown metric 'accuracy'.*known metrics: roc_auc, average_precision, mae"):
         higher_is_better("accuracy")
+
+
+@pytest.mark.parametrize("name", ["precision_at_10", "recall_at_5", "user_precision_at_100", "top_item_recall_at_3"])
+def test_precision_and_recall_at_a_cutoff_are_higher_better(name):
+    assert higher_is_better(name) is True
+
+
+@pytest.mark.parametrize("name", ["precision_at_k", "precision_at_", "userprecision_at_10", "precision_at_10_x",
+                                  "Precision_at_10"])
+def test_other_at_k_names_have_no_direction(name):
+    with pytest.raises(LabError, match="unknown metric"):
+        higher_is_better(name)
 
 
 def test_gate_respects_the_metrics_direction():

@@ -1,4 +1,5 @@
-"""The reference split (windows and known-compromised cards) and the training-set scaler."""
+"""The fraud plugin's reference split (windows and known-compromised cards) and the
+platform's training-set scaler."""
 
 import datetime as dt
 
@@ -7,7 +8,9 @@ import polars as pl
 import pytest
 
 from lab.errors import LabError
-from lab.training.protocol import Scaler, reference_split
+from lab.modelspec import SplitWindow
+from lab.training.protocol import Scaler
+from plugins.fraud.protocol import protocol_split, reference_split
 
 DAY0 = dt.datetime(2018, 4, 1)
 
@@ -78,6 +81,19 @@ def test_default_reference_split_uses_test_day_minus_8():
     assert [d.date() for d in test["TX_DATETIME"]] == [dt.date(2018, 8, 8)]
 
 
+def test_protocol_split_is_the_reference_split_over_a_train_window():
+    """The fraud spec's ``split``: the ``[tool.lab.train]`` window's days, same rows."""
+    rows = [(d, 10 * c, c, int(d == 4 and c == 2)) for d in range(2, 12) for c in (1, 2, 3)]
+    df = frame(rows)
+    window = SplitWindow(train_start=(DAY0 + dt.timedelta(days=3)).date(), delta_train=2, delta_delay=2,
+                         delta_test=3)
+    train, test = protocol_split(df, window)
+    want_train, want_test = reference_split(df, train_start=window.train_start, delta_train=2,
+                                            delta_delay=2, delta_test=3)
+    assert train.equals(want_train) and test.equals(want_test)
+    assert sorted(set(test["TX_TIME_DAYS"])) == [7, 8, 9] and 2 not in set(test["CUSTOMER_ID"])
+
+
 def test_bad_input_names_the_fix():
     with pytest.raises(LabError, match="TX_FRAUD"):
         reference_split(frame([(3, 0, 1, 0)]).drop("TX_FRAUD"), train_start=dt.date(2018, 4, 4))
@@ -91,7 +107,7 @@ def test_bad_input_names_the_fix():
 
 def test_scaler_standardizes_with_training_statistics():
     train = np.array([[1.0, 5.0], [3.0, 5.0]])
-    scaler = Scaler.fit(train, ["TX_AMOUNT", "CONSTANT"])
+    scaler = Scaler.fit(train, ["AMOUNT", "CONSTANT"])
     assert scaler.mean == (2.0, 5.0)
     assert scaler.std == (1.0, 1.0)  # the constant column's std 0 becomes 1
     out = scaler.transform(np.array([[5.0, 7.0]]))
@@ -103,7 +119,7 @@ def test_scaler_standardizes_with_training_statistics():
 
 def test_scaler_rejects_bad_input():
     with pytest.raises(LabError, match="NaN"):
-        Scaler.fit(np.array([[1.0], [np.nan]]), ["TX_AMOUNT"])
+        Scaler.fit(np.array([[1.0], [np.nan]]), ["AMOUNT"])
     with pytest.raises(LabError, match="2 features"):
         Scaler.fit(np.ones((3, 2))).transform(np.ones((1, 3)))
     with pytest.raises(LabError, match="not a scaler"):

@@ -7,13 +7,13 @@ form one threshold. Regression: ``mae``, ``rmse`` and ``r2`` (``r2`` as scikit-l
 metrics, ``metric_value`` one of them, ``higher_is_better`` a metric's direction and
 ``gate_passes`` compares a candidate with a champion in that direction.
 
-The fraud protocol's ``card_precision_at_k`` (specs/fraud-simulator.md, "Evaluation
-protocol") and ``evaluate`` (all three fraud metrics) live here until they move to the
-fraud plugin.
+A lab's own metrics (``ModelSpec.metrics``) live in its plugin; ranking metrics named
+``<what>_precision_at_<k>`` or ``<what>_recall_at_<k>`` are known to be higher-better.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -42,7 +42,7 @@ def _both_classes(y: np.ndarray, metric: str) -> None:
 
 
 def roc_auc(y: Any, score: Any) -> float:
-    """Area under the ROC curve; a tie between a fraud and a genuine counts one half.
+    """Area under the ROC curve; a tie between a positive and a negative counts one half.
 
     Equal to ``sklearn.metrics.roc_auc_score``. Raises ``LabError`` when ``y`` holds one class.
     """
@@ -83,57 +83,6 @@ def average_precision(y: Any, score: Any) -> float:
     recall = true_pos / true_pos[-1]
     recall_steps = np.diff(np.r_[0.0, recall])
     return float(np.sum(recall_steps * precision))
-
-
-def card_precision_at_k(customer_ids: Any, days: Any, y: Any, score: Any, k: int = 100) -> float:
-    """Mean over test days of the share of true frauds among the ``k`` highest-scored cards.
-
-    Per day, in day order: cards detected on an earlier day (in that day's top ``k`` and
-    fraudulent) are removed; each remaining card gets its maximum score and maximum label;
-    the top ``k`` cards by score are kept (ties broken by the smaller card id, so the
-    result is deterministic) and their fraud count is divided by ``k``, as the handbook
-    does even on a day with fewer than ``k`` cards. Returns the mean over days.
-    """
-    if k < 1:
-        raise LabError(f"k must be a positive number of cards, got {k}")
-    y, score = _labels_and_scores(y, score)
-    cards = np.asarray(customer_ids).ravel()
-    day_of = np.asarray(days).ravel()
-    if cards.shape != y.shape or day_of.shape != y.shape:
-        raise LabError("customer_ids, days, labels and scores must all have one entry per transaction")
-    if y.size == 0:
-        raise LabError("card precision@k needs at least one transaction")
-    detected: set = set()
-    per_day: list[float] = []
-    for day in np.unique(day_of):
-        rows = day_of == day
-        day_cards, day_y, day_score = cards[rows], y[rows], score[rows]
-        if detected:
-            keep = ~np.isin(day_cards, list(detected))
-            day_cards, day_y, day_score = day_cards[keep], day_y[keep], day_score[keep]
-        unique_cards, inverse = np.unique(day_cards, return_inverse=True)
-        card_score = np.full(unique_cards.size, -np.inf)
-        np.maximum.at(card_score, inverse, day_score)
-        card_y = np.zeros(unique_cards.size, dtype=np.int8)
-        np.maximum.at(card_y, inverse, day_y)
-        # unique_cards is sorted ascending, so a stable sort on -score breaks ties by card id.
-        top = np.argsort(-card_score, kind="mergesort")[:k]
-        per_day.append(float(card_y[top].sum()) / k)
-        detected.update(unique_cards[top][card_y[top] == 1].tolist())
-    return float(np.mean(per_day))
-
-
-def evaluate(y: Any, score: Any, customer_ids: Any, days: Any, k: int = 100) -> dict[str, float]:
-    """The protocol's three metrics for one test set.
-
-    Returns ``{"roc_auc", "average_precision", "card_precision_at_100"}``; the last key
-    is named after ``k`` (``card_precision_at_{k}``).
-    """
-    return {
-        "roc_auc": roc_auc(y, score),
-        "average_precision": average_precision(y, score),
-        f"card_precision_at_{k}": card_precision_at_k(customer_ids, days, y, score, k=k),
-    }
 
 
 # ---------------------------------------------------------------- regression metrics
@@ -199,7 +148,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 """Every metric the platform knows, and whether a larger value is a better model."""
 
-_CARD_PRECISION = "card_precision_at_"  # card_precision_at_<k>; leaves with card_precision_at_k
+_AT_K = re.compile(r"^(?:[a-z0-9]+_)*(?:precision|recall)_at_[0-9]+$")
+"""Ranking metrics at a cutoff, e.g. ``precision_at_10`` or a lab's ``<what>_precision_at_100``."""
 
 
 def _check_task(task: str) -> dict[str, Callable[[Any, Any], float]]:
@@ -234,13 +184,16 @@ def metric_value(task: str, metric: str, y: Any, scores: Any) -> float:
 def higher_is_better(metric: str) -> bool:
     """Whether a larger ``metric`` means a better model (False for errors: mae, rmse).
 
+    Besides ``HIGHER_IS_BETTER``, precision or recall at a cutoff (``precision_at_10``,
+    ``<what>_precision_at_<k>``, ``<what>_recall_at_<k>``) is higher-better.
+
     Raises ``LabError`` listing the known metrics for an unknown name.
     """
     if metric in HIGHER_IS_BETTER:
         return HIGHER_IS_BETTER[metric]
-    if metric.startswith(_CARD_PRECISION) and metric[len(_CARD_PRECISION):].isdigit():
+    if isinstance(metric, str) and _AT_K.match(metric):
         return True
-    known = [*HIGHER_IS_BETTER, f"{_CARD_PRECISION}<k>"]
+    known = [*HIGHER_IS_BETTER, "<what>_precision_at_<k>", "<what>_recall_at_<k>"]
     raise LabError(f"unknown metric {metric!r}, so its direction is unknown; known metrics: {', '.join(known)}")
 
 
