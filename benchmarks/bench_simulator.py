@@ -1,4 +1,4 @@
-"""Time the fraud simulator at full default size: fast (vectorized) against exact mode.
+"""Time the fraud plugin's simulator at full default size: fast (vectorized) against exact mode.
 
 Run from the project root:  .venv/bin/python benchmarks/bench_simulator.py [--runs 3]
 Prints wall-clock seconds (median of ``--runs`` for fast mode, one exact run by default)
@@ -11,7 +11,7 @@ import argparse
 import statistics
 import time
 
-from lab.datasets.fraud import simulate
+from plugins.fraud.simulator import simulate
 
 
 def timed(**kwargs) -> tuple[float, float, int]:

@@ -51,7 +51,7 @@ def test_file_is_wal_sqlite_with_typed_columns_and_a_watermark_row(online):
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         columns = {r[1]: r[2] for r in con.execute("PRAGMA table_info(view_spend)")}
-        assert columns == {"CUSTOMER_ID": "INTEGER", "NB_1D": "INTEGER", "AVG_1D": "REAL"}
+        assert columns == {"USER_ID": "INTEGER", "NB_1D": "INTEGER", "AVG_1D": "REAL"}
         version, watermark, rows = con.execute(
             "SELECT version, watermark, rows FROM watermarks WHERE view = 'spend'").fetchone()
         assert (version, watermark, rows) == (SPEND.version, T0.isoformat(), 2)
@@ -143,6 +143,6 @@ def test_assembler_check_finds_a_redefined_view_whatever_the_samples_age(online,
     online.write(SPEND, spend_rows([1]), T0)
     changed = dataclasses.replace(SPEND, ttl=dt.timedelta(days=3))
     assembler = FeatureAssembler(online, [changed], lambda request, rows: {}, [])
-    problems = assembler.check({"CUSTOMER_ID": 1}, T0 + dt.timedelta(days=days))
+    problems = assembler.check({"USER_ID": 1}, T0 + dt.timedelta(days=days))
     assert len(problems) == 1 and "materialize" in problems[0]
     assert assembler.counts() == {"stale": 0, "future": 0}

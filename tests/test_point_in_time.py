@@ -14,10 +14,9 @@ import pytest
 from lab.features.materialize import AS_OF_COLUMN, entity_rows_at, materialize
 from lab.serving.scoring import FeatureAssembler
 from lab.testing.point_in_time import DAY, HOUR, PointInTimeContract, entity_rows, latest, source, windowed
+from lab.testing.events import EVENT_VIEWS, SOURCE, random_events
 from lab.testing.stores import SECOND, T0
-from lab.testing.transactions import random_transactions
 from plugins.duckdb_offline import DuckDBOfflineStore
-from plugins.fraud_features import VIEWS
 from plugins.sqlite_online import SQLiteOnlineStore
 
 
@@ -57,13 +56,21 @@ def test_empty_entity_rows_give_empty_typed_columns(offline):
 
 def test_online_values_equal_offline_point_in_time_values(tmp_path, offline):
     """Materialize at T; for sampled entities the online row equals the retrieval at T."""
-    tx = random_transactions(n_customers=60, n_terminals=30, nb_days=50, seed=11)
-    offline.write_source("transactions", tx.to_arrow())
-    online = SQLiteOnlineStore(tmp_path / "online.db")
+    events = random_events(n_users=60, n_items=30, nb_days=50, seed=11)
     as_of = dt.datetime(2018, 5, 9, 13, 20, 0)  # on the 10-minute grid: rows sit on bounds
-    written = materialize(offline, online, VIEWS, as_of)
+    assert_online_equals_offline(tmp_path, offline, events, SOURCE, "EVENT_TIME", EVENT_VIEWS, as_of)
+
+
+def assert_online_equals_offline(tmp_path, offline, events: pl.DataFrame, source_name: str, time_column: str,
+                                 views, as_of: dt.datetime) -> None:
+    """Materialize ``views`` over ``events`` at ``as_of``; for 15 sampled entities of each
+    view the online row, and what serving uses, equal the offline retrieval at ``as_of``.
+    Past the ttl both give the view's defaults (the retrieval over the rows known at T)."""
+    offline.write_source(source_name, events.to_arrow())
+    online = SQLiteOnlineStore(tmp_path / "online.db")
+    written = materialize(offline, online, views, as_of)
     rng = random.Random(5)
-    for view in VIEWS:
+    for view in views:
         everyone = entity_rows_at(offline, view, as_of)
         assert written[view.name] == everyone.num_rows
         sample = everyone.take(sorted(rng.sample(range(everyone.num_rows), 15)))
@@ -79,7 +86,7 @@ def test_online_values_equal_offline_point_in_time_values(tmp_path, offline):
         # the retrieval at t over exactly those rows sees none of them and gives the
         # view's defaults, and serving must use the same.
         known = DuckDBOfflineStore(tmp_path / f"known-{view.name}.duckdb")
-        known.write_source("transactions", tx.filter(pl.col("TX_DATETIME") + view.label_delay <= as_of).to_arrow())
+        known.write_source(source_name, events.filter(pl.col(time_column) + view.label_delay <= as_of).to_arrow())
         for past in (view.ttl + SECOND, view.ttl + 40 * DAY):
             at = as_of + past
             probes = pa.table({view.entity: keys, "T": pa.array([at] * len(keys), pa.timestamp("us"))})

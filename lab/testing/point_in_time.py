@@ -18,7 +18,7 @@ from lab.errors import LabError, NotFound
 from lab.features.views import Aggregation, FeatureView
 from lab.testing.reference import reference_features
 from lab.testing.stores import SECOND, T0
-from lab.testing.transactions import random_transactions
+from lab.testing.events import random_events
 
 DAY = dt.timedelta(days=1)
 HOUR = dt.timedelta(hours=1)
@@ -146,29 +146,31 @@ class PointInTimeContract:
             store.get_historical_features(entity_rows((1, T0)), [windowed()], "T")
 
     def test_agrees_with_the_brute_force_reference_on_random_data(self, store):
-        tx = random_transactions(n_customers=12, n_terminals=6, nb_days=40, seed=7).to_arrow()
-        store.write_source("transactions", tx)
+        ev = random_events(n_users=12, n_items=6, nb_days=40, seed=7).to_arrow()
+        store.write_source("events", ev)
         views = [
-            FeatureView(name="c", entity="CUSTOMER_ID", source="transactions", timestamp="TX_DATETIME",
+            FeatureView(name="u", entity="USER_ID", source="events", timestamp="EVENT_TIME",
                         ttl=5 * DAY, aggregations=tuple(
-                            Aggregation(f"{f}_{w}", "TX_AMOUNT", f, w * DAY, fill=-1.0 if w == 1 else None)
+                            Aggregation(f"{f}_{w}", "AMOUNT", f, w * DAY, fill=-1.0 if w == 1 else None)
                             for w in (1, 3, 9) for f in ("count", "sum", "mean"))),
-            FeatureView(name="t", entity="TERMINAL_ID", source="transactions", timestamp="TX_DATETIME",
+            FeatureView(name="i", entity="ITEM_ID", source="events", timestamp="EVENT_TIME",
                         label_delay=2 * DAY, ttl=9 * DAY, aggregations=tuple(
-                            Aggregation(f"T{f}_{w}", "TX_FRAUD", f, w * DAY) for w in (1, 7) for f in ("count", "mean"))),
-            FeatureView(name="last", entity="CUSTOMER_ID", source="transactions", timestamp="TX_DATETIME",
-                        features=("TX_TIME_SECONDS",), ttl=2 * DAY,
+                            Aggregation(f"I{f}_{w}", "LABEL", f, w * DAY) for w in (1, 7) for f in ("count", "mean"))),
+            # Users often act twice in one second (a 10-minute grid): the latest values are
+            # those of the row written last among the tied ones.
+            FeatureView(name="last", entity="USER_ID", source="events", timestamp="EVENT_TIME",
+                        features=("EVENT_ID", "AMOUNT"), ttl=2 * DAY,
                         label_delay=HOUR),
         ]
         rng = random.Random(3)
-        times = tx.column("TX_DATETIME").to_pylist()
+        times = ev.column("EVENT_TIME").to_pylist()
         shifts = (dt.timedelta(0), SECOND, -SECOND, DAY, -DAY, HOUR, 2 * DAY + SECOND)
         rows = [(rng.randrange(13), rng.choice(times) + rng.choice(shifts), rng.randrange(7)) for _ in range(400)]
-        probes = pa.table({"CUSTOMER_ID": pa.array([r[0] for r in rows], pa.int64()),
+        probes = pa.table({"USER_ID": pa.array([r[0] for r in rows], pa.int64()),
                            "T": pa.array([r[1] for r in rows], pa.timestamp("us")),
-                           "TERMINAL_ID": pa.array([r[2] for r in rows], pa.int64())})
+                           "ITEM_ID": pa.array([r[2] for r in rows], pa.int64())})
         got = store.get_historical_features(probes, views, "T").to_pylist()
-        want = reference_features({"transactions": tx}, probes, views, "T")
+        want = reference_features({"events": ev}, probes, views, "T")
         for g, w in zip(got, want):
             for name, expected in w.items():
                 value = g[name]

@@ -110,7 +110,7 @@ class OfflineStoreContract:
 
 
 SPEND = FeatureView(
-    name="spend", entity="CUSTOMER_ID", source="tx", timestamp="TS",
+    name="spend", entity="USER_ID", source="events", timestamp="TS",
     aggregations=(
         Aggregation("NB_1D", "AMOUNT", "count", dt.timedelta(days=1)),
         Aggregation("AVG_1D", "AMOUNT", "mean", dt.timedelta(days=1)),
@@ -122,7 +122,7 @@ PROFILE = FeatureView(name="profile", entity="CITY", source="cities", timestamp=
 def spend_rows(keys, counts=None, means=None) -> pa.Table:
     counts = counts if counts is not None else [i + 1 for i in range(len(keys))]
     means = means if means is not None else [1.5 * (i + 1) for i in range(len(keys))]
-    return pa.table({"CUSTOMER_ID": pa.array(keys, pa.int64()), "NB_1D": pa.array(counts, pa.int64()),
+    return pa.table({"USER_ID": pa.array(keys, pa.int64()), "NB_1D": pa.array(counts, pa.int64()),
                      "AVG_1D": pa.array(means, pa.float64())})
 
 
