@@ -141,7 +141,7 @@ def _ignored(rel: Path) -> bool:
 
 def _walk(source: Path):
     """Every folder and file under ``source``, following folder links: a template may link
-    to files its plugin also uses (the fraud template's notebooks are the demo's)."""
+    to files its plugin also uses (a demo's notebooks, say)."""
     for folder, dirs, files in os.walk(source, followlinks=True):
         for entry in (*dirs, *files):
             yield Path(folder) / entry
