@@ -29,6 +29,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stages", nargs="*", help="run only these stages (default: all, in order)")
     p.add_argument("--force", action="store_true", help="run stages even when nothing changed")
     p.add_argument("--new", action="store_true", help="start a new run instead of resuming a stopped one")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a [tool.lab] setting for this run only, e.g. train.seed=7 (a TOML value; "
+                        "repeatable); the stages that receive it rerun")
 
 
 def _run_run(args: argparse.Namespace, ctx: Context) -> int:
@@ -37,7 +40,10 @@ def _run_run(args: argparse.Namespace, ctx: Context) -> int:
     from lab.pipeline.runner import run_pipeline
 
     started = time.perf_counter()
-    result = run_pipeline(ctx.config, ctx.pm, only=args.stages or None, force=args.force, new_run=args.new)
+    from lab.config import apply_overrides
+
+    result = run_pipeline(apply_overrides(ctx.config, args.set), ctx.pm, only=args.stages or None,
+                          force=args.force, new_run=args.new)
     ran = sum(1 for s in result.stages if s.status == "finished")
     skipped = sum(1 for s in result.stages if s.status == "skipped")
     print(f"run {result.run_id}: {ran} stage(s) ran, {skipped} skipped, "

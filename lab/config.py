@@ -199,3 +199,65 @@ class _TopLevel:
     data_dir: str = "data"
     plugins: tuple[str, ...] = ()
     model_name: str | None = None
+
+
+# -- one run's overrides: `lab run --set SECTION.KEY=VALUE` -------------------------------
+
+SET_FORMAT = 'write SECTION.KEY=VALUE, e.g. train.seed=7 or gate.metric="roc_auc"'
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML reads it (``7``, ``0.5``, ``true``, ``"text"``, ``[1, 2]``).
+    Anything TOML cannot read is text, so a shell-unquoted word works; a bare TOML date
+    becomes its ISO text, as no setting holds a date object."""
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+    if isinstance(value, (dt.date, dt.time)):  # datetime is a date
+        return value.isoformat()
+    return value
+
+
+def apply_overrides(config: LabConfig, items: "list[str] | tuple[str, ...]") -> LabConfig:
+    """``config`` with ``SECTION.KEY=VALUE`` items applied, in order, for one command.
+
+    ``SECTION`` is a platform table (``train``, ``gate``, ``pipeline``, ``serve``,
+    ``experiments``) or a plugin's ``[tool.lab.<name>]`` table the lab has; a bare ``KEY``
+    is a top-level ``[tool.lab]`` key. Values are checked as ``load_config`` checks the
+    file (unknown key or wrong type: the same ``ConfigError``, prefixed with the item);
+    a plugin table's keys are checked by the plugin when it reads its settings.
+    """
+    for item in items:
+        target, sep, raw = item.partition("=")
+        target = target.strip()
+        if not sep or not target or any(not part.isidentifier() for part in target.split(".")):
+            raise ConfigError(f"cannot read --set {item!r}; {SET_FORMAT}")
+        value = parse_value(raw.strip())
+        section, dot, key = target.partition(".")
+        try:
+            config = _override(config, section, key, value) if dot else _override_top(config, section, value)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
+    return config
+
+
+def _override_top(config: LabConfig, key: str, value: Any) -> LabConfig:
+    checked = build_section(_TopLevel, {key: value}, "tool.lab")
+    return config.replace(**{key: getattr(checked, key)})
+
+
+def _override(config: LabConfig, section: str, key: str, value: Any) -> LabConfig:
+    if "." in key:
+        raise ConfigError(f"only one level is supported (SECTION.KEY), got {section}.{key}; {SET_FORMAT}")
+    if section in _SECTIONS:
+        checked = build_section(_SECTIONS[section], {key: value}, f"tool.lab.{section}")
+        changed = dataclasses.replace(getattr(config, section), **{key: getattr(checked, key)})
+        return config.replace(**{section: changed})
+    if section in config.sections:
+        table = dict(config.sections[section])
+        table[key] = value
+        return config.replace(sections={**config.sections, section: table})
+    known = ", ".join([*_SECTIONS, *sorted(config.sections)])
+    raise ConfigError(f"unknown section [tool.lab.{section}]; sections are: {known} (a plugin's table can be "
+                      f"overridden once the lab's pyproject.toml has it: add [tool.lab.{section}])")
