@@ -1,5 +1,6 @@
-"""``lab features ...`` end to end on a temporary lab: load, training-set (recorded in the
-registry), materialize, get, list, and the errors for bad flags."""
+"""``lab features ...`` end to end on a temporary fraud lab: load, training-set (built from
+the model's spec, recorded in the registry), materialize, get, list, and the errors for
+bad flags."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from lab.cli import main
-from lab.datasets.fraud import simulate
 from lab.features.digest import table_digest
 from lab.registry import Registry
+from plugins.fraud.simulator import simulate
+from tests.conftest import write_pyproject
 
 
 @pytest.fixture(scope="module")
 def lab_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
+    write_pyproject(root, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
     simulate(n_customers=40, n_terminals=60, nb_days=30, seed=1).write_parquet(root / "tx.parquet")
     assert main(["--root", str(root), "features", "load", "transactions", str(root / "tx.parquet")]) == 0
     return root
@@ -42,6 +45,22 @@ def test_training_set_is_written_atomically_and_recorded(lab_root, capsys):
     meta = record["meta"] if isinstance(record["meta"], dict) else json.loads(record["meta"])
     assert set(meta["views"]) == {"customer_spending", "terminal_risk"}
     assert (meta["start"], meta["end"]) == ("2018-04-10", "2018-04-16")
+    assert (meta["model"], meta["source"]) == ("fraud", "transactions")
+    # The spec's columns, in its order: id, time, entities, inputs, label, carry.
+    assert table.column_names[:4] == ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID"]
+    assert table.column_names[4:] == [*meta["feature_columns"], "TX_FRAUD", "TX_TIME_DAYS"]
+
+
+def test_training_set_for_a_model_named_with_model(lab_root, capsys):
+    out = lab_root / "sets" / "named.parquet"
+    assert lab(lab_root, "features", "training-set", "--model", "fraud", "--start", "2018-04-10",
+               "--end", "2018-04-12", "--out", str(out)) == 0
+    assert pq.read_table(out).num_rows > 0
+    capsys.readouterr()
+    assert lab(lab_root, "features", "training-set", "--model", "churn", "--start", "2018-04-10",
+               "--end", "2018-04-12", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lab: error:") and "'churn'" in err and "declared: fraud" in err
 
 
 def test_training_set_records_the_absolute_path_of_a_relative_out(lab_root, monkeypatch, capsys):

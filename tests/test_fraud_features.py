@@ -1,5 +1,6 @@
-"""The demo's 15 features: the spec's definitions computed by brute force, the request-time
-half shared by training and serving, and serving's request row equal to training's."""
+"""The fraud plugin's 15 features: the spec's definitions computed by brute force, the
+request-time half shared by training and serving, and serving's request row equal to
+training's. Training sets are built from the fraud model's spec, as the platform does."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import polars as pl
 import pytest
 
 from lab.config import load_config
-from lab.datasets.fraud import simulate
 from lab.errors import LabError
 from lab.features.materialize import materialize
 from lab.features.training import training_set
-from lab.plugins import feature_views, make_plugin_manager
+from lab.plugins import feature_views, make_plugin_manager, model_spec
 from lab.serving.scoring import FeatureAssembler
 from plugins.duckdb_offline import DuckDBOfflineStore
-from plugins.fraud_features import (
+from plugins.fraud.features import (
     FEATURE_COLUMNS, VIEWS, online_row_for_request, request_features, request_row,
 )
+from plugins.fraud.simulator import simulate
+from plugins.fraud.spec import fraud_spec
 from plugins.sqlite_online import SQLiteOnlineStore
+from tests.conftest import write_pyproject
 
 DAY = dt.timedelta(days=1)
 START, END = dt.date(2018, 5, 10), dt.date(2018, 5, 24)
@@ -38,10 +41,17 @@ def offline(tmp_path_factory, transactions):
     return store
 
 
+def fraud_training_set(offline, start, end):
+    """``training_set`` with everything the fraud spec declares (what ``lab.steps`` passes)."""
+    spec = fraud_spec()
+    return training_set(offline, VIEWS, start, end, request_features=spec.request_frame,
+                        feature_columns=spec.features, source=spec.source, id_column=spec.id_column,
+                        time_column=spec.time_column, label=spec.label, carry=spec.carry)
+
+
 @pytest.fixture(scope="module")
 def train(offline):
-    return training_set(offline, VIEWS, START, END, request_features=request_features,
-                        feature_columns=FEATURE_COLUMNS)
+    return fraud_training_set(offline, START, END)
 
 
 def spec_features(tx: list[dict], row: dict) -> dict:
@@ -69,10 +79,24 @@ def test_feature_columns_are_the_spec_15_in_order():
     assert FEATURE_COLUMNS[-2:] == ("TERMINAL_ID_NB_TX_30DAY_WINDOW", "TERMINAL_ID_RISK_30DAY_WINDOW")
 
 
-def test_the_plugin_contributes_both_views_through_the_hook(tmp_path):
-    views = feature_views(make_plugin_manager(entry_points=False), load_config(tmp_path))
+def test_the_plugin_contributes_both_views_and_the_spec_to_a_fraud_lab(tmp_path):
+    write_pyproject(tmp_path, "[tool.lab.fraud]\n")
+    pm, config = make_plugin_manager(entry_points=False), load_config(tmp_path)
+    views = feature_views(pm, config)
     assert views["customer_spending"].entity == "CUSTOMER_ID"
     assert views["terminal_risk"].label_delay == 7 * DAY
+    spec = model_spec(pm, config, "fraud")
+    assert spec.views == tuple(v.name for v in VIEWS) and spec.features == FEATURE_COLUMNS
+    assert (spec.source, spec.id_column, spec.time_column, spec.label, spec.carry) == (
+        "transactions", "TRANSACTION_ID", "TX_DATETIME", "TX_FRAUD", ("TX_TIME_DAYS",))
+
+
+def test_a_lab_without_a_fraud_table_gets_nothing_from_the_plugin(tmp_path):
+    write_pyproject(tmp_path, "")
+    pm, config = make_plugin_manager(entry_points=False), load_config(tmp_path)
+    assert not {"customer_spending", "terminal_risk"} & set(feature_views(pm, config))
+    with pytest.raises(LabError, match="declared: none"):
+        model_spec(pm, config, "fraud")
 
 
 def test_training_set_equals_the_spec_brute_force_on_sampled_transactions(transactions, train):
@@ -94,30 +118,17 @@ def test_training_set_shape_order_and_digest(offline, transactions, train):
     assert ids == sorted(ids)
     days = transactions.filter(pl.col("TX_DATETIME").dt.date().is_between(START, END))
     assert ids == days["TRANSACTION_ID"].to_list()  # first second of START .. last of END
-    again, digest_again = training_set(offline, VIEWS, START, END, request_features=request_features,
-                                       feature_columns=FEATURE_COLUMNS)
+    again, digest_again = fraud_training_set(offline, START, END)
     assert digest_again == digest
-    shorter = training_set(offline, VIEWS, START, END - DAY, request_features=request_features,
-                           feature_columns=FEATURE_COLUMNS)
+    shorter = fraud_training_set(offline, START, END - DAY)
     assert shorter[1] != digest
-
-
-def test_request_half_is_found_through_the_plugin_manager_when_not_given(offline, train):
-    table, digest = training_set(offline, VIEWS, START, END,
-                                 pm=make_plugin_manager(entry_points=False))
-    assert digest == train[1]
-    bare = make_plugin_manager(builtins=False, entry_points=False)
-    with pytest.raises(LabError, match="request_features"):
-        training_set(offline, VIEWS, START, END, pm=bare)
 
 
 def test_training_window_outside_the_data_says_what_the_data_covers(offline):
     with pytest.raises(LabError, match="covers"):
-        training_set(offline, VIEWS, dt.date(2020, 1, 1), dt.date(2020, 1, 7),
-                     request_features=request_features, feature_columns=FEATURE_COLUMNS)
+        fraud_training_set(offline, dt.date(2020, 1, 1), dt.date(2020, 1, 7))
     with pytest.raises(LabError, match="swap"):
-        training_set(offline, VIEWS, END, START, request_features=request_features,
-                     feature_columns=FEATURE_COLUMNS)
+        fraud_training_set(offline, END, START)
 
 
 @pytest.mark.parametrize("when, weekend, night", [
@@ -234,8 +245,7 @@ def test_a_request_past_both_ttls_gets_what_training_computes_flagged_stale(tmp_
     request = {**last, "TRANSACTION_ID": 10**9, "TX_DATETIME": when, "TX_AMOUNT": 77.25, "TX_FRAUD": 0}
     store = DuckDBOfflineStore(tmp_path / "with-request.duckdb")
     store.write_source("transactions", pl.concat([known, pl.DataFrame([request], schema=known.schema)]).to_arrow())
-    table, _ = training_set(store, VIEWS, when.date(), when.date(), request_features=request_features,
-                            feature_columns=FEATURE_COLUMNS)
+    table, _ = fraud_training_set(store, when.date(), when.date())
     (trained,) = table.to_pylist()
     assembler = _assembler(online)
     served = assembler.assemble(request, when)

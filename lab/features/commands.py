@@ -1,9 +1,8 @@
 """``lab features ...``: load sources, build training sets, materialize, list and look up.
 
 The stores come from the ``lab_offline_store`` / ``lab_online_store`` hooks, the views
-from ``lab_feature_views``, and the request-time half of the training set
-(``request_features``, ``FEATURE_COLUMNS``) from the loaded plugin that exports both
-(``lab.features.training.request_half``).
+from ``lab_feature_views``, and what a training set needs of a model (its source, columns,
+views and request-time transform) from its ``ModelSpec`` (``lab_model_specs``).
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def _view(ctx: Context, name: str):
 # -- lab features load ---------------------------------------------------------------
 
 def _load_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="source table name (the demo's is 'transactions')")
+    p.add_argument("source", help="source table name (a model spec's source, e.g. 'events')")
     p.add_argument("parquet", help="Parquet file to load; replaces the table in one transaction")
 
 
@@ -89,13 +88,16 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", required=True, help="last day (inclusive), YYYY-MM-DD")
     p.add_argument("--out", required=True,
                    help="Parquet file to write (atomically); the registry records its absolute path")
+    p.add_argument("--model", help="the model whose spec names the source, columns and views "
+                                   "(default: [tool.lab] model_name, or the lab's only model)")
 
 
 def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     import pyarrow.parquet as pq
 
     from lab.atomic import atomic_path
-    from lab.features.training import request_half, training_set
+    from lab.features.training import training_set
+    from lab.plugins import model_spec
     from lab.registry import Registry
 
     start, end = _date(args.start, "--start"), _date(args.end, "--end")
@@ -106,25 +108,37 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
         raise ConfigError(f"--out {args.out!r} must end in .parquet")
     config = ctx.config
     out = out.resolve()  # relative to the working directory; the registry keeps it absolute
+    spec = model_spec(ctx.pm, config, args.model)
+    spec_views = _spec_views(ctx, spec)
     offline = offline_store(ctx)
-    all_views = list(views(ctx).values())
-    request_features, feature_columns = request_half(ctx.pm)
-    table, digest = training_set(offline, all_views, start, end,
-                                 request_features=request_features, feature_columns=feature_columns)
+    table, digest = training_set(
+        offline, spec_views, start, end, request_features=spec.request_frame,
+        feature_columns=list(spec.features), source=spec.source, id_column=spec.id_column,
+        time_column=spec.time_column, label=spec.label, carry=list(spec.carry))
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     shown_path = str(out)
     meta = {
-        "start": start.isoformat(), "end": end.isoformat(), "source": "transactions",
-        "source_digest": offline.source_digest("transactions"),
-        "views": {v.name: v.version for v in all_views}, "feature_columns": feature_columns,
+        "model": spec.name, "start": start.isoformat(), "end": end.isoformat(), "source": spec.source,
+        "source_digest": offline.source_digest(spec.source),
+        "views": {v.name: v.version for v in spec_views}, "feature_columns": list(spec.features),
     }
     with Registry.open(config.registry_path, project_root=config.root) as reg:
-        dataset_id = reg.record_dataset(kind="training_set", name=f"{config.model_name}-{start}-{end}",
+        dataset_id = reg.record_dataset(kind="training_set", name=f"{spec.name}-{start}-{end}",
                                         digest=digest, path=shown_path, rows=table.num_rows, meta=meta)
     print(f"wrote {table.num_rows} rows to {shown_path}")
     print(f"digest {digest}  (dataset {dataset_id})")
     return 0
+
+
+def _spec_views(ctx: Context, spec) -> list:
+    """The spec's feature views, in its order; one no loaded plugin defines is an error."""
+    known = views(ctx)
+    missing = [name for name in spec.views if name not in known]
+    if missing:
+        raise ConfigError(f"model {spec.name!r} reads feature view(s) {', '.join(missing)}, which no loaded "
+                          f"plugin defines; defined: {', '.join(sorted(known)) or 'none'}")
+    return [known[name] for name in spec.views]
 
 
 # -- lab features materialize ---------------------------------------------------------
@@ -177,7 +191,7 @@ def _list_run(args: argparse.Namespace, ctx: Context) -> int:
 
 def _get_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("view", help="feature view name (see `lab features list`)")
-    p.add_argument("key", help="entity key, e.g. a CUSTOMER_ID")
+    p.add_argument("key", help="entity key, e.g. a USER_ID")
 
 
 def _get_run(args: argparse.Namespace, ctx: Context) -> int:
