@@ -1,4 +1,4 @@
-"""``lab experiment ...``: create, start, stop, status, set-weights, audit, report, check.
+"""``lab experiment ...``: create, start, stop, status, set-weights, audit, simulate, report, check.
 
 Each opens the registry file (``ctx.config.registry_path``) as an ``ExperimentStore``.
 Events for plugins (``flag.changed``, ``experiment.started``, ``experiment.stopped``)
@@ -396,6 +396,37 @@ def _check_run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+# -- simulate (lab/experiments/simulate.py) -----------------------------------------------
+
+def _simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="a started (or stopped) experiment")
+    p.add_argument("--units", type=int, required=True, help="how many units in the experiment")
+    p.add_argument("--rates", required=True, metavar="VARIANT=RATE,...",
+                   help="every variant's true rate (its mean with --mean): control=0.10,treatment=0.11")
+    p.add_argument("--seed", type=int, default=0, help="random seed; one seed, one table (default 0)")
+    p.add_argument("--mean", action="store_true", help="a mean metric: values drawn Normal(rate, --std)")
+    p.add_argument("--std", type=float, default=1.0, help="standard deviation of a mean metric (default 1)")
+    p.add_argument("--days", type=float, default=14.0, help="exposures spread over this many days from the start")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the outcomes (.parquet or .csv)")
+
+
+def _simulate_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab.experiments.simulate import parse_rates, simulate_outcomes, write_outcomes
+
+    rates = parse_rates(args.rates)
+    with _open(ctx) as store:
+        experiment = store.get(args.name)
+        audit = store.audit(args.name)
+    simulated = simulate_outcomes(experiment, audit, units=args.units, rates=rates, seed=args.seed,
+                                  mean=args.mean or None, std=args.std, days=args.days)
+    path = write_outcomes(simulated.frame, args.out)
+    arms = "; ".join(f"{r['variant']} {r['units']} units, mean {r['mean']:.4g}" if r["units"]
+                     else f"{r['variant']} no units" for r in simulated.summary())
+    print(f"wrote {args.units} simulated units of {experiment.name} to {path} (seed {args.seed}): {arms}")
+    print(f"report them with `lab experiment report {experiment.name} --outcomes {path}`")
+    return 0
+
+
 # -- report (lab/experiments/report.py) ---------------------------------------------------
 
 def _report_args(p: argparse.ArgumentParser) -> None:
@@ -420,6 +451,8 @@ COMMANDS: list[Command] = [
     Command("experiment set-weights", "change the weights (only the units that must move do)",
             _set_weights_args, _set_weights_run),
     Command("experiment audit", "who changed what, when, from what to what, and why", _audit_args, _audit_run),
+    Command("experiment simulate", "write simulated outcomes (units assigned by the real hash) to try the report",
+            _simulate_args, _simulate_run),
     Command("experiment report", "render the experiment report (effects, SRM, sequential test, guardrails) to HTML",
             _report_args, _report_run),
     Command("experiment check", "check the platform guardrails on the prediction ledger; a breach stops it "
