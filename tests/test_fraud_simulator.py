@@ -1,4 +1,4 @@
-"""The card-transaction fraud simulator: published figures, both modes, Parquet output."""
+"""The fraud plugin's card-transaction simulator: published figures, both modes, Parquet output."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from lab.datasets import fraud
+from plugins.fraud import simulator as fraud
 from lab.errors import ConfigError, LabError
 
 SMALL = dict(n_customers=60, n_terminals=150, nb_days=45, radius=15.0)
