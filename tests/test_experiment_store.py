@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from lab.errors import ConfigError, LabError, NotFound
-from lab.experiments import Assigner, Experiment, ExperimentStore, Variant, assign
+from lab.experiments import Assigner, BaseExperimentStore, Experiment, ExperimentStore, Variant, assign
 from lab.registry import Registry
 
 TABLES = ("experiments", "experiment_audit", "experiment_allocations")
@@ -37,13 +37,16 @@ def row_counts(store) -> dict[str, int]:
 def test_created_experiment_reads_back_equal_after_reopening(store, tmp_path):
     e = ranker(layer="search", layer_share=(0, 5000), unit="CUSTOMER_ID", metric="ctr", metric_kind="mean",
                alpha=0.01, power=0.9, mde=0.02, baseline=0.1)
+    assert isinstance(store, BaseExperimentStore)
     assert store.create(e) == e
     assert store.get("ranker") == e and store.get("ranker").salt == "ranker"
     with ExperimentStore.open(tmp_path / "registry.db") as again:
         assert again.list() == [e]
         assert again.list(layer="search") == [e] and again.list(layer="other") == []
-    with Registry.open(tmp_path / "registry.db") as reg:  # the registry sees the same migrations
-        assert {"0005_experiments", "0006_experiment_buckets"} <= {m["name"] for m in reg.migrations()}
+    with Registry.open(tmp_path / "registry.db") as reg:  # one file, each owner's migrations recorded
+        assert [m["name"] for m in reg.migrations() if m["owner"] == "experiments"] == [
+            "0001_experiments", "0002_experiment_buckets"]
+        assert any(m["owner"] == "registry" for m in reg.migrations())
 
 
 def test_assignment_is_sticky_after_the_store_is_reopened(store, tmp_path):
@@ -72,13 +75,13 @@ def test_set_weights_stores_the_moved_buckets_and_units_follow_them(store, tmp_p
 
 
 def test_rows_made_before_stored_buckets_keep_their_assignments(tmp_path):
+    from lab import sqlite as layer
     from lab.experiments import variant_bucket
-    from lab.registry._db import Database
-    from lab.registry._migrations import MIGRATIONS, apply_migrations
+    from lab.experiments._migrations import MIGRATIONS
 
     path = tmp_path / "registry.db"
-    database = Database(path)
-    apply_migrations(database, MIGRATIONS[:5])  # the schema before 0006_experiment_buckets
+    database = layer.Database.open(path)
+    database.migrate("experiments", MIGRATIONS[:1])  # the schema before 0002_experiment_buckets
     legacy = {  # name -> variants, and the ranges the old layout gave them
         "ramp": ([("control", 0.7), ("a", 0.2), ("b", 0.1)], {"a": [(0, 2000)], "b": [(2000, 3000)],
                                                                "control": [(3000, 10000)]}),
@@ -88,7 +91,7 @@ def test_rows_made_before_stored_buckets_keep_their_assignments(tmp_path):
     }
     with database.write() as db:
         for name, (variants, _) in legacy.items():
-            db["experiments"].insert({
+            layer.insert(db, "experiments", {
                 "name": name, "kind": "experiment", "status": "running", "layer": name, "share_start": 0,
                 "share_end": 10000, "salt": name, "unit": "unit_id", "metric": "conversion",
                 "metric_kind": "proportion", "alpha": 0.05, "power": 0.8, "created_at": "t", "updated_at": "t",

@@ -255,23 +255,23 @@ def test_a_cache_hit_is_void_when_outputs_hold_another_configurations_bytes(toy_
 
 
 def test_stage_records_from_before_output_digests_rerun_once(toy_lab):
-    """A registry.db made before 0007 is migrated on open; a finished record in it carries
-    no output digests, so its stage runs once more (then it is cached as usual)."""
+    """A registry.db made before stage output digests is migrated on open; a finished record
+    in it carries none, so its stage runs once more (then it is cached as usual)."""
+    from lab import sqlite as layer
     from lab.pipeline.runner import cache_key, select_stages, stage_params
-    from lab.registry._db import Database
-    from lab.registry._migrations import MIGRATIONS, apply_migrations
+    from lab.registry import MIGRATIONS
 
     config = load_config(toy_lab, pipeline={"stages": ("make",), "retries": 0})
     (stage,) = select_stages(config)
-    database = Database(config.registry_path)
+    database = layer.Database.open(config.registry_path)
     try:
-        apply_migrations(database, MIGRATIONS[:6])
+        database.migrate("registry", MIGRATIONS[:4])
         with database.write() as db:
-            assert "output_digests" not in db["stage_records"].columns_dict
-            db["runs"].insert({"id": "old", "kind": "pipeline", "status": "finished", "started_at": "2026-01-01"})
+            assert "output_digests" not in {r["name"] for r in db.execute("PRAGMA table_info(stage_records)")}
+            layer.insert(db, "runs", {"id": "old", "kind": "pipeline", "status": "finished", "started_at": "2026-01-01"})
             key, _ = cache_key(config, None, stage, stage_params(config, stage, toy_lab / "runs/old"), {})
-            db["stage_records"].insert({"pipeline_run_id": "old", "stage": "make", "status": "finished",
-                                        "attempt": 1, "cache_key": key, "outputs": "{}", "at": "2026-01-01"})
+            layer.insert(db, "stage_records", {"pipeline_run_id": "old", "stage": "make", "status": "finished",
+                                               "attempt": 1, "cache_key": key, "outputs": "{}", "at": "2026-01-01"})
     finally:
         database.close()
     (toy_lab / "data").mkdir()
@@ -280,7 +280,7 @@ def test_stage_records_from_before_output_digests_rerun_once(toy_lab):
     pm = make_plugin_manager()
     pm.register(InProcess())
     with Registry.open(config.registry_path) as reg:
-        assert reg.migrations()[-1]["name"] == "0007_stage_output_digests"
+        assert reg.migrations()[-1]["name"] == "0005_stage_output_digests"
         assert reg.find_stage_cache("make", key)["output_digests"] is None
     assert [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages] == ["finished"]
     assert (toy_lab / "data/a.txt").read_text() == "hello"

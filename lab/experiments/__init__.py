@@ -29,6 +29,7 @@ from lab.experiments.assignment import (
     variant_bucket,
 )
 from lab.experiments.model import BUCKETS, KINDS, METRIC_KINDS, STATUSES, Experiment, Variant
+from lab.experiments.base import BaseExperimentStore
 from lab.experiments.store import ExperimentStore
 
 _LAZY: dict[str, str] = {
@@ -68,6 +69,7 @@ __all__ = [
     "METRIC_KINDS",
     "STATUSES",
     "Assigner",
+    "BaseExperimentStore",
     "Experiment",
     "ExperimentStore",
     "Variant",

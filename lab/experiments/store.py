@@ -1,10 +1,10 @@
 """Flags and experiments in the registry file, with an audit row for every change.
 
-Three tables, added by the ``0005_experiments`` migration of ``lab/registry``:
-``experiments`` (the current state, one row per name; ``0006_experiment_buckets`` added
-its variant-bucket ranges), ``experiment_audit`` (who did
-what, when, old and new value, why; append-only by trigger) and
-``experiment_allocations`` (a bandit's allocation history; append-only too).
+Three tables, declared by this package's own migrations (``_migrations.py``, owner
+``experiments``, applied through ``lab.sqlite`` when the store opens): ``experiments``
+(the current state, one row per name, with its variant-bucket ranges),
+``experiment_audit`` (who did what, when, old and new value, why; append-only by
+trigger) and ``experiment_allocations`` (a bandit's allocation history; append-only too).
 
 Every change is one ``BEGIN IMMEDIATE`` transaction that updates the state and writes
 its audit row together, so a failed call (bad weights, unknown name, overlapping layer
@@ -23,10 +23,11 @@ from typing import Any, Mapping
 
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import current_actor
+from lab.experiments._migrations import MIGRATIONS, OWNER
 from lab.experiments.assignment import format_ranges
+from lab.experiments.base import BaseExperimentStore
 from lab.experiments.model import Experiment, Variant, check_plan, check_weights_sum, free_ranges
-from lab.registry._db import Database, dumps, loads, utc_now
-from lab.registry._migrations import apply_migrations
+from lab.sqlite import Database, dumps, insert, loads, utc_now
 
 
 def _row(e: Experiment, now: str) -> dict:
@@ -70,8 +71,9 @@ def _check_source(source: Any) -> None:
         raise ConfigError(f"source of an allocation must be a non-empty string (e.g. 'thompson'), got {source!r}")
 
 
-class ExperimentStore:
-    """Flags and experiments over the registry's SQLite file (``registry.db``).
+class ExperimentStore(BaseExperimentStore):
+    """Flags and experiments over the registry's SQLite file (``registry.db``): the
+    built-in ``BaseExperimentStore``.
 
     Open with ``ExperimentStore.open(path)``; use as a context manager or call
     ``close()``. Safe to share between threads; any number of processes may open the
@@ -85,9 +87,9 @@ class ExperimentStore:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "ExperimentStore":
         """Open (creating it if needed) the registry file at ``path`` and apply pending migrations."""
-        database = Database(Path(path).resolve())
+        database = Database.open(Path(path).resolve(), what="experiment store")
         try:
-            apply_migrations(database)
+            database.migrate(OWNER, MIGRATIONS)
         except BaseException:
             database.close()
             raise
@@ -157,7 +159,7 @@ class ExperimentStore:
     def _audit(self, db, name: str, action: str, old: Any, new: Any, reason: str, actor: str | None) -> None:
         if not isinstance(reason, str):
             raise ConfigError(f"reason must be a string, got {type(reason).__name__}")
-        db["experiment_audit"].insert({
+        insert(db, "experiment_audit", {
             "experiment": name, "action": action, "old": None if old is None else dumps(old, "old value"),
             "new": None if new is None else dumps(new, "new value"), "reason": reason,
             "actor": actor or current_actor(), "at": utc_now(),
@@ -184,7 +186,7 @@ class ExperimentStore:
                 raise LabError(f"experiment {experiment.name!r} already exists in {self.path}; pick another "
                                f"name, or see it with `lab experiment status {experiment.name}`")
             self._check_share(experiment)
-            db["experiments"].insert(_row(experiment, utc_now()))
+            insert(db, "experiments", _row(experiment, utc_now()))
             self._audit(db, experiment.name, "create", None, experiment.to_dict(), reason, actor)
         return experiment
 
@@ -224,7 +226,8 @@ class ExperimentStore:
                       "buckets": dumps(changed.to_dict()["buckets"], "buckets")}
             if changed.status != current.status:
                 values[f"{'started' if changed.status == 'running' else 'stopped'}_at"] = now
-            db["experiments"].update(name, values)
+            db.execute(f"UPDATE experiments SET {', '.join(f'{k} = ?' for k in values)} WHERE name = ?",
+                       [*values.values(), name])
             self._audit(db, name, action, old, new, reason, actor)
             if also is not None:
                 also(db, changed)
@@ -280,7 +283,7 @@ class ExperimentStore:
         actor = actor or current_actor()
 
         def record(db, changed: Experiment) -> None:
-            db["experiment_allocations"].insert({
+            insert(db, "experiment_allocations", {
                 "experiment": name, "weights": dumps(changed.weights, "allocation"), "source": source,
                 "actor": actor, "at": utc_now(),
             })
@@ -301,7 +304,7 @@ class ExperimentStore:
             last = self._db.one(
                 "SELECT weights FROM experiment_allocations WHERE experiment = ? ORDER BY id DESC LIMIT 1", [name])
             actor = actor or current_actor()
-            db["experiment_allocations"].insert({
+            insert(db, "experiment_allocations", {
                 "experiment": name, "weights": dumps(clean, "allocation"), "source": source,
                 "actor": actor, "at": utc_now(),
             })

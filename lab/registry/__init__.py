@@ -11,6 +11,9 @@ scores, pipeline stage records and the audit log.
                                 artifact_path="runs/.../model.pt", metrics={...}, lineage={...})
         reg.promote("fraud", mv.version, reason="beat the champion")
 
+``BaseRegistry`` is the contract a backend implements; ``Registry`` is the built-in
+SQLite one, over ``lab.sqlite`` (its schema: ``MIGRATIONS``, owner ``registry``).
+
 See docs/registry.md.
 """
 
@@ -18,9 +21,11 @@ from lab.registry._migrations import MIGRATIONS
 from lab.registry._models import ModelVersion
 from lab.registry._pipeline import STAGE_STATUSES
 from lab.registry._store import RUN_STATUSES, EventHook, Registry
+from lab.registry.base import BaseRegistry
 
 __all__ = [
     "MIGRATIONS",
+    "BaseRegistry",
     "RUN_STATUSES",
     "STAGE_STATUSES",
     "EventHook",

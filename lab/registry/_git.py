@@ -25,7 +25,7 @@ LOCK_FILES = (
 """Lock files in order of preference; ``pyproject.toml`` is the fallback when none exists."""
 
 PACKAGES = (
-    "lab", "numpy", "pandas", "polars", "pyarrow", "duckdb", "sqlite-utils", "torch",
+    "lab", "numpy", "pandas", "polars", "pyarrow", "duckdb", "torch",
     "pytorch-lightning", "optuna", "evidently", "litestar", "papermill", "pluggy",
     "scikit-learn",
 )

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import MODEL_PROMOTED, MODEL_REGISTERED, MODEL_ROLLED_BACK, current_actor
 from lab.registry._db import dumps, loads, to_utc_iso, utc_now
+from lab.sqlite import insert
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -184,7 +185,7 @@ class ModelCatalog:
                 "artifact_path": artifact_path, "metrics": metrics_json, "lineage": lineage_json,
                 "actor": actor, "created_at": utc_now(),
             }
-            db["model_versions"].insert(row)
+            insert(db, "model_versions", row)
             self._record_event(db, "model.registered", name, {"version": row["version"], "run_id": run_id}, actor)
         self._notify(MODEL_REGISTERED, {"model": name, "version": row["version"], "run_id": run_id})
         return _version_from_row(row)
@@ -242,7 +243,7 @@ class ModelCatalog:
                 "from_version": stack[-1] if stack else None, "to_version": version,
                 "actor": actor, "reason": reason or "", "at": utc_now(),
             }
-            event["id"] = db["alias_events"].insert(event).last_pk
+            event["id"] = insert(db, "alias_events", event)
             self._record_event(db, f"alias.{action}", name, {k: event[k] for k in (
                 "alias", "from_version", "to_version", "reason")}, actor)
         return event
@@ -285,7 +286,7 @@ class ModelCatalog:
                 "model": name, "alias": alias, "action": "rollback", "from_version": current,
                 "to_version": target, "actor": actor, "reason": reason or "", "at": utc_now(),
             }
-            event["id"] = db["alias_events"].insert(event).last_pk
+            event["id"] = insert(db, "alias_events", event)
             self._record_event(db, "alias.rollback", name, {
                 "alias": alias, "from_version": current, "to_version": target, "reason": reason or ""}, actor)
         self._notify(MODEL_ROLLED_BACK, {"model": name, "version": target, "alias": alias, "previous": current})

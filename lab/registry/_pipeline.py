@@ -6,6 +6,7 @@ from __future__ import annotations
 from lab.errors import ConfigError
 from lab.events import current_actor
 from lab.registry._db import as_float, dumps, from_real, loads, require_dict, require_text, utc_now
+from lab.sqlite import insert, insert_many
 
 STAGE_STATUSES = ("running", "finished", "failed", "skipped")
 
@@ -43,11 +44,11 @@ class PipelineRecords:
             if run_id is not None:
                 self._require_run(run_id)
             now = utc_now()
-            db["drift"].insert_all(
+            insert_many(db, "drift", [
                 {"run_id": run_id, "model_name": model_name, "model_version": model_version,
                  "reference": reference, "current": current, **r, "at": now}
                 for r in rows
-            )
+            ])
             drifted = [r["column"] for r in rows if r["drifted"]]
             self._record_event(
                 db, "drift.recorded", model_name,
@@ -92,7 +93,7 @@ class PipelineRecords:
             digests_json = dumps(digests, "stage output digests")
         with self._db.write() as db:
             self._require_run(pipeline_run_id)
-            db["stage_records"].insert(
+            insert(db, "stage_records",
                 {"pipeline_run_id": pipeline_run_id, "stage": stage, "status": status, "attempt": attempt,
                  "cache_key": cache_key, "output_notebook": None if output_notebook is None else str(output_notebook),
                  "outputs": outputs_json, "output_digests": digests_json, "error": error,

@@ -16,10 +16,12 @@ from typing import Any, Callable
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import current_actor
 from lab.registry import _git
-from lab.registry._db import Database, as_float, dumps, from_real, loads, require_dict, require_text, utc_now
-from lab.registry._migrations import applied_migrations, apply_migrations
+from lab.registry.base import BaseRegistry
+from lab.registry._db import as_float, dumps, from_real, loads, require_dict, require_text, utc_now
+from lab.registry._migrations import MIGRATIONS, OWNER
 from lab.registry._models import ModelCatalog, ModelVersion
 from lab.registry._pipeline import STAGE_STATUSES, PipelineRecords
+from lab.sqlite import Database, insert, insert_many
 
 RUN_STATUSES = ("running", "finished", "failed", "killed")
 
@@ -27,7 +29,7 @@ EventHook = Callable[[str, dict], None]
 """``on_event(name, payload)``: called after a model is registered, promoted or rolled back."""
 
 
-class Registry(ModelCatalog, PipelineRecords):
+class Registry(ModelCatalog, PipelineRecords, BaseRegistry):
     """Tracking store and model registry over one SQLite file (WAL mode).
 
     Open with ``Registry.open(path)``; use as a context manager or call ``close()``.
@@ -54,9 +56,9 @@ class Registry(ModelCatalog, PipelineRecords):
         where runs read the git commit and the lock-file hash. ``on_event(name, payload)``
         is called after each model registration, promotion and rollback commits."""
         path = Path(path).resolve()
-        database = Database(path)
+        database = Database.open(path, what="registry")
         try:
-            apply_migrations(database)
+            database.migrate(OWNER, MIGRATIONS)
         except BaseException:
             database.close()
             raise
@@ -78,8 +80,14 @@ class Registry(ModelCatalog, PipelineRecords):
         return self._db.journal_mode
 
     def migrations(self) -> list[dict]:
-        """The migrations recorded in this file (``name``, ``applied_at``), in order."""
-        return applied_migrations(self._db)
+        """Every migration recorded in this file (``owner``, ``name``, ``applied_at``), in
+        the order applied: the registry's, and those of the stores sharing the file."""
+        return self._db.migrations()
+
+    def integrity_check(self) -> list[str]:
+        """What is wrong with the file (damaged pages, rows referring to missing rows), one
+        line per problem; ``[]`` when it is sound."""
+        return self._db.integrity_check()
 
     # -- internals shared with the mixins -----------------------------------------------
 
@@ -88,12 +96,10 @@ class Registry(ModelCatalog, PipelineRecords):
             self._on_event(name, payload)
 
     def _record_event(self, db, kind: str, subject: str, payload: dict, actor: str | None) -> None:
-        db["events"].insert(
-            {
-                "kind": kind, "subject": subject, "payload": dumps(payload, "event payload"),
-                "actor": actor or current_actor(), "at": utc_now(),
-            }
-        )
+        insert(db, "events", {
+            "kind": kind, "subject": subject, "payload": dumps(payload, "event payload"),
+            "actor": actor or current_actor(), "at": utc_now(),
+        })
 
     def _require_run(self, run_id: Any) -> dict:
         row = self._db.one("SELECT * FROM runs WHERE id = ?", [run_id]) if isinstance(run_id, str) else None
@@ -144,20 +150,18 @@ class Registry(ModelCatalog, PipelineRecords):
             if parent_run_id is not None:
                 self._require_run(parent_run_id)
             now = utc_now()
-            db["runs"].insert(
-                {
-                    "id": run_id, "kind": kind, "name": name, "parent_run_id": parent_run_id,
-                    "status": "running", "seeds": dumps(seeds, "run seeds"),
-                    "git_commit": where.git_commit,
-                    "git_dirty": None if where.git_dirty is None else int(where.git_dirty),
-                    "lock_file": where.lock_file, "lock_hash": where.lock_hash,
-                    "env": dumps(where.env, "environment"), "actor": actor,
-                    "started_at": now, "finished_at": None,
-                }
-            )
-            db["run_params"].insert_all(
+            insert(db, "runs", {
+                "id": run_id, "kind": kind, "name": name, "parent_run_id": parent_run_id,
+                "status": "running", "seeds": dumps(seeds, "run seeds"),
+                "git_commit": where.git_commit,
+                "git_dirty": None if where.git_dirty is None else int(where.git_dirty),
+                "lock_file": where.lock_file, "lock_hash": where.lock_hash,
+                "env": dumps(where.env, "environment"), "actor": actor,
+                "started_at": now, "finished_at": None,
+            })
+            insert_many(db, "run_params", [
                 {"run_id": run_id, "key": k, "value": v, "at": now} for k, v in params_json.items()
-            )
+            ])
             self._record_event(db, "run.started", run_id, {"kind": kind, "name": name}, actor)
         return run_id
 
@@ -168,7 +172,7 @@ class Registry(ModelCatalog, PipelineRecords):
         with self._db.write() as db:
             self._require_run(run_id)
             now = utc_now()
-            db["run_params"].insert_all({**r, "at": now} for r in rows)
+            insert_many(db, "run_params", [{**r, "at": now} for r in rows])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
         """Append metric values (optionally at a step); ``get_run`` shows the latest per key."""
@@ -179,9 +183,9 @@ class Registry(ModelCatalog, PipelineRecords):
         with self._db.write() as db:
             self._require_run(run_id)
             now = utc_now()
-            db["run_metrics"].insert_all(
+            insert_many(db, "run_metrics", [
                 {"run_id": run_id, "key": k, "value": v, "step": step, "at": now} for k, v in values.items()
-            )
+            ])
 
     def metric_history(self, run_id: str, key: str) -> list[dict]:
         """Every logged value of one metric: ``[{"value", "step", "at"}]``, oldest first."""
@@ -198,7 +202,7 @@ class Registry(ModelCatalog, PipelineRecords):
         require_text(str(path), "artifact path")
         with self._db.write() as db:
             self._require_run(run_id)
-            db["run_artifacts"].insert({"run_id": run_id, "name": name, "path": str(path), "at": utc_now()})
+            insert(db, "run_artifacts", {"run_id": run_id, "name": name, "path": str(path), "at": utc_now()})
 
     def log_data(self, run_id: str, name: str, digest: str) -> None:
         """Record the digest of an input data set the run read (lineage follows it)."""
@@ -206,7 +210,7 @@ class Registry(ModelCatalog, PipelineRecords):
         require_text(digest, "data digest")
         with self._db.write() as db:
             self._require_run(run_id)
-            db["run_data"].insert({"run_id": run_id, "name": name, "digest": digest, "at": utc_now()})
+            insert(db, "run_data", {"run_id": run_id, "name": name, "digest": digest, "at": utc_now()})
 
     def finish_run(self, run_id: str, status: str = "finished") -> None:
         """End a run as finished, failed or killed. Finishing again with the same status is
@@ -271,13 +275,10 @@ class Registry(ModelCatalog, PipelineRecords):
             if found:
                 return found["id"]
             actor = current_actor()
-            table = db["datasets"].insert(
-                {
-                    "kind": kind, "name": name, "digest": digest, "path": str(path), "rows": rows,
-                    "meta": meta_json, "actor": actor, "created_at": utc_now(),
-                }
-            )
-            dataset_id = table.last_pk
+            dataset_id = insert(db, "datasets", {
+                "kind": kind, "name": name, "digest": digest, "path": str(path), "rows": rows,
+                "meta": meta_json, "actor": actor, "created_at": utc_now(),
+            })
             self._record_event(db, "dataset.recorded", digest, {"id": dataset_id, "kind": kind, "name": name}, actor)
             return dataset_id
 
@@ -300,10 +301,11 @@ class Registry(ModelCatalog, PipelineRecords):
         value = None if value is None else as_float(value, "trial value")
         with self._db.write() as db:
             self._require_run(run_id)
-            db["trials"].upsert(
-                {"run_id": run_id, "number": number, "params": params_json, "value": value,
-                 "state": state, "updated_at": utc_now()},
-                pk=("run_id", "number"),
+            db.execute(
+                "INSERT INTO trials (run_id, number, params, value, state, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, number) DO UPDATE SET params = excluded.params, value = excluded.value, "
+                "state = excluded.state, updated_at = excluded.updated_at",
+                [run_id, number, params_json, value, state, utc_now()],
             )
 
     def list_trials(self, run_id: str) -> list[dict]:
