@@ -59,6 +59,47 @@ def test_file_is_wal_sqlite_with_typed_columns_and_a_watermark_row(online):
         con.close()
 
 
+def test_a_new_store_records_its_migrations_and_is_sound(online):
+    from lab import sqlite as layer
+
+    online.write(SPEND, spend_rows([1]), T0)
+    conn = layer.connect(online.path)
+    try:
+        assert [(m["owner"], m["name"]) for m in layer.applied_migrations(conn)] == [("online_store", "0001_watermarks")]
+        assert layer.integrity_check(conn) == []
+    finally:
+        conn.close()
+
+
+def test_a_store_from_before_recorded_migrations_is_read_and_then_recorded(tmp_path):
+    """A file written before the schema was a named migration: it reads as it did, and
+    opening it records the migration without touching the rows."""
+    from lab import sqlite as layer
+
+    path = tmp_path / "online.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(f"""
+            CREATE TABLE watermarks (view TEXT PRIMARY KEY, version TEXT NOT NULL, watermark TEXT NOT NULL,
+                entity TEXT NOT NULL, key_type TEXT NOT NULL, features TEXT NOT NULL, rows INTEGER NOT NULL,
+                written_at TEXT NOT NULL);
+            CREATE TABLE view_spend ("USER_ID" INTEGER PRIMARY KEY, "NB_1D" INTEGER, "AVG_1D" REAL);
+            INSERT INTO view_spend VALUES (4, 2, 3.5);
+            INSERT INTO watermarks VALUES ('spend', '{SPEND.version}', '{T0.isoformat()}', 'USER_ID', 'INTEGER',
+                '["NB_1D", "AVG_1D"]', 1, '2024-03-10T12:00:00+00:00');
+        """)
+    store = SQLiteOnlineStore(path)
+    try:
+        assert store.read(SPEND, [4, 5]) == [{"NB_1D": 2, "AVG_1D": 3.5}, None]
+        assert store.watermark(SPEND) == T0
+    finally:
+        store.close()
+    conn = layer.connect(path)
+    try:
+        assert [m["name"] for m in layer.applied_migrations(conn, "online_store")] == ["0001_watermarks"]
+    finally:
+        conn.close()
+
+
 def test_keys_given_as_text_or_numpy_find_integer_keys(online):
     import numpy as np
 

@@ -11,38 +11,55 @@ never a mix, and are never blocked by the writer.
 Only ``write`` creates the file. Reading a store that does not exist (never
 materialized, or deleted) creates nothing: every view reads as never materialized, and
 a file written later is picked up by the next read.
+
+Connections, transactions and the schema's named migrations (owner ``online_store``)
+go through ``lab.sqlite``, like every SQLite file of the lab. A file made before the
+migrations were recorded already has their tables and is recorded as migrated on open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
 import threading
-import time
-import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 
-from lab.errors import LabError
+from lab.errors import LabError, NotFound
 from lab.features.stores import OnlineStore
 from lab.features.views import FeatureView
+from lab.sqlite import Migration, connect, migrate, read_transaction, write_transaction
 
 _BATCH = 500  # keys per SELECT: well under SQLite's bound-variable limit
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS watermarks (
-    view TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    watermark TEXT NOT NULL,
-    entity TEXT NOT NULL,
-    key_type TEXT NOT NULL,
-    features TEXT NOT NULL,
-    rows INTEGER NOT NULL,
-    written_at TEXT NOT NULL
+
+OWNER = "online_store"
+
+
+def _watermarks(conn: sqlite3.Connection) -> None:
+    """Per view: the time it was materialized as of, the view version it was computed
+    with, its entity column and key type, feature names, row count and write time. (IF NOT
+    EXISTS: files from before this migration was recorded already have the table.)"""
+    conn.execute("""
+        CREATE TABLE IF NOT EXISTS watermarks (
+            view TEXT PRIMARY KEY,
+            version TEXT NOT NULL,
+            watermark TEXT NOT NULL,
+            entity TEXT NOT NULL,
+            key_type TEXT NOT NULL,
+            features TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            written_at TEXT NOT NULL
+        )
+    """)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_watermarks", _watermarks),
 )
-"""
 
 
 def _q(name: str) -> str:
@@ -86,43 +103,27 @@ class SQLiteOnlineStore(OnlineStore):
         return f"SQLiteOnlineStore({str(self.path)!r})"
 
     def _con(self, create: bool = False) -> sqlite3.Connection | None:
-        """This thread's connection; None when the file does not exist and not ``create``."""
+        """This thread's connection; None when the file does not exist and not ``create``.
+        A new connection brings the file's schema up to date (a read when it already is)."""
         con = getattr(self._local, "con", None)
         if con is None:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                target, uri = str(self.path), False
-            else:
-                # mode=rw: open an existing file, never create one (a reader must not
-                # leave an empty store behind that later looks materialized-but-empty).
-                target, uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=rw", True
             try:
-                # isolation_level=None: we issue BEGIN/COMMIT ourselves.
-                con = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False,
-                                      timeout=self.busy_timeout_ms / 1000)
-            except sqlite3.OperationalError:
-                if create or self.path.exists():
-                    raise
+                # create=False never creates the file: a reader must not leave an empty
+                # store behind that later looks materialized-but-empty.
+                # synchronous=FULL: a materialization is rare and must survive a power cut.
+                con = connect(self.path, create=create, busy_timeout_s=self.busy_timeout_ms / 1000,
+                              synchronous="FULL", dict_rows=False)  # tuples: the read path is hot
+            except NotFound:
                 return None
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            try:
+                migrate(con, OWNER, MIGRATIONS)
+            except BaseException:
+                con.close()
+                raise
             self._local.con = con
             with self._lock:
                 self._all.append(con)
         return con
-
-    def _begin_immediate(self, con: sqlite3.Connection) -> None:
-        # busy_timeout covers most waits; retry covers a lock lost in a race at BEGIN.
-        deadline = time.monotonic() + self.busy_timeout_ms / 1000
-        while True:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise LabError(f"online store {self.path} is busy: {exc}") from None
-                time.sleep(0.02)
 
     # -- writing -------------------------------------------------------------------
 
@@ -148,26 +149,21 @@ class SQLiteOnlineStore(OnlineStore):
         ddl = f"{_q(view.entity)} {types[view.entity]} PRIMARY KEY" + (f", {ddl}" if ddl else "")
         placeholders = ", ".join("?" for _ in columns)
         con = self._con(create=True)
-        self._begin_immediate(con)
         try:
-            con.execute(_SCHEMA)  # this connection may have been opened by a reader
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-            con.execute(f"CREATE TABLE {table} ({ddl})")
-            con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", data)
-            con.execute(
-                "INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (view.name, view.version, watermark.isoformat(), view.entity, types[view.entity],
-                 json.dumps(view.feature_names), len(data),
-                 dt.datetime.now(dt.timezone.utc).isoformat()),
-            )
-            con.execute("COMMIT")
+            with write_transaction(con, doing=f"write view {view.name!r} to the online store",
+                                   retry_s=self.busy_timeout_ms / 1000):
+                con.execute(f"DROP TABLE IF EXISTS {table}")
+                con.execute(f"CREATE TABLE {table} ({ddl})")
+                con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", data)
+                con.execute(
+                    "INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (view.name, view.version, watermark.isoformat(), view.entity, types[view.entity],
+                     json.dumps(view.feature_names), len(data),
+                     dt.datetime.now(dt.timezone.utc).isoformat()),
+                )
         except sqlite3.IntegrityError as exc:
-            con.execute("ROLLBACK")
             raise LabError(f"rows for view {view.name!r} repeat an entity key ({exc}); "
                            "give one row per key. The previous rows are kept.") from None
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return len(data)
 
     # -- reading -------------------------------------------------------------------
@@ -195,10 +191,7 @@ class SQLiteOnlineStore(OnlineStore):
         if con is None:  # no store file: nothing was ever materialized
             return [None] * len(keys)
         # One read transaction over all batches: one snapshot even if a write commits.
-        many = len(keys) > _BATCH
-        if many:
-            con.execute("BEGIN")
-        try:
+        with read_transaction(con) if len(keys) > _BATCH else contextlib.nullcontext():
             state = self._state(con, view)
             if state is None:
                 return [None] * len(keys)
@@ -219,9 +212,6 @@ class SQLiteOnlineStore(OnlineStore):
                        f"({', '.join('?' for _ in batch)})")
                 for row in con.execute(sql, batch):
                     found[row[0]] = dict(zip(view.feature_names, row[1:]))
-        finally:
-            if many:
-                con.execute("COMMIT")
         return [dict(found[k]) if k in found else None for k in wanted]
 
     def watermark(self, view: FeatureView) -> dt.datetime | None:
