@@ -1,6 +1,9 @@
-"""The ``lab`` command line. Core commands live here; plugins add more via ``lab_cli_commands``.
+"""The ``lab`` command line: ``Command``, ``Context`` and ``main``.
 
-Every ``LabError`` becomes a one-line message and exit status 2, never a traceback.
+Every command, the core's included, comes from a plugin's ``lab_cli_commands`` (the
+core's from ``lab.commands``, registered as the built-in plugin ``lab_commands``); this
+module imports no command module. Every ``LabError`` becomes a one-line message and exit
+status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from lab.config import load_config
 from lab.errors import LabError
+from lab.plugins import get_plugin_manager
 
 
 @dataclass(frozen=True)
@@ -37,24 +42,14 @@ class Context:
     @property
     def config(self):
         if self._config is None:
-            from lab.config import load_config
-
             self._config = load_config(self._root)
         return self._config
 
     @property
     def pm(self):
         if self._pm is None:
-            from lab.plugins import get_plugin_manager
-
             self._pm = get_plugin_manager(self.config)
         return self._pm
-
-
-def core_commands() -> list[Command]:
-    from lab.commands import COMMANDS
-
-    return list(COMMANDS)
 
 
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
@@ -89,9 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     known, _ = pre.parse_known_args(argv)
     ctx = Context(known.root)
     try:
-        commands = core_commands()
-        for batch in ctx.pm.hook.lab_cli_commands():
-            commands.extend(batch or [])
+        # The core's commands come first (lab.commands answers tryfirst), then the plugins'.
+        commands = [cmd for batch in ctx.pm.hook.lab_cli_commands() for cmd in (batch or [])]
         parser = build_parser(commands)
         args = parser.parse_args(argv)
         if not getattr(args, "_command", None):

@@ -1,10 +1,26 @@
-"""Core ``lab`` subcommands: plugins, run, promote, rollback, features, models."""
+"""The core's ``lab`` subcommands, contributed through ``lab_cli_commands`` like a plugin's.
+
+This module is the built-in plugin ``lab_commands`` (``lab.plugins.DEFAULT_PLUGINS``):
+``plugins`` and ``run`` live here; the registry's, the feature store's and the
+experiments' commands live beside their code; ``lab init`` in ``lab.scaffold``. The
+CLI (``lab.cli``) imports none of them: it asks the plugin manager. Each command keeps
+its heavy imports inside ``run``, so building the parser loads no data library.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 
+from lab import hookimpl
 from lab.cli import Command, Context
+from lab.experiments.commands import COMMANDS as EXPERIMENT_COMMANDS
+from lab.features.commands import COMMANDS as FEATURE_COMMANDS
+from lab.pipeline.runner import run_pipeline
+from lab.plugins import plugin_table
+from lab.registry.commands import COMMANDS as REGISTRY_COMMANDS
+from lab.scaffold import INIT_COMMAND
 
 
 def _plugins_args(p: argparse.ArgumentParser) -> None:
@@ -12,10 +28,6 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
 
 
 def _plugins_run(args: argparse.Namespace, ctx: Context) -> int:
-    import json
-
-    from lab.plugins import plugin_table
-
     rows = plugin_table(ctx.pm)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -35,10 +47,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_run(args: argparse.Namespace, ctx: Context) -> int:
-    import time
-
-    from lab.pipeline.runner import run_pipeline
-
     started = time.perf_counter()
     from lab.config import apply_overrides
 
@@ -70,20 +78,14 @@ COMMANDS: list[Command] = [
     Command("plugins", "list loaded plugins with their versions and hooks", _plugins_args, _plugins_run),
     Command("run", "run the notebook pipeline; unchanged stages are skipped, a stopped run resumes",
             _run_args, _run_run),
+    *REGISTRY_COMMANDS,
+    *FEATURE_COMMANDS,
+    *EXPERIMENT_COMMANDS,
+    INIT_COMMAND,
 ]
 
-from lab.registry.commands import COMMANDS as REGISTRY_COMMANDS  # noqa: E402
 
-COMMANDS += REGISTRY_COMMANDS
-
-from lab.features.commands import COMMANDS as FEATURE_COMMANDS  # noqa: E402
-
-COMMANDS += FEATURE_COMMANDS
-
-from lab.experiments.commands import COMMANDS as EXPERIMENT_COMMANDS  # noqa: E402
-
-COMMANDS += EXPERIMENT_COMMANDS
-
-from lab.scaffold import INIT_COMMAND  # noqa: E402
-
-COMMANDS.append(INIT_COMMAND)
+@hookimpl(tryfirst=True)
+def lab_cli_commands():
+    """The core's commands, first in ``lab --help``."""
+    return list(COMMANDS)

@@ -18,6 +18,7 @@ from lab.errors import ConfigError
 # (which also lists them once the project is installed) does not load them twice.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("lab_core", "lab.pipeline.core_hooks"),
+    ("lab_commands", "lab.commands"),
     ("duckdb_offline", "plugins.duckdb_offline"),
     ("sqlite_online", "plugins.sqlite_online"),
     ("papermill_executor", "plugins.papermill_executor"),
