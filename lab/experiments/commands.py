@@ -430,9 +430,15 @@ def _simulate_run(args: argparse.Namespace, ctx: Context) -> int:
 # -- report (lab/experiments/report.py) ---------------------------------------------------
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    from lab.experiments.report import add_report_arguments
-
-    add_report_arguments(p)
+    p.add_argument("name", help="the experiment to report on")
+    p.add_argument("--outcomes", required=True, metavar="FILE",
+                   help="Parquet or CSV, one row per unit: unit_id, value (0/1 or a number); optional at, pre, variant")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels for online quality, Parquet or CSV: the model's event id and label columns "
+                        "(its request id and label), e.g. the source the model trains on")
+    p.add_argument("--labels-as-of", metavar="TIME",
+                   help="count only labels known by then (event time + the model's label delay), ISO 8601")
+    p.add_argument("--looks", type=int, default=20, help="equally spaced looks of the sequential test (default 20)")
 
 
 def _report_run(args: argparse.Namespace, ctx: Context) -> int:

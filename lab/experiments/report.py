@@ -466,17 +466,6 @@ def render_report(config, pm, name: str, outcomes: Any, *, labels: Any = None, l
 
 # --------------------------------------------------------------------------- lab experiment report
 
-def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="the experiment to report on")
-    p.add_argument("--outcomes", required=True, metavar="FILE",
-                   help="Parquet or CSV, one row per unit: unit_id, value (0/1 or a number); optional at, pre, variant")
-    p.add_argument("--labels", metavar="FILE",
-                   help="labels for online quality: TRANSACTION_ID and TX_FRAUD, e.g. data/transactions.parquet")
-    p.add_argument("--labels-as-of", metavar="TIME",
-                   help="count only labels known by then (transaction time + 7 days), ISO 8601")
-    p.add_argument("--looks", type=int, default=20, help="equally spaced looks of the sequential test (default 20)")
-
-
 def run_report_command(args: argparse.Namespace, ctx) -> int:
     results = experiment_results(ctx.config, args.name, args.outcomes, looks=args.looks, labels=args.labels,
                                  labels_as_of=args.labels_as_of, pm=ctx.pm)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from typing import Sequence
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Sequence
 
 from lab.features.views import FeatureView
+
+if TYPE_CHECKING:  # pyarrow types the contract; only a store's own code needs the library
+    import pyarrow as pa
 
 
 class OfflineStore(abc.ABC):
