@@ -1,5 +1,6 @@
-"""The model server in-process: a real tiny lab (model, registry, online store, ledger) and
-Litestar's TestClient. The real `lab serve` process is tested in test_serving_server.py."""
+"""The model server in-process: the fraud plugin's tiny lab (model, registry, online store,
+ledger) and Litestar's TestClient. The real `lab serve` process is tested in
+test_serving_server.py; a lab of another domain in test_serving_generic.py."""
 
 from __future__ import annotations
 
@@ -24,9 +25,11 @@ from lab.config import load_config
 from lab.plugins import feature_views, get_plugin_manager, model_flavor
 from lab.registry import Registry
 from lab.serving.ledger import Ledger, PredictionRecord, read_predictions
-from plugins.fraud_features import FEATURE_COLUMNS
+from lab.errors import ConfigError
+from plugins.fraud.features import FEATURE_COLUMNS
+from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 from plugins.litestar_serving import create_app
-from plugins.litestar_serving.testing import MODEL_ARTIFACT, build_tiny_lab
+from tests.conftest import write_pyproject
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +80,7 @@ def test_valid_transaction_is_scored_with_store_features(client, tiny_lab):
     body = response.json()
     assert 0.0 <= body["score"] <= 1.0
     assert body["model"] == "fraud" and body["model_version"] == tiny_lab.model_version
-    assert body["transaction_id"] == 1
+    assert body["event_id"] == 1
     assert list(body["features"]) == list(FEATURE_COLUMNS)
     # The stored customer row (count 6, mean 52 for customer 2) plus this transaction.
     assert body["features"]["CUSTOMER_ID_NB_TX_7DAY_WINDOW"] == 7
@@ -88,7 +91,9 @@ def test_valid_transaction_is_scored_with_store_features(client, tiny_lab):
     age = (dt.datetime.fromisoformat(tx["TX_DATETIME"]) - tiny_lab.watermark).total_seconds()
     assert body["feature_age_seconds"] == {"customer_spending": age, "terminal_risk": age}
     assert body["stale"] == {"customer_spending": False, "terminal_risk": False}
+    assert body["future"] == {"customer_spending": False, "terminal_risk": False}
     assert body["latency_ms"] > 0
+    assert client.get("/stats").json()["features"] == {"stale": 0, "future": 0}
 
 
 def test_score_is_the_models_score_of_the_reported_features(client, tiny_lab):
@@ -128,6 +133,18 @@ def test_stale_is_flagged_past_each_views_ttl(client, tiny_lab, days, stale):
     body = client.post("/predict", json=tiny_lab.transaction(6, when=when)).json()
     assert body["stale"] == stale
     assert body["feature_age_seconds"]["customer_spending"] == days * 86400
+    assert client.get("/stats").json()["features"] == {"stale": int(any(stale.values())), "future": 0}
+
+
+def test_a_back_dated_request_is_flagged_future_and_served_defaults(client, tiny_lab):
+    when = tiny_lab.watermark - dt.timedelta(hours=1)  # before the materialization it would read
+    body = client.post("/predict", json=tiny_lab.transaction(8, customer=2, terminal=11, when=when)).json()
+    assert body["future"] == {"customer_spending": True, "terminal_risk": True}
+    assert body["defaults"] == {"customer_spending": True, "terminal_risk": True}
+    assert body["stale"] == {"customer_spending": False, "terminal_risk": False}
+    assert body["feature_age_seconds"]["terminal_risk"] == -3600
+    assert body["features"]["CUSTOMER_ID_NB_TX_7DAY_WINDOW"] == 1  # this transaction only, not the stored 6
+    assert client.get("/stats").json()["features"] == {"stale": 0, "future": 1}
 
 
 def test_a_time_with_an_offset_is_read_as_wall_clock(client, tiny_lab):
@@ -281,11 +298,15 @@ def test_health_ready_and_schema(client, tiny_lab):
     spec = client.get("/schema/openapi.json").json()
     predict = spec["paths"]["/predict"]["post"]
     assert predict["operationId"] == "predict" and predict["tags"] == ["prediction"]
-    assert "Score one transaction" in predict["summary"] and "ledger" in predict["description"]
+    assert predict["summary"] == "Score one Transaction" and "ledger" in predict["description"]
+    assert "fraud" not in predict["description"].lower()
     assert {"200", "400", "503"} <= set(predict["responses"])
     body_ref = predict["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     schema = spec["components"]["schemas"][body_ref.rsplit("/", 1)[1]]
     assert set(schema["required"]) == set(GOOD)
+    assert schema["examples"] == [{"TRANSACTION_ID": 1, "TX_DATETIME": "2018-09-30T12:00:00", "CUSTOMER_ID": 596,
+                                   "TERMINAL_ID": 3156, "TX_AMOUNT": 57.16}]
+    assert schema["properties"]["TX_AMOUNT"]["description"] == "the amount, 0 to 1e9"
     assert spec["paths"]["/readyz"]["get"]["operationId"] == "readyz"
 
 
@@ -332,6 +353,7 @@ def test_readyz_is_503_with_the_reason_when_the_model_cannot_load(tiny_lab):
 
 
 def test_readyz_names_the_fix_when_there_is_no_champion(bare_lab):
+    write_pyproject(bare_lab, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
     config = load_config(bare_lab)
     Registry.open(config.registry_path, project_root=bare_lab).close()
     with open_client(bare_lab) as c:
@@ -436,7 +458,7 @@ def test_every_prediction_reaches_the_ledger_by_shutdown(tiny_lab):
     assert [r["request_id"] for r in rows] == [r["request_id"] for r in responses]
     assert rows[-1]["request_id"] == "trace-abc.1"
     first = rows[0]
-    assert first["transaction_id"] == 100 and first["model_name"] == "fraud" and first["model_version"] == 1
+    assert first["event_id"] == 100 and first["model_name"] == "fraud" and first["model_version"] == 1
     assert first["features"] == responses[0]["features"] and first["score"] == responses[0]["score"]
     assert first["defaults"] == {"customer_spending": True, "terminal_risk": False}
     assert first["request"]["CUSTOMER_ID"] == 9999 and first["request"]["TX_DATETIME"].startswith("2018-08-01T10:")
@@ -445,7 +467,7 @@ def test_every_prediction_reaches_the_ledger_by_shutdown(tiny_lab):
 
 
 def _record(i: int) -> PredictionRecord:
-    return PredictionRecord(transaction_id=i, model_name="fraud", model_version=1 + i % 2,
+    return PredictionRecord(event_id=i, model_name="fraud", model_version=1 + i % 2,
                             features={"TX_AMOUNT": float(i)}, defaults={"customer_spending": False},
                             score=0.5, latency_ms=0.3, request={"TRANSACTION_ID": i})
 
@@ -455,9 +477,9 @@ def test_ledger_query_filters_and_limit(tmp_path):
         for i in range(10):
             assert ledger.append(_record(i))
         assert ledger.flush()
-        assert [r["transaction_id"] for r in ledger.read(3)] == [7, 8, 9]
-        assert [r["transaction_id"] for r in ledger.query(model_version=2)] == [1, 3, 5, 7, 9]
-        assert [r["transaction_id"] for r in ledger.query(transaction_ids=[4, 8, 99])] == [4, 8]
+        assert [r["event_id"] for r in ledger.read(3)] == [7, 8, 9]
+        assert [r["event_id"] for r in ledger.query(model_version=2)] == [1, 3, 5, 7, 9]
+        assert [r["event_id"] for r in ledger.query(event_ids=[4, 8, 99])] == [4, 8]
         assert ledger.stats() | {"commits": 0} == {"appended": 10, "written": 10, "dropped": 0, "failed": 0,
                                                     "commits": 0, "queued": 0}
 
@@ -480,7 +502,7 @@ def test_a_full_ledger_queue_drops_and_counts_instead_of_blocking(tmp_path):
         blocker.execute("COMMIT")
         blocker.close()
     ledger.close()
-    assert [r["transaction_id"] for r in read_predictions(path)] == [0, 1, 2]
+    assert [r["event_id"] for r in read_predictions(path)] == [0, 1, 2]
     assert ledger.stats()["written"] == 3 and not ledger.append(_record(11))  # closed: dropped, counted
 
 
@@ -493,7 +515,7 @@ def test_ledger_append_is_safe_from_many_threads(tmp_path):
         for t in threads:
             t.join()
     rows = read_predictions(tmp_path / "ledger.db")
-    assert sorted(r["transaction_id"] for r in rows) == sorted(k * 100 + i for k in range(4) for i in range(50))
+    assert sorted(r["event_id"] for r in rows) == sorted(k * 100 + i for k in range(4) for i in range(50))
 
 
 def test_reading_a_missing_ledger_names_the_fix(tmp_path):
@@ -534,14 +556,26 @@ def test_routes_from_lab_http_routes_are_mounted_and_a_500_is_logged(tiny_lab, c
     assert "a bug in a plugin route" in capfd.readouterr().err
 
 
+def test_a_model_no_plugin_declares_cannot_be_served(bare_lab, capsys):
+    with pytest.raises(ConfigError, match="set \\[tool.lab\\] model_name"):
+        create_app(load_config(bare_lab))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "declares 0 models" in err and "model_name" in err and "Traceback" not in err
+    write_pyproject(bare_lab, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
+    assert main(["serve", "--model", "other"]) == 2
+    assert "no plugin declares model 'other'" in capsys.readouterr().err
+
+
 def test_lab_serve_refuses_without_a_champion(bare_lab, capsys):
+    write_pyproject(bare_lab, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "nothing to serve" in err and "lab promote fraud VERSION" in err and "Traceback" not in err
     config = load_config(bare_lab)
     Registry.open(config.registry_path, project_root=bare_lab).close()
-    assert main(["serve", "--model", "other"]) == 2
-    assert "model 'other' has no champion" in capsys.readouterr().err
+    assert main(["serve"]) == 2
+    assert "model 'fraud' has no champion" in capsys.readouterr().err
 
 
 def test_lab_serve_names_a_busy_port(tiny_lab, capsys):

@@ -19,7 +19,7 @@ from lab.plugins import get_plugin_manager, model_flavor
 from lab.registry import Registry
 from lab.serving.ledger import read_predictions
 from plugins.litestar_serving import create_app
-from plugins.litestar_serving.testing import MODEL_ARTIFACT, build_tiny_lab
+from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 
 CUSTOMERS = range(1000, 1400)
 
@@ -263,3 +263,43 @@ def test_a_promoted_version_with_other_inputs_is_not_swapped_in(lab_with_two_ver
             reg.promote("fraud", narrow.version)
         assert until(lambda: any("inputs differ" in w for w in client.get("/readyz").json()["warnings"]))
         assert {v for _, v in score_all(client, lab, customers=range(5)).values()} == {1}
+
+
+def test_the_flag_routes_by_its_unit_field_whatever_it_is(lab_with_two_versions):
+    lab = lab_with_two_versions
+    config = load_config(lab.root)
+    with ExperimentStore.open(config.registry_path) as store:
+        store.create(Experiment("by_terminal", (Variant("control", 0.5, {"model_version": 1}),
+                                                Variant("treatment", 0.5, {"model_version": 2})),
+                                kind="flag", layer="terminals", unit="TERMINAL_ID"))
+        store.start("by_terminal")
+        assigner = Assigner.from_store(store)
+    app = create_app(config, get_plugin_manager(config), flag="by_terminal", refresh_s=0.05, guardrail_s=0)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert wait_ready(client).status_code == 200
+        got = {}
+        for terminal in range(500, 560):
+            body = client.post("/predict", json=lab.transaction(terminal, customer=1, terminal=terminal)).json()
+            got[terminal] = body["variant"]
+    assert got == {t: assigner.variant("by_terminal", t) for t in got}
+    assert set(got.values()) == {"control", "treatment"}  # one customer, both variants: not by CUSTOMER_ID
+
+
+def test_a_flag_whose_unit_is_not_a_request_field_is_not_ready_with_the_fix(lab_with_two_versions, capsys):
+    lab = lab_with_two_versions
+    config = load_config(lab.root)
+    with ExperimentStore.open(config.registry_path) as store:
+        store.create(Experiment("by_session", (Variant("control", 0.5, {"model_version": 1}),
+                                               Variant("treatment", 0.5, {"model_version": 2})),
+                                kind="flag", layer="sessions", unit="SESSION_ID"))
+        store.start("by_session")
+    app = create_app(config, flag="by_session", refresh_s=0.05, guardrail_s=0)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        response = wait_ready(client)
+        assert response.status_code == 503
+        reason = response.json()["reason"]
+        assert "'SESSION_ID', which is not a field of the Transaction request" in reason
+        assert "CUSTOMER_ID" in reason and "--unit" in reason
+        assert client.post("/predict", json=lab.transaction(1)).status_code == 503
+    assert main(["--root", str(lab.root), "serve", "--flag", "by_session", "--port", "8799"]) == 2
+    assert "'SESSION_ID', which is not a field of the Transaction request of model 'fraud'" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from lab.serving.ledger import read_predictions
-from plugins.litestar_serving.testing import build_tiny_lab
+from plugins.fraud.testing import build_tiny_lab
 
 LAB = Path(sys.executable).parent / "lab"
 
@@ -106,8 +106,8 @@ def test_real_server_scores_refuses_bad_input_and_flushes_the_ledger_on_sigterm(
     rows = read_predictions(lab.root / "data" / "ledger.db")
     assert len(rows) == 203
     assert [r["request_id"] for r in rows[-201:-1]] == ids
-    assert rows[0]["transaction_id"] == 1 and rows[1]["defaults"]["terminal_risk"] is True
-    assert rows[-1]["transaction_id"] == 6
+    assert rows[0]["event_id"] == 1 and rows[1]["defaults"]["terminal_risk"] is True
+    assert rows[-1]["event_id"] == 6
     assert "ledger closed: 203 written, 0 dropped, 0 failed" in log
 
 
@@ -124,7 +124,7 @@ def test_real_server_with_allow_empty_store_serves_defaults_and_creates_no_store
 
 @pytest.mark.slow
 def test_real_lab_serve_exits_with_the_fix_when_there_is_no_champion(tmp_path):
-    (tmp_path / "pyproject.toml").write_text("[tool.lab]\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.lab]\nmodel_name = "fraud"\n\n[tool.lab.fraud]\n')
     done = subprocess.run([str(LAB), "--root", str(tmp_path), "serve", "--port", str(free_port())],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2

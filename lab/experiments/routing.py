@@ -1,12 +1,16 @@
 """Route each request to a model version by a flag, and follow the flag as it changes.
 
-A flag (``lab experiment create NAME --flag``) whose variants carry a payload
-``{"model_version": N}`` (or ``{"alias": "champion"}``) decides, per unit (e.g. a
-CUSTOMER_ID), which registered version scores the request. Assignment is the sticky
-hash of ``lab.experiments``: a unit keeps its variant while the weights stand, and
-raising a variant's weight only moves units into it. Turning a new version on for 10 %
-of traffic, ramping it, or rolling it back is ``lab experiment set-weights``: the server
-notices within ``refresh_s`` and swaps its routing table, with no restart.
+A flag (``lab experiment create NAME --flag --unit FIELD``) whose variants carry a payload
+``{"model_version": N}`` (or ``{"alias": "champion"}``) decides, per unit (the value of
+the request field the experiment names as its ``unit``), which registered version scores
+the request. Assignment is the sticky hash of ``lab.experiments``: a unit keeps its
+variant while the weights stand, and raising a variant's weight only moves units into it.
+Turning a new version on for 10 % of traffic, ramping it, or rolling it back is
+``lab experiment set-weights``: the server notices within ``refresh_s`` and swaps its
+routing table, with no restart.
+
+``FlagRouter`` implements ``lab.serving.routing.Router``, the protocol the model server
+calls; the server itself knows nothing of experiments.
 """
 
 from __future__ import annotations
@@ -18,17 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab.errors import ConfigError, LabError
+from lab.serving.routing import Route
 
-log = logging.getLogger("lab.serving.routing")
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one request goes: the variant, the model version, and the loaded model."""
-
-    variant: str
-    version: Any  # lab.registry.ModelVersion
-    model: Any
+log = logging.getLogger("lab.experiments.routing")
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,8 @@ class _Table:
 
 
 class FlagRouter:
-    """Routing by flag for one model. ``refresh()`` reloads when the flag store changed.
+    """Routing by flag for one model: a ``lab.serving.routing.Router``. ``refresh()``
+    reloads when the flag store changed.
 
     ``load_model(version)`` loads a ``ModelVersion`` (the server passes its flavor
     loader); loaded models are cached by version number, so ramping weights loads
@@ -65,6 +62,16 @@ class FlagRouter:
     @property
     def experiment(self):
         return self._table.experiment if self._table else None
+
+    @property
+    def unit(self) -> str | None:
+        """The request field whose value picks the variant (the experiment's ``unit``)."""
+        return self._table.experiment.unit if self._table else None
+
+    @property
+    def control(self) -> str | None:
+        """The control variant's name: where a unit outside the flag's share goes."""
+        return self._table.experiment.control.name if self._table else None
 
     def refresh(self) -> bool:
         """Rebuild the table if the flag store changed since the last build; True if rebuilt.

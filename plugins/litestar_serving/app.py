@@ -1,9 +1,14 @@
 """The model server's Litestar app: ``create_app(config, pm)``.
 
+It serves any lab's model from its ``ModelSpec`` (``lab_model_specs``): the request
+body is a Struct made from the spec's request schema, features come from the spec's
+views (keyed by request fields) and its ``request_row``, and the warm-up scores the
+schema's example. Nothing here names a field of a particular lab.
+
 Start-up happens in the lifespan, in the background: the process answers ``/healthz``
 at once while a worker thread opens the online store and the prediction ledger,
 resolves the alias (``champion`` by default) in the registry, loads that version with
-its flavor, and warms it with one prediction and one dry-run feature assembly. Only
+its flavor, and warms it with one prediction and one dry-run feature assembly of the example request. Only
 then does ``/readyz`` answer 200 and ``/predict`` score; before, or if any step failed,
 both answer 503 with the reason. An online store with a view the model reads never
 materialized (a missing ``online.db``) is such a failure, unless ``allow_empty_store``.
@@ -17,15 +22,18 @@ a loopback name are answered (a DNS-rebinding page cannot read the responses).
 
 The server follows its alias: every ``flag_refresh_s`` it looks the alias up again, and
 when ``lab promote`` or ``lab rollback`` moved it, loads that version beside the one
-serving and swaps them whole, with no restart and no failed request. With ``flag=NAME`` the server routes each request by that flag instead
-(``lab.serving.routing``): every variant's model version is loaded, a unit's variant
-picks the model, and a background task follows weight changes without a restart.
+serving and swaps them whole, with no restart and no failed request. With ``flag=NAME`` the server routes each request
+by that flag instead (a ``lab.serving.routing.Router``; the built one is
+``lab.experiments.routing.FlagRouter``): every variant's model version is loaded, the
+variant of the request's unit field (the experiment's ``unit``) picks the model, and a
+background task follows weight changes without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import ipaddress
 import logging
 import re
@@ -51,15 +59,24 @@ from litestar.params import JSONBody
 
 import lab
 from lab.errors import LabError
+from lab.modelspec import ModelSpec
 from lab.serving.ledger import Ledger, PredictionRecord
-from lab.serving.routing import FlagRouter
+from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
-from plugins.litestar_serving.errors import client_error_handler, host_guard, strict_body
-from plugins.litestar_serving.schemas import ErrorBody, Health, Prediction, Readiness, ServerStats, Transaction
+from plugins.litestar_serving.errors import RequestErrors, host_guard
+from plugins.litestar_serving.schemas import (
+    ErrorBody,
+    Health,
+    Prediction,
+    Readiness,
+    ServerStats,
+    field_hints,
+    request_type,
+)
 
 log = logging.getLogger("lab.serving")
 
-MAX_BODY_BYTES = 16 * 1024  # a transaction is ~150 bytes; anything near this is not one
+MAX_BODY_BYTES = 16 * 1024  # one flat event is a few hundred bytes; anything near this is not one
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -69,6 +86,7 @@ class ServingState:
 
     model_name: str
     alias: str
+    spec: ModelSpec
     reason: str | None = "starting"
     ready: bool = False
     version: Any = None  # lab.registry.ModelVersion resolved (for /readyz and extra routes)
@@ -77,24 +95,46 @@ class ServingState:
     store: Any = None
     ledger: Ledger | None = None
     warnings: list[str] = field(default_factory=list)
-    router: FlagRouter | None = None
+    router: Router | None = None
+    unit: str | None = None  # the request field the router routes by
     predictions: int = 0
     not_ready: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     allow_empty_store: bool = False
 
 
-def fraud_row_builder(request, rows):
-    """The fraud demo's request-time features (``plugins.fraud_features``) as a ``RowBuilder``."""
-    from plugins.fraud_features import online_row_for_request
-
-    features, _flags = online_row_for_request(request, rows.get("customer_spending"), rows.get("terminal_risk"))
-    return features
+def request_time(value: dt.datetime) -> dt.datetime:
+    """The time features read from a request's timestamp: its wall clock, offset dropped."""
+    return value.replace(tzinfo=None)
 
 
-def _sample_request() -> dict:
-    return {"TRANSACTION_ID": 0, "TX_DATETIME": dt.datetime(2018, 8, 1, 12, 0), "CUSTOMER_ID": 0,
-            "TERMINAL_ID": 0, "TX_AMOUNT": 10.0}
+def spec_views(spec: ModelSpec, views: dict) -> list:
+    """The feature views ``spec`` reads, in its order; ``LabError`` naming the fix when one
+    is not declared or is keyed by something the request does not carry."""
+    fields = spec.request.names
+    out = []
+    for name in spec.views:
+        view = views.get(name)
+        if view is None:
+            raise LabError(f"model {spec.name!r} reads feature view {name!r}, which no plugin declares "
+                           f"(lab_feature_views; declared: {', '.join(sorted(views)) or 'none'})")
+        if view.entity not in fields:
+            raise LabError(f"feature view {name!r} is keyed by {view.entity!r}, which is not a field of the "
+                           f"{spec.request.title} request ({', '.join(fields)}); add it to model "
+                           f"{spec.name!r}'s request schema")
+        out.append(view)
+    return out
+
+
+def check_unit(router: Router, spec: ModelSpec) -> str:
+    """The request field ``router`` routes by; ``LabError`` naming the fix when the
+    request has no such field (every request would land on one variant, or none)."""
+    fields = spec.request.names
+    if router.unit not in fields:
+        raise LabError(f"flag {router.flag!r} assigns by {router.unit!r}, which is not a field of the "
+                       f"{spec.request.title} request ({', '.join(fields)}); route by a flag created with "
+                       f"--unit set to one of them")
+    return router.unit
 
 
 def start_up(state: ServingState, config, pm) -> None:
@@ -118,8 +158,9 @@ def start_up(state: ServingState, config, pm) -> None:
         if state.router is not None:
             state.reason = f"loading the model versions of flag {state.router.flag!r}"
             state.router.refresh()
+            state.unit = check_unit(state.router, state.spec)
             routes = state.router.routes()
-            control = routes[state.router.experiment.control.name]
+            control = routes[state.router.control]
             version, model = control.version, control.model
             names_by_version = {n: list(r.model.feature_names) for n, r in routes.items()}
             if len({tuple(v) for v in names_by_version.values()}) > 1:
@@ -145,13 +186,15 @@ def start_up(state: ServingState, config, pm) -> None:
         if np.shape(score) != (1,):
             raise LabError(f"{where} returned shape {np.shape(score)} for one row; a flavor's predict "
                            "must return one score per row")
-        keys = set(Transaction.__struct_fields__)
-        views = [v for v in feature_views(pm, config).values() if v.entity in keys]
+        views = spec_views(state.spec, feature_views(pm, config))
         state.reason = "checking the online store"
         check_materialized(state.store, views, state.allow_empty_store)
         state.reason = f"warming up {where}"
-        assembler = FeatureAssembler(state.store, views, fraud_row_builder, names)
-        problems = assembler.check(_sample_request(), dt.datetime(2018, 8, 1, 12, 0))
+        assembler = FeatureAssembler(state.store, views, state.spec.request_row, names)
+        example = state.spec.request.example_request()
+        timestamp = state.spec.request.timestamp
+        example[timestamp] = request_time(example[timestamp])
+        problems = assembler.check(example, example[timestamp])
         if problems:
             raise LabError(f"{where} cannot be served: " + "; ".join(problems))
         state.warnings = assembler.warnings()
@@ -271,46 +314,31 @@ def _not_ready(state: ServingState) -> ServiceUnavailableException:
     return ServiceUnavailableException(detail=f"not ready: {state.reason}")
 
 
-class PredictionController(Controller):
-    path = "/predict"
-    tags = ["prediction"]
+def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Controller]:
+    """A ``/predict`` controller whose body is ``errors.struct``, the request type made
+    from ``spec``: made per app, so Litestar documents and decodes that type."""
+    schema = spec.request
+    id_field, timestamp = schema.id, schema.timestamp
+    datetimes = tuple(f.name for f in schema.fields if f.type == "datetime")
+    source = (f"the online store by {', '.join(schema.entities)}, plus the request-time features of the request"
+              if schema.entities else "the request alone")
 
-    @post(
-        "/",
-        status_code=200,
-        operation_id="predict",
-        summary="Score one transaction",
-        request_max_body_size=MAX_BODY_BYTES,
-        before_request=strict_body,
-        responses={
-            400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown or of the "
-                                                     "wrong type; or a Host header that is not this server's"),
-            413: ResponseSpec(ErrorBody, description=f"The body is over {MAX_BODY_BYTES // 1024} KiB"),
-            415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
-            503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load"),
-        },
-    )
-    async def predict(self, data: JSONBody[Transaction], state: State, request: Request) -> Prediction:
-        """Score one transaction with the served model version.
-
-        Features come from the online store by CUSTOMER_ID and TERMINAL_ID plus the
-        transaction itself. An entity the store does not know gets default features and
-        ``defaults`` says which group; ``feature_age_seconds`` and ``stale`` say how old
-        each group's values were at TX_DATETIME. Every prediction goes to the ledger.
-        """
+    async def predict(self, data, state: State, request: Request) -> Prediction:
         started = time.perf_counter()
         serving: ServingState = state.serving
         if not serving.ready:
             raise _not_ready(serving)
         header_id = request.headers.get("x-request-id")
         request_id = header_id if header_id and _REQUEST_ID.match(header_id) else uuid.uuid4().hex
-        fields = data.as_request()
+        fields = msgspec.structs.asdict(data)
+        sent = fields[timestamp]
         # Features read the wall-clock time; an offset, if sent, does not move it.
-        when = fields["TX_DATETIME"] = data.TX_DATETIME.replace(tzinfo=None)
+        when = fields[timestamp] = request_time(sent)
+        event_id = fields[id_field]
         (version, model), flag, variant = serving.current, None, None
         try:
             if serving.router is not None:
-                route, flag = serving.router.route(data.CUSTOMER_ID)
+                route, flag = serving.router.route(fields[serving.unit])
                 model, version, variant = route.model, route.version, route.variant
             assembled = serving.assembler.assemble(fields, when)
             score = float(model.predict(assembled.vector)[0])
@@ -319,33 +347,66 @@ class PredictionController(Controller):
                 serving.router.count(variant, failed=True)
             # A store or model problem (busy file, view redefined since materialization),
             # not the caller's input: say so with a 503 rather than a bare 500.
-            log.error("cannot score transaction %s: %s", data.TRANSACTION_ID, exc)
+            log.error("cannot score %s %s: %s", schema.title, event_id, exc)
             serving.not_ready += 1
             raise ServiceUnavailableException(detail=f"cannot score now: {exc}") from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         if variant is not None:
             serving.router.count(variant, failed=False)
-        fields["TX_DATETIME"] = data.TX_DATETIME.isoformat()  # as sent, offset included
+        fields[timestamp] = sent
+        for name in datetimes:  # as sent, offset included
+            fields[name] = fields[name].isoformat()
         serving.ledger.append(PredictionRecord(
-            transaction_id=data.TRANSACTION_ID, model_name=version.name, model_version=version.version,
+            event_id=event_id, model_name=version.name, model_version=version.version,
             features=assembled.features, defaults=assembled.defaults, score=score,
             latency_ms=latency_ms, request=fields, request_id=request_id, experiment=flag, variant=variant,
         ))
         serving.predictions += 1
+        fresh = assembled.freshness
         return Prediction(
             request_id=request_id,
-            transaction_id=data.TRANSACTION_ID,
+            event_id=event_id,
             score=score,
             model=version.name,
             model_version=version.version,
             features=assembled.features,
             defaults=assembled.defaults,
-            feature_age_seconds={name: f.age_seconds for name, f in assembled.freshness.items()},
-            stale={name: f.stale for name, f in assembled.freshness.items()},
+            feature_age_seconds={name: f.age_seconds for name, f in fresh.items()},
+            stale={name: f.stale for name, f in fresh.items()},
+            future={name: f.future for name, f in fresh.items()},
             latency_ms=latency_ms,
             flag=flag,
             variant=variant,
         )
+
+    predict.__doc__ = f"""Score one {schema.title} with the served model version.
+
+        Features come from {source}. An entity the store does not know
+        gets its view's default features and ``defaults`` says which view;
+        ``feature_age_seconds``, ``stale`` and ``future`` say how old each view's values
+        were at {timestamp} (values past the ttl, or dated after a back-dated request, are
+        not used). ``event_id`` is the request's {id_field}. Every prediction goes to the ledger.
+        """
+    # Litestar reads the body type from the annotation: this app's request type.
+    predict.__annotations__ = {**predict.__annotations__, "data": JSONBody[errors.struct]}
+    handler = post(
+        "/",
+        status_code=200,
+        operation_id="predict",
+        summary=f"Score one {schema.title}",
+        request_max_body_size=MAX_BODY_BYTES,
+        before_request=errors.strict_body,
+        responses={
+            400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown, of the "
+                                                     "wrong type or out of its bounds; or a Host header "
+                                                     "that is not this server's"),
+            413: ResponseSpec(ErrorBody, description=f"The body is over {MAX_BODY_BYTES // 1024} KiB"),
+            415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
+            503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load"),
+        },
+    )(predict)
+    return type("PredictionController", (Controller,), {"path": "/predict", "tags": ["prediction"],
+                                                         "predict": handler, "__module__": __name__})
 
 
 class HealthController(Controller):
@@ -376,10 +437,14 @@ class HealthController(Controller):
 
     @get("/stats", operation_id="stats", summary="Prediction and ledger counters")
     async def stats(self, state: State) -> ServerStats:
-        """Counters since start, including ledger rows dropped because its queue was full."""
+        """Counters since start, including ledger rows dropped because its queue was full
+        and requests served a view's defaults because its values were stale or from the
+        request's future."""
         serving: ServingState = state.serving
         ledger = serving.ledger.stats() if serving.ledger is not None else {}
-        return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger)
+        features = serving.assembler.counts() if serving.assembler is not None else {"stale": 0, "future": 0}
+        return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger,
+                           features=features)
 
 
 def is_loopback(host: str) -> bool:
@@ -401,14 +466,17 @@ def _host_names(host: str) -> frozenset[str]:
     return frozenset({"127.0.0.1", "localhost", "[::1]", bound})
 
 
-def _strict_openapi(openapi: OpenAPI) -> None:
+def _strict_openapi(openapi: OpenAPI, struct: type[msgspec.Struct], example: Any) -> None:
     """Make the request body's schema say what the decoder enforces: Litestar writes
     integer bounds as floats (2**63-1 becomes 9.223372036854776e+18, a different number)
-    and leaves out that unknown fields are refused."""
-    info = msgspec.inspect.type_info(Transaction)
-    schema = (openapi.components.schemas or {}).get(Transaction.__name__)
+    and leaves out that unknown fields are refused. Add the struct's description and
+    the schema's example request."""
+    info = msgspec.inspect.type_info(struct)
+    schema = _request_body_schema(openapi)
     if not isinstance(schema, Schema):
         return
+    schema.description = schema.description or struct.__doc__
+    schema.examples = [msgspec.to_builtins(dict(example))]
     if info.forbid_unknown_fields:
         schema.additional_properties = False
     for struct_field in info.fields:
@@ -422,12 +490,26 @@ def _strict_openapi(openapi: OpenAPI) -> None:
                     setattr(prop, key, getattr(kind, bound))
 
 
+def _request_body_schema(openapi: OpenAPI) -> Schema | None:
+    """The component schema ``/predict``'s request body refers to."""
+    operation = openapi.paths["/predict"].post if openapi.paths and "/predict" in openapi.paths else None
+    body = operation.request_body if operation is not None else None
+    media = (getattr(body, "content", None) or {}).get("application/json")
+    ref = getattr(getattr(media, "schema", None), "ref", None)
+    if not ref:
+        return None
+    return (openapi.components.schemas or {}).get(ref.rsplit("/", 1)[-1])
+
+
 def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion",
                flag: str | None = None, refresh_s: float | None = None,
                guardrail_s: float | None = None, host: str | None = None,
                allow_empty_store: bool | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
-    (default ``config.model_name``), plus every route from ``lab_http_routes``.
+    (default ``config.model_name``, or the lab's only model), plus every route from
+    ``lab_http_routes``. The model's ``ModelSpec`` (``lab.plugins.model_spec``) gives the
+    request type, the feature views and the request-time features; a model no plugin
+    declares is a ``ConfigError`` here, naming the models that are.
     The alias is looked up again every ``refresh_s`` seconds and a moved alias is
     swapped in live. With ``flag``, each request is routed to the version its unit's
     variant names, changes to the flag are picked up every ``refresh_s``, and the platform
@@ -451,27 +533,30 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     guardrail_s = config.serve.guardrail_interval_s if guardrail_s is None else guardrail_s
     host = config.serve.host if host is None else host
     allow_empty_store = config.serve.allow_empty_store if allow_empty_store is None else allow_empty_store
-    state = ServingState(model_name=model_name or config.model_name, alias=f"flag {flag}" if flag else alias,
+    from lab.plugins import model_spec
+
+    spec = model_spec(pm, config, model_name)
+    state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
                          allow_empty_store=allow_empty_store)
     if flag:
-        from lab.plugins import model_flavor
+        from lab.experiments.routing import FlagRouter
 
-        def load(version):
-            return model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
-
-        state.router = FlagRouter(config.registry_path, flag, state.model_name, load)
+        state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
+    struct = request_type(spec.request)
+    errors = RequestErrors(struct, field_hints(spec.request),
+                           (f.name for f in spec.request.fields if f.type == "datetime"))
     names = _host_names(host)
     try:
         app = Litestar(
-            route_handlers=[PredictionController, HealthController, *extra],
+            route_handlers=[prediction_controller(spec, errors), HealthController, *extra],
             middleware=[host_guard(names, host)] if names else [],
             lifespan=[_lifespan(config, pm, refresh_s, guardrail_s)],
             state=State({"serving": state}),
-            exception_handlers={ClientException: client_error_handler,
-                                ServiceUnavailableException: client_error_handler},
+            exception_handlers={ClientException: errors.handler, ServiceUnavailableException: errors.handler},
             openapi_config=OpenAPIConfig(
                 title="lab model server", version=lab.__version__, path="/schema", use_handler_docstrings=True,
-                description=f"Scores transactions with the {state.alias} of model {state.model_name!r}.",
+                description=f"Scores {spec.request.title} events with the {state.alias} of model "
+                            f"{state.model_name!r}.",
             ),
             # A 500 is a bug (bad input never gets one): log every one, with its traceback.
             logging_config=LoggingConfig(
@@ -483,5 +568,12 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
         )
     except ImproperlyConfiguredException as exc:
         raise LabError(f"the routes from lab_http_routes cannot be mounted: {exc}") from None
-    _strict_openapi(app.openapi_schema)
+    _strict_openapi(app.openapi_schema, struct, spec.request.example)
     return app
+
+
+def _load(config, pm, version):
+    """Load a registered ``ModelVersion`` with its flavor (the router's loader)."""
+    from lab.plugins import model_flavor
+
+    return model_flavor(pm, version.flavor).load(config.root / version.artifact_path)

@@ -1,13 +1,13 @@
 """Strict request decoding, and 4xx/503 exceptions as ``{"detail": ..., "field": ...}`` bodies.
 
 Litestar converts a request body to its Struct in msgspec's lax mode, so ``"12"``
-passes as a number and ``"true"`` as a bool; ``strict_body`` (a ``before_request``
-hook) decodes the raw bytes strictly first and refuses a wrongly typed field. Litestar
-also reports a failure as "Validation failed for POST /predict" with msgspec's message
-in ``extra``, a missing or unknown field under the key ``data``. A client needs the
-field and the fix, so the handler finds the field (the key, or the name the message
-quotes) and appends what the field must be. msgspec stops at the first error, so one
-field is named at a time.
+passes as a number and ``"true"`` as a bool; ``RequestErrors.strict_body`` (a
+``before_request`` hook) decodes the raw bytes strictly first and refuses a wrongly
+typed field. Litestar also reports a failure as "Validation failed for POST /predict"
+with msgspec's message in ``extra``, a missing or unknown field under the key ``data``.
+A client needs the field and the fix, so the handler finds the field (the key, or the
+name the message quotes) and appends what the field must be (the schema's hints).
+msgspec stops at the first error, so one field is named at a time.
 
 ``strict_body`` also refuses, with a 415, a body not declared ``application/json``:
 text/plain and form posts are what any web page may send cross-site without asking
@@ -18,46 +18,22 @@ does not answer to, so a DNS-rebinding page cannot read it.
 from __future__ import annotations
 
 import re
+from typing import Iterable, Mapping
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
-from plugins.litestar_serving.schemas import FIELD_HINTS, ErrorBody, Transaction
+from plugins.litestar_serving.schemas import ErrorBody
 
 _QUOTED_FIELD = re.compile(r"field `([^`]+)`")
 _PATH_FIELD = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
 _AT_PATH = re.compile(r" - at `\$[^`]*`$")
-_EXPECTED = ", ".join(FIELD_HINTS)
-_decoder = msgspec.json.Decoder(Transaction)  # strict: no string-to-number coercion
 
 
 def _is_json(media_type: str) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
-async def strict_body(request: Request) -> None:
-    """``before_request`` hook: raise a 415 unless the body is declared JSON, and a 400
-    naming the field unless the raw body decodes strictly as a ``Transaction``. Returns
-    None so the handler then runs as usual."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if not _is_json(media_type):
-        got = f"content-type {media_type}" if media_type else "no content-type"
-        raise ClientException(status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                              detail=f"the body must be JSON, sent with the header `content-type: "
-                                     f"application/json` (got {got})")
-    body = await request.body()
-    try:
-        _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "key": None}]) from None
-    if b"\\u0000" in body:
-        # msgspec reads a date-time only up to a NUL: "...12:00:00\u0000junk" would pass.
-        for name, value in msgspec.json.decode(body).items():
-            if isinstance(value, str) and "\x00" in value:
-                raise ValidationException(detail="invalid body", extra=[{
-                    "message": "Invalid RFC3339 encoded datetime: it holds a NUL character", "key": name}])
 
 
 def host_guard(names: frozenset[str], bound: str):
@@ -97,40 +73,81 @@ def _host_name(host: str) -> str | None:
     return name if port[:1] == ":" and port[1:].isdigit() else None
 
 
-def describe_validation(message: str, key: str | None) -> tuple[str, str | None]:
-    """``(detail, field)`` for one msgspec validation message reported under ``key``."""
-    message = message.strip()
-    if key and key != "data":
-        field = key
-    else:
-        match = _QUOTED_FIELD.search(message) or _PATH_FIELD.search(message)
-        field = match.group(1) if match else None
-    message = _AT_PATH.sub("", message)
-    if message.startswith(("JSON is malformed", "Input data was truncated")):
-        return f"the body is not valid JSON ({message}); send a JSON object with {_EXPECTED}", None
-    if message.startswith("Object contains unknown field"):
-        return f"unknown field {field}; the body takes only {_EXPECTED}", field
-    if message.startswith("Object missing required field"):
-        return f"missing field {field}: it must be {FIELD_HINTS.get(field, 'given')}", field
-    if field is None:
-        if message.startswith("Expected `object`"):
-            return f"the body must be a JSON object with {_EXPECTED} ({message})", None
-        # Litestar reports an empty body as a bare KeyError of the parameter name.
-        return f"the body must be a JSON object with {_EXPECTED}; got none or an unreadable one", None
-    hint = FIELD_HINTS.get(field)
-    detail = f"invalid {field}: {message}" + (f"; it must be {hint}" if hint else "")
-    return detail, field
+class RequestErrors:
+    """How one request type is checked before the handler runs, and how a client error
+    about it is described: built per app from the served model's request struct.
 
+    ``hints`` maps each field name to what it must be (``schemas.field_hints``);
+    ``datetime_fields`` are the fields a NUL byte must not reach (see ``strict_body``).
+    """
 
-def client_error_handler(request: Request, exc: HTTPException) -> Response[ErrorBody]:
-    """Every 4xx (and a 503 raised by a handler) as an ``ErrorBody``, status and headers kept."""
-    field = None
-    detail = exc.detail
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    if extra and isinstance(extra[0], dict) and "message" in extra[0]:
-        detail, field = describe_validation(str(extra[0]["message"]), extra[0].get("key"))
-    elif detail.startswith("JSON is malformed"):
-        detail = f"the body is not valid JSON ({detail}); send a JSON object with {_EXPECTED}"
-    elif exc.status_code == 413:
-        detail = "the body is too large for this endpoint; send one transaction per request"
-    return Response(ErrorBody(detail=detail, field=field), status_code=exc.status_code, headers=exc.headers)
+    def __init__(self, struct: type[msgspec.Struct], hints: Mapping[str, str], datetime_fields: Iterable[str]):
+        self.struct = struct
+        self.hints = dict(hints)
+        self.datetime_fields = frozenset(datetime_fields)
+        self.expected = ", ".join(self.hints)
+        self._decoder = msgspec.json.Decoder(struct)  # strict: no string-to-number coercion
+
+    def __deepcopy__(self, memo: dict) -> "RequestErrors":
+        # Litestar deep-copies a controller's handlers, hooks included; this is read-only.
+        return self
+
+    async def strict_body(self, request: Request) -> None:
+        """``before_request`` hook: raise a 415 unless the body is declared JSON, and a
+        400 naming the field unless the raw body decodes strictly as the request type.
+        Returns None so the handler then runs as usual."""
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if not _is_json(media_type):
+            got = f"content-type {media_type}" if media_type else "no content-type"
+            raise ClientException(status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                                  detail=f"the body must be JSON, sent with the header `content-type: "
+                                         f"application/json` (got {got})")
+        body = await request.body()
+        try:
+            self._decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "key": None}]) from None
+        if b"\\u0000" in body and self.datetime_fields:
+            # msgspec reads a date-time only up to a NUL: "...12:00:00\u0000junk" would pass.
+            for name, value in msgspec.json.decode(body).items():
+                if name in self.datetime_fields and isinstance(value, str) and "\x00" in value:
+                    raise ValidationException(detail="invalid body", extra=[{
+                        "message": "Invalid RFC3339 encoded datetime: it holds a NUL character", "key": name}])
+
+    def describe(self, message: str, key: str | None) -> tuple[str, str | None]:
+        """``(detail, field)`` for one msgspec validation message reported under ``key``."""
+        message = message.strip()
+        if key and key != "data":
+            field = key
+        else:
+            match = _QUOTED_FIELD.search(message) or _PATH_FIELD.search(message)
+            field = match.group(1) if match else None
+        message = _AT_PATH.sub("", message)
+        expected = self.expected
+        if message.startswith(("JSON is malformed", "Input data was truncated")):
+            return f"the body is not valid JSON ({message}); send a JSON object with {expected}", None
+        if message.startswith("Object contains unknown field"):
+            return f"unknown field {field}; the body takes only {expected}", field
+        if message.startswith("Object missing required field"):
+            return f"missing field {field}: it must be {self.hints.get(field, 'given')}", field
+        if field is None:
+            if message.startswith("Expected `object`"):
+                return f"the body must be a JSON object with {expected} ({message})", None
+            # Litestar reports an empty body as a bare KeyError of the parameter name.
+            return f"the body must be a JSON object with {expected}; got none or an unreadable one", None
+        hint = self.hints.get(field)
+        detail = f"invalid {field}: {message}" + (f"; it must be {hint}" if hint else "")
+        return detail, field
+
+    def handler(self, request: Request, exc: HTTPException) -> Response[ErrorBody]:
+        """Every 4xx (and a 503 raised by a handler) as an ``ErrorBody``, status and headers kept."""
+        field = None
+        detail = exc.detail
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        if extra and isinstance(extra[0], dict) and "message" in extra[0]:
+            detail, field = self.describe(str(extra[0]["message"]), extra[0].get("key"))
+        elif detail.startswith("JSON is malformed"):
+            detail = f"the body is not valid JSON ({detail}); send a JSON object with {self.expected}"
+        elif exc.status_code == 413:
+            detail = "the body is too large for this endpoint; send one event per request"
+        return Response(ErrorBody(detail=detail, field=field), status_code=exc.status_code, headers=exc.headers)

@@ -1,60 +1,109 @@
 """Request and response bodies of the model server, as msgspec Structs.
 
-The request is flat and every field is bounded, so no value a client can send reaches
-the model as something it cannot score: ids fit SQLite's INTEGER, the amount is finite
-and non-negative, the time is an ISO 8601 date-time.
+The request body is made per app from the served model's ``RequestSchema``
+(``request_type``): one field per schema field, each with its type, its bounds and its
+description, and unknown fields refused. It is flat and every bound the lab declares is
+enforced by the decoder, so no value a client can send reaches the model as something
+it cannot score. ``field_hints`` says in words what each field must be; a 400 appends
+it, so the message names the fix.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
 import msgspec
 
-MAX_ID = 2**63 - 1  # SQLite INTEGER; a larger key could not be looked up, only overflow
-MAX_AMOUNT = 1e9  # keeps every derived feature a finite float32
+from lab.modelspec import RequestField, RequestSchema
 
-Id = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID, description="a whole number, 0 or more")]
-Amount = Annotated[float, msgspec.Meta(ge=0, le=MAX_AMOUNT, description="the amount, 0 to 1e9")]
+_PYTHON_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "datetime": dt.datetime}
 
 
-class Transaction(msgspec.Struct, forbid_unknown_fields=True):
-    """One card transaction to score. Unknown fields are refused (a typo is not ignored)."""
-
-    TRANSACTION_ID: Id
-    TX_DATETIME: Annotated[dt.datetime, msgspec.Meta(
-        description="ISO 8601 date-time, e.g. 2018-08-01T12:30:00; an offset, if any, is "
-                    "ignored: features read the wall-clock time")]
-    CUSTOMER_ID: Id
-    TERMINAL_ID: Id
-    TX_AMOUNT: Amount
-
-    def as_request(self) -> dict:
-        return {
-            "TRANSACTION_ID": self.TRANSACTION_ID,
-            "TX_DATETIME": self.TX_DATETIME,
-            "CUSTOMER_ID": self.CUSTOMER_ID,
-            "TERMINAL_ID": self.TERMINAL_ID,
-            "TX_AMOUNT": self.TX_AMOUNT,
-        }
+def _int_bounds(field: RequestField) -> tuple[int | None, int | None]:
+    # An int field's bounds may be written as floats (ge=0.5): the whole numbers inside them.
+    ge = field.ge if field.ge is None or isinstance(field.ge, int) else math.ceil(field.ge)
+    le = field.le if field.le is None or isinstance(field.le, int) else math.floor(field.le)
+    return ge, le
 
 
-FIELD_HINTS = {
-    "TRANSACTION_ID": "a whole number, 0 or more",
-    "TX_DATETIME": "an ISO 8601 date-time string such as \"2018-08-01T12:30:00\"",
-    "CUSTOMER_ID": "a whole number, 0 or more",
-    "TERMINAL_ID": "a whole number, 0 or more",
-    "TX_AMOUNT": "a number from 0 to 1e9",
-}
-"""What each request field must be: appended to a 400 so the message names the fix."""
+def _number(value: float | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text.replace("e+", "e")
+
+
+def _bounds(ge: Any, le: Any) -> str:
+    if ge is not None and le is not None:
+        return f" from {_number(ge)} to {_number(le)}"
+    if ge is not None:
+        return f", {_number(ge)} or more"
+    if le is not None:
+        return f", at most {_number(le)}"
+    return ""
+
+
+def field_hint(field: RequestField, example: Any = None) -> str:
+    """What ``field`` must be, in words, from its type, bounds and description:
+    ``'a whole number from 0 to 9 (the sensor)'``."""
+    if field.type == "int":
+        text = "a whole number" + _bounds(*_int_bounds(field))
+    elif field.type == "float":
+        text = "a number" + _bounds(field.ge, field.le)
+    elif field.type == "str":
+        text = "a string" + (f" of at most {field.max_length} characters" if field.max_length is not None else "")
+    elif field.type == "bool":
+        text = "true or false"
+    else:
+        if isinstance(example, dt.datetime):
+            example = example.isoformat()
+        text = "an ISO 8601 date-time string" + (f' such as "{example}"' if isinstance(example, str) else "")
+    return f"{text} ({field.description})" if field.description else text
+
+
+def field_hints(schema: RequestSchema) -> dict[str, str]:
+    """Field name -> ``field_hint``, in the schema's order."""
+    return {f.name: field_hint(f, schema.example.get(f.name)) for f in schema.fields}
+
+
+def _annotation(field: RequestField, hint: str) -> Any:
+    meta: dict[str, Any] = {"description": field.description or hint}
+    if field.type == "int":
+        ge, le = _int_bounds(field)
+        meta.update({k: v for k, v in (("ge", ge), ("le", le)) if v is not None})
+    elif field.type == "float":
+        meta.update({k: v for k, v in (("ge", field.ge), ("le", field.le)) if v is not None})
+    elif field.type == "str" and field.max_length is not None:
+        meta["max_length"] = field.max_length
+    return Annotated[_PYTHON_TYPES[field.type], msgspec.Meta(**meta)]
+
+
+def request_type(schema: RequestSchema) -> type[msgspec.Struct]:
+    """The msgspec Struct of a request body for ``schema``, named after its title.
+
+    Every field is required and annotated with its bounds and description (so the
+    OpenAPI document shows them); unknown fields are refused (a typo is not ignored).
+    """
+    hints = field_hints(schema)
+    fields = [(f.name, _annotation(f, hints[f.name])) for f in schema.fields]
+    doc = (f"One {schema.title} to score. Its id is {schema.id}, its time {schema.timestamp}"
+           + (f", its entity keys {', '.join(schema.entities)}" if schema.entities else "")
+           + ". Unknown fields are refused.")
+    return msgspec.defstruct(schema.title, fields, forbid_unknown_fields=True, module=__name__,
+                             namespace={"__doc__": doc})
 
 
 class Prediction(msgspec.Struct):
-    """The score for one transaction and everything needed to trust or audit it."""
+    """The score for one event and everything needed to trust or audit it.
+
+    ``defaults``, ``feature_age_seconds``, ``stale`` and ``future`` are by feature view:
+    a view whose values were unknown for the entity, past its ttl (``stale``) or dated
+    after the request (``future``: a back-dated request) was served its defaults."""
 
     request_id: str
-    transaction_id: int
+    event_id: int | str
     score: float
     model: str
     model_version: int
@@ -62,6 +111,7 @@ class Prediction(msgspec.Struct):
     defaults: dict[str, bool]
     feature_age_seconds: dict[str, float | None]
     stale: dict[str, bool]
+    future: dict[str, bool]
     latency_ms: float
     flag: str | None = None
     variant: str | None = None
@@ -90,9 +140,12 @@ class Readiness(msgspec.Struct):
 
 
 class ServerStats(msgspec.Struct):
-    """Counters since start: predictions served and the ledger's appended, written,
-    dropped (queue full), failed, commits and queued right now."""
+    """Counters since start: predictions served, requests refused as not ready, the
+    ledger's appended, written, dropped (queue full), failed, commits and queued right
+    now, and ``features``: requests served some view's defaults because its values were
+    past the ttl (``stale``) or dated after the request (``future``)."""
 
     predictions: int
     not_ready: int
     ledger: dict[str, int]
+    features: dict[str, int]

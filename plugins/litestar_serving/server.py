@@ -39,7 +39,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=argparse.SUPPRESS, help="project folder (as `lab --root`)")
     p.add_argument("--host", help="address to listen on (default: [tool.lab.serve] host, 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to listen on (default: [tool.lab.serve] port, 8000)")
-    p.add_argument("--model", help="registered model to serve (default: [tool.lab] model_name)")
+    p.add_argument("--model", help="model to serve, as a plugin declares it (lab_model_specs) and the registry "
+                                   "holds it (default: [tool.lab] model_name, or the lab's only model)")
     p.add_argument("--alias", default="champion", help="which version of it: an alias (default: champion)")
     p.add_argument("--flag", help="route each request by this flag: its variants name model versions "
                                   "(payload model_version=N or alias=NAME); weight changes apply live")
@@ -66,16 +67,22 @@ def check_servable(config, model_name: str, alias: str):
     return version
 
 
-def check_flag(config, model_name: str, flag: str) -> str:
-    """Fail before binding when the flag does not exist; says what it routes between."""
+def check_flag(config, spec, flag: str) -> str:
+    """Fail before binding when the flag does not exist or routes by something the
+    request does not carry; says what it routes between."""
     from lab.experiments import ExperimentStore
 
     if not config.registry_path.exists():
         raise LabError(f"there is no registry at {config.registry_path} yet: run `lab run` first")
     with ExperimentStore.open(config.registry_path) as store:
         experiment = store.get(flag)
+    fields = spec.request.names
+    if experiment.unit not in fields:
+        raise LabError(f"flag {flag!r} assigns by {experiment.unit!r}, which is not a field of the "
+                       f"{spec.request.title} request of model {spec.name!r} ({', '.join(fields)}); route by a "
+                       "flag created with --unit set to one of them")
     weights = ", ".join(f"{v.name}={v.weight:g}" for v in experiment.variants)
-    return f"{model_name} routed by flag {flag!r} ({weights})"
+    return f"{spec.name} routed by flag {flag!r} on {experiment.unit} ({weights})"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -108,21 +115,23 @@ def bind_warning(host: str) -> str | None:
     if is_loopback(host):
         return None
     return (f"lab serve: warning: listening on {host}, so other machines can reach this server: /predict "
-            "has no authentication, writes to the ledger and returns stored customer features. Serve on "
-            "127.0.0.1 (the default) unless a proxy or firewall in front decides who may call it.")
+            "has no authentication, writes to the ledger and returns the stored features of any entity asked "
+            "for. Serve on 127.0.0.1 (the default) unless a proxy or firewall in front decides who may call it.")
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
     import uvicorn
 
+    from lab.plugins import model_spec
     from plugins.litestar_serving.app import create_app
 
     config = ctx.config
     host = args.host or config.serve.host
     port = args.port or config.serve.port
-    model_name = args.model or config.model_name
+    spec = model_spec(ctx.pm, config, args.model)
+    model_name = spec.name
     if args.flag:
-        what = check_flag(config, model_name, args.flag)
+        what = check_flag(config, spec, args.flag)
     else:
         version = check_servable(config, model_name, args.alias)
         what = f"{version.name} v{version.version} ({args.alias})"
