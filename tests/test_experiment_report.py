@@ -15,7 +15,14 @@ from lab.cli import main
 from lab.config import load_config
 from lab.errors import LabError, NotFound
 from lab.experiments import Experiment, ExperimentStore, Variant, assign
-from lab.experiments.report import SECTIONS, experiment_results, headline, render_report, report_tables
+from lab.experiments.report import (
+    SECTIONS,
+    experiment_results,
+    headline,
+    label_columns,
+    render_report,
+    report_tables,
+)
 from lab.experiments.stats import sample_size_proportions, sequential_test_observations
 from lab.pipeline.stage import StageExecutor, StageFailed
 from lab.plugins import make_plugin_manager
@@ -293,6 +300,64 @@ def test_cli_bad_input_exits_2_naming_the_fix(config, tmp_path, capsys):
     assert not (config.runs_path / "experiments").exists()  # nothing was written
 
 
+# --------------------------------------------------------------------------- labels for online quality
+
+
+def spec_plugin(task: str):
+    """A lab's plugin: a model over ``lab.testing.events`` reading its two views."""
+    from lab.modelspec import ModelSpec, RequestField, RequestSchema
+    from lab.testing.events import EVENT_VIEWS
+
+    request = RequestSchema(
+        fields=(RequestField("EVENT_ID", "int"), RequestField("EVENT_TIME", "datetime"),
+                RequestField("USER_ID", "int"), RequestField("ITEM_ID", "int")),
+        id="EVENT_ID", timestamp="EVENT_TIME", entities=("USER_ID", "ITEM_ID"),
+        example={"EVENT_ID": 1, "EVENT_TIME": "2024-01-01T00:00:00", "USER_ID": 1, "ITEM_ID": 2})
+    spec = ModelSpec(name="events_model", task=task, label="LABEL", source="events",
+                     features=EVENT_VIEWS[0].feature_names, views=tuple(v.name for v in EVENT_VIEWS),
+                     request=request, request_frame=lambda frame: frame, request_row=lambda request, rows: {})
+
+    class EventsLab:
+        @hookimpl
+        def lab_feature_views(self, config):
+            return list(EVENT_VIEWS)
+
+        @hookimpl
+        def lab_model_specs(self, config):
+            return [spec]
+
+    return EventsLab()
+
+
+def test_labels_are_read_with_the_model_specs_columns_and_longest_view_delay(config):
+    pm = make_plugin_manager(builtins=False, entry_points=False)
+    pm.register(spec_plugin("classification"))
+    assert label_columns(config, pm) == {"id_column": "EVENT_ID", "label_column": "LABEL",
+                                         "time_column": "EVENT_TIME", "label_delay": dt.timedelta(days=7)}
+
+
+def test_the_fraud_lab_joins_transactions_with_their_fraud_label_a_week_later(bare_lab):
+    from tests.conftest import write_pyproject
+
+    write_pyproject(bare_lab, 'model_name = "fraud"\n[tool.lab.fraud]\n')
+    config = load_config(bare_lab)
+    assert label_columns(config, make_plugin_manager(entry_points=False)) == {
+        "id_column": "TRANSACTION_ID", "label_column": "TX_FRAUD", "time_column": "TX_DATETIME",
+        "label_delay": dt.timedelta(days=7)}
+
+
+def test_labels_without_a_classification_model_name_the_fix(config, pm):
+    e = create(config)
+    good = simulate(e, 300, {"control": 0.1, "treatment": 0.1})
+    labels = pl.DataFrame({"EVENT_ID": [1], "LABEL": [0]})
+    with pytest.raises(LabError, match="online quality joins labels with the model's event ids.*declares 0 models"):
+        experiment_results(config, "checkout", good, labels=labels, pm=pm)
+    regression = make_plugin_manager(builtins=False, entry_points=False)
+    regression.register(spec_plugin("regression"))
+    with pytest.raises(LabError, match="needs a classification model; model 'events_model' is regression"):
+        experiment_results(config, "checkout", good, labels=labels, pm=regression)
+
+
 class BrokenExecutor(StageExecutor):
     """A stage executor that fails the way a raising notebook does."""
 
@@ -324,6 +389,9 @@ def test_a_failing_notebook_names_the_executed_notebook(config):
 
 @pytest.mark.slow
 def test_lab_experiment_report_renders_html_with_every_section(config, tmp_path, capsys):
+    from tests.conftest import write_pyproject
+
+    write_pyproject(config.root, 'model_name = "fraud"\n[tool.lab.fraud]\n')  # the labels are the fraud model's
     e = create(config, mde=0.01, baseline=0.10)
     outcomes = tmp_path / "outcomes.parquet"
     simulate(e, 20_000, {"control": 0.10, "treatment": 0.12}).write_parquet(outcomes)

@@ -310,6 +310,28 @@ def _guardrail_section(config, pm, analysed) -> dict:
     return {"status": status, "note": note, "results": results}
 
 
+def label_columns(config, pm: Any = None) -> dict:
+    """What ``variant_quality`` needs of the label table, from the lab's model spec: its
+    event id (``request.id``, the ledger's ``event_id``), label and event time, and the
+    label delay: the longest ``label_delay`` of the model's feature views (a label the
+    features may not see yet is not known to online quality either)."""
+    from lab.plugins import feature_views, get_plugin_manager, model_spec
+
+    pm = pm if pm is not None else get_plugin_manager(config)
+    try:
+        spec = model_spec(pm, config)
+    except ConfigError as exc:
+        raise ConfigError(f"online quality joins labels with the model's event ids, so it needs the model: {exc}") \
+            from None
+    if spec.task != "classification":
+        raise ConfigError(f"online quality (ROC AUC, average precision) needs a classification model; "
+                          f"model {spec.name!r} is {spec.task}. Leave out the labels")
+    views = feature_views(pm, config)
+    delays = [views[name].label_delay for name in spec.views if name in views]
+    return {"id_column": spec.id_column, "label_column": spec.label, "time_column": spec.time_column,
+            "label_delay": max(delays, default=dt.timedelta(0))}
+
+
 def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, looks: int = 20,
                        labels: Any = None, labels_as_of: dt.datetime | str | None = None,
                        correction: str = "holm", pm: Any = None) -> dict:
@@ -318,7 +340,8 @@ def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, loo
     ``outcomes``: a Parquet/CSV path or polars frame (``lab.experiments.outcomes``);
     ``pre``: optional table of ``unit_id, pre`` joined onto it; ``looks``: equally spaced
     looks of the sequential test, over ``at`` when the table has it, else over row order;
-    ``labels``: a table for online quality (``lab.experiments.quality``); ``pm``: the
+    ``labels``: a table for online quality (``lab.experiments.quality``; its columns are
+    the model spec's, see ``label_columns``); ``pm``: the
     plugin manager for platform guardrails (default: the lab's). Raises LabError (naming
     the fix) for an unknown experiment, a draft, bad outcomes, or bad labels.
     """
@@ -359,7 +382,8 @@ def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, loo
     if labels is not None:
         from lab.experiments.quality import variant_quality
 
-        quality = variant_quality(config.ledger_path, analysed, labels, labels_as_of=labels_as_of)
+        quality = variant_quality(config.ledger_path, analysed, labels, labels_as_of=labels_as_of,
+                                  **label_columns(config, pm))
     return {
         "experiment": name, "status": status, "metric": analysed.metric, "metric_kind": analysed.metric_kind,
         "alpha": analysed.alpha, "power": analysed.power, "mde": analysed.mde, "baseline": analysed.baseline,
