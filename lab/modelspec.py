@@ -1,6 +1,6 @@
 """What a lab declares about a model it trains and serves: ``ModelSpec``.
 
-A domain plugin (the fraud demo, a lab made by ``lab init``) returns its specs from the
+A domain plugin (a demo lab, a lab made by ``lab init``) returns its specs from the
 ``lab_model_specs`` hook. Everything domain-specific that the platform's generic steps
 (training set, train, evaluate, gate, register, batch score, drift) and the model server
 need is read from here, so neither names a field of any particular lab:

@@ -7,9 +7,9 @@ scores, pipeline stage records and the audit log.
     with Registry.open(config.registry_path, project_root=config.root) as reg:
         run_id = reg.start_run(kind="train", params={"lr": 1e-3})
         ...
-        mv = reg.register_model("fraud", run_id=run_id, flavor="tabular_mlp",
+        mv = reg.register_model("churn", run_id=run_id, flavor="tabular_mlp",
                                 artifact_path="runs/.../model.pt", metrics={...}, lineage={...})
-        reg.promote("fraud", mv.version, reason="beat the champion")
+        reg.promote("churn", mv.version, reason="beat the champion")
 
 ``BaseRegistry`` is the contract a backend implements; ``Registry`` is the built-in
 SQLite one, over ``lab.sqlite`` (its schema: ``MIGRATIONS``, owner ``registry``).

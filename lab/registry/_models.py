@@ -167,7 +167,7 @@ class ModelCatalog:
         """Register a new version of model ``name`` (1 + the highest so far, assigned
         inside the write transaction, so concurrent registrations never collide)."""
         if not isinstance(name, str) or not MODEL_NAME.match(name):
-            raise ConfigError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (e.g. fraud)")
+            raise ConfigError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (e.g. churn)")
         if not isinstance(flavor, str) or not flavor:
             raise ConfigError(f"model flavor must be a non-empty string, got {flavor!r}")
         artifact_path = check_artifact_path(artifact_path)

@@ -37,7 +37,7 @@ def _short_time(at: str | None) -> str:
 # -- promote / rollback -----------------------------------------------------------------
 
 def _promote_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model name, e.g. fraud")
+    p.add_argument("name", help="registered model name, e.g. churn")
     p.add_argument("version", type=int, help="version number to promote (see `lab models NAME`)")
     p.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     p.add_argument("--reason", default="", help="why, kept in the alias history")
@@ -60,7 +60,7 @@ def _promote_run(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _rollback_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="registered model name, e.g. fraud")
+    p.add_argument("name", help="registered model name, e.g. churn")
     p.add_argument("--alias", default="champion", help="alias to move back (default: champion)")
     p.add_argument("--reason", default="", help="why, kept in the alias history")
 
