@@ -15,7 +15,9 @@ from lab import hookspecs
 from lab.errors import ConfigError
 
 # Built-in backends, registered under their entry-point names so the entry-point scan
-# (which also lists them once the project is installed) does not load them twice.
+# (which also lists them once the project is installed) does not load them twice. Labs'
+# own plugins (the demo labs, templates) are not backends: they come through their entry
+# points, exactly like a third-party plugin.
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("lab_core", "lab.pipeline.core_hooks"),
     ("lab_commands", "lab.commands"),
@@ -25,8 +27,6 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("lightning_tabular", "plugins.lightning_tabular"),
     ("litestar_serving", "plugins.litestar_serving"),
     ("evidently_drift", "plugins.evidently_drift"),
-    ("fraud", "plugins.fraud"),
-    ("delivery", "plugins.delivery"),
 )
 
 

@@ -341,7 +341,7 @@ def test_the_fraud_lab_joins_transactions_with_their_fraud_label_a_week_later(ba
 
     write_pyproject(bare_lab, 'model_name = "fraud"\n[tool.lab.fraud]\n')
     config = load_config(bare_lab)
-    assert label_columns(config, make_plugin_manager(entry_points=False)) == {
+    assert label_columns(config, make_plugin_manager()) == {
         "id_column": "TRANSACTION_ID", "label_column": "TX_FRAUD", "time_column": "TX_DATETIME",
         "label_delay": dt.timedelta(days=7)}
 

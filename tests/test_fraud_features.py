@@ -81,7 +81,7 @@ def test_feature_columns_are_the_spec_15_in_order():
 
 def test_the_plugin_contributes_both_views_and_the_spec_to_a_fraud_lab(tmp_path):
     write_pyproject(tmp_path, "[tool.lab.fraud]\n")
-    pm, config = make_plugin_manager(entry_points=False), load_config(tmp_path)
+    pm, config = make_plugin_manager(), load_config(tmp_path)  # the lab plugin comes by its entry point
     views = feature_views(pm, config)
     assert views["customer_spending"].entity == "CUSTOMER_ID"
     assert views["terminal_risk"].label_delay == 7 * DAY
@@ -93,7 +93,7 @@ def test_the_plugin_contributes_both_views_and_the_spec_to_a_fraud_lab(tmp_path)
 
 def test_a_lab_without_a_fraud_table_gets_nothing_from_the_plugin(tmp_path):
     write_pyproject(tmp_path, "")
-    pm, config = make_plugin_manager(entry_points=False), load_config(tmp_path)
+    pm, config = make_plugin_manager(), load_config(tmp_path)  # the lab plugin comes by its entry point
     assert not {"customer_spending", "terminal_risk"} & set(feature_views(pm, config))
     with pytest.raises(LabError, match="declared: none"):
         model_spec(pm, config, "fraud")

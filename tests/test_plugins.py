@@ -144,17 +144,19 @@ def test_duplicate_feature_view_names_are_an_error(bare_lab):
     from lab.features.views import Aggregation, FeatureView
     import datetime as dt
 
-    view = FeatureView(name="customer_spending", entity="CUSTOMER_ID", source="t", timestamp="ts",
+    view = FeatureView(name="user_activity", entity="USER_ID", source="t", timestamp="ts",
                        aggregations=(Aggregation("n", "x", "count", dt.timedelta(days=1)),))
 
-    class Dup:
+    class Views:
         @hookimpl
         def lab_feature_views(self, config):
             return [view]
 
     pm = make_plugin_manager()
-    pm.register(Dup())
-    with pytest.raises(ConfigError, match="defined by two plugins"):
+    pm.register(Views(), name="one")
+    assert feature_views(pm, load_config(bare_lab))["user_activity"] is view
+    pm.register(Views(), name="two")
+    with pytest.raises(ConfigError, match="'user_activity' is defined by two plugins"):
         feature_views(pm, load_config(bare_lab))
 
 
