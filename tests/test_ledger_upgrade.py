@@ -67,3 +67,50 @@ def test_an_event_id_may_be_text_and_is_kept_as_sent(tmp_path):
     assert [r["event_id"] for r in read_predictions(path, event_ids=["order-0042"])] == ["order-0042"]
     assert list(iter_feature_rows(rows[:1], id_column="ORDER_ID")) == [
         {"ORDER_ID": "order-0042", "x": 1.0, "score": 0.1, "model_version": 1}]
+
+
+# The shape the ledger had just before its schema became named migrations (lab.sqlite).
+UNRECORDED_SCHEMA = """CREATE TABLE predictions (id INTEGER PRIMARY KEY, at TEXT NOT NULL, request_id TEXT NOT NULL,
+event_id, model_name TEXT NOT NULL, model_version INTEGER NOT NULL, request TEXT NOT NULL, features TEXT NOT NULL,
+defaults TEXT NOT NULL, score REAL NOT NULL, latency_ms REAL NOT NULL, experiment TEXT, variant TEXT);
+CREATE INDEX predictions_model ON predictions (model_name, model_version, id);
+CREATE INDEX predictions_event ON predictions (event_id);
+INSERT INTO predictions VALUES (1,'2026-01-01T00:00:00+00:00','r','order-1','m',1,'{}','{}','{}',0.5,1.0,NULL,NULL);"""
+
+
+def shape(path):
+    """Column names and indexes with their columns: what a migration must agree on."""
+    conn = sqlite3.connect(path)
+    try:
+        indexes = {name: [r[2] for r in conn.execute(f"PRAGMA index_info({name})")]
+                   for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        return columns(path), indexes
+    finally:
+        conn.close()
+
+
+def test_every_older_ledger_is_migrated_by_name_to_the_shape_of_a_new_one(tmp_path):
+    from lab import sqlite as layer
+    from lab.serving.ledger import BaseLedger
+
+    new = tmp_path / "new.db"
+    with Ledger.open(new) as ledger:
+        assert isinstance(ledger, BaseLedger)
+    first = old_ledger(tmp_path / "first.db")
+    unrecorded = tmp_path / "unrecorded.db"
+    conn = sqlite3.connect(unrecorded)
+    conn.executescript(UNRECORDED_SCHEMA)
+    conn.close()
+    Ledger.open(first).close()
+    Ledger.open(unrecorded).close()
+    for path in (new, first, unrecorded):
+        assert shape(path) == shape(new)
+        conn = layer.connect(path)
+        try:
+            assert [(m["owner"], m["name"]) for m in layer.applied_migrations(conn)] == [
+                ("ledger", "0001_predictions"), ("ledger", "0002_event_id_and_flags")]
+            assert layer.integrity_check(conn) == []
+        finally:
+            conn.close()
+    assert [r["event_id"] for r in read_predictions(first)] == [7]
+    assert [r["event_id"] for r in read_predictions(unrecorded)] == ["order-1"]

@@ -20,14 +20,19 @@ Durability trade-off, stated plainly:
   of blocking the request, and counts it: ``stats()["dropped"]``. A prediction is never
   delayed by the ledger, and a lost ledger row is never silent.
 
-Reading (``read``, ``query``, ``read_predictions``) opens its own connection, so tests,
-notebooks and training-from-logs can read while a server writes.
+Reading (``read``, ``query``, ``read_predictions``) opens its own read-only connection,
+so tests, notebooks and training-from-logs can read while a server writes; reading
+never changes the file.
 
-Only the standard library is used: this module is part of the core.
+Connections, the write transaction and the schema's named migrations (owner ``ledger``,
+``_ledger_migrations.py``, applied by ``Ledger.open``) come from ``lab.sqlite``.
+``BaseLedger`` is the contract; ``Ledger`` the SQLite implementation. Only the standard
+library is used: this module is part of the core.
 """
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import json
 import logging
@@ -41,44 +46,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, LabError, NotFound
+from lab.serving._ledger_migrations import ADDED_COLUMNS, MIGRATIONS, OWNER, RENAMED_COLUMNS
+from lab.sqlite import connect, migrate, write_transaction
 
 log = logging.getLogger("lab.serving.ledger")
-
-TABLE = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id             INTEGER PRIMARY KEY,
-    at             TEXT NOT NULL,     -- UTC time the prediction was made (ISO 8601)
-    request_id     TEXT NOT NULL,
-    event_id,                         -- the request's id field (the schema's ``id``), int or text as sent
-    model_name     TEXT NOT NULL,
-    model_version  INTEGER NOT NULL,
-    request        TEXT NOT NULL,     -- the request as received (JSON): keys to join labels on
-    features       TEXT NOT NULL,     -- the model inputs actually used (JSON object)
-    defaults       TEXT NOT NULL,     -- feature view -> defaulted (entity unknown, stale or future)
-    score          REAL NOT NULL,
-    latency_ms     REAL NOT NULL,
-    experiment     TEXT,              -- the flag that routed this request, if any
-    variant        TEXT               -- the flag's variant the unit was assigned to
-);
-"""
-INDEXES = """
-CREATE INDEX IF NOT EXISTS predictions_model ON predictions (model_name, model_version, id);
-CREATE INDEX IF NOT EXISTS predictions_event ON predictions (event_id);
-"""
-SCHEMA = TABLE + INDEXES
-# Columns added after the first release, with their type: a ledger file made before
-# them gets them on open (ALTER TABLE ADD COLUMN keeps every existing row).
-_ADDED_COLUMNS = (("experiment", "TEXT"), ("variant", "TEXT"))
-# Columns renamed since, old name -> new: renamed on open (RENAME COLUMN keeps the rows and
-# rewrites the indexes on them); a reader of a file not yet opened sees the new name.
-_RENAMED_COLUMNS = (("transaction_id", "event_id"),)
-_OLD_INDEXES = ("predictions_transaction",)
 
 _COLUMNS = ("at", "request_id", "event_id", "model_name", "model_version",
             "request", "features", "defaults", "score", "latency_ms", "experiment", "variant")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _JSON_COLUMNS = ("request", "features", "defaults")
+_COMMIT_RETRY_S = 5.0
 
 
 def utc_now_iso() -> str:
@@ -124,35 +102,58 @@ class _Flush:
 _STOP = object()
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # check_same_thread=False: the writer connection is made here and used by the writer thread.
-    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
 def _init_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = _connect(path)
+    """Create the file (and folder) if needed and apply the ledger's pending migrations."""
+    conn = connect(path)
     try:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(TABLE)
-        have = {row["name"] for row in conn.execute("PRAGMA table_info(predictions)")}
-        for old, new in _RENAMED_COLUMNS:
-            if old in have and new not in have:
-                conn.execute(f"ALTER TABLE predictions RENAME COLUMN {old} TO {new}")
-        for name, kind in _ADDED_COLUMNS:
-            if name not in have:
-                conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
-        for index in _OLD_INDEXES:
-            conn.execute(f"DROP INDEX IF EXISTS {index}")
-        conn.executescript(INDEXES)
+        migrate(conn, OWNER, MIGRATIONS)
     finally:
         conn.close()
 
 
-class Ledger:
+class BaseLedger(abc.ABC):
+    """The prediction-ledger contract: an append-only log of predictions that serving
+    writes to on the request path and analysis reads back.
+
+    Contract: ``append`` never blocks and never raises for a full or closed ledger (it
+    returns False and counts a drop); ``flush`` waits until everything appended before
+    it is durable and readable; ``close`` writes what is still queued; every lost record
+    is counted in ``stats()``. Reading works while another process writes.
+    ``Ledger`` is the built-in one, over a SQLite file.
+    """
+
+    @abc.abstractmethod
+    def append(self, record: PredictionRecord) -> bool:
+        """Queue ``record``; False (counted as dropped) when it cannot be taken."""
+
+    @abc.abstractmethod
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every record appended so far is written; False on timeout."""
+
+    @abc.abstractmethod
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything still queued and release the file; idempotent."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, int]:
+        """Counters: appended, written, dropped, failed, commits, queued."""
+
+    @abc.abstractmethod
+    def read(self, limit: int = 100) -> list[dict]:
+        """The latest ``limit`` written predictions, oldest first."""
+
+    @abc.abstractmethod
+    def query(self, **filters: Any) -> list[dict]:
+        """Written predictions matching ``filters`` (those of ``read_predictions``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Ledger(BaseLedger):
     """An append-only log of predictions in a SQLite file, written by one background thread.
 
     Open with ``Ledger.open(path)``; use as a context manager or call ``close()``, which
@@ -165,9 +166,9 @@ class Ledger:
         self.batch_size = batch_size
         self.linger_s = linger_s
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._conn = _connect(path)
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # see the module docstring
+        # synchronous=NORMAL (the layer's default): see the module docstring. Tuples, not
+        # dicts: this connection only inserts.
+        self._conn = connect(path, create=False, dict_rows=False)
         self._lock = threading.Lock()
         self._counts = {"appended": 0, "written": 0, "dropped": 0, "failed": 0, "commits": 0}
         self._closed = False
@@ -188,9 +189,9 @@ class Ledger:
         path = Path(path).resolve()
         try:
             _init_file(path)
+            return cls(path, queue_size=queue_size, batch_size=batch_size, linger_s=linger_s)
         except sqlite3.Error as exc:
             raise LabError(f"cannot open the prediction ledger {path}: {exc}; check the folder is writable") from None
-        return cls(path, queue_size=queue_size, batch_size=batch_size, linger_s=linger_s)
 
     def __enter__(self) -> "Ledger":
         return self
@@ -296,14 +297,11 @@ class Ledger:
 
     def _commit(self, rows: list[tuple]) -> None:
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            # Retried while another process holds the lock, for as long again as the busy
+            # timeout; meanwhile appends queue up (and are dropped, counted, once it is full).
+            with write_transaction(self._conn, doing="write to the prediction ledger", retry_s=_COMMIT_RETRY_S):
                 self._conn.executemany(_INSERT, rows)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, LabError) as exc:
             log.error("ledger could not write %d prediction(s) to %s: %s", len(rows), self.path, exc)
             with self._lock:
                 self._counts["failed"] += len(rows)
@@ -323,7 +321,7 @@ class Ledger:
         return read_predictions(self.path, **filters)
 
 
-def _decode(row: sqlite3.Row) -> dict:
+def _decode(row: dict) -> dict:
     out = dict(row)
     for name in _JSON_COLUMNS:
         out[name] = json.loads(out[name])
@@ -362,7 +360,10 @@ def read_predictions(
     if model_version is not None:
         where.append("model_version = ?")
         params.append(int(model_version))
-    conn = _connect(path)
+    try:
+        conn = connect(path, readonly=True)  # reading never migrates nor creates anything
+    except NotFound:
+        raise LabError(f"no prediction ledger at {path}; it is created when `lab serve` starts") from None
     try:
         have = {row["name"] for row in conn.execute("PRAGMA table_info(predictions)")}
     except sqlite3.DatabaseError as exc:
@@ -376,7 +377,7 @@ def read_predictions(
             where.append(f"{column} = ?")
             params.append(value)
     # A file not opened by a server since a rename still has the old name; read it as the new.
-    renamed = {old: new for old, new in _RENAMED_COLUMNS if old in have and new not in have}
+    renamed = {old: new for old, new in RENAMED_COLUMNS if old in have and new not in have}
     event_column = next((old for old, new in renamed.items() if new == "event_id"), "event_id")
     if event_ids is not None:
         where.append(f"{event_column} IN (SELECT value FROM json_each(?))")
@@ -398,7 +399,7 @@ def read_predictions(
         rows = conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-    missing = {name: None for name, _ in _ADDED_COLUMNS if name not in have}
+    missing = {name: None for name, _ in ADDED_COLUMNS if name not in have}
     out = []
     for row in reversed(rows):
         decoded = {**_decode(row), **missing}
