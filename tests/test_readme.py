@@ -1,0 +1,205 @@
+"""README.md's commands work, in order, on a fresh lab after `make demo`.
+
+A fresh lab is built in a temporary folder from this repository's lab files
+(``pyproject.toml`` and ``notebooks/``; the fraud plugin comes from the installed
+package), the demo runs there exactly as ``make demo`` runs it (``lab run``: the full,
+exact dataset, a few minutes), then every ``sh`` block of the README's "After the demo"
+section runs with bash, line by line as written, with ``set -euo pipefail``. Lines that
+end in ``&`` start servers: their PIDs are recorded and exactly those are stopped at the
+end, pass or fail. The README's ports are used when free; otherwise free ports are put in
+their place (the test prints which).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SECTION = "After the demo"
+DEMO_TIMEOUT_S = 1200  # `lab run` on the exact dataset: about 2 minutes on a quiet 2-core machine
+BLOCK_TIMEOUT_S = 900  # the first block trains a second version on the same data
+READY_WAIT_S = 120  # the flag server loads two model versions before /readyz says 200
+
+
+def readme_blocks(text: str) -> list[str]:
+    """The ```sh blocks of the README's "After the demo" section, in order."""
+    match = re.search(rf"^## {re.escape(SECTION)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert match, f"README.md has no '## {SECTION}' section"
+    blocks = re.findall(r"^```sh\n(.*?)^```", match.group(1), re.S | re.M)
+    assert blocks, f"README.md's '{SECTION}' section has no ```sh block"
+    return blocks
+
+
+def readme_ports(blocks: list[str]) -> list[int]:
+    return sorted({int(p) for block in blocks for p in re.findall(r"--port (\d+)", block)})
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def as_script(block: str, lab_bin: str, ports: dict[int, int], pid_file: Path) -> str:
+    """The block as a bash script: our lab binary and ports, and each `&` line's PID recorded."""
+    text = block.replace(".venv/bin/lab", shlex.quote(lab_bin))
+    for readme_port, port in ports.items():
+        text = re.sub(rf"\b{readme_port}\b", str(port), text)
+    lines = []
+    for line in text.splitlines():
+        # `cmd &   # comment` -> `cmd & echo $! >> pids   # comment` (the comment keeps its place)
+        line = re.sub(r"(?<![&|])&(\s*(#.*)?)$", lambda m: f'& echo $! >> {shlex.quote(str(pid_file))}{m.group(1)}',
+                      line)
+        lines.append(line)
+    return "set -euo pipefail\n" + "\n".join(lines) + "\n"
+
+
+def stop(pids: list[int]) -> None:
+    """Stop exactly these processes: SIGTERM, then SIGKILL for any still there after 15 s."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 15
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_block(script: str, cwd: Path, log: Path, env: dict, timeout: float) -> tuple[int, str]:
+    """Run a bash script in its own session, output to ``log`` (a pipe would be held open by the
+    servers it starts); on timeout its session is killed. Returns (status, output)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            status = None
+    text = log.read_text()
+    assert status is not None, (f"the block did not finish within {timeout:.0f} s:\n{script}\n"
+                                f"--- output ---\n{text[-6000:]}")
+    return status, text
+
+
+def wait_ready(port: int, seconds: float) -> float:
+    started = time.monotonic()
+    last = ""
+    while time.monotonic() - started < seconds:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return time.monotonic() - started
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code} {exc.read()[:300]!r}"
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise AssertionError(f"the server on port {port} was not ready within {seconds:.0f} s; last answer: {last}")
+
+
+def json_objects(text: str) -> list[dict]:
+    """Every JSON object that starts at a `{"` in ``text`` (curl prints its answer without a newline)."""
+    found = []
+    for match in re.finditer(r'\{"', text):
+        try:
+            value = json.JSONDecoder().raw_decode(text[match.start():])[0]
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
+@pytest.fixture
+def fresh_lab(tmp_path) -> Path:
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    shutil.copy2(REPO / "pyproject.toml", lab / "pyproject.toml")
+    shutil.copytree(REPO / "notebooks", lab / "notebooks")
+    return lab
+
+
+@pytest.mark.slow
+def test_readme_commands_run_in_order_after_the_demo(fresh_lab, tmp_path):
+    lab_bin = Path(sys.executable).parent / "lab"
+    assert lab_bin.exists(), f"no lab command beside {sys.executable}; install the project (make test does)"
+    env = {k: v for k, v in os.environ.items() if k != "LAB_HOME"}
+    blocks = readme_blocks((REPO / "README.md").read_text())
+    ports = {p: p if port_is_free(p) else free_port() for p in readme_ports(blocks)}
+    moved = {p: q for p, q in ports.items() if p != q}
+    if moved:
+        print(f"README ports in use here, replaced: {moved}")
+    timings: dict[str, float] = {}
+
+    started = time.monotonic()
+    demo = subprocess.run([str(lab_bin), "run"], cwd=fresh_lab, env=env, capture_output=True, text=True,
+                          timeout=DEMO_TIMEOUT_S)
+    timings["demo (lab run)"] = time.monotonic() - started
+    assert demo.returncode == 0, f"make demo's `lab run` failed:\n{demo.stdout[-4000:]}\n{demo.stderr[-4000:]}"
+    assert "8 stage(s) ran" in demo.stdout and "champion fraud v1" in demo.stdout, demo.stdout[-2000:]
+
+    pid_file = tmp_path / "server.pids"
+    pid_file.touch()
+    outputs = []
+    try:
+        for i, block in enumerate(blocks, start=1):
+            script = as_script(block, str(lab_bin), ports, pid_file)
+            started = time.monotonic()
+            status, output = run_block(script, fresh_lab, tmp_path / f"block{i}.log", env, BLOCK_TIMEOUT_S)
+            timings[f"README block {i}"] = time.monotonic() - started
+            assert status == 0, f"README block {i} failed (exit {status}):\n{script}\n--- output ---\n{output[-6000:]}"
+            outputs.append(output)
+        servers = [int(p) for p in pid_file.read_text().split()]
+        assert len(servers) == sum(len(re.findall(r"&\s*(#.*)?$", b, re.M)) for b in blocks)
+        # The last server started (the flag server) becomes ready: both model versions load.
+        flag_port = ports[int(re.findall(r"--port (\d+)", blocks[-1])[-1])]
+        timings["flag server ready"] = wait_ready(flag_port, READY_WAIT_S)
+    finally:
+        stop([int(p) for p in pid_file.read_text().split()])
+        print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+
+    first = outputs[0]
+    answer = next((a for a in json_objects(first) if "score" in a), None)
+    assert answer is not None, f"no /predict answer with a score in block 1's output:\n{first[-3000:]}"
+    assert isinstance(answer["score"], float) and 0.0 <= answer["score"] <= 1.0, answer
+    assert "rolled back to version 1 (was version 2)" in first, first[-3000:]
+    assert re.search(r"fraud: champion -> version 2|version 2 is already champion", first), first[-3000:]
+    assert (fresh_lab / "ts.parquet").is_file() and (fresh_lab / "outcomes.parquet").is_file()
+    reports = list((fresh_lab / "runs/experiments/new_ranker").glob("report-*.html"))
+    assert len(reports) == 1, reports
