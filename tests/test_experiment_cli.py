@@ -30,9 +30,10 @@ TABLES = ("experiments", "experiment_audit", "experiment_allocations")
 
 @pytest.fixture
 def lab_root(tmp_path, monkeypatch):
-    """An empty lab whose alpha default is 0.01, with an event-recording plugin."""
+    """An empty lab of model "scorer" whose alpha default is 0.01, with an event-recording plugin."""
     (tmp_path / "pyproject.toml").write_text(
-        '[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\nplugins = ["experiment_probe"]\n\n'
+        '[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\nmodel_name = "scorer"\n'
+        'plugins = ["experiment_probe"]\n\n'
         "[tool.lab.experiments]\nalpha = 0.01\n"
     )
     (tmp_path / "experiment_probe.py").write_text(PROBE)
@@ -56,10 +57,11 @@ def row_counts(root) -> dict[str, int]:
     if not (root / "registry.db").exists():
         return dict.fromkeys(TABLES, 0)
     with sqlite3.connect(root / "registry.db") as conn:
-        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] if t in present else 0 for t in TABLES}
 
 
-def register_versions(root, count: int, model: str = "fraud") -> None:
+def register_versions(root, count: int, model: str = "scorer") -> None:
     """``count`` versions of ``model`` in the lab's registry (the payloads name them)."""
     from lab.registry import Registry
 
@@ -158,7 +160,7 @@ def test_a_flag_created_without_a_layer_has_its_own(lab_root, capsys):
     (["create", "x", "--variants", "a=0.5,b=0.5", "--mde", "nan"], "^lab: error: --mde must be a positive"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--mde", "0.2", "--baseline", "0.9"], "lower --mde"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=2"],
-     "model 'fraud' has no version 2; versions: none registered yet.*Register it first"),
+     "model 'scorer' has no version 2; versions: none registered yet.*Register it first"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=two"],
      "model_version must be a whole number"),
     (["create", "x", "--variants", "a=0.5,b=0.5", "--payload", "c:k=1"], "names variant 'c'"),
@@ -214,7 +216,7 @@ def write_ledger(path, experiment: str, means: dict[str, float], n: int = 500, s
         for version, (variant, mean) in enumerate(means.items(), start=1):
             for ms in rng.normal(mean, 3.0, n).clip(min=1):
                 ledger.append(PredictionRecord(
-                    event_id=None, model_name="fraud", model_version=version, features={}, defaults={},
+                    event_id=None, model_name="scorer", model_version=version, features={}, defaults={},
                     score=0.1, latency_ms=float(ms), experiment=experiment, variant=variant))
 
 
@@ -312,9 +314,9 @@ def test_payload_model_versions_must_exist_at_create_and_at_start(lab_root, caps
     args = ["--flag", "--variants", "control=0.9,treatment=0.1", "--payload", "control:model_version=1"]
     assert lab(lab_root, "create", "rollout", *args, "--payload", "treatment:model_version=2") == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("lab: error: --payload treatment:model_version=2: model 'fraud' has no version 2; "
+    assert err.strip() == ("lab: error: --payload treatment:model_version=2: model 'scorer' has no version 2; "
                            "versions: 1. Register it first (`lab run` registers a new version) or name an "
-                           "existing version (see `lab models fraud`)")
+                           "existing version (see `lab models scorer`)")
     assert row_counts(lab_root) == dict.fromkeys(TABLES, 0)
     assert lab(lab_root, "create", "rollout", *args, "--payload", "treatment:model_version=1") == 0
 
@@ -328,7 +330,7 @@ def test_payload_model_versions_must_exist_at_create_and_at_start(lab_root, caps
     capsys.readouterr()
     assert lab(lab_root, "start", "canary") == 2
     err = capsys.readouterr().err
-    assert "variant 'treatment' of flag 'canary' names model_version 7: model 'fraud' has no version 7" in err
+    assert "variant 'treatment' of flag 'canary' names model_version 7: model 'scorer' has no version 7" in err
     assert "versions: 1" in err and "Register it first" in err
     assert row_counts(lab_root) == before
     register_versions(lab_root, 6)  # now version 7 exists
@@ -336,9 +338,9 @@ def test_payload_model_versions_must_exist_at_create_and_at_start(lab_root, caps
 
 
 def test_payload_versions_are_of_the_configured_model(lab_root, capsys):
-    text = (lab_root / "pyproject.toml").read_text().replace("[tool.lab]\n", '[tool.lab]\nmodel_name = "churn"\n')
+    text = (lab_root / "pyproject.toml").read_text().replace('model_name = "scorer"', 'model_name = "churn"')
     (lab_root / "pyproject.toml").write_text(text)
-    register_versions(lab_root, 2, model="fraud")
+    register_versions(lab_root, 2, model="scorer")
     assert lab(lab_root, "create", "x", "--variants", "a=0.5,b=0.5", "--payload", "b:model_version=2") == 2
     assert "model 'churn' has no version 2; versions: none registered yet" in capsys.readouterr().err
     register_versions(lab_root, 2, model="churn")
