@@ -42,8 +42,11 @@ def test_missing_column_is_a_clear_error(bare_lab, frames, tmp_path):
     assert not (tmp_path / "d.html").exists()
 
 
-def test_builtin_views_and_flavors_come_through_their_hooks(bare_lab):
+def test_views_come_from_a_labs_plugin_and_flavors_from_the_backends(bare_lab):
     pm = make_plugin_manager()
+    views = [v for batch in pm.hook.lab_feature_views(config=load_config(bare_lab)) for v in batch]
+    assert views == []  # the platform defines no view; a lab's plugin does
+    (bare_lab / "pyproject.toml").write_text((bare_lab / "pyproject.toml").read_text() + "\n[tool.lab.fraud]\n")
     views = [v for batch in pm.hook.lab_feature_views(config=load_config(bare_lab)) for v in batch]
     assert {v.name for v in views} == {"customer_spending", "terminal_risk"}
     terminal = next(v for v in views if v.name == "terminal_risk")
