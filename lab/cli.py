@@ -2,13 +2,16 @@
 
 Every command, the core's included, comes from a plugin's ``lab_cli_commands`` (the
 core's from ``lab.commands``, registered as the built-in plugin ``lab_commands``); this
-module imports no command module. Every ``LabError`` becomes a one-line message and exit
-status 2, never a traceback.
+module imports no command module. A command may name its functions as
+``"module:function"``: the module is imported, and the command's arguments added, only
+when that command runs or shows its own help, so ``lab --help`` stays fast. Every
+``LabError`` becomes a one-line message and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -22,13 +25,54 @@ from lab.plugins import get_plugin_manager
 class Command:
     """A ``lab`` subcommand. ``name`` may have two words (``"features training-set"``).
 
-    ``run(args, ctx)`` returns an exit status (None means 0); ``ctx`` is a ``Context``.
+    ``add_arguments(parser)`` adds its arguments; ``run(args, ctx)`` returns an exit
+    status (None means 0); ``ctx`` is a ``Context``. Either may be a function or the
+    string ``"package.module:function"``, imported on first use.
     """
 
     name: str
     help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, "Context"], int | None]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | str
+    run: Callable[[argparse.Namespace, "Context"], int | None] | str
+
+
+def resolve(command: Command, what: str) -> Callable:
+    """``command.add_arguments`` or ``command.run`` as a function, importing its module if named."""
+    target = getattr(command, what)
+    if not isinstance(target, str):
+        return target
+    module, _, name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise LabError(f"the command 'lab {command.name}' names {target!r} for {what}, which cannot be "
+                       f"loaded ({exc}); fix the plugin that defines it (see `lab plugins`)") from None
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser, whose arguments are added on first use: when it parses or
+    prints its usage, not when ``lab``'s whole parser is built."""
+
+    def __init__(self, *args: Any, command: Command | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pending = command
+
+    def _complete(self) -> None:
+        if self._pending is not None:
+            command, self._pending = self._pending, None
+            resolve(command, "add_arguments")(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
 
 
 class Context:
@@ -55,7 +99,7 @@ class Context:
 def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lab", description="A local-first ML platform.")
     parser.add_argument("--root", help="project folder (default: LAB_HOME or the nearest pyproject.toml)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     groups: dict[str, Any] = {}
     seen: set[str] = set()
     for cmd in commands:
@@ -64,14 +108,14 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
         seen.add(cmd.name)
         words = cmd.name.split()
         if len(words) == 1:
-            p = sub.add_parser(words[0], help=cmd.help, description=cmd.help)
+            p = sub.add_parser(words[0], help=cmd.help, description=cmd.help, command=cmd)
         else:
             group, leaf = words[0], " ".join(words[1:])
             if group not in groups:
                 gp = sub.add_parser(group, help=f"{group} commands")
-                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True)
-            p = groups[group].add_parser(leaf, help=cmd.help, description=cmd.help)
-        cmd.add_arguments(p)
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", metavar="COMMAND", required=True,
+                                                  parser_class=_CommandParser)
+            p = groups[group].add_parser(leaf, help=cmd.help, description=cmd.help, command=cmd)
         p.set_defaults(_command=cmd)
     return parser
 
@@ -91,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "_command", None):
             parser.print_help()
             return 2
-        status = args._command.run(args, ctx)
+        status = resolve(args._command, "run")(args, ctx)
         return int(status or 0)
     except LabError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)

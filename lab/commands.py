@@ -1,25 +1,21 @@
 """The core's ``lab`` subcommands, contributed through ``lab_cli_commands`` like a plugin's.
 
-This module is the built-in plugin ``lab_commands`` (``lab.plugins.DEFAULT_PLUGINS``):
-``plugins`` and ``run`` live here; the registry's, the feature store's and the
-experiments' commands live beside their code; ``lab init`` in ``lab.scaffold``. The
-CLI (``lab.cli``) imports none of them: it asks the plugin manager. Each command keeps
-its heavy imports inside ``run``, so building the parser loads no data library.
+This module is the built-in plugin ``lab_commands`` (``lab.plugins.DEFAULT_PLUGINS``)
+and the table of the core's commands. Each command's functions live beside the code it
+drives and are named here as ``"module:function"`` (see ``lab.cli.Command``), so ``lab
+--help`` imports none of them: ``lab promote`` loads the registry's commands, ``lab
+run`` the pipeline's, and nothing else. ``lab plugins`` is small enough to live here;
+``lab init`` is ``lab.scaffold.INIT_COMMAND``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from lab import hookimpl
 from lab.cli import Command, Context
-from lab.experiments.commands import COMMANDS as EXPERIMENT_COMMANDS
-from lab.features.commands import COMMANDS as FEATURE_COMMANDS
-from lab.pipeline.runner import run_pipeline
 from lab.plugins import plugin_table
-from lab.registry.commands import COMMANDS as REGISTRY_COMMANDS
 from lab.scaffold import INIT_COMMAND
 
 
@@ -37,50 +33,58 @@ def _plugins_run(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stages", nargs="*", help="run only these stages (default: all, in order)")
-    p.add_argument("--force", action="store_true", help="run stages even when nothing changed")
-    p.add_argument("--new", action="store_true", help="start a new run instead of resuming a stopped one")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a [tool.lab] setting for this run only, e.g. train.seed=7 (a TOML value; "
-                        "repeatable); the stages that receive it rerun")
+def _lazy(name: str, help: str, module: str, add_arguments: str, run: str) -> Command:
+    """A command whose ``add_arguments`` and ``run`` are functions of ``module``."""
+    return Command(name, help, f"{module}:{add_arguments}", f"{module}:{run}")
 
 
-def _run_run(args: argparse.Namespace, ctx: Context) -> int:
-    started = time.perf_counter()
-    from lab.config import apply_overrides
-
-    result = run_pipeline(apply_overrides(ctx.config, args.set), ctx.pm, only=args.stages or None,
-                          force=args.force, new_run=args.new)
-    ran = sum(1 for s in result.stages if s.status == "finished")
-    skipped = sum(1 for s in result.stages if s.status == "skipped")
-    print(f"run {result.run_id}: {ran} stage(s) ran, {skipped} skipped, "
-          f"{time.perf_counter() - started:.1f} s; notebooks in {result.run_dir}")
-    _print_champion(ctx)
-    return 0
-
-
-def _print_champion(ctx: Context) -> None:
-    from lab.registry import Registry
-
-    with Registry.open(ctx.config.registry_path, project_root=ctx.config.root) as registry:
-        champion = registry.get_alias(ctx.config.model_name, "champion")
-    if champion is None:
-        print(f"model {ctx.config.model_name!r} has no champion yet")
-        return
-    m = champion.metrics
-    print(f"champion {champion.name} v{champion.version} on the reference test window: "
-          f"AUC {m.get('roc_auc', float('nan')):.4f}  AP {m.get('average_precision', float('nan')):.4f}  "
-          f"CP@100 {m.get('card_precision_at_100', float('nan')):.4f}")
-
+_PIPELINE = "lab.pipeline.commands"
+_REGISTRY = "lab.registry.commands"
+_FEATURES = "lab.features.commands"
+_EXPERIMENTS = "lab.experiments.commands"
 
 COMMANDS: list[Command] = [
     Command("plugins", "list loaded plugins with their versions and hooks", _plugins_args, _plugins_run),
-    Command("run", "run the notebook pipeline; unchanged stages are skipped, a stopped run resumes",
-            _run_args, _run_run),
-    *REGISTRY_COMMANDS,
-    *FEATURE_COMMANDS,
-    *EXPERIMENT_COMMANDS,
+    _lazy("run", "run the notebook pipeline; unchanged stages are skipped, a stopped run resumes",
+          _PIPELINE, "run_args", "run_run"),
+    # the registry
+    _lazy("promote", "point an alias (default champion) at a model version", _REGISTRY, "_promote_args", "_promote_run"),
+    _lazy("rollback", "move an alias back to the version it held before", _REGISTRY, "_rollback_args", "_rollback_run"),
+    _lazy("models", "list registered models, or one model's versions, aliases and metrics",
+          _REGISTRY, "_models_args", "_models_run"),
+    _lazy("history", "show a model's alias history (who moved what, when, why)",
+          _REGISTRY, "_history_args", "_history_run"),
+    _lazy("runs", "list tracking runs, newest first", _REGISTRY, "_runs_args", "_runs_run"),
+    _lazy("lineage", "walk from a model version to its run, code, dependencies and data",
+          _REGISTRY, "_lineage_args", "_lineage_run"),
+    # the feature store
+    _lazy("features load", "load a Parquet file into an offline source table", _FEATURES, "_load_args", "_load_run"),
+    _lazy("features training-set", "write a point-in-time training set and record it in the registry",
+          _FEATURES, "_training_args", "_training_run"),
+    _lazy("features materialize", "compute every entity's features as of a time into the online store",
+          _FEATURES, "_materialize_args", "_materialize_run"),
+    _lazy("features list", "list feature views with versions, entities and features",
+          _FEATURES, "_list_args", "_list_run"),
+    _lazy("features get", "look up one entity's features in the online store", _FEATURES, "_get_args", "_get_run"),
+    # experiments and flags
+    _lazy("experiment create", "create a draft experiment or flag with weighted variants",
+          _EXPERIMENTS, "_create_args", "_create_run"),
+    _lazy("experiment start", "start a draft: units are assigned from now on",
+          _EXPERIMENTS, "_name_reason_args", "_start_run"),
+    _lazy("experiment stop", "stop it: every unit sees control; recorded in the audit log",
+          _EXPERIMENTS, "_stop_args", "_stop_run"),
+    _lazy("experiment status", "list experiments and flags, or show one with its recent changes",
+          _EXPERIMENTS, "_status_args", "_status_run"),
+    _lazy("experiment set-weights", "change the weights (only the units that must move do)",
+          _EXPERIMENTS, "_set_weights_args", "_set_weights_run"),
+    _lazy("experiment audit", "who changed what, when, from what to what, and why",
+          _EXPERIMENTS, "_audit_args", "_audit_run"),
+    _lazy("experiment simulate", "write simulated outcomes (units assigned by the real hash) to try the report",
+          _EXPERIMENTS, "_simulate_args", "_simulate_run"),
+    _lazy("experiment report", "render the experiment report (effects, SRM, sequential test, guardrails) to HTML",
+          _EXPERIMENTS, "_report_args", "_report_run"),
+    _lazy("experiment check", "check the platform guardrails on the prediction ledger; a breach stops it "
+          "(exit 3)", _EXPERIMENTS, "_check_args", "_check_run"),
     INIT_COMMAND,
 ]
 

@@ -95,3 +95,53 @@ def test_unchanged_lab_run_loads_nothing_heavy(tmp_path):
     if "sqlite_utils" in heavy:
         pytest.xfail("lab.registry still imports sqlite_utils, which imports pandas at module level")
     assert heavy == []
+
+
+def test_every_core_command_names_functions_that_exist():
+    from lab.cli import resolve
+    from lab.commands import COMMANDS
+    from lab.experiments.commands import STOPPED_EXIT
+
+    for cmd in COMMANDS:
+        assert callable(resolve(cmd, "add_arguments")) and callable(resolve(cmd, "run")), cmd.name
+    assert f"exit {STOPPED_EXIT}" in next(c for c in COMMANDS if c.name == "experiment check").help
+
+
+def test_a_command_named_by_reference_loads_its_module_only_when_used(tmp_path, monkeypatch, capsys):
+    from lab.cli import main
+
+    write_pyproject(tmp_path, 'plugins = ["hello_plugin"]\n')
+    (tmp_path / "hello_plugin.py").write_text(textwrap.dedent('''
+        from lab import hookimpl
+        from lab.cli import Command
+
+        @hookimpl
+        def lab_cli_commands():
+            return [Command("hello", "say hello", "hello_cmds:add_arguments", "hello_cmds:run"),
+                    Command("broken", "cannot load", "hello_cmds:add_arguments", "no_such_module:run")]
+    '''))
+    (tmp_path / "hello_cmds.py").write_text(textwrap.dedent('''
+        def add_arguments(p):
+            p.add_argument("who")
+
+        def run(args, ctx):
+            print("hello", args.who)
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("LAB_HOME", raising=False)
+    root = ["--root", str(tmp_path)]
+    try:
+        with pytest.raises(SystemExit):
+            main([*root, "--help"])
+        assert "say hello" in capsys.readouterr().out and "hello_cmds" not in sys.modules
+        assert main([*root, "hello", "world"]) == 0
+        assert capsys.readouterr().out == "hello world\n"
+        with pytest.raises(SystemExit):
+            main([*root, "hello", "--help"])
+        assert "who" in capsys.readouterr().out
+        assert main([*root, "broken", "x"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lab: error: the command 'lab broken' names 'no_such_module:run'") and err.count("\n") == 1
+    finally:
+        for module in ("hello_plugin", "hello_cmds"):
+            sys.modules.pop(module, None)

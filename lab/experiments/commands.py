@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from lab.cli import Command, Context
+from lab import events
+from lab.cli import Context
 from lab.errors import ConfigError
+from lab.experiments.assignment import bucket_ranges, format_ranges
+from lab.experiments.model import Experiment, Variant, check_plan
+from lab.experiments.store import ExperimentStore
+from lab.registry import Registry
 
 
 def _open(ctx: Context):
-    from lab.experiments.store import ExperimentStore
-
     return ExperimentStore.open(ctx.config.registry_path)
 
 
@@ -96,8 +100,6 @@ def _print_json(value: Any) -> None:
 
 
 def _emit(ctx: Context, event: str, experiment, **payload: Any) -> None:
-    from lab import events
-
     events.emit(ctx.pm, event, experiment=experiment.name, kind=experiment.kind, status=experiment.status,
                 weights=experiment.weights, **payload)
 
@@ -149,8 +151,6 @@ def check_model_versions(ctx: Context, experiment, *, at_create: bool) -> None:
         wanted[v.name] = (_model_version(v.payload["model_version"], where), where)
     if not wanted:
         return
-    from lab.registry import Registry
-
     model = ctx.config.model_name
     with Registry.open(ctx.config.registry_path, project_root=ctx.config.root) as registry:
         versions = [mv.version for mv in registry.list_model_versions(model)]
@@ -167,9 +167,6 @@ def check_model_versions(ctx: Context, experiment, *, at_create: bool) -> None:
 
 
 def _create_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab import events
-    from lab.experiments.model import Experiment, Variant, check_plan
-
     weights = parse_weights(args.variants)
     if len(weights) < 2 and not args.flag:
         raise ConfigError(f"experiment {args.name!r} has {len(weights)} variant; an experiment needs at least 2 "
@@ -203,8 +200,6 @@ def _name_reason_args(p: argparse.ArgumentParser) -> None:
 
 
 def _start_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab import events
-
     with _open(ctx) as store:
         check_model_versions(ctx, store.get(args.name), at_create=False)
         experiment = store.start(args.name, reason=args.reason)
@@ -220,8 +215,6 @@ def _stop_args(p: argparse.ArgumentParser) -> None:
 
 
 def _stop_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab import events
-
     with _open(ctx) as store:
         before = store.get(args.name)
         experiment = store.stop(args.name, reason=args.reason, to_control=not args.keep_weights)
@@ -238,8 +231,6 @@ def _set_weights_args(p: argparse.ArgumentParser) -> None:
 
 
 def _set_weights_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab import events
-
     weights = parse_weights(args.weights)
     with _open(ctx) as store:
         before = store.get(args.name)
@@ -283,8 +274,6 @@ def _audit_line(row: dict) -> str:
 
 
 def _status_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab.experiments.assignment import bucket_ranges, format_ranges
-
     with _open(ctx) as store:
         if args.name is None:
             experiments = store.list()
@@ -365,8 +354,7 @@ def _result_line(r) -> str:
 
 
 def _check_run(args: argparse.Namespace, ctx: Context) -> int:
-    from pathlib import Path
-
+    # numpy (and the scipy the tests use) load only when a guardrail is checked
     from lab.experiments.guardrails import enforce_guardrails, guardrail_data_from_ledger, platform_guardrails
 
     guardrails = platform_guardrails(ctx.config, ctx.pm)
@@ -411,6 +399,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _simulate_run(args: argparse.Namespace, ctx: Context) -> int:
+    # numpy loads only when outcomes are simulated
     from lab.experiments.simulate import parse_rates, simulate_outcomes, write_outcomes
 
     rates = parse_rates(args.rates)
@@ -442,25 +431,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_run(args: argparse.Namespace, ctx: Context) -> int:
+    # numpy, polars and the notebook machinery load only when a report is rendered
     from lab.experiments.report import run_report_command
 
     return run_report_command(args, ctx)
-
-
-COMMANDS: list[Command] = [
-    Command("experiment create", "create a draft experiment or flag with weighted variants",
-            _create_args, _create_run),
-    Command("experiment start", "start a draft: units are assigned from now on", _name_reason_args, _start_run),
-    Command("experiment stop", "stop it: every unit sees control; recorded in the audit log", _stop_args, _stop_run),
-    Command("experiment status", "list experiments and flags, or show one with its recent changes",
-            _status_args, _status_run),
-    Command("experiment set-weights", "change the weights (only the units that must move do)",
-            _set_weights_args, _set_weights_run),
-    Command("experiment audit", "who changed what, when, from what to what, and why", _audit_args, _audit_run),
-    Command("experiment simulate", "write simulated outcomes (units assigned by the real hash) to try the report",
-            _simulate_args, _simulate_run),
-    Command("experiment report", "render the experiment report (effects, SRM, sequential test, guardrails) to HTML",
-            _report_args, _report_run),
-    Command("experiment check", "check the platform guardrails on the prediction ledger; a breach stops it "
-            f"(exit {STOPPED_EXIT})", _check_args, _check_run),
-]

@@ -12,8 +12,11 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from lab.cli import Command, Context
+from lab.atomic import atomic_path
+from lab.cli import Context
 from lab.errors import ConfigError, LabError, NotFound
+from lab.plugins import feature_views, model_spec
+from lab.registry import Registry
 
 
 def _date(value: str, flag: str) -> dt.date:
@@ -47,8 +50,6 @@ def online_store(ctx: Context):
 
 
 def views(ctx: Context) -> dict:
-    from lab.plugins import feature_views
-
     return feature_views(ctx.pm, ctx.config)
 
 
@@ -67,7 +68,7 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_run(args: argparse.Namespace, ctx: Context) -> int:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow loads only for the commands that read Parquet
 
     path = Path(args.parquet)
     if not path.is_file():
@@ -93,12 +94,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 
 def _training_run(args: argparse.Namespace, ctx: Context) -> int:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow and polars load only for the commands that use them
 
-    from lab.atomic import atomic_path
     from lab.features.training import training_set
-    from lab.plugins import model_spec
-    from lab.registry import Registry
 
     start, end = _date(args.start, "--start"), _date(args.end, "--end")
     if start > end:
@@ -149,7 +147,7 @@ def _materialize_args(p: argparse.ArgumentParser) -> None:
 
 
 def _materialize_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab.features.materialize import latest_event_time, materialize
+    from lab.features.materialize import latest_event_time, materialize  # pyarrow only to materialize
 
     offline, online = offline_store(ctx), online_store(ctx)
     selected = list(views(ctx).values())
@@ -210,14 +208,3 @@ def _get_run(args: argparse.Namespace, ctx: Context) -> int:
     print(json.dumps({"view": view.name, "version": view.version, view.entity: args.key,
                       "as_of": watermark.isoformat(), "features": row}, indent=2))
     return 0
-
-
-COMMANDS: list[Command] = [
-    Command("features load", "load a Parquet file into an offline source table", _load_args, _load_run),
-    Command("features training-set", "write a point-in-time training set and record it in the registry",
-            _training_args, _training_run),
-    Command("features materialize", "compute every entity's features as of a time into the online store",
-            _materialize_args, _materialize_run),
-    Command("features list", "list feature views with versions, entities and features", _list_args, _list_run),
-    Command("features get", "look up one entity's features in the online store", _get_args, _get_run),
-]

@@ -12,12 +12,12 @@ import argparse
 import json
 from typing import Any
 
-from lab.cli import Command, Context
+from lab import events
+from lab.cli import Context
+from lab.registry import Registry
 
 
 def _open(ctx: Context):
-    from lab.registry import Registry
-
     return Registry.open(ctx.config.registry_path, project_root=ctx.config.root)
 
 
@@ -44,8 +44,6 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 
 
 def _promote_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab import events
-
     with _open(ctx) as reg:
         event = reg.promote(args.name, args.version, alias=args.alias, reason=args.reason)
     if event is None:
@@ -66,8 +64,6 @@ def _rollback_args(p: argparse.ArgumentParser) -> None:
 
 
 def _rollback_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab import events
-
     with _open(ctx) as reg:
         event = reg.rollback(args.name, alias=args.alias, reason=args.reason)
     # From the row this rollback wrote: a later read could see someone else's move.
@@ -185,15 +181,3 @@ def _lineage_run(args: argparse.Namespace, ctx: Context) -> int:
         for ds in item["datasets"]:
             print(f"           {ds['kind']} {ds['name']} rows={ds['rows']} {ds['path']}")
     return 0
-
-
-COMMANDS: list[Command] = [
-    Command("promote", "point an alias (default champion) at a model version", _promote_args, _promote_run),
-    Command("rollback", "move an alias back to the version it held before", _rollback_args, _rollback_run),
-    Command("models", "list registered models, or one model's versions, aliases and metrics",
-            _models_args, _models_run),
-    Command("history", "show a model's alias history (who moved what, when, why)", _history_args, _history_run),
-    Command("runs", "list tracking runs, newest first", _runs_args, _runs_run),
-    Command("lineage", "walk from a model version to its run, code, dependencies and data",
-            _lineage_args, _lineage_run),
-]
