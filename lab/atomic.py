@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: later threads never see the momentary 0
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename or a new entry in ``folder`` durable."""
     fd = os.open(folder, os.O_RDONLY)
@@ -29,6 +38,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a product gets the usual mode
     os.close(fd)
     tmp_path = Path(tmp)
     try:
