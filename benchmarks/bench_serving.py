@@ -12,9 +12,11 @@ fixed JSON. A load process, separate from both, sends ``--requests`` POSTs over
 of microseconds) after a short warm-up, stopping at ``--time-limit`` seconds whatever
 the count. It prints p50/p99 latency and throughput for both and the ratios.
 
-With ``--root`` the lab there is served (its champion and online store; customers and
-terminals drawn from the simulator's ranges; the requests land in its ledger); otherwise a tiny lab is built in a
-temporary folder (``plugins.litestar_serving.testing``).
+With ``--root`` the lab there is served (its model's champion and online store; the
+requests land in its ledger): a fraud lab's requests draw customers and terminals from
+the simulator's ranges, any other lab's are its spec's example request with a fresh id
+and a time just after the materialization. Otherwise the fraud plugin's tiny lab is built
+in a temporary folder (``plugins.fraud.testing``).
 """
 
 from __future__ import annotations
@@ -185,29 +187,40 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def bodies_for(root: Path | None, tiny, n: int) -> list[str]:
-    """Request bodies: the tiny lab's known entities, or the simulator's id ranges."""
+    """Request bodies: the tiny lab's known entities, or for the lab at ``root`` its
+    spec's example varied (a fraud lab: the simulator's id ranges)."""
     if tiny is not None:
         return [json.dumps(tiny.transaction(i)) for i in range(n)]
     from lab.config import load_config
-    from lab.plugins import feature_views, get_plugin_manager
+    from lab.plugins import feature_views, get_plugin_manager, model_spec
 
     config = load_config(root)
     pm = get_plugin_manager(config)
+    spec = model_spec(pm, config)
+    views = feature_views(pm, config)
     store = pm.hook.lab_online_store(config=config)
     try:
-        watermark = store.watermark(feature_views(pm, config)["customer_spending"])
+        marks = [store.watermark(views[name]) for name in spec.views]
     finally:
         store.close()
+    schema = spec.request
+    example = schema.example_request()
+    watermark = min((m for m in marks if m is not None), default=example[schema.timestamp])
+    fraud = None
+    if config.section("fraud") is not None:
+        from plugins.fraud.settings import fraud_settings
+
+        fraud = fraud_settings(config)
     rng = random.Random(0)
     out = []
     for i in range(n):
-        when = watermark + dt.timedelta(seconds=rng.randrange(86_400))
-        out.append(json.dumps({
-            "TRANSACTION_ID": 10_000_000 + i, "TX_DATETIME": when.isoformat(),
-            "CUSTOMER_ID": rng.randrange(config.simulate.n_customers),
-            "TERMINAL_ID": rng.randrange(config.simulate.n_terminals),
-            "TX_AMOUNT": round(rng.uniform(1, 200), 2),
-        }))
+        body = dict(example)
+        body[schema.id] = 10_000_000 + i if schema.field(schema.id).type == "int" else f"bench-{i}"
+        body[schema.timestamp] = (watermark + dt.timedelta(seconds=rng.randrange(86_400))).isoformat()
+        if fraud is not None:
+            body.update(CUSTOMER_ID=rng.randrange(fraud.n_customers), TERMINAL_ID=rng.randrange(fraud.n_terminals),
+                        TX_AMOUNT=round(rng.uniform(1, 200), 2))
+        out.append(json.dumps(body, default=str))
     return out
 
 
@@ -247,7 +260,7 @@ def main() -> None:
         if args.root:
             root = Path(args.root).resolve()
         else:
-            from plugins.litestar_serving.testing import build_tiny_lab
+            from plugins.fraud.testing import build_tiny_lab
 
             print("building a tiny lab (one epoch on 400 rows)...", flush=True)
             tiny = build_tiny_lab(Path(tmp) / "lab")
