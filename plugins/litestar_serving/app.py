@@ -120,8 +120,8 @@ def spec_views(spec: ModelSpec, views: dict) -> list:
                            f"(lab_feature_views; declared: {', '.join(sorted(views)) or 'none'})")
         if view.entity not in fields:
             raise LabError(f"feature view {name!r} is keyed by {view.entity!r}, which is not a field of the "
-                           f"{spec.request.title} request ({', '.join(fields)}); add it to model "
-                           f"{spec.name!r}'s request schema")
+                           f"{spec.request.title} request ({', '.join(fields)}); add it to the request "
+                           f"schema of model {spec.name!r}")
         out.append(view)
     return out
 
