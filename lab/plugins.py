@@ -11,7 +11,7 @@ from typing import Any
 
 import pluggy
 
-from lab import hookspecs
+from lab import __version__, hookspecs
 from lab.errors import ConfigError
 
 # Built-in backends, registered under their entry-point names so the entry-point scan
@@ -131,8 +131,6 @@ def plugin_table(pm: pluggy.PluginManager) -> list[dict]:
         elif dist is not None:
             version = f"{dist.project_name} {dist.version}"
         else:
-            from lab import __version__
-
             version = getattr(plugin, "__version__", None) or f"lab {__version__}"
         hooks = sorted(impl.name for impl in pm.get_hookcallers(plugin) or [])
         rows.append({"name": name, "version": version, "hooks": hooks})

@@ -15,6 +15,7 @@ leaves no lab or a whole one.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import keyword
 import os
 import re
@@ -22,14 +23,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from lab.atomic import fsync_dir
-from lab.cli import Command
+from lab.cli import Command, Context
 from lab.errors import ConfigError, LabError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from lab.cli import Context
+from lab.plugins import make_plugin_manager
 
 PLACEHOLDER = "{{project}}"
 # Left behind by editors, Python and Jupyter in a template folder; never part of a lab.
@@ -59,8 +56,6 @@ def available_templates(pm=None) -> dict[str, Template]:
     installed entry points, and no project plugins.
     """
     if pm is None:
-        from lab.plugins import make_plugin_manager
-
         pm = make_plugin_manager()
     found: dict[str, Template] = {}
     for batch in pm.hook.lab_templates():
@@ -134,8 +129,6 @@ def init_lab(target: str | os.PathLike, template: Template, *, project_name: str
 
 
 def _ignored(rel: Path) -> bool:
-    import fnmatch
-
     return any(fnmatch.fnmatch(part, pattern) for part in rel.parts for pattern in _IGNORED)
 
 
@@ -194,7 +187,7 @@ def _init_args(p: argparse.ArgumentParser) -> None:
                    help="write into a non-empty folder; the template's files replace files of the same name")
 
 
-def _init_run(args: argparse.Namespace, ctx: "Context") -> int:
+def _init_run(args: argparse.Namespace, ctx: Context) -> int:
     templates = available_templates()
     if args.list:
         if not templates:

@@ -11,7 +11,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lab.atomic import atomic_write_text
+from lab.atomic import atomic_path, atomic_write_text
+from lab.config import load_config
+from lab.errors import LabError
+from lab.pipeline.digest import imported_code_files
+from lab.plugins import feature_views, get_plugin_manager
+from lab.registry import Registry
 
 
 RUN_PID_ENV = "LAB_RUN_PID"
@@ -65,20 +70,14 @@ class StageContext:
 
     @cached_property
     def config(self):
-        from lab.config import load_config
-
         return load_config(self.root)
 
     @cached_property
     def pm(self):
-        from lab.plugins import get_plugin_manager
-
         return get_plugin_manager(self.config)
 
     @cached_property
     def registry(self):
-        from lab.registry import Registry
-
         reg = Registry.open(self.config.registry_path, project_root=self.root)
         self._closers.append(reg.close)
         return reg
@@ -97,8 +96,6 @@ class StageContext:
 
     @cached_property
     def views(self) -> dict:
-        from lab.plugins import feature_views
-
         return feature_views(self.pm, self.config)
 
     def path(self, rel: str) -> Path:
@@ -117,9 +114,7 @@ class StageContext:
         ``rel``, atomically, carrying ``digest`` (the digest it is recorded under in the
         registry) in the file's metadata, so a later stage that reads the file logs that
         same digest (``dataset_digest``) and lineage walks from its run to the record."""
-        import polars as pl
-
-        from lab.atomic import atomic_path
+        import polars as pl  # polars only in the stages that write data sets
 
         frame = data if isinstance(data, pl.DataFrame) else pl.from_arrow(data)
         target = self.path(rel)
@@ -130,12 +125,10 @@ class StageContext:
     def dataset_digest(self, rel: str) -> str:
         """The registry digest of the data set in the Parquet file ``rel`` (as written by
         ``write_dataset``); a file without one is a LabError naming the stage to rerun."""
-        import polars as pl
+        import polars as pl  # polars only in the stages that read data sets
 
         digest = pl.read_parquet_metadata(self.path(rel)).get(DATASET_DIGEST_KEY)
         if not digest:
-            from lab.errors import LabError
-
             raise LabError(
                 f"{rel} carries no data-set digest (metadata {DATASET_DIGEST_KEY!r}), so its lineage "
                 "cannot be followed; rewrite it with the stage that produces it (e.g. `lab run features --force`)"
@@ -147,8 +140,6 @@ class StageContext:
             self._closers.pop()()
         record = os.environ.get("LAB_STAGE_CODE_RECORD")
         if record:  # tell the runner which platform code this stage ran (its cache key)
-            from lab.pipeline.digest import imported_code_files
-
             atomic_write_text(record, json.dumps(imported_code_files()))
 
     def __enter__(self) -> "StageContext":

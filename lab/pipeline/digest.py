@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
+
+import lab
 
 _CHUNK = 1 << 20
 
@@ -32,8 +35,6 @@ def path_digest(path: Path) -> str:
 
 def _code_base() -> Path:
     """The folder holding the ``lab`` and ``plugins`` packages; code paths are relative to it."""
-    import lab
-
     return Path(lab.__file__).resolve().parent.parent
 
 
@@ -44,8 +45,6 @@ def all_code_files() -> list[str]:
 
 def imported_code_files() -> list[str]:
     """The platform's source files this process has imported (what a stage's code was)."""
-    import sys
-
     base = _code_base()
     out = set()
     for module in list(sys.modules.values()):

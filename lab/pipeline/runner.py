@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -16,6 +17,7 @@ from lab import events
 from lab.errors import ConfigError, LabError
 from lab.pipeline.digest import code_digest, path_digest
 from lab.pipeline.stage import Stage, StageFailed, load_stages
+from lab.registry import Registry
 
 PIPELINE_FILE = "notebooks/pipeline.toml"
 # Parameters every stage receives that must not change its cache key.
@@ -60,8 +62,6 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def stage_params(config, stage: Stage, run_dir: Path) -> dict:
     """What a stage notebook receives: its config sections, its pipeline.toml params, where to work."""
-    import dataclasses
-
     params = {}
     for entry in stage.config:
         section, _, key = entry.partition(".")
@@ -166,8 +166,6 @@ def run_pipeline(
     the executed notebook is kept, and ``LabError`` says how to resume. The next call
     continues that run (same run folder) unless ``new_run``.
     """
-    from lab.registry import Registry
-
     stages = select_stages(config, only)
     producers = {out: s.name for s in stages for out in s.outputs}
     attempts_allowed = 1 + max(0, int(config.pipeline.retries))

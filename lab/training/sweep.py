@@ -47,7 +47,7 @@ _OBJECTIVE = "lab:objective"  # study attr: {"task", "metric"}
 
 def _optuna():
     try:
-        import optuna
+        import optuna  # heavy; loaded only when a sweep runs, with a clear error if missing
     except ImportError:
         raise LabError("sweeps need Optuna, which is not installed: pip install 'optuna>=4'") from None
     return optuna
