@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from lab.errors import ConfigError, LabError
 from lab.modelspec import ModelSpec, SplitWindow
+from lab.pipeline.context import StageContext
+from lab.plugins import model_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import polars as pl
-
-    from lab.pipeline.context import StageContext
 
 TRAINSET = "data/trainset.parquet"
 CANDIDATE = "data/candidate"
@@ -26,8 +26,6 @@ DRIFT_HTML = "data/drift.html"
 
 
 def spec_of(ctx: "StageContext", model: str | None) -> ModelSpec:
-    from lab.plugins import model_spec
-
     return model_spec(ctx.pm, ctx.config, model)
 
 
@@ -56,7 +54,7 @@ def window(train_start: Any, delta_train: int, delta_delay: int, delta_test: int
 
 def time_split(frame: "pl.DataFrame", win: SplitWindow, time_column: str) -> tuple["pl.DataFrame", "pl.DataFrame"]:
     """Train on ``[train_start, +delta_train days)``, test on the ``delta_test`` days after the delay."""
-    import polars as pl
+    import polars as pl  # the steps load data libraries only in the step that runs
 
     day = pl.col(time_column).dt.date()
     train_end = win.train_start + dt.timedelta(days=win.delta_train)
@@ -79,7 +77,7 @@ def split(spec: ModelSpec, frame: "pl.DataFrame", win: SplitWindow) -> tuple["pl
 
 
 def xy(frame: "pl.DataFrame", columns: list[str], label: str) -> tuple["np.ndarray", "np.ndarray"]:
-    import numpy as np
+    import numpy as np  # the steps load data libraries only in the step that runs
 
     x = frame.select(columns).to_numpy().astype(np.float32)
     y = frame[label].to_numpy().astype(np.float32)

@@ -11,9 +11,9 @@ def features(root, run_dir, *, source_path, train_start, delta_train, delta_dela
     """Load the Parquet at ``source_path`` into the offline store as the spec's source, then
     write the training set for the window to ``data/trainset.parquet`` and record it (its
     digest, the source digest, the window and the view versions) in the registry."""
-    import polars as pl
+    import polars as pl  # data libraries load only in the step that runs
 
-    from lab.features.training import training_set
+    from lab.features.training import training_set  # polars, pyarrow
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)

@@ -7,12 +7,13 @@ from typing import Any
 from lab.errors import ConfigError
 from lab.modelspec import ModelSpec
 from lab.pipeline.context import StageContext
+from lab.plugins import model_flavor
 from lab.steps._common import CANDIDATE, CANDIDATE_JSON, EVALUATION, TRAINSET, spec_of, split, window, xy
 
 
 def score_metrics(spec: ModelSpec, model: Any, frame) -> dict[str, float]:
     """The task's metrics (plus the spec's own) of ``model`` on ``frame``."""
-    from lab.training.metrics import task_metrics
+    from lab.training.metrics import task_metrics  # numpy loads only in the step that runs
 
     x, y = xy(frame, list(model.feature_names), spec.label)
     scores = model.predict(x)
@@ -26,7 +27,7 @@ def gate(metric: str, candidate: dict[str, float], champion: dict[str, float] | 
          min_delta: float) -> dict[str, Any]:
     """Whether the candidate may replace the champion: it must beat it on ``metric`` by at
     least ``min_delta`` in the metric's better direction (no champion: it passes)."""
-    from lab.training.metrics import gate_passes, higher_is_better
+    from lab.training.metrics import gate_passes, higher_is_better  # numpy, as above
 
     if metric not in candidate:
         raise ConfigError(f"[tool.lab.gate] metric {metric!r} is not one of {sorted(candidate)}")
@@ -43,9 +44,7 @@ def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
              min_delta=0.0, model: str | None = None) -> dict:
     """Score the candidate and the current champion on the same test window and apply the
     gate on ``metric`` (default: the spec's metric)."""
-    import polars as pl
-
-    from lab.plugins import model_flavor
+    import polars as pl  # data libraries load only in the step that runs
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)

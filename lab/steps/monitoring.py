@@ -14,7 +14,7 @@ def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, m
     """Compare the model's inputs in the batch-scored window with the training days through
     ``lab_drift_report``; record each column's score in the registry; emit
     ``drift.detected`` naming the drifted columns."""
-    import polars as pl
+    import polars as pl  # data libraries load only in the step that runs
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)

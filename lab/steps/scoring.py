@@ -7,12 +7,14 @@ import datetime as dt
 from lab.atomic import atomic_path
 from lab.errors import LabError
 from lab.pipeline.context import StageContext
+from lab.plugins import model_flavor
 from lab.steps._common import MATERIALIZED, SCORES, spec_of, views_of
 
 
 def materialize(root, run_dir, *, model: str | None = None) -> dict:
     """Write the latest values of every view the model reads to the online store, as of
     the latest event in their sources."""
+    # pyarrow loads only in the step that runs
     from lab.features.materialize import latest_event_time, materialize as write_online
 
     with StageContext.open(root, run_dir) as ctx:
@@ -27,12 +29,12 @@ def materialize(root, run_dir, *, model: str | None = None) -> dict:
 def batch_score(root, run_dir, *, score_days, model: str | None = None) -> dict:
     """Score the source's last ``score_days`` days with the champion: point-in-time features
     for every event, as the training set has them, and one score per row."""
+    # data libraries load only in the step that runs
     import numpy as np
     import polars as pl
     import pyarrow.compute as pc
 
     from lab.features.training import training_set
-    from lab.plugins import model_flavor
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)

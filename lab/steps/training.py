@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 from lab.atomic import atomic_write_text
+from lab.errors import LabError
 from lab.pipeline.context import StageContext
+from lab.plugins import model_flavor
 from lab.steps._common import CANDIDATE, CANDIDATE_JSON, TRAINSET, spec_of, split, window, xy
 
 
@@ -15,10 +17,9 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
           valid_days: int = 2, model: str | None = None) -> dict:
     """Sweep on the training days, holding out their last ``valid_days`` in time order for
     the objective (the spec's metric); save the best model to ``data/candidate``."""
-    import polars as pl
+    import polars as pl  # data libraries load only in the step that runs
 
-    from lab.plugins import model_flavor
-    from lab.training.sweep import run_sweep
+    from lab.training.sweep import run_sweep  # numpy (and optuna when the sweep starts)
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)
@@ -75,8 +76,6 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
 
 def _resumable_run(ctx: StageContext, workdir: Path, *, params: dict, seed: int) -> str:
     """The tracking run of this train step; a rerun after a kill continues the same run."""
-    from lab.errors import LabError
-
     marker = workdir / "run_id"
     if marker.exists():
         run_id = marker.read_text().strip()
