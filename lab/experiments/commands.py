@@ -431,7 +431,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report_run(args: argparse.Namespace, ctx: Context) -> int:
-    # numpy, polars and the notebook machinery load only when a report is rendered
+    # numpy, scipy, polars and the notebook machinery load only when a report is rendered
     from lab.experiments.report import run_report_command
 
     return run_report_command(args, ctx)

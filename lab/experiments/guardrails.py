@@ -40,6 +40,7 @@ from lab import events
 from lab.config import ExperimentsConfig
 from lab.errors import ConfigError, LabError
 from lab.experiments import _guardrail_stats as tests
+from lab.serving.ledger import read_predictions
 
 if TYPE_CHECKING:  # pragma: no cover
     from lab.config import LabConfig
@@ -345,8 +346,6 @@ def guardrail_data_from_ledger(
     given. The ledger records successful predictions only, so ``error_rate`` is not in it:
     failed requests must be counted where they fail.
     """
-    from lab.serving.ledger import read_predictions
-
     names = {v.name for v in experiment.variants}
     latency: dict[str, list[float]] = {}
     for row in read_predictions(ledger_path, experiment=experiment.name, since=since, until=until):

@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from lab.errors import LabError
+from lab.experiments.assignment import Assigner
+from lab.experiments.model import Experiment
 
 REQUIRED = ("unit_id", "value")
 OPTIONAL = ("at", "pre", "variant")
@@ -65,8 +68,6 @@ def read_table(source: Any, what: str, *, text_columns: tuple[str, ...] = ()):
 
     ``text_columns`` are read as text from a CSV, so ids such as ``007`` keep their zeros.
     """
-    import polars as pl
-
     if isinstance(source, pl.DataFrame):
         return source
     if isinstance(source, pl.LazyFrame):
@@ -102,8 +103,6 @@ def _missing(frame, columns, source: str, what: str, hint: str) -> None:
 
 
 def _unit_ids(series, source: str) -> list:
-    import polars as pl
-
     dtype = series.dtype
     if not (dtype.is_integer() or dtype in (pl.String, pl.Categorical, pl.Enum)):
         raise LabError(f"unit_id in {source} is {dtype}; unit ids must be integers or text: "
@@ -124,8 +123,6 @@ def _unit_ids(series, source: str) -> list:
 
 
 def _values(series, source: str, metric_kind: str, experiment: str) -> np.ndarray:
-    import polars as pl
-
     if not (series.dtype.is_numeric() or series.dtype == pl.Boolean):
         raise LabError(f"value in {source} is {series.dtype}; it must be numeric "
                        "(0/1 for a proportion metric, a number for a mean metric)")
@@ -146,8 +143,6 @@ def _values(series, source: str, metric_kind: str, experiment: str) -> np.ndarra
 
 
 def _times(series, source: str) -> np.ndarray:
-    import polars as pl
-
     if series.dtype == pl.String:
         try:
             series = series.str.to_datetime(time_unit="us")
@@ -166,8 +161,6 @@ def _times(series, source: str) -> np.ndarray:
 
 
 def _pre(series, source: str) -> np.ndarray:
-    import polars as pl
-
     if not (series.dtype.is_numeric() or series.dtype == pl.Boolean):
         raise LabError(f"pre in {source} is {series.dtype}; the pre-period covariate must be numeric")
     return series.cast(pl.Float64).fill_null(float("nan")).to_numpy()
@@ -181,8 +174,6 @@ def read_outcomes(outcomes: Any, *, metric_kind: str, experiment: str, pre: Any 
     missing file or column, repeated units, a value that is not 0/1 for a proportion
     metric, and unreadable types.
     """
-    import polars as pl
-
     source = describe(outcomes)
     frame = read_table(outcomes, "outcomes", text_columns=("unit_id", "variant"))
     _missing(frame, REQUIRED, source, "outcomes",
@@ -255,8 +246,6 @@ def _replay(experiment, audit: list[dict]):
     created experiment, then every weight change in order, so the bucket layout is the
     one that served), and the weights it ran with, in order. None when the log cannot
     rebuild it."""
-    from lab.experiments.model import Experiment
-
     created = next((r for r in audit if r["action"] == "create"), None)
     if created is None or not isinstance(created["new"], dict):
         return None, []
@@ -324,8 +313,6 @@ def assign_arms(analysed, data: Outcomes) -> tuple[list, dict, list[str]]:
     Returns (arm per row, None outside the experiment), a summary of the assignment, and
     warnings. A logged variant the experiment lacks is a LabError.
     """
-    from lab.experiments.assignment import Assigner
-
     assigner = Assigner([analysed])
     derived = [assigner.variant(analysed.name, u) for u in data.unit_ids]
     summary = {"derived": data.variants is None, "disagreements": 0, "examples": []}

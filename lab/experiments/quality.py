@@ -25,17 +25,17 @@ import sqlite3
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from lab.errors import LabError
 from lab.experiments.outcomes import as_naive_utc, describe, read_table
+from lab.serving.ledger import read_predictions
 from lab.training.metrics import average_precision, roc_auc
 
 def _labels(labels: Any, wanted: set, id_column: str, label_column: str, time_column: str | None,
             as_of: dt.datetime | None, label_delay: dt.timedelta) -> tuple[dict, set]:
     """``{event id: label}`` for the ``wanted`` events whose label is known by ``as_of``,
     and the ids whose label exists but was not known yet."""
-    import polars as pl
-
     source = describe(labels)
     frame = read_table(labels, "labels")
     if as_of is not None and time_column is None:
@@ -120,8 +120,6 @@ def variant_quality(
     the variant has no labelled prediction or only one class. Raises LabError for a missing
     ledger or labels file, missing columns, or labels that are not 0/1.
     """
-    from lab.serving.ledger import read_predictions
-
     name = getattr(experiment, "name", experiment)
     if not isinstance(name, str) or not name:
         raise LabError(f"experiment must be a name or an Experiment, got {experiment!r}")

@@ -27,12 +27,22 @@ from typing import Any
 
 import numpy as np
 
+from lab.atomic import atomic_path
 from lab.errors import ConfigError, LabError
-from lab.experiments.outcomes import analysed_experiment, as_naive_utc, assign_arms, read_outcomes
+from lab.experiments.guardrails import check_guardrails, guardrail_data_from_ledger, platform_guardrails
+from lab.experiments.outcomes import analysed_experiment, as_naive_utc, assign_arms, read_outcomes, read_table
+from lab.experiments.quality import variant_quality
 from lab.experiments.report_figures import (  # noqa: F401  (re-exported: the notebook's API)
     figure_png, headline, headline_html, plot_effects, plot_guardrails, plot_quality, plot_sample_size, plot_sequential,
     plot_srm, report_tables, show,
 )
+from lab.experiments.stats import (
+    MIN_EVENTS, MIN_UNITS, adjust_pvalues, cuped, mean_test, proportion_test, sample_size_means,
+    sample_size_proportions, sequential_test_observations, srm_check,
+)
+from lab.experiments.store import ExperimentStore
+from lab.pipeline.stage import StageFailed
+from lab.plugins import feature_views, get_plugin_manager, model_spec
 
 NOTEBOOK = "notebooks/experiment_report.ipynb"
 SECTIONS = ("Per-variant effects", "Sequential monitoring", "Sample ratio mismatch", "Guardrails",
@@ -58,8 +68,6 @@ def _variant_rows(analysed, arms: np.ndarray, y: np.ndarray) -> list[dict]:
 
 def _compare(kind: str, control: np.ndarray, treatment: np.ndarray, alpha: float):
     """A Comparison, or a note saying why there is none."""
-    from lab.experiments.stats import mean_test, proportion_test
-
     least = 1 if kind == "proportion" else 2
     if control.size < least or treatment.size < least:
         return None, f"too few units to compare (control {control.size}, treatment {treatment.size})"
@@ -84,8 +92,6 @@ def _comparison_row(variant: str, comparison, note: str) -> dict:
 
 
 def _cuped_section(analysed, arms, y, pre, alpha) -> dict | None:
-    from lab.experiments.stats import cuped, mean_test
-
     if pre is None:
         return None
     control = analysed.control.name
@@ -124,16 +130,12 @@ def _tau(analysed, y_control: np.ndarray, y_all: np.ndarray) -> tuple[float | No
 
 
 def _waiting(kind: str) -> str:
-    from lab.experiments.stats import MIN_EVENTS, MIN_UNITS
-
     events = (f" and {MIN_EVENTS} expected conversions and non-conversions per arm at the pooled rate"
               if kind == "proportion" else "")
     return f"no decision yet: the sequential test waits for {MIN_UNITS} units per arm{events}"
 
 
 def _sequential_section(analysed, arms, y, at, looks: int) -> dict:
-    from lab.experiments.stats import sequential_test_observations
-
     control = analysed.control.name
     tau, source = _tau(analysed, y[arms == control], y)
     out = {"tau": tau, "tau_source": source, "looks": looks, "arms": {}, "note": "",
@@ -174,8 +176,6 @@ def _sequential_section(analysed, arms, y, at, looks: int) -> dict:
 
 
 def _srm_section(analysed, counts: dict[str, int], threshold: float) -> dict:
-    from lab.experiments.stats import srm_check
-
     live = {v.name: v.weight for v in analysed.variants if v.weight > 0}
     stray = {name: n for name, n in counts.items() if name not in live and n}
     note = ""
@@ -191,8 +191,6 @@ def _srm_section(analysed, counts: dict[str, int], threshold: float) -> dict:
 
 
 def _sample_size_section(analysed, counts: dict[str, int], y_control: np.ndarray, at) -> dict:
-    from lab.experiments.stats import sample_size_means, sample_size_proportions
-
     e = analysed
     out: dict = {"planned": False, "reason": "", "arms": [], "plan": None, "days_to_go": None}
     if e.mde is None:
@@ -284,11 +282,7 @@ def _decisions(analysed, comparisons: list[dict], sequential: dict, sample_size:
 
 
 def _guardrail_section(config, pm, analysed) -> dict:
-    from lab.experiments.guardrails import check_guardrails, guardrail_data_from_ledger, platform_guardrails
-
     if pm is None:
-        from lab.plugins import get_plugin_manager
-
         pm = get_plugin_manager(config)
     guardrails = platform_guardrails(config, pm)
     note = ""
@@ -315,8 +309,6 @@ def label_columns(config, pm: Any = None) -> dict:
     event id (``request.id``, the ledger's ``event_id``), label and event time, and the
     label delay: the longest ``label_delay`` of the model's feature views (a label the
     features may not see yet is not known to online quality either)."""
-    from lab.plugins import feature_views, get_plugin_manager, model_spec
-
     pm = pm if pm is not None else get_plugin_manager(config)
     try:
         spec = model_spec(pm, config)
@@ -345,9 +337,6 @@ def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, loo
     plugin manager for platform guardrails (default: the lab's). Raises LabError (naming
     the fix) for an unknown experiment, a draft, bad outcomes, or bad labels.
     """
-    from lab.experiments.stats import adjust_pvalues
-    from lab.experiments.store import ExperimentStore
-
     if isinstance(looks, bool) or not isinstance(looks, (int, np.integer)) or looks < 1:
         raise ConfigError(f"looks must be a whole number >= 1 (how many times the test is checked), got {looks!r}")
     with ExperimentStore.open(config.registry_path) as store:
@@ -380,8 +369,6 @@ def experiment_results(config, name: str, outcomes: Any, *, pre: Any = None, loo
     _decisions(analysed, comparisons, sequential, sample_size, counts)
     quality = None
     if labels is not None:
-        from lab.experiments.quality import variant_quality
-
         quality = variant_quality(config.ledger_path, analysed, labels, labels_as_of=labels_as_of,
                                   **label_columns(config, pm))
     return {
@@ -414,9 +401,6 @@ def notebook_path(config) -> Path:
 
 def _as_file(table: Any, target: Path) -> str:
     """A path the kernel can read: a path as given (made absolute), a frame written to ``target``."""
-    from lab.atomic import atomic_path
-    from lab.experiments.outcomes import read_table
-
     if isinstance(table, (str, os.PathLike)):
         return str(Path(table).resolve())
     with atomic_path(target) as tmp:
@@ -438,9 +422,6 @@ def render(config, pm, name: str, outcomes: Any, *, labels: Any = None, looks: i
            labels_as_of: Any = None) -> Path:
     """Run the report notebook and convert it to HTML; the inputs are assumed checked
     (``render_report`` checks them first). Returns the HTML path."""
-    from lab.atomic import atomic_path
-    from lab.pipeline.stage import StageFailed
-
     folder = config.runs_path / "experiments" / name
     folder.mkdir(parents=True, exist_ok=True)
     stamp = _stamp(folder)
@@ -464,7 +445,7 @@ def render(config, pm, name: str, outcomes: Any, *, labels: Any = None, looks: i
         raise LabError(f"the report notebook could not run ({type(exc).__name__}: {exc}); "
                        f"see the executed notebook at {executed}") from None
     try:
-        import nbformat
+        import nbformat  # the notebook machinery loads only when a report is rendered
         from nbconvert import HTMLExporter
 
         exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
+from html import escape
 from typing import Any
+
+import polars as pl
+from scipy import stats
 
 CONTINUE = "#d9d9d9"
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -68,8 +73,6 @@ def headline(results: dict) -> list[str]:
 
 def headline_html(results: dict) -> str:
     """The headline as HTML: the experiment's name as a heading, the lines and warnings as lists."""
-    from html import escape
-
     lines = headline(results)
     items = "".join(f"<li>{escape(line)}</li>" for line in lines[1:])
     warnings = "".join(f"<li>{escape(w)}</li>" for w in results["warnings"])
@@ -83,8 +86,6 @@ def headline_html(results: dict) -> str:
 def report_tables(results: dict) -> dict:
     """polars DataFrames for the notebook: variants, comparisons, cuped, srm, guardrails,
     sample_size, quality (empty frames where there is nothing)."""
-    import polars as pl
-
     r = results
     seq = r["sequential"]["arms"]
     cuped = {c["variant"]: c for c in (r["cuped"] or {}).get("comparisons", [])}
@@ -120,7 +121,7 @@ def report_tables(results: dict) -> dict:
 # --------------------------------------------------------------------------- figures
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib loads only when a figure is drawn
 
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -129,8 +130,6 @@ def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
 
 def _message(text: str):
     """A small figure that says why there is nothing to plot."""
-    import textwrap
-
     fig, axes = _figure(7, 0.8)
     axes[0][0].axis("off")
     axes[0][0].text(0.0, 0.5, textwrap.fill(text, 90), va="center", fontsize="small")
@@ -214,8 +213,6 @@ def plot_sequential(results: dict):
 def plot_srm(results: dict):
     """Units per arm minus what the weights expect, against the band a chance deviation
     stays within at the SRM threshold (a bar outside it is what a mismatch looks like)."""
-    from scipy import stats
-
     srm = results["srm"]
     if not srm["checked"]:
         return _message(f"SRM not checked: {srm['note']}")
@@ -319,6 +316,6 @@ def figure_png(fig) -> bytes:
 
 def show(fig) -> None:
     """Display a figure in a notebook as an embedded PNG."""
-    from IPython.display import Image, display
+    from IPython.display import Image, display  # only inside a notebook
 
     display(Image(data=figure_png(fig), format="png"))

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lab.errors import ConfigError, LabError
+from lab.experiments.assignment import Assigner
+from lab.experiments.store import ExperimentStore
+from lab.registry import Registry
 from lab.serving.routing import Route
 
 log = logging.getLogger("lab.experiments.routing")
@@ -79,9 +82,6 @@ class FlagRouter:
         Raises ``LabError`` when the flag cannot be served (unknown flag, a variant with
         no model version); the previous table, if any, stays in use.
         """
-        from lab.experiments import Assigner, ExperimentStore
-        from lab.registry import Registry
-
         with self._lock:
             with ExperimentStore.open(self.registry_path) as store:
                 version = store.version()
@@ -147,7 +147,7 @@ class FlagRouter:
         process's counters. A breach stops the flag with all traffic to control (audited,
         with events); the next ``refresh`` then routes everything to control.
         """
-        from lab.experiments import ExperimentStore
+        # scipy (the guardrail tests) loads only once a guardrail is checked
         from lab.experiments.guardrails import enforce_guardrails, guardrail_data_from_ledger, platform_guardrails
 
         experiment = self.experiment

@@ -22,8 +22,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import polars as pl
 
+from lab.atomic import atomic_path
 from lab.errors import ConfigError, LabError
+from lab.experiments.assignment import Assigner
+from lab.experiments.model import BUCKETS
+from lab.experiments.outcomes import analysed_experiment, as_naive_utc
 
 MAX_UNITS = 10_000_000
 RATES_FORMAT = "write it as control=0.10,treatment=0.11 (a rate, or a mean with --mean, for every variant)"
@@ -102,12 +107,6 @@ def simulate_outcomes(experiment, audit: list[dict], *, units: int, rates: Mappi
     Raises ConfigError (naming the fix) for rates that miss a variant or are not rates,
     a mean asked of a proportion experiment, and LabError for a draft.
     """
-    import polars as pl
-
-    from lab.experiments.assignment import Assigner
-    from lab.experiments.model import BUCKETS
-    from lab.experiments.outcomes import analysed_experiment, as_naive_utc
-
     kind = experiment.metric_kind
     if mean and kind == "proportion":
         raise ConfigError(f"{experiment.kind} {experiment.name!r} has a proportion metric, so its outcomes are 0/1; "
@@ -147,8 +146,6 @@ def simulate_outcomes(experiment, audit: list[dict], *, units: int, rates: Mappi
 
 def write_outcomes(frame, path: str | os.PathLike) -> Path:
     """Write ``frame`` to ``path`` (``.parquet`` or ``.csv``) atomically; returns the path."""
-    from lab.atomic import atomic_path
-
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):
