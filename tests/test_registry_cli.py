@@ -185,18 +185,21 @@ def test_lineage_walks_from_a_pipeline_model_to_its_source_window_and_views(tmp_
     """The real features stage writes and records the training set; a training run logs
     the digest the file carries; `lab lineage` then reaches the data-set record with the
     source digest, the window and the feature-view versions (no dead end)."""
-    from lab.datasets import fraud
+    from lab import steps
     from lab.pipeline.context import StageContext
-    from plugins.fraud_features import stages
+    from lab.steps._common import TRAINSET
+    from plugins.fraud import simulator
+    from plugins.fraud.stages import TRANSACTIONS
 
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\n')
-    frame = fraud.simulate(n_customers=40, n_terminals=80, nb_days=20, start_date="2018-04-01", seed=3)
-    fraud.write_parquet(frame, tmp_path / stages.TRANSACTIONS)
-    built = stages.features(tmp_path, tmp_path / "runs/p1", train_start="2018-04-08", delta_train=3,
-                            delta_delay=2, delta_test=2)
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\n'
+                                             'model_name = "fraud"\n\n[tool.lab.fraud]\n')
+    frame = simulator.simulate(n_customers=40, n_terminals=80, nb_days=20, start_date="2018-04-01", seed=3)
+    simulator.write_parquet(frame, tmp_path / TRANSACTIONS)
+    built = steps.features(tmp_path, tmp_path / "runs/p1", source_path=TRANSACTIONS, train_start="2018-04-08",
+                           delta_train=3, delta_delay=2, delta_test=2)
 
     with StageContext.open(tmp_path, tmp_path / "runs/p1") as ctx:  # what the train stage does
-        digest = ctx.dataset_digest(stages.TRAINSET)
+        digest = ctx.dataset_digest(TRAINSET)
         run_id = ctx.registry.start_run(kind="train", params={"n_trials": 1}, seeds={"seed": 1})
         ctx.registry.log_data(run_id, "training_set", digest)
         ctx.registry.finish_run(run_id)
@@ -213,7 +216,7 @@ def test_lineage_walks_from_a_pipeline_model_to_its_source_window_and_views(tmp_
     (dataset,) = data["datasets"]
     assert dataset["kind"] == "training_set" and dataset["path"] == "data/trainset.parquet"
     assert dataset["rows"] == built["rows"] > 0
-    assert dataset["meta"] == {"start": "2018-04-08", "end": "2018-04-14",
+    assert dataset["meta"] == {"model": "fraud", "start": "2018-04-08", "end": "2018-04-14", "source": "transactions",
                                "source_digest": built["source_digest"], "views": views}
     assert set(views) == {"customer_spending", "terminal_risk"} and all(views.values())
 
