@@ -194,6 +194,9 @@ def test_readme_commands_run_in_order_after_the_demo(fresh_lab, tmp_path):
         stop([int(p) for p in pid_file.read_text().split()])
         print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
 
+    for port in ports.values():  # the servers the README started are gone, not left listening
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"a server still listens on port {port}"
     first = outputs[0]
     answer = next((a for a in json_objects(first) if "score" in a), None)
     assert answer is not None, f"no /predict answer with a score in block 1's output:\n{first[-3000:]}"
