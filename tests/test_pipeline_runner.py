@@ -285,3 +285,39 @@ def test_stage_records_from_before_output_digests_rerun_once(toy_lab):
     assert [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages] == ["finished"]
     assert (toy_lab / "data/a.txt").read_text() == "hello"
     assert [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages] == ["skipped"]
+
+
+def test_editing_the_labs_own_module_reruns_the_stages_that_imported_it(tmp_path):
+    # A lab's plugin module (beside pyproject.toml) is code the stage ran, as lab/ is:
+    # the kernel records it through StageContext and the cache key covers its bytes.
+    write_pyproject(tmp_path, "")
+    (tmp_path / "my_rules.py").write_text("WORD = 'one'\n")
+    make_notebook(tmp_path / "notebooks/make.ipynb", 'root = "."\nrun_dir = "."\n', """
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, root)
+        import my_rules
+        from lab.pipeline.context import StageContext
+        with StageContext.open(root, run_dir):
+            Path(root, "data").mkdir(exist_ok=True)
+            Path(root, "data/a.txt").write_text(my_rules.WORD)
+    """)
+    (tmp_path / "notebooks/pipeline.toml").write_text(textwrap.dedent("""
+        [[stage]]
+        name = "make"
+        notebook = "notebooks/make.ipynb"
+        outputs = ["data/a.txt"]
+    """))
+    config = load_config(tmp_path)
+    pm = make_plugin_manager()
+
+    def run() -> str:
+        return run_pipeline(config, pm, log=lambda m: None).stages[0].status
+
+    assert run() == "finished"
+    with Registry.open(config.registry_path) as reg:
+        assert "project:my_rules.py" in reg.last_finished_stage("make")["outputs"]["code_files"]
+    assert run() == "skipped"
+    (tmp_path / "my_rules.py").write_text("WORD = 'two'\n")
+    assert run() == "finished"
+    assert (tmp_path / "data/a.txt").read_text() == "two"

@@ -140,7 +140,7 @@ class StageContext:
             self._closers.pop()()
         record = os.environ.get("LAB_STAGE_CODE_RECORD")
         if record:  # tell the runner which platform code this stage ran (its cache key)
-            atomic_write_text(record, json.dumps(imported_code_files()))
+            atomic_write_text(record, json.dumps(imported_code_files(self.root)))
 
     def __enter__(self) -> "StageContext":
         return self

@@ -107,7 +107,7 @@ def cache_key(config, registry, stage: Stage, params: dict, producers: dict[str,
         "notebook": path_digest(notebook),
         "params": {k: v for k, v in params.items() if k not in RUNTIME_PARAMS},
         "inputs": inputs,
-        "code": code_digest(code_files),
+        "code": code_digest(code_files, config.root),
     }
     blob = json.dumps(material, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest(), inputs
