@@ -96,7 +96,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     import pyarrow.parquet as pq  # pyarrow and polars load only for the commands that use them
 
-    from lab.features.training import training_set
+    from lab.features.training import training_set  # polars, as above
 
     start, end = _date(args.start, "--start"), _date(args.end, "--end")
     if start > end:

@@ -33,6 +33,7 @@ def drift_scores(snapshot_dict: dict) -> dict[str, dict]:
 
 @hookimpl(trylast=True)
 def lab_drift_report(config, reference, current, columns, html_path):
+    # Evidently (and the pandas under it) loads only when a drift report is made
     from evidently import Report
     from evidently.presets import DataDriftPreset
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab import hookimpl
+from lab.scaffold import Template
+from plugins.fraud.settings import fraud_settings
 
 SECTION = "fraud"
 
@@ -26,8 +28,6 @@ SECTION = "fraud"
 def _enabled(config) -> bool:
     if config is None or config.section(SECTION) is None:
         return False
-    from plugins.fraud.settings import fraud_settings
-
     fraud_settings(config)  # a misspelt key stops here, not silently later
     return True
 
@@ -54,7 +54,5 @@ def lab_model_specs(config):
 
 @hookimpl
 def lab_templates():
-    from lab.scaffold import Template
-
     return [Template("fraud", "Card-fraud scoring on the handbook's simulated transactions (the flagship demo)",
                      Path(__file__).parent / "template")]

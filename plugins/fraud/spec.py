@@ -18,6 +18,8 @@ from plugins.fraud.features import (
     online_row_for_request,
     request_features,
 )
+from plugins.fraud.metrics import card_precision_metrics
+from plugins.fraud.protocol import protocol_split
 
 MODEL_NAME = "fraud"
 MAX_ID = 2**63 - 1  # SQLite INTEGER; a larger key could not be looked up, only overflow
@@ -49,14 +51,10 @@ def request_row(request: Mapping[str, Any], rows: Mapping[str, "dict | None"]) -
 
 
 def _split(frame, window):
-    from plugins.fraud.protocol import protocol_split
-
     return protocol_split(frame, window)
 
 
 def _metrics(frame, scores):
-    from plugins.fraud.metrics import card_precision_metrics
-
     return card_precision_metrics(frame, scores)
 
 

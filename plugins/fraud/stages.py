@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from lab.pipeline.context import StageContext
+from plugins.fraud import simulator
 
 TRANSACTIONS = "data/transactions.parquet"
 
 
 def simulate(root, run_dir, *, exact, n_customers, n_terminals, nb_days, start_date, radius, seed) -> dict:
     """Simulate the transactions (the published dataset in exact mode) to ``data/transactions.parquet``."""
-    from plugins.fraud import simulator
-
     with StageContext.open(root, run_dir) as ctx:
         frame = simulator.simulate(n_customers=n_customers, n_terminals=n_terminals, nb_days=nb_days,
                                    start_date=start_date, radius=radius, exact=exact, seed=seed)

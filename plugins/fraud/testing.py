@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+
+from lab.config import load_config
+from lab.plugins import feature_views, get_plugin_manager, model_flavor
+from lab.registry import Registry
+from plugins.fraud.features import FEATURE_COLUMNS
 
 WATERMARK = dt.datetime(2018, 8, 1, 0, 0)
 KNOWN_CUSTOMERS = (1, 2, 3)
@@ -63,13 +69,6 @@ def _training_rows(feature_names: list[str], n: int, seed: int) -> tuple[np.ndar
 
 def build_tiny_lab(folder: str | Path, *, rows: int = 400, seed: int = 7) -> TinyLab:
     """Write a servable lab into ``folder`` (created) and return what it holds."""
-    import pyarrow as pa
-
-    from lab.config import load_config
-    from lab.plugins import feature_views, get_plugin_manager, model_flavor
-    from lab.registry import Registry
-    from plugins.fraud.features import FEATURE_COLUMNS
-
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     (root / "pyproject.toml").write_text(PYPROJECT)

@@ -14,7 +14,7 @@ from lab import hookimpl
 
 @hookimpl
 def lab_model_flavors():
-    from .flavor import LightningMLP
+    from .flavor import LightningMLP  # torch and Lightning load only when a lab asks for flavors
 
     return [LightningMLP()]
 

@@ -16,6 +16,7 @@ class PapermillExecutor(StageExecutor):
         self.kernel_name = kernel_name
 
     def execute(self, notebook: Path, output_notebook: Path, params: dict[str, Any], cwd: Path) -> None:
+        # papermill and the kernel machinery load only when a stage really runs
         import papermill
         from papermill.exceptions import PapermillExecutionError
 

@@ -25,9 +25,11 @@ import inspect
 from typing import Any, Mapping
 
 from lab import hookimpl
+from lab.atomic import atomic_path
 from lab.errors import LabError
 from lab.features.views import Aggregation, FeatureView
 from lab.modelspec import ModelSpec, RequestField, RequestSchema
+from lab.pipeline.context import StageContext
 
 ORDERS = "data/orders.parquet"
 SOURCE = "orders"
@@ -61,6 +63,7 @@ def simulate_orders(*, n_stores: int = 150, n_couriers: int = 250, orders_per_da
     known after delivery: ``PREP_MINUTES``, ``MIN_PER_KM`` (the courier's pace on this
     trip) and ``DELIVERY_MINUTES``. The same arguments give the same frame.
     """
+    # numpy and polars load when data is made, not at every `lab` start in this lab
     import numpy as np
     import polars as pl
 
@@ -125,9 +128,6 @@ def simulate(root, run_dir, *, n_stores: int, n_couriers: int, orders_per_day: i
     Its parameters come from ``[tool.lab.delivery]``; a key there that it does not know
     is an error rather than a setting silently ignored.
     """
-    from lab.atomic import atomic_path
-    from lab.pipeline.context import StageContext
-
     with StageContext.open(root, run_dir) as ctx:
         known = tuple(inspect.signature(simulate_orders).parameters)
         unknown = sorted(set(ctx.config.section("delivery") or {}) - set(known))
@@ -205,7 +205,7 @@ FEATURES: tuple[str, ...] = (
 
 def request_frame(orders):
     """``orders`` plus the ``CALENDAR_RULES`` columns (Int64), for training and batch scoring."""
-    import polars as pl
+    import polars as pl  # as in simulate_orders
 
     if "ORDERED_AT" not in orders.columns:
         raise LabError(f"request features need an ORDERED_AT column; got {', '.join(orders.columns)}")
