@@ -59,7 +59,10 @@ from litestar.params import JSONBody
 
 import lab
 from lab.errors import LabError
+from lab.experiments.routing import FlagRouter
 from lab.modelspec import ModelSpec
+from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
+from lab.registry import Registry
 from lab.serving.ledger import Ledger, PredictionRecord
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
@@ -142,9 +145,6 @@ def start_up(state: ServingState, config, pm) -> None:
 
     Runs in a worker thread; every failure ends as a reason for ``/readyz``, logged.
     """
-    from lab.plugins import feature_views, model_flavor
-    from lab.registry import Registry
-
     try:
         state.reason = "opening the online store"
         state.store = pm.hook.lab_online_store(config=config)
@@ -229,9 +229,6 @@ def check_materialized(store, views, allow_empty: bool) -> None:
 
 def follow_alias(state: ServingState, config, pm) -> bool:
     """Swap in the version the alias points at now, if it moved; True if swapped."""
-    from lab.plugins import model_flavor
-    from lab.registry import Registry
-
     with Registry.open(config.registry_path, project_root=config.root) as registry:
         target = registry.get_alias(state.model_name, state.alias)
     serving_version, serving_model = state.current
@@ -525,22 +522,16 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
     """
     if pm is None:
-        from lab.plugins import get_plugin_manager
-
         pm = get_plugin_manager(config)
     extra = [handler for batch in pm.hook.lab_http_routes(config=config) for handler in (batch or [])]
     refresh_s = config.serve.flag_refresh_s if refresh_s is None else refresh_s
     guardrail_s = config.serve.guardrail_interval_s if guardrail_s is None else guardrail_s
     host = config.serve.host if host is None else host
     allow_empty_store = config.serve.allow_empty_store if allow_empty_store is None else allow_empty_store
-    from lab.plugins import model_spec
-
     spec = model_spec(pm, config, model_name)
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
                          allow_empty_store=allow_empty_store)
     if flag:
-        from lab.experiments.routing import FlagRouter
-
         state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
     struct = request_type(spec.request)
     errors = RequestErrors(struct, field_hints(spec.request),
@@ -574,6 +565,4 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
 
 def _load(config, pm, version):
     """Load a registered ``ModelVersion`` with its flavor (the router's loader)."""
-    from lab.plugins import model_flavor
-
     return model_flavor(pm, version.flavor).load(config.root / version.artifact_path)

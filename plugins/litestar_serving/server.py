@@ -1,5 +1,8 @@
 """``lab serve``: the model server under uvicorn (uvloop + httptools), on loopback by default.
 
+The plugin names these functions to the CLI as ``"module:function"`` (see ``lab.cli.Command``),
+so this module, Litestar and uvicorn load only when ``lab serve`` runs or shows its help.
+
 ``UVICORN_SETTINGS`` is the one place the server settings live; the benchmark serves
 its bare comparison app with the same dict so the two figures are comparable.
 """
@@ -11,8 +14,14 @@ import errno
 import socket
 import sys
 
-from lab.cli import Command, Context
+import uvicorn
+
+from lab.cli import Context
 from lab.errors import ConfigError, LabError
+from lab.experiments import ExperimentStore
+from lab.plugins import model_spec
+from lab.registry import Registry
+from plugins.litestar_serving.app import create_app, is_loopback
 
 UVICORN_SETTINGS = {
     "loop": "uvloop",
@@ -55,8 +64,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_servable(config, model_name: str, alias: str):
     """The ``ModelVersion`` that ``alias`` points at; raises ``LabError`` naming the fix if none."""
-    from lab.registry import Registry
-
     fix = f"run `lab run` or `lab promote {model_name} VERSION`"
     if not config.registry_path.exists():
         raise LabError(f"there is no model registry at {config.registry_path} yet, so nothing to serve: {fix}")
@@ -70,8 +77,6 @@ def check_servable(config, model_name: str, alias: str):
 def check_flag(config, spec, flag: str) -> str:
     """Fail before binding when the flag does not exist or routes by something the
     request does not carry; says what it routes between."""
-    from lab.experiments import ExperimentStore
-
     if not config.registry_path.exists():
         raise LabError(f"there is no registry at {config.registry_path} yet: run `lab run` first")
     with ExperimentStore.open(config.registry_path) as store:
@@ -102,7 +107,7 @@ def _set_threads(n: int) -> None:
     if n < 1:
         raise ConfigError(f"--threads must be at least 1, got {n}")
     try:
-        import torch
+        import torch  # only a torch flavor needs it; another flavor may run without torch
     except ImportError:  # a flavor without torch: nothing to set
         return
     torch.set_num_threads(n)
@@ -110,8 +115,6 @@ def _set_threads(n: int) -> None:
 
 def bind_warning(host: str) -> str | None:
     """The warning to print when ``host`` is reachable from other machines, else None."""
-    from plugins.litestar_serving.app import is_loopback
-
     if is_loopback(host):
         return None
     return (f"lab serve: warning: listening on {host}, so other machines can reach this server: /predict "
@@ -120,11 +123,6 @@ def bind_warning(host: str) -> str | None:
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
-    import uvicorn
-
-    from lab.plugins import model_spec
-    from plugins.litestar_serving.app import create_app
-
     config = ctx.config
     host = args.host or config.serve.host
     port = args.port or config.serve.port
@@ -148,11 +146,3 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, **settings))
     server.run()
     return 0 if server.started else 1
-
-
-SERVE = Command(
-    "serve",
-    "serve the champion (or --alias) model over HTTP: POST /predict, /healthz, /readyz, /schema",
-    _add_arguments,
-    _run,
-)
