@@ -161,8 +161,11 @@ def lab_http_routes(config: "LabConfig") -> "list[Any] | None":
 def lab_cli_commands() -> "list[Any] | None":
     """Return ``lab.cli.Command`` objects: extra ``lab`` subcommands.
 
-    Called once when the CLI starts. Results are concatenated; a name already taken is
-    an error. Example: ``Command("hello", "say hello", add_arguments, run)``.
+    Called once when the CLI starts; the core's own commands come first (``lab.commands``).
+    Results are concatenated; a name already taken is an error. Example:
+    ``Command("hello", "say hello", add_arguments, run)``, or, to keep ``lab --help`` from
+    importing the module until the command runs,
+    ``Command("hello", "say hello", "my_plugin.cli:add_arguments", "my_plugin.cli:run")``.
     """
 
 
