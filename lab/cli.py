@@ -120,6 +120,12 @@ def build_parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     return parser
 
 
+def top_level_help(root: str | None = None) -> str:
+    """``lab --help``'s text: every command the lab's plugins define (lab.launch caches it)."""
+    ctx = Context(root)
+    return build_parser([cmd for batch in ctx.pm.hook.lab_cli_commands() for cmd in (batch or [])]).format_help()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --root must be known before plugins load, since plugins come from the project.

@@ -143,3 +143,42 @@ def test_a_command_named_by_reference_loads_its_module_only_when_used(tmp_path, 
     finally:
         for module in ("hello_plugin", "hello_cmds"):
             sys.modules.pop(module, None)
+
+
+def _console(cwd, cache, *args: str, **extra_env: str) -> subprocess.CompletedProcess:
+    """The installed entry point (lab.launch:main) as the console script runs it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_HOME", "LAB_TRACE_HOOKS", "LAB_NO_HELP_CACHE")}
+    env.update(PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(cache), **extra_env)
+    code = ("import json, sys; from lab.launch import main; status = main(); sys.stdout.flush(); "
+            "print('\\n' + json.dumps([status, sorted(m for m in sys.modules if m in ('pluggy', 'lab.config'))]))")
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_help_is_cached_until_the_lab_changes_and_the_cached_path_loads_no_plugin_machinery(tmp_path):
+    lab_dir = write_pyproject(tmp_path / "lab").parent
+    cache = tmp_path / "cache"
+    first = _console(lab_dir, cache, "--help")
+    *text, last = first.stdout.rstrip("\n").split("\n")
+    assert json.loads(last) == [0, ["lab.config", "pluggy"]]  # a miss takes the full path ...
+    assert len(list((cache / "lab").glob("help-*.txt"))) == 1  # ... and keeps the text
+    second = _console(lab_dir, cache, "--help")
+    *text2, last2 = second.stdout.rstrip("\n").split("\n")
+    assert text2 == text and json.loads(last2) == [0, []]  # a hit: same text, no pluggy, no config
+    uncached = _console(lab_dir, cache, "--help", LAB_NO_HELP_CACHE="1")
+    assert uncached.stdout.split("\n")[:len(text)] == text
+
+    # A project plugin that adds a command: pyproject.toml and the module changed, so the
+    # cached text is not used and the new command is listed.
+    (lab_dir / "hello_cmd.py").write_text(textwrap.dedent("""
+        from lab import hookimpl
+        from lab.cli import Command
+
+        @hookimpl
+        def lab_cli_commands():
+            return [Command("hello", "say hello from this lab", lambda p: None, lambda a, c: 0)]
+    """))
+    (lab_dir / "pyproject.toml").write_text((lab_dir / "pyproject.toml").read_text()
+                                           .replace("[tool.lab]\n", '[tool.lab]\nplugins = ["hello_cmd"]\n'))
+    third = _console(lab_dir, cache, "--help")
+    assert "say hello from this lab" in third.stdout
