@@ -60,7 +60,7 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     assert main(["--root", str(small_lab), "run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "8 stage(s) ran, 0 skipped" in out
-    assert "champion fraud v1 on its test window: roc_auc" in out and "card_precision_at_100" in out
+    assert "champion fraud v1 on its test window: average_precision" in out and "roc_auc" in out
 
     config = load_config(small_lab)
     with Registry.open(config.registry_path, project_root=small_lab) as reg:
