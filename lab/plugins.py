@@ -137,15 +137,20 @@ def plugin_table(pm: pluggy.PluginManager) -> list[dict]:
     return sorted(rows, key=lambda r: r["name"])
 
 
+def _by_name(batches, what: str) -> dict:
+    """Every plugin's contributions by ``.name``; a name given twice is an error naming ``what``."""
+    found: dict = {}
+    for batch in batches:
+        for item in batch or []:
+            if item.name in found:
+                raise ConfigError(f"{what} {item.name!r} is defined by two plugins; rename one")
+            found[item.name] = item
+    return found
+
+
 def feature_views(pm, config) -> dict:
     """Every plugin's feature views by name; a name defined twice is an error."""
-    views: dict = {}
-    for batch in pm.hook.lab_feature_views(config=config):
-        for view in batch or []:
-            if view.name in views:
-                raise ConfigError(f"feature view {view.name!r} is defined by two plugins; rename one")
-            views[view.name] = view
-    return views
+    return _by_name(pm.hook.lab_feature_views(config=config), "feature view")
 
 
 def model_flavor(pm, name: str):
@@ -160,13 +165,7 @@ def model_flavor(pm, name: str):
 
 def model_specs(pm, config) -> dict:
     """Every plugin's model specs by name; a name declared twice is an error."""
-    specs: dict = {}
-    for batch in pm.hook.lab_model_specs(config=config):
-        for spec in batch or []:
-            if spec.name in specs:
-                raise ConfigError(f"model {spec.name!r} is declared by two plugins; rename one")
-            specs[spec.name] = spec
-    return specs
+    return _by_name(pm.hook.lab_model_specs(config=config), "model")
 
 
 def model_spec(pm, config, name: str | None = None):

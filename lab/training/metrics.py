@@ -22,7 +22,8 @@ from lab.errors import LabError
 from lab.modelspec import TASKS
 
 
-def _labels_and_scores(y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+def labels_and_scores(y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Binary labels (int8) and finite float scores, one per label; a LabError names what is wrong."""
     y = np.asarray(y).ravel()
     score = np.asarray(score, dtype=np.float64).ravel()
     if y.shape != score.shape:
@@ -46,7 +47,7 @@ def roc_auc(y: Any, score: Any) -> float:
 
     Equal to ``sklearn.metrics.roc_auc_score``. Raises ``LabError`` when ``y`` holds one class.
     """
-    y, score = _labels_and_scores(y, score)
+    y, score = labels_and_scores(y, score)
     _both_classes(y, "ROC AUC")
     # Mann-Whitney U with mid-ranks for ties: the trapezoid rule over the ROC curve
     # with one point per distinct score gives exactly this.
@@ -69,7 +70,7 @@ def average_precision(y: Any, score: Any) -> float:
     Equal to ``sklearn.metrics.average_precision_score``; tied scores form one threshold.
     Raises ``LabError`` when ``y`` holds no positive label.
     """
-    y, score = _labels_and_scores(y, score)
+    y, score = labels_and_scores(y, score)
     if y.size == 0 or y.sum() == 0:
         raise LabError("average precision needs at least one positive (1) label; widen the evaluation window")
     order = np.argsort(-score, kind="mergesort")

@@ -11,18 +11,7 @@ from typing import Any
 import numpy as np
 
 from lab.errors import LabError
-
-
-def _labels_and_scores(y: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(y).ravel()
-    score = np.asarray(score, dtype=np.float64).ravel()
-    if y.shape != score.shape:
-        raise LabError(f"labels and scores differ in length ({y.size} vs {score.size}); pass one score per label")
-    if y.size and not np.isin(y, (0, 1)).all():
-        raise LabError("labels must be 0 or 1 (TX_FRAUD); found other values")
-    if not np.isfinite(score).all():
-        raise LabError("scores hold NaN or infinity; check the model's inputs for missing values")
-    return y.astype(np.int8), score
+from lab.training.metrics import labels_and_scores
 
 
 def card_precision_at_k(customer_ids: Any, days: Any, y: Any, score: Any, k: int = 100) -> float:
@@ -36,7 +25,7 @@ def card_precision_at_k(customer_ids: Any, days: Any, y: Any, score: Any, k: int
     """
     if k < 1:
         raise LabError(f"k must be a positive number of cards, got {k}")
-    y, score = _labels_and_scores(y, score)
+    y, score = labels_and_scores(y, score)
     cards = np.asarray(customer_ids).ravel()
     day_of = np.asarray(days).ravel()
     if cards.shape != y.shape or day_of.shape != y.shape:
