@@ -255,6 +255,16 @@ def insert_many(conn: sqlite3.Connection, table: str, rows: Iterable[dict[str, A
     return len(rows)
 
 
+def append_only(table: str) -> str:
+    """SQL for triggers that refuse UPDATE and DELETE on ``table``: a history table must keep
+    answering "what was true on day X" (alias events, audit logs, allocations)."""
+    return "".join(
+        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;\n"
+        for verb in ("UPDATE", "DELETE")
+    )
+
+
 def run_script(conn: sqlite3.Connection, script: str) -> None:
     """Run several ``;``-separated statements inside the current transaction.
 

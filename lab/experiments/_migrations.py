@@ -13,18 +13,9 @@ import json
 import math
 import sqlite3
 
-from lab.sqlite import Migration, run_script
+from lab.sqlite import Migration, append_only, run_script
 
 OWNER = "experiments"
-
-
-def _append_only(table: str) -> str:
-    # The audit and allocation history must keep meaning what it said: no UPDATE or DELETE.
-    return "".join(
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;\n"
-        for verb in ("UPDATE", "DELETE")
-    )
 
 
 def experiments(conn: sqlite3.Connection) -> None:
@@ -52,7 +43,7 @@ def experiments(conn: sqlite3.Connection) -> None:
         );
         CREATE INDEX "idx_experiment_allocations_experiment_id"
             ON "experiment_allocations" ("experiment", "id");
-    """ + _append_only("experiment_audit") + _append_only("experiment_allocations"))
+    """ + append_only("experiment_audit") + append_only("experiment_allocations"))
 
 
 def experiment_buckets(conn: sqlite3.Connection) -> None:

@@ -14,18 +14,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from lab.sqlite import Migration, run_script
+from lab.sqlite import Migration, append_only, run_script
 
 OWNER = "registry"
-
-
-def append_only(table: str) -> str:
-    """Triggers that refuse UPDATE and DELETE: history must answer "what was live on day X"."""
-    return "".join(
-        f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;\n"
-        for verb in ("UPDATE", "DELETE")
-    )
 
 
 def tracking(conn: sqlite3.Connection) -> None:
