@@ -48,7 +48,7 @@ from typing import Any, AsyncIterator
 import msgspec
 import msgspec.inspect
 import numpy as np
-from litestar import Controller, Litestar, Request, Response, get, post
+from litestar import Controller, Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import ClientException, ImproperlyConfiguredException, ServiceUnavailableException
 from litestar.logging.config import LoggingConfig
@@ -67,6 +67,8 @@ from lab.serving.ledger import Ledger, PredictionRecord
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
 from plugins.litestar_serving.errors import RequestErrors, host_guard
+from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
+from plugins.litestar_serving.metrics import ServerMetrics
 from plugins.litestar_serving.schemas import (
     ErrorBody,
     Health,
@@ -104,6 +106,7 @@ class ServingState:
     not_ready: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     allow_empty_store: bool = False
+    metrics: ServerMetrics | None = None  # what /metrics shows; set by create_app
 
 
 def request_time(value: dt.datetime) -> dt.datetime:
@@ -308,6 +311,8 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
 
 def _not_ready(state: ServingState) -> ServiceUnavailableException:
     state.not_ready += 1
+    if state.metrics is not None:
+        state.metrics.not_ready("not_ready")
     return ServiceUnavailableException(detail=f"not ready: {state.reason}")
 
 
@@ -346,6 +351,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             # not the caller's input: say so with a 503 rather than a bare 500.
             log.error("cannot score %s %s: %s", schema.title, event_id, exc)
             serving.not_ready += 1
+            if serving.metrics is not None:
+                serving.metrics.not_ready("cannot_score")
             raise ServiceUnavailableException(detail=f"cannot score now: {exc}") from None
         latency_ms = (time.perf_counter() - started) * 1000.0
         if variant is not None:
@@ -360,6 +367,9 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         ))
         serving.predictions += 1
         fresh = assembled.freshness
+        if serving.metrics is not None:
+            serving.metrics.prediction(version.name, version.version, variant)
+            serving.metrics.features(assembled.defaults, fresh)
         return Prediction(
             request_id=request_id,
             event_id=event_id,
@@ -444,6 +454,25 @@ class HealthController(Controller):
                            features=features)
 
 
+class MetricsController(Controller):
+    path = "/"
+    tags = ["monitoring"]
+
+    @get(
+        "/metrics",
+        operation_id="metrics",
+        summary="Prometheus metrics",
+        media_type=MediaType.TEXT,
+    )
+    async def metrics(self, state: State) -> Response[bytes]:
+        """The server's metrics in the Prometheus text format (version 0.0.4): request
+        latency histograms by model and route, requests by route and status, requests in
+        flight, predictions by model, version and variant, not-ready answers, views
+        served defaults (stale, back-dated), the ledger's counters and queue depth, the
+        process's memory and, on a GPU, CUDA memory. See docs/serving.md, "Metrics"."""
+        return Response(state.serving.metrics.render(), media_type=METRICS_MEDIA_TYPE)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address to listen on) is reachable from this machine only."""
     if host.lower() == "localhost":
@@ -518,7 +547,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     [tool.lab.serve] allow_empty_store) lets the server be ready when a view was never
     materialized, scoring on defaults.
 
-    Routes: POST /predict, GET /healthz, /readyz, /stats; OpenAPI at /schema.
+    Routes: POST /predict, GET /healthz, /readyz, /stats, /metrics; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
     """
     if pm is None:
@@ -537,10 +566,12 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     errors = RequestErrors(struct, field_hints(spec.request),
                            (f.name for f in spec.request.fields if f.type == "datetime"))
     names = _host_names(host)
+    state.metrics = ServerMetrics(state, spec.views)
     try:
         app = Litestar(
-            route_handlers=[prediction_controller(spec, errors), HealthController, *extra],
-            middleware=[host_guard(names, host)] if names else [],
+            route_handlers=[prediction_controller(spec, errors), HealthController, MetricsController, *extra],
+            # The metrics first (outermost), so requests the Host check refuses are counted too.
+            middleware=[state.metrics.middleware, *([host_guard(names, host)] if names else [])],
             lifespan=[_lifespan(config, pm, refresh_s, guardrail_s)],
             state=State({"serving": state}),
             exception_handlers={ClientException: errors.handler, ServiceUnavailableException: errors.handler},

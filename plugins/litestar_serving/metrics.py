@@ -1,0 +1,255 @@
+"""The model server's Prometheus metrics (``GET /metrics``), with ``prometheus-client``.
+
+One ``ServerMetrics`` per app, with its own ``CollectorRegistry``: several apps in one
+process (tests, or later several models) never share or collide on a series. It holds
+two kinds of numbers:
+
+- **Events**, counted where they happen with the library's ``Counter``, ``Gauge`` and
+  ``Histogram``: every HTTP request's latency (by model and route), its status, the
+  requests in flight, predictions by model, version and variant, not-ready answers, and
+  the views served their defaults, stale values or a back-dated request's defaults.
+- **Live state**, read at scrape time by ``StateCollector`` from the ``ServingState``
+  and the components it holds: readiness and the version served, the ledger's counters
+  and queue depth, the process's memory (the library's ``ProcessCollector``) and, when
+  torch is already imported and CUDA is available, CUDA memory per device.
+
+Only the server imports this module (``lab --help`` never loads prometheus_client), and
+torch is never imported here: ``sys.modules`` says whether it already is.
+
+Workers (``lab serve --workers N``, later): the event metrics are the library's own
+objects, so they switch to its multiprocess mode unchanged (each Gauge already names its
+``multiprocess_mode``). ``render`` is the one place to change: with
+``PROMETHEUS_MULTIPROC_DIR`` set, scrape a fresh registry holding a
+``MultiProcessCollector`` plus this worker's ``StateCollector`` (labelled by pid);
+see docs/serving.md, "Metrics".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+MEDIA_TYPE = CONTENT_TYPE_PLAIN_0_0_4.removesuffix("; charset=utf-8")
+"""``text/plain; version=0.0.4``, the text format every Prometheus reads (the server adds
+``; charset=utf-8``, as it does to every text response)."""
+
+# No ``*_created`` series (the time each series was first seen): they double the scrape
+# and Prometheus stores them as series of their own. A process-wide switch of the
+# library; the model server is its only user in the process.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Seconds: a warm /predict takes a fraction of a millisecond, a cold or queued one seconds."""
+
+LEDGER_OUTCOMES = ("appended", "written", "dropped", "failed")
+
+
+class ServerMetrics:
+    """The metrics of one app serving ``state`` (a ``ServingState``); ``views`` are the
+    names of the feature views the served model reads (their series start at zero).
+
+    The handlers call ``prediction``, ``not_ready`` and ``features``; ``middleware``
+    times every request to a route; ``render()`` is the ``/metrics`` body.
+    """
+
+    def __init__(self, state: Any, views: Iterable[str] = ()):
+        self.state = state
+        self.model = state.model_name
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.latency = Histogram(
+            "lab_http_request_duration_seconds",
+            "Time from a request reaching the route to its last response byte, by model and route",
+            ["model", "route", "method"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = Counter(
+            "lab_http_requests", "HTTP requests answered, by route, method and status code",
+            ["route", "method", "status"], registry=registry)
+        self.in_flight = Gauge(
+            "lab_http_requests_in_flight", "Requests being handled now (an autoscaling signal)",
+            registry=registry, multiprocess_mode="livesum")
+        self.predictions = Counter(
+            "lab_predictions", "Predictions served, by model, version and variant (empty without a flag)",
+            ["model", "version", "variant"], registry=registry)
+        self.refused = Counter(
+            "lab_not_ready", "POST /predict answered 503: not ready (loading, failed or shutting down), or "
+            "cannot score now (a store or model error)", ["reason"], registry=registry)
+        self.defaults = Counter(
+            "lab_feature_defaults", "Predictions that used a view's default features (unknown entity, stale "
+            "values, a back-dated request or a view never materialized)", ["view"], registry=registry)
+        self.stale = Counter(
+            "lab_feature_stale", "Predictions that got a view's defaults because its values were past the ttl",
+            ["view"], registry=registry)
+        self.future = Counter(
+            "lab_feature_future", "Predictions that got a view's defaults because the request was dated "
+            "before the view's materialization (back-dated)", ["view"], registry=registry)
+        self.state_collector = StateCollector(state)
+        registry.register(self.state_collector)
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends (Linux /proc)
+        for reason in ("not_ready", "cannot_score"):
+            self.refused.labels(reason)
+        self._views = {view: (self.defaults.labels(view), self.stale.labels(view), self.future.labels(view))
+                       for view in views}
+        # Label lookups cost more than the increments: resolve each series once.
+        self._timers: dict[tuple[str, str], Any] = {}
+        self._statuses: dict[tuple[str, str, int], Any] = {}
+        self._served: dict[tuple[str, int, str], Any] = {}
+
+    # -- what the handlers count --------------------------------------------------------
+
+    def prediction(self, model: str, version: int, variant: str | None) -> None:
+        key = (model, version, variant or "")
+        child = self._served.get(key)
+        if child is None:
+            child = self._served[key] = self.predictions.labels(model, str(version), variant or "")
+        child.inc()
+
+    def not_ready(self, reason: str) -> None:
+        """``reason``: ``not_ready`` or ``cannot_score``."""
+        self.refused.labels(reason).inc()
+
+    def features(self, defaults: dict[str, bool], freshness: dict[str, Any]) -> None:
+        """Count one prediction's views served defaults, stale or from its future
+        (``AssembledFeatures.defaults`` and ``.freshness``)."""
+        for view, defaulted in defaults.items():
+            if not defaulted:
+                continue
+            children = self._views.get(view)
+            if children is None:
+                children = self._views[view] = (self.defaults.labels(view), self.stale.labels(view),
+                                                self.future.labels(view))
+            children[0].inc()
+            fresh = freshness.get(view)
+            if fresh is not None and fresh.stale and fresh.watermark is not None:
+                children[1].inc()
+            if fresh is not None and fresh.future:
+                children[2].inc()
+
+    # -- every request --------------------------------------------------------------
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method)
+        timer = self._timers.get(key)
+        if timer is None:
+            timer = self._timers[key] = self.latency.labels(self.model, route, method)
+        timer.observe(seconds)
+        counted = (route, method, status)
+        counter = self._statuses.get(counted)
+        if counter is None:
+            counter = self._statuses[counted] = self.requests.labels(route, method, str(status))
+        counter.inc()
+
+    def middleware(self, app):
+        """Litestar middleware (the outermost, so a refused Host is counted too): times each
+        HTTP request to a route and counts its status. Litestar runs route middleware
+        after routing, so the label is the route's template (``/predict``), never the raw
+        path; a request to no route is answered (404) before it and not counted."""
+        in_flight, observe, clock = self.in_flight, self.observe, time.perf_counter
+
+        async def timed(scope, receive, send):
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = clock()
+            status = 500  # if the app fails before it answers, the server answers 500
+
+            async def send_status(message):
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            in_flight.inc()
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                in_flight.dec()
+                observe(scope.get("path_template") or "unknown", scope["method"], status, clock() - started)
+
+        return timed
+
+    # -- the scrape -----------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The body of ``GET /metrics``: every metric of this app in the Prometheus text
+        format (``MEDIA_TYPE``, UTF-8)."""
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Reads the live ``ServingState`` at each scrape: readiness, the model version
+    served, the ledger's counters, queue depth and lag, and CUDA memory (``cuda_memory``)."""
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def describe(self) -> Iterator[Metric]:
+        # The names this collector may yield, so the registry refuses a duplicate at once.
+        yield from self._families()
+
+    def _families(self) -> tuple[Metric, ...]:
+        return (
+            GaugeMetricFamily("lab_ready", "1 when the server can score (/readyz 200), else 0"),
+            GaugeMetricFamily("lab_model_info", "The model version serving now (value 1)",
+                              labels=["model", "alias", "version"]),
+            CounterMetricFamily("lab_ledger_records", "Prediction ledger records: appended to its queue, "
+                                "written (committed), dropped (queue full or closed), failed (write error)",
+                                labels=["outcome"]),
+            CounterMetricFamily("lab_ledger_commits", "Prediction ledger transactions committed"),
+            GaugeMetricFamily("lab_ledger_queue_depth", "Prediction ledger records waiting in its queue"),
+            GaugeMetricFamily("lab_ledger_lag_records", "Prediction ledger records appended and not yet "
+                              "committed (queued, or in the batch being written): what a SIGKILL would lose"),
+            GaugeMetricFamily("lab_cuda_memory_allocated_bytes", "CUDA memory held by tensors, by device "
+                              "(only when torch is imported and CUDA is available)", labels=["device"]),
+            GaugeMetricFamily("lab_cuda_memory_reserved_bytes", "CUDA memory reserved by torch's caching "
+                              "allocator, by device", labels=["device"]),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        ready, info, records, commits, depth, lag, allocated, reserved = self._families()
+        state = self.state
+        ready.add_metric([], 1.0 if state.ready else 0.0)
+        yield ready
+        version = state.version
+        if version is not None:
+            info.add_metric([version.name, state.alias, str(version.version)], 1.0)
+        yield info
+        ledger = state.ledger
+        if ledger is not None:
+            stats = ledger.stats()
+            for outcome in LEDGER_OUTCOMES:
+                records.add_metric([outcome], stats.get(outcome, 0))
+            commits.add_metric([], stats.get("commits", 0))
+            depth.add_metric([], stats.get("queued", 0))
+            pending = stats.get("appended", 0) - stats.get("written", 0) - stats.get("failed", 0)
+            lag.add_metric([], max(pending, 0))
+            yield from (records, commits, depth, lag)
+        devices = cuda_memory(sys.modules.get("torch"))
+        if devices:
+            for device, (held, cached) in devices.items():
+                allocated.add_metric([device], held)
+                reserved.add_metric([device], cached)
+            yield allocated
+            yield reserved
+
+
+def cuda_memory(torch: Any) -> dict[str, tuple[int, int]]:
+    """``{device index: (allocated, reserved bytes)}`` from an already imported ``torch``
+    module (None: not imported, nothing to report), when CUDA is available; empty
+    otherwise. Never initializes CUDA: before a model is on the GPU both are 0."""
+    if torch is None:
+        return {}
+    try:
+        cuda = torch.cuda
+        if not cuda.is_available():
+            return {}
+        return {str(i): (int(cuda.memory_allocated(i)), int(cuda.memory_reserved(i)))
+                for i in range(cuda.device_count())}
+    except Exception:  # noqa: BLE001 - a broken driver must not take /metrics down
+        return {}
