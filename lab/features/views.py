@@ -13,6 +13,7 @@ A windowed aggregation of width ``w`` at time ``t`` covers the visible rows with
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -121,8 +122,14 @@ class FeatureView:
             "label_delay_s": self.label_delay.total_seconds(),
         }
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
-        """Content digest of the definition: changes whenever the definition does."""
+        """Content digest of the definition: changes whenever the definition does.
+
+        Computed once per view object and kept: every field it covers is immutable (the
+        view is frozen, its aggregations too), and a changed definition is a new object
+        (``dataclasses.replace``). Online reads compare it on every request, and hashing
+        the definition each time cost about a tenth of a prediction.
+        """
         blob = json.dumps(self.definition(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
