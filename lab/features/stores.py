@@ -9,10 +9,14 @@ import abc
 import datetime as dt
 from typing import TYPE_CHECKING, Sequence
 
+from lab.errors import LabError
 from lab.features.views import FeatureView
 
 if TYPE_CHECKING:  # pyarrow types the contract; only a store's own code needs the library
     import pyarrow as pa
+
+
+_CONSISTENT_READ_TRIES = 5
 
 
 class OfflineStore(abc.ABC):
@@ -74,6 +78,26 @@ class OnlineStore(abc.ABC):
     @abc.abstractmethod
     def watermark(self, view: FeatureView) -> dt.datetime | None:
         """The time the view was last materialized as of, or None if never."""
+
+    def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
+        """``(row, watermark)`` for one entity ``key``: what ``read(view, [key])[0]`` and
+        ``watermark(view)`` give, from one materialization. The model server calls this
+        once per view per request, so it is the store's hot path.
+
+        The row is never paired with another materialization's watermark. This default
+        calls ``watermark``, ``read`` and ``watermark`` again, and reads again if the
+        watermark moved in between (a write committed); a store that can read both in
+        one snapshot (one query, one transaction) should override it with that. Errors
+        are those of ``read`` (for example, a view redefined since it was materialized).
+        """
+        for _ in range(_CONSISTENT_READ_TRIES):
+            before = self.watermark(view)
+            row = self.read(view, [key])[0]
+            after = self.watermark(view)
+            if before == after:
+                return row, after
+        raise LabError(f"feature view {view.name!r} was rematerialized {_CONSISTENT_READ_TRIES} times while "
+                       "one row was read; retry, and materialize less often than rows are read")
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the connection."""

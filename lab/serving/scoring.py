@@ -143,11 +143,13 @@ class FeatureAssembler:
         rows: dict[str, dict | None] = {}
         defaults: dict[str, bool] = {}
         fresh: dict[str, Freshness] = {}
+        read = self.store.read_with_watermark
         for view in self.views:
-            state = freshness(view, self.store.watermark(view), when)
+            # One store call per view: the row and the watermark of one materialization.
             # Read even when unusable: a store problem (a view redefined since it was
             # materialized) must show at start-up (``check``), whatever the sample's time.
-            row = self.store.read(view, [request[view.entity]])[0]
+            row, watermark = read(view, request[view.entity])
+            state = freshness(view, watermark, when)
             if not state.usable:
                 row = None
             rows[view.name] = row

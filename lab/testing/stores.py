@@ -127,7 +127,8 @@ def spend_rows(keys, counts=None, means=None) -> pa.Table:
 
 
 class OnlineStoreContract:
-    """Write, read and watermark: replacement is whole, reads keep key order."""
+    """Write, read and watermark: replacement is whole, reads keep key order, and the
+    serving path's ``read_with_watermark`` agrees with ``read`` and ``watermark``."""
 
     @pytest.fixture
     def store(self):
@@ -180,6 +181,16 @@ class OnlineStoreContract:
             store.write(SPEND, spend_rows([5, 5]), T0 + SECOND)
         assert store.read(SPEND, [1, 5]) == [{"NB_1D": 1, "AVG_1D": 1.5}, None]
         assert store.watermark(SPEND) == T0
+
+    def test_read_with_watermark_gives_one_keys_row_and_its_materializations_watermark(self, store):
+        assert store.read_with_watermark(SPEND, 1) == (None, None)  # never materialized
+        store.write(SPEND, spend_rows([1, 2]), T0)
+        assert store.read_with_watermark(SPEND, 2) == ({"NB_1D": 2, "AVG_1D": 3.0}, T0)
+        assert store.read_with_watermark(SPEND, 3) == (None, T0)  # unknown key, known view
+        assert store.read_with_watermark(PROFILE, "oslo") == (None, None)  # another view, never materialized
+        store.write(SPEND, spend_rows([3], counts=[7]), T0 + SECOND)
+        assert store.read_with_watermark(SPEND, 1) == (None, T0 + SECOND)
+        assert store.read_with_watermark(SPEND, 3) == ({"NB_1D": 7, "AVG_1D": 1.5}, T0 + SECOND)
 
     def test_missing_feature_column_is_refused_naming_it(self, store):
         with pytest.raises(LabError, match="AVG_1D"):

@@ -98,6 +98,8 @@ class SQLiteOnlineStore(OnlineStore):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._queries: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {}  # by (view, version)
+        self._marks: dict[str, dt.datetime] = {}  # watermark text -> parsed, for the hot path
 
     def __repr__(self) -> str:
         return f"SQLiteOnlineStore({str(self.path)!r})"
@@ -197,10 +199,7 @@ class SQLiteOnlineStore(OnlineStore):
                 return [None] * len(keys)
             version, watermark, key_type = state
             if version != view.version:
-                raise LabError(
-                    f"the online store holds view {view.name!r} version {version} (as of {watermark}), "
-                    f"but the definition is now version {view.version}; run `lab features materialize`"
-                )
+                raise _redefined(view, version, watermark)
             wanted = [_normalize_key(k, key_type) for k in keys]
             columns = ", ".join(_q(c) for c in [view.entity, *view.feature_names])
             table = _q(f"view_{view.name}")
@@ -213,6 +212,54 @@ class SQLiteOnlineStore(OnlineStore):
                 for row in con.execute(sql, batch):
                     found[row[0]] = dict(zip(view.feature_names, row[1:]))
         return [dict(found[k]) if k in found else None for k in wanted]
+
+    def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
+        """``(row, watermark)`` for one key in one query, so from one snapshot: the row is
+        always the one written together with that watermark, even while a materialization
+        commits. (None, None) when the view was never materialized; raises like ``read``
+        when the view was redefined since."""
+        con = self._con()
+        if con is None:
+            return None, None
+        sql, names = self._point_query(view)
+        try:
+            found = con.execute(sql, (view.name, _normalize_key(key, "INTEGER"), _normalize_key(key, "TEXT"))
+                                ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # no write reached the file, or not this view
+                return None, None
+            raise
+        if found is None:
+            return None, None
+        version, watermark = found[0], found[1]
+        if version != view.version:
+            raise _redefined(view, version, watermark)
+        mark = self._marks.get(watermark)
+        if mark is None:
+            mark = self._marks[watermark] = dt.datetime.fromisoformat(watermark)
+            if len(self._marks) > 256:  # a long-lived server sees one per materialization
+                self._marks.clear()
+                self._marks[watermark] = mark
+        return (dict(zip(names, found[3:])) if found[2] else None), mark
+
+    def _point_query(self, view: FeatureView) -> tuple[str, tuple[str, ...]]:
+        """The one-key query of ``view`` (its watermark row joined with the entity's row)
+        and its feature names, built once per view definition."""
+        cache_key = (view.name, view.version)
+        query = self._queries.get(cache_key)
+        if query is None:
+            names = tuple(view.feature_names)
+            entity = _q(view.entity)
+            # The key is bound both as an integer and as text; the stored key type picks
+            # one in the same statement, so a view rewritten with another key type is read
+            # consistently too. The view's PRIMARY KEY index serves the lookup.
+            sql = (f"SELECT w.version, w.watermark, v.{entity} IS NOT NULL"
+                   + "".join(f", v.{_q(n)}" for n in names)
+                   + f" FROM watermarks AS w LEFT JOIN {_q(f'view_{view.name}')} AS v"
+                   f" ON v.{entity} = (CASE w.key_type WHEN 'INTEGER' THEN ?2 ELSE ?3 END)"
+                   " WHERE w.view = ?1")
+            query = self._queries[cache_key] = (sql, names)
+        return query
 
     def watermark(self, view: FeatureView) -> dt.datetime | None:
         """The ``as_of`` time of the view's last materialization, or None."""
@@ -242,6 +289,13 @@ class SQLiteOnlineStore(OnlineStore):
                 con.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def _redefined(view: FeatureView, version: str, watermark: str) -> LabError:
+    return LabError(
+        f"the online store holds view {view.name!r} version {version} (as of {watermark}), "
+        f"but the definition is now version {view.version}; run `lab features materialize`"
+    )
 
 
 def _normalize_key(key, key_type: str):
