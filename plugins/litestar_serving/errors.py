@@ -21,6 +21,7 @@ import re
 from typing import Iterable, Mapping
 
 import msgspec
+import msgspec.inspect
 from litestar import Request, Response
 from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_415_UNSUPPORTED_MEDIA_TYPE
@@ -73,6 +74,15 @@ def _host_name(host: str) -> str | None:
     return name if port[:1] == ":" and port[1:].isdigit() else None
 
 
+def _int_fields(struct: type[msgspec.Struct]) -> Iterable[str]:
+    """The names, as encoded, of ``struct``'s int fields."""
+    for field in msgspec.inspect.type_info(struct).fields:
+        kind = field.type
+        kind = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
+        if isinstance(kind, msgspec.inspect.IntType):
+            yield field.encode_name
+
+
 class RequestErrors:
     """How one request type is checked before the handler runs, and how a client error
     about it is described: built per app from the served model's request struct.
@@ -87,6 +97,7 @@ class RequestErrors:
         self.datetime_fields = frozenset(datetime_fields)
         self.expected = ", ".join(self.hints)
         self._decoder = msgspec.json.Decoder(struct)  # strict: no string-to-number coercion
+        self.int_fields = frozenset(_int_fields(struct))
 
     def __deepcopy__(self, memo: dict) -> "RequestErrors":
         # Litestar deep-copies a controller's handlers, hooks included; this is read-only.
@@ -104,7 +115,12 @@ class RequestErrors:
                                          f"application/json` (got {got})")
         body = await request.body()
         try:
-            self._decoder.decode(body)
+            try:
+                self._decoder.decode(body)
+            except msgspec.ValidationError as exc:
+                if not self.int_fields or "Expected `int`, got `float`" not in str(exc):
+                    raise
+                self._check_whole_numbers(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "key": None}]) from None
         if b"\\u0000" in body and self.datetime_fields:
@@ -113,6 +129,19 @@ class RequestErrors:
                 if name in self.datetime_fields and isinstance(value, str) and "\x00" in value:
                     raise ValidationException(detail="invalid body", extra=[{
                         "message": "Invalid RFC3339 encoded datetime: it holds a NUL character", "key": name}])
+
+    def _check_whole_numbers(self, body: bytes) -> None:
+        """Check ``body`` strictly, reading a whole number written as a float (``44369.0``,
+        ``1e3``) in an int field as that int: JSON Schema's ``integer``, which the OpenAPI
+        document promises, is the value, not its spelling. Litestar's own (lax) decoding
+        then reads it the same way. Raises msgspec's error for anything else."""
+        fields = msgspec.json.decode(body)
+        if isinstance(fields, dict):
+            for name in self.int_fields:
+                value = fields.get(name)
+                if isinstance(value, float) and value.is_integer():
+                    fields[name] = int(value)
+        msgspec.convert(fields, self.struct, strict=True)
 
     def describe(self, message: str, key: str | None) -> tuple[str, str | None]:
         """``(detail, field)`` for one msgspec validation message reported under ``key``."""
