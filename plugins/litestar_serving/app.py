@@ -54,7 +54,7 @@ from litestar.exceptions import ClientException, ImproperlyConfiguredException, 
 from litestar.logging.config import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPI, Schema
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Reference, Schema
 from litestar.params import JSONBody
 
 import lab
@@ -516,6 +516,23 @@ def _strict_openapi(openapi: OpenAPI, struct: type[msgspec.Struct], example: Any
                     setattr(prop, key, getattr(kind, bound))
 
 
+HOST_REFUSED = "The Host header does not name this server (it listens on a loopback address)"
+
+
+def _document_host_check(openapi: OpenAPI) -> None:
+    """Every route is behind the Host check (``host_guard``): say on each operation that
+    it may answer a 400 ``ErrorBody``, as ``/predict`` already does."""
+    for item in (openapi.paths or {}).values():
+        for method in ("get", "put", "post", "delete", "options", "head", "patch", "trace"):
+            operation = getattr(item, method, None)
+            if operation is None:
+                continue
+            operation.responses = operation.responses or {}
+            if "400" not in operation.responses:
+                operation.responses["400"] = OpenAPIResponse(description=HOST_REFUSED, content={
+                    "application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ErrorBody"))})
+
+
 def _request_body_schema(openapi: OpenAPI) -> Schema | None:
     """The component schema ``/predict``'s request body refers to."""
     operation = openapi.paths["/predict"].post if openapi.paths and "/predict" in openapi.paths else None
@@ -591,6 +608,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     except ImproperlyConfiguredException as exc:
         raise LabError(f"the routes from lab_http_routes cannot be mounted: {exc}") from None
     _strict_openapi(app.openapi_schema, struct, spec.request.example)
+    if names:
+        _document_host_check(app.openapi_schema)
     return app
 
 
