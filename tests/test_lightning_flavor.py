@@ -102,10 +102,16 @@ def test_save_load_round_trip_and_tamper_detection(data, flavor, reference, tmp_
     path = tmp_path / "model"
     flavor.save(reference.model, path)
     manifest = json.loads((path / "model.json").read_text())
-    assert set(manifest["files"]) == {"weights.pt", "scaler.json", "features.json", "params.json"}
+    assert set(manifest["files"]) == {"weights.pt", "scaler.json", "features.json", "params.json", "forward.npz"}
+    assert manifest["numpy_forward"]["max_abs_diff"] <= 1e-5
     loaded = flavor.load(path)
     assert loaded.feature_names == FEATURES
+    assert len(data[2]) > 64  # a large batch: torch, bit for bit
     assert np.array_equal(loaded.predict(data[2]), reference.model.predict(data[2]))
+    # one row at a time (as the server scores): the numpy forward, equal to torch within 1e-5
+    assert loaded.numpy_forward is not None
+    single = np.concatenate([loaded.predict(row) for row in data[2][:50]])
+    assert np.abs(single - reference.model.predict(data[2][:50])).max() <= 1e-5
 
     weights = bytearray((path / "weights.pt").read_bytes())
     weights[len(weights) // 2] ^= 0xFF

@@ -9,9 +9,19 @@ Layout of a model folder::
     params.json     the hyperparameters the model was trained with
     target.json     regression only: the training target's mean and std (outputs are
                     standardized targets; ``predict`` maps them back to label units)
+    forward.npz     the same network as float32 numpy arrays (scaler, then each layer's
+                    weight and bias), for scoring small batches without torch's
+                    per-call cost; present when it matched the torch forward at save time
 
 Format 2 records the task in the manifest; a format-1 folder (written before regression
 existed) has no task and is a classification model.
+
+The manifest's ``numpy_forward`` says what ``save_model`` found when it checked the numpy
+forward against torch on random rows (``network.export_numpy_forward``): the file, the
+rows checked and the largest difference, or, when it did not match, no file and the
+reason. ``load_model`` gives the model that forward for batches of up to
+``numpy_forward.SMALL_BATCH`` rows; a folder without one (saved before it existed, or
+whose check failed) scores every batch with torch, as before.
 
 ``save_model`` builds the folder beside its target under a hidden temporary name,
 fsyncs every file and the folder, then renames it into place, so a reader never sees a
@@ -35,7 +45,9 @@ from lab.atomic import fsync_dir
 from lab.errors import LabError
 from lab.training.protocol import Scaler
 
-from .network import MLPScorer, TabularMLP
+from . import numpy_forward
+from .network import MLPScorer, TabularMLP, export_numpy_forward
+from .numpy_forward import NumpyForward
 
 FLAVOR_NAME = "lightning_mlp"
 FORMAT_VERSION = 2
@@ -82,6 +94,10 @@ def save_model(model: MLPScorer, path: Path) -> None:
         }
         if model.task == "regression":
             files["target.json"] = _json_bytes(model.target.to_dict(), "target statistics")
+        forward, forward_record = export_numpy_forward(model)
+        if forward is not None:
+            files[numpy_forward.FILE] = forward.to_bytes()
+            forward_record = {"file": numpy_forward.FILE, **forward_record}
         for name, data in files.items():
             _write_synced(staging / name, data)
         manifest = {
@@ -94,6 +110,7 @@ def save_model(model: MLPScorer, path: Path) -> None:
                 "dropout": float(model.params["dropout"]),
             },
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+            "numpy_forward": forward_record,
             "torch": torch.__version__,
         }
         # The manifest goes last: a folder with a manifest has all its files.
@@ -171,4 +188,29 @@ def load_model(path: Path) -> MLPScorer:
         net.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean the same here
         raise LabError(f"{path / 'weights.pt'} does not fit the manifest's architecture: {exc}") from None
-    return MLPScorer(net, feature_names, params, scaler, task=task, target=target)
+    forward, note = _numpy_forward(path, manifest, contents)
+    return MLPScorer(net, feature_names, params, scaler, task=task, target=target,
+                     numpy_forward=forward, forward_note=note)
+
+
+def _numpy_forward(path: Path, manifest: dict[str, Any], contents: dict[str, bytes]
+                   ) -> tuple[NumpyForward | None, str]:
+    """The folder's checked numpy forward, if it has one, and a note on which forward scores what."""
+    record = manifest.get("numpy_forward")
+    if not isinstance(record, dict):
+        return None, "torch for every batch: the model was saved without a numpy forward"
+    name = record.get("file")
+    if not name:
+        return None, f"torch for every batch: {record.get('reason') or 'no numpy forward was exported'}"
+    if name not in contents:
+        raise LabError(f"{path / MANIFEST} names the numpy forward {name} but does not list its sha256; "
+                       "the model folder is damaged, save it again")
+    forward = NumpyForward.from_bytes(contents[name], str(path / name))
+    arch = manifest["architecture"]
+    widths = [w.shape[0] for w in forward.weights]
+    if forward.n_features != arch["n_features"] or widths != [*arch["hidden_sizes"], 1]:
+        raise LabError(f"{path / name} holds a network of {forward.n_features} inputs and layers {widths}, not "
+                       f"the manifest's {arch['n_features']} and {[*arch['hidden_sizes'], 1]}; save the model again")
+    note = (f"numpy for batches of up to {numpy_forward.SMALL_BATCH} rows (within "
+            f"{record.get('max_abs_diff', float('nan')):.1g} of torch at save time), torch above")
+    return forward, note
