@@ -20,8 +20,12 @@ import time
 
 import httpx
 import pytest
+import requests
 import schemathesis
 import uvicorn
+from hypothesis import HealthCheck, Phase, given, settings
+from prometheus_client.parser import text_string_to_metric_families
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -70,6 +74,59 @@ def served(tmp_path_factory):
         thread.join(30)
         sock.close()
     assert not thread.is_alive()
+
+
+FUZZED_EXAMPLES = 500  # per operation with inputs and per mode (valid, invalid)
+
+
+def test_generated_requests_get_no_5xx_and_conform_to_the_document(served):
+    base, lab = served
+    schema = schemathesis.openapi.from_url(f"{base}/schema/openapi.json")
+    sent: collections.Counter = collections.Counter()  # (operation, source) -> requests
+    answered: collections.Counter = collections.Counter()  # (operation, status) -> responses
+    session = requests.Session()
+
+    def send(operation, source: str, case) -> None:
+        sent[operation.label, source] += 1
+        # Raises schemathesis' failure report (the check, the response, a curl line).
+        response = case.call_and_validate(base_url=base, session=session, checks=CHECKS)
+        answered[operation.label, response.status_code] += 1
+
+    started = time.perf_counter()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for operation in operations:
+        # Boundary values, missing and wrongly typed fields, unexpected methods; valid and invalid.
+        for case in schema.iter_coverage_cases(
+                operation, generation_modes=list(GenerationMode),
+                generation_config=schema.config.generation_for(operation=operation, phase="coverage")):
+            send(operation, "coverage", case)
+        has_inputs = bool(operation.body or operation.query or operation.headers or operation.path_parameters)
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_inputs else (GenerationMode.POSITIVE,):
+            @settings(max_examples=FUZZED_EXAMPLES, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def fuzz(case):  # called at once, so the loop variables are this iteration's
+                send(operation, mode.value, case)
+
+            fuzz()
+    seconds = time.perf_counter() - started
+    total = sum(sent.values())
+    print(f"\nschemathesis: {total} requests in {seconds:.1f} s: {dict(sent)}; answers {dict(answered)}")
+
+    assert sorted(o.label for o in operations) == ["GET /healthz", "GET /metrics", "GET /readyz", "GET /stats",
+                                                   "POST /predict"]
+    assert total >= 1000
+    assert sent["POST /predict", "positive"] == sent["POST /predict", "negative"] == FUZZED_EXAMPLES
+    # Not a vacuous run: valid requests were scored, invalid ones refused.
+    assert answered["POST /predict", 200] >= FUZZED_EXAMPLES // 2
+    assert answered["POST /predict", 400] >= FUZZED_EXAMPLES // 2
+    # The server's own counts agree: no 5xx (but the 503s of /readyz while the fixture
+    # waited for start-up), every 200 of /predict a prediction.
+    metrics = httpx.get(f"{base}/metrics").text
+    samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples]
+    assert not [s for s in samples if s.name == "lab_http_requests_total" and s.labels["status"][0] == "5"
+                and (s.labels["route"], s.labels["status"]) != ("/readyz", "503")]
+    assert sum(s.value for s in samples if s.name == "lab_predictions_total") == answered["POST /predict", 200]
 
 
 # -- defects the fuzzing found, each pinned ------------------------------------------
