@@ -25,7 +25,7 @@ def create_app(config, pm=None, *, model_name=None, alias="champion", flag=None,
 def lab_cli_commands():
     # Named, not imported: server.py (with Litestar and uvicorn) loads only for `lab serve`.
     return [Command("serve",
-                    "serve the champion (or --alias) model over HTTP: POST /predict, /healthz, /readyz, /schema",
+                    "serve the champion (or --alias) model over HTTP: POST /predict, /healthz, /readyz, /metrics, /schema",
                     "plugins.litestar_serving.server:_add_arguments", "plugins.litestar_serving.server:_run")]
 
 
