@@ -44,6 +44,9 @@ RowBuilder = Callable[[Mapping[str, Any], Mapping[str, "dict | None"]], Mapping[
 ``rows_by_view`` maps each view name to the entity's online row, or None when unknown."""
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class FeatureAssemblyError(LabError):
     """The features for a request could not be assembled (a store or definition problem,
     not the caller's input): a feature the model needs is missing or not a finite number."""
@@ -178,6 +181,21 @@ class FeatureAssembler:
     def _assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
         rows, defaults, fresh = self.rows(request, when)
         built = self.build_row(request, rows)
+        names = self.feature_names
+        try:
+            values = [float(built[name]) for name in names]
+        except (KeyError, TypeError, ValueError, OverflowError):
+            values = None
+        # A NaN or an infinity makes the sum one; then the range the float32 row can hold.
+        if values is None or not (math.isfinite(sum(values)) and -_FLOAT32_MAX <= min(values, default=0.0)
+                                  and max(values, default=0.0) <= _FLOAT32_MAX):
+            values = self._checked(built)
+        vector = np.array(values, dtype=np.float32).reshape(1, -1)
+        return AssembledFeatures(dict(zip(names, values)), vector, defaults, fresh)
+
+    def _checked(self, built: Mapping[str, Any]) -> list[float]:
+        """The model's inputs from ``built`` one by one, raising ``FeatureAssemblyError``
+        for the first that is missing or not a finite number."""
         features: dict[str, float] = {}
         for name in self.feature_names:
             if name not in built:
@@ -188,13 +206,15 @@ class FeatureAssembler:
             value = built[name]
             try:
                 number = float(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 number = math.nan
             if not math.isfinite(number):
                 raise FeatureAssemblyError(f"feature {name!r} is {value!r}, not a finite number")
+            if abs(number) > _FLOAT32_MAX:
+                raise FeatureAssemblyError(f"feature {name!r} is {value!r}, beyond the float32 range the "
+                                           f"model's input row holds (±{_FLOAT32_MAX:.4g})")
             features[name] = number
-        vector = np.fromiter(features.values(), dtype=np.float32, count=len(features)).reshape(1, -1)
-        return AssembledFeatures(features, vector, defaults, fresh)
+        return list(features.values())
 
     def check(self, sample_request: Mapping[str, Any], when: dt.datetime) -> list[str]:
         """Problems that would make every request like ``sample_request`` fail, as

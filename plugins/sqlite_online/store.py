@@ -222,9 +222,12 @@ class SQLiteOnlineStore(OnlineStore):
         if con is None:
             return None, None
         sql, names = self._point_query(view)
+        if type(key) is int:  # the common case, without the general conversions
+            keys = (view.name, key, str(key))
+        else:
+            keys = (view.name, _normalize_key(key, "INTEGER"), _normalize_key(key, "TEXT"))
         try:
-            found = con.execute(sql, (view.name, _normalize_key(key, "INTEGER"), _normalize_key(key, "TEXT"))
-                                ).fetchone()
+            found = con.execute(sql, keys).fetchone()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # no write reached the file, or not this view
                 return None, None
