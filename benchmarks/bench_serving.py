@@ -12,6 +12,12 @@ fixed JSON. A load process, separate from both, sends ``--requests`` POSTs over
 of microseconds) after a short warm-up, stopping at ``--time-limit`` seconds whatever
 the count. It prints p50/p99 latency and throughput for both and the ratios.
 
+``--profile N`` measures nothing over the network: it runs the server's app in this process
+(lifespan, start-up, then N /predict requests sent straight to the ASGI callable, so
+Litestar's request and response handling is included and the socket is not) under
+cProfile, prints the top functions by own time and the share of /predict spent in
+feature assembly, the model's forward and the ledger's ``append``.
+
 With ``--root`` the lab there is served (its model's champion and online store; the
 requests land in its ledger): a fraud lab's requests draw customers and terminals from
 the simulator's ranges, any other lab's are its spec's example request with a fresh id
@@ -240,12 +246,136 @@ def measure(name: str, port: int, path: str, bodies_file: Path, concurrency: lis
     return results
 
 
+# -- an in-process profile of /predict -------------------------------------------------------
+
+PROFILED_PARTS = {
+    "feature assembly (FeatureAssembler.assemble)": ("scoring.py", "assemble"),
+    "online store reads": ("sqlite_online/store.py", None),
+    "model forward (MLPScorer.predict)": ("lightning_tabular/network.py", "predict"),
+    "ledger append": ("ledger.py", "append"),
+}
+
+
+async def _profile_app(root: Path, bodies: list[bytes], n: int):
+    import cProfile
+
+    from lab.config import load_config
+    from plugins.litestar_serving import create_app
+
+    app = create_app(load_config(root))
+    state = app.state.serving
+    async with app.lifespan():
+        deadline = time.monotonic() + 120
+        while not state.ready:
+            if "failed" in (state.reason or "") or time.monotonic() > deadline:
+                raise SystemExit(f"the app did not get ready: {state.reason}")
+            await asyncio.sleep(0.05)
+
+        async def one(body: bytes) -> int:
+            sent = False
+            status = 0
+
+            async def receive():
+                nonlocal sent
+                if sent:
+                    await asyncio.sleep(3600)
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message):
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+
+            scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict",
+                     "root_path": "", "query_string": b"", "server": ("127.0.0.1", 8000),
+                     "client": ("127.0.0.1", 50000),
+                     "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+                                 (b"content-length", str(len(body)).encode())]}
+            await app(scope, receive, send)
+            return status
+
+        for i in range(WARMUP):
+            await one(bodies[i % len(bodies)])
+        timings = _direct_timings(state, bodies, n)
+        started = time.perf_counter()
+        for i in range(n):
+            await one(bodies[i % len(bodies)])
+        timings["request"] = (time.perf_counter() - started) / n
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        profiler.enable()
+        statuses = [await one(bodies[i % len(bodies)]) for i in range(n)]
+        profiler.disable()
+        elapsed = time.perf_counter() - started
+    bad = [s for s in statuses if s != 200]
+    if bad:
+        raise SystemExit(f"{len(bad)} of {n} requests did not answer 200 (first: {bad[0]})")
+    return profiler, elapsed, timings
+
+
+def _direct_timings(state, bodies: list[bytes], n: int) -> dict[str, float]:
+    """Seconds per call, without a profiler, of the two parts the handler calls: feature
+    assembly and the model's predict, on the requests the profile sends."""
+    schema = state.spec.request
+    datetimes = [f.name for f in schema.fields if f.type == "datetime"]
+    requests = []
+    for body in bodies[:n]:
+        fields = json.loads(body)
+        for name in datetimes:
+            fields[name] = dt.datetime.fromisoformat(fields[name]).replace(tzinfo=None)
+        requests.append(fields)
+    _version, model = state.current
+    assembler = state.assembler
+    vectors = [assembler.assemble(r, r[schema.timestamp]).vector for r in requests]
+    out = {}
+    started = time.perf_counter()
+    for i in range(n):
+        r = requests[i % len(requests)]
+        assembler.assemble(r, r[schema.timestamp])
+    out["assemble"] = (time.perf_counter() - started) / n
+    started = time.perf_counter()
+    for i in range(n):
+        model.predict(vectors[i % len(vectors)])
+    out["predict"] = (time.perf_counter() - started) / n
+    return out
+
+
+def profile(root: Path, bodies: list[str], n: int, top: int = 25) -> None:
+    """Profile ``n`` in-process /predict requests; print the top functions and the shares."""
+    import pstats
+
+    profiler, elapsed, timings = asyncio.run(_profile_app(root, [b.encode() for b in bodies], n))
+    request = timings["request"]
+    print(f"{n} in-process /predict without a profiler: {request * 1e6:.0f} us each; of which, timed apart, "
+          f"feature assembly {timings['assemble'] * 1e6:.0f} us ({timings['assemble'] / request:.0%}) and the "
+          f"model's predict {timings['predict'] * 1e6:.0f} us ({timings['predict'] / request:.0%})")
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    print(f"{n} in-process /predict in {elapsed:.2f} s under cProfile ({elapsed / n * 1e6:.0f} us each, "
+          f"profiled time {total / n * 1e6:.0f} us each)")
+    for label, (file_part, function) in PROFILED_PARTS.items():
+        cumulative = 0.0
+        for (filename, _line, name), (_cc, _nc, _tt, ct, callers) in stats.stats.items():
+            if (file_part is None or filename.endswith(file_part)) and (function is None or name == function):
+                # count only the outermost calls: a caller matching the same pattern would double it
+                if not any((file_part is None or c[0].endswith(file_part)) and (function is None or c[2] == function)
+                           for c in callers):
+                    cumulative += ct
+        print(f"  {label:<46} {cumulative / total:6.1%}  ({cumulative / n * 1e6:6.1f} us per request)")
+    print()
+    stats.sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", help="serve this lab (it needs a champion and a materialized online store)")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per measurement, at most")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="profile N /predict requests in this process with cProfile instead of measuring")
     parser.add_argument("--drive", nargs=5, metavar=("PORT", "PATH", "BODIES", "CONN", "LIMIT"), help=argparse.SUPPRESS)
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,8 +395,11 @@ def main() -> None:
             print("building a tiny lab (one epoch on 400 rows)...", flush=True)
             tiny = build_tiny_lab(Path(tmp) / "lab")
             root = tiny.root
+        bodies = bodies_for(root if args.root else None, tiny, args.requests)
+        if args.profile:
+            return profile(root, bodies, args.profile)
         bodies_file = Path(tmp) / "bodies.jsonl"
-        bodies_file.write_text("\n".join(bodies_for(root if args.root else None, tiny, args.requests)))
+        bodies_file.write_text("\n".join(bodies))
         print(f"{os.cpu_count()} CPU(s); {args.requests} requests per measurement after {WARMUP} warm-up, "
               f"at most {args.time_limit:.0f} s each", flush=True)
 
