@@ -63,6 +63,8 @@ class ServeConfig:
     flag_refresh_s: float = 1.0
     guardrail_interval_s: float = 30.0
     allow_empty_store: bool = False  # ready even if a view was never materialized (scores on defaults)
+    max_concurrency: int = 0  # requests scoring at once on a thread pool; 0: inline on the event loop
+    max_queue: int = 64  # requests waiting for a scoring slot; one more gets 503 + Retry-After
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,11 @@ from lab import hookimpl
 from lab.cli import Command
 
 
-def create_app(config, pm=None, *, model_name=None, alias="champion", flag=None, refresh_s=None,
-               guardrail_s=None, host=None, allow_empty_store=None):
-    """The model server app; see ``plugins.litestar_serving.app.create_app``."""
+def create_app(config, pm=None, **options):
+    """The model server app; see ``plugins.litestar_serving.app.create_app`` for ``options``."""
     from plugins.litestar_serving.app import create_app as _create_app  # Litestar only when an app is built
 
-    return _create_app(config, pm, model_name=model_name, alias=alias, flag=flag, refresh_s=refresh_s,
-                       guardrail_s=guardrail_s, host=host, allow_empty_store=allow_empty_store)
+    return _create_app(config, pm, **options)
 
 
 @hookimpl

@@ -67,6 +67,7 @@ from lab.serving.ledger import Ledger, PredictionRecord
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
 from plugins.litestar_serving.errors import RequestErrors, host_guard
+from plugins.litestar_serving.limits import Busy, ScoringLimit
 from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
 from plugins.litestar_serving.metrics import ServerMetrics
 from plugins.litestar_serving.schemas import (
@@ -107,6 +108,7 @@ class ServingState:
     stopping: threading.Event = field(default_factory=threading.Event)
     allow_empty_store: bool = False
     metrics: ServerMetrics | None = None  # what /metrics shows; set by create_app
+    limit: ScoringLimit = field(default_factory=lambda: ScoringLimit(0, 0))  # scoring slots and queue
 
 
 def request_time(value: dt.datetime) -> dt.datetime:
@@ -290,6 +292,7 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
         finally:
             state.ready, state.reason = False, "shutting down"
             state.stopping.set()
+            state.limit.close()
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
             # The loader thread cannot be cancelled; wait for it so nothing opens after we close.
@@ -316,6 +319,12 @@ def _not_ready(state: ServingState) -> ServiceUnavailableException:
     return ServiceUnavailableException(detail=f"not ready: {state.reason}")
 
 
+def _score(assembler: FeatureAssembler, model, fields: dict, when: dt.datetime):
+    """The features and the score of one request: on the event loop, or on the pool."""
+    assembled = assembler.assemble(fields, when)
+    return assembled, float(model.predict(assembled.vector)[0])
+
+
 def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Controller]:
     """A ``/predict`` controller whose body is ``errors.struct``, the request type made
     from ``spec``: made per app, so Litestar documents and decodes that type."""
@@ -338,12 +347,23 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         when = fields[timestamp] = request_time(sent)
         event_id = fields[id_field]
         (version, model), flag, variant = serving.current, None, None
+        limit = serving.limit
         try:
             if serving.router is not None:
                 route, flag = serving.router.route(fields[serving.unit])
                 model, version, variant = route.model, route.version, route.variant
-            assembled = serving.assembler.assemble(fields, when)
-            score = float(model.predict(assembled.vector)[0])
+            if limit.pooled:
+                try:
+                    await limit.acquire()
+                except Busy as exc:
+                    if serving.metrics is not None:
+                        serving.metrics.rejected("queue_full")
+                    raise ServiceUnavailableException(
+                        detail=str(exc), headers={"Retry-After": str(limit.retry_after_s())}) from None
+                # The slot is released when the work ends, not when this request stops waiting.
+                assembled, score = await limit.run(_score, serving.assembler, model, fields, when)
+            else:
+                assembled, score = _score(serving.assembler, model, fields, when)
         except LabError as exc:
             if variant is not None:
                 serving.router.count(variant, failed=True)
@@ -409,7 +429,10 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
                                                      "that is not this server's"),
             413: ResponseSpec(ErrorBody, description=f"The body is over {MAX_BODY_BYTES // 1024} KiB"),
             415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
-            503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load"),
+            503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load; or "
+                                                     "the server is busy (every scoring slot taken and the "
+                                                     "queue full: retry after the Retry-After header's "
+                                                     "seconds)"),
         },
     )(predict)
     return type("PredictionController", (Controller,), {"path": "/predict", "tags": ["prediction"],
@@ -547,7 +570,8 @@ def _request_body_schema(openapi: OpenAPI) -> Schema | None:
 def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "champion",
                flag: str | None = None, refresh_s: float | None = None,
                guardrail_s: float | None = None, host: str | None = None,
-               allow_empty_store: bool | None = None) -> Litestar:
+               allow_empty_store: bool | None = None, max_concurrency: int | None = None,
+               max_queue: int | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``, or the lab's only model), plus every route from
     ``lab_http_routes``. The model's ``ModelSpec`` (``lab.plugins.model_spec``) gives the
@@ -562,7 +586,10 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     loopback address only requests whose Host header names 127.0.0.1, localhost or
     [::1] (any port) are answered; others get a 400. ``allow_empty_store`` (default
     [tool.lab.serve] allow_empty_store) lets the server be ready when a view was never
-    materialized, scoring on defaults.
+    materialized, scoring on defaults. ``max_concurrency`` and ``max_queue`` (defaults:
+    [tool.lab.serve]) bound the requests scoring at once, on a pool of that many threads,
+    and those waiting for a slot; one more is answered 503 with Retry-After (see
+    ``plugins.litestar_serving.limits``). ``max_concurrency`` 0 scores on the event loop.
 
     Routes: POST /predict, GET /healthz, /readyz, /stats, /metrics; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
@@ -575,8 +602,11 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     host = config.serve.host if host is None else host
     allow_empty_store = config.serve.allow_empty_store if allow_empty_store is None else allow_empty_store
     spec = model_spec(pm, config, model_name)
+    max_concurrency = config.serve.max_concurrency if max_concurrency is None else max_concurrency
+    max_queue = config.serve.max_queue if max_queue is None else max_queue
+    limit = ScoringLimit(max_concurrency, max_queue)
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
-                         allow_empty_store=allow_empty_store)
+                         allow_empty_store=allow_empty_store, limit=limit)
     if flag:
         state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
     struct = request_type(spec.request)

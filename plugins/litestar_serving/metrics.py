@@ -89,6 +89,11 @@ class ServerMetrics:
         self.future = Counter(
             "lab_feature_future", "Predictions that got a view's defaults because the request was dated "
             "before the view's materialization (back-dated)", ["view"], registry=registry)
+        self.busy = Counter(
+            "lab_rejected", "POST /predict answered 503 because the server was busy (queue_full: every "
+            "scoring slot taken and the queue full; the answer carries Retry-After)", ["reason"],
+            registry=registry)
+        self.busy.labels("queue_full")
         self.state_collector = StateCollector(state)
         registry.register(self.state_collector)
         ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends (Linux /proc)
@@ -113,6 +118,10 @@ class ServerMetrics:
     def not_ready(self, reason: str) -> None:
         """``reason``: ``not_ready`` or ``cannot_score``."""
         self.refused.labels(reason).inc()
+
+    def rejected(self, reason: str) -> None:
+        """``reason``: ``queue_full``."""
+        self.busy.labels(reason).inc()
 
     def features(self, defaults: dict[str, bool], freshness: dict[str, Any]) -> None:
         """Count one prediction's views served defaults, stale or from its future
@@ -205,6 +214,10 @@ class StateCollector(Collector):
             GaugeMetricFamily("lab_ledger_queue_depth", "Prediction ledger records waiting in its queue"),
             GaugeMetricFamily("lab_ledger_lag_records", "Prediction ledger records appended and not yet "
                               "committed (queued, or in the batch being written): what a SIGKILL would lose"),
+            GaugeMetricFamily("lab_scoring_in_flight", "Requests holding a scoring slot now (at most "
+                              "[tool.lab.serve] max_concurrency; an autoscaling signal)"),
+            GaugeMetricFamily("lab_queue_depth", "Requests waiting for a scoring slot now (at most "
+                              "[tool.lab.serve] max_queue; an autoscaling signal)"),
             GaugeMetricFamily("lab_cuda_memory_allocated_bytes", "CUDA memory held by tensors, by device "
                               "(only when torch is imported and CUDA is available)", labels=["device"]),
             GaugeMetricFamily("lab_cuda_memory_reserved_bytes", "CUDA memory reserved by torch's caching "
@@ -212,7 +225,7 @@ class StateCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        ready, info, records, commits, depth, lag, allocated, reserved = self._families()
+        ready, info, records, commits, depth, lag, scoring, queued, allocated, reserved = self._families()
         state = self.state
         ready.add_metric([], 1.0 if state.ready else 0.0)
         yield ready
@@ -220,6 +233,11 @@ class StateCollector(Collector):
         if version is not None:
             info.add_metric([version.name, state.alias, str(version.version)], 1.0)
         yield info
+        limit = getattr(state, "limit", None)
+        if limit is not None:
+            scoring.add_metric([], limit.scoring)
+            queued.add_metric([], limit.waiting)
+            yield from (scoring, queued)
         ledger = state.ledger
         if ledger is not None:
             stats = ledger.stats()

@@ -43,6 +43,16 @@ def _port(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     # Also accepted after the subcommand (`lab serve --root DIR`); `lab` reads it before parsing.
     p.add_argument("--root", default=argparse.SUPPRESS, help="project folder (as `lab --root`)")
@@ -60,6 +70,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-empty-store", action="store_true", default=None,
                    help="be ready even if a feature view was never materialized (e.g. no data/online.db): "
                         "such views score on defaults (default: [tool.lab.serve] allow_empty_store, false)")
+    p.add_argument("--max-concurrency", type=_count, metavar="N",
+                   help="score at most N requests at once, on a pool of N threads; 0 scores on the event loop "
+                        "(default: [tool.lab.serve] max_concurrency, 0)")
+    p.add_argument("--max-queue", type=_count, metavar="Q",
+                   help="at most Q requests wait for a scoring slot; one more is answered 503 with Retry-After "
+                        "(default: [tool.lab.serve] max_queue, 64)")
 
 
 def check_servable(config, model_name: str, alias: str):
@@ -139,7 +155,8 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     check_port_free(host, port)
     _set_threads(args.threads)
     app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias, flag=args.flag, host=host,
-                     allow_empty_store=args.allow_empty_store)
+                     allow_empty_store=args.allow_empty_store, max_concurrency=args.max_concurrency,
+                     max_queue=args.max_queue)
     print(f"lab serve: {what} on http://{host}:{port} "
           f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}

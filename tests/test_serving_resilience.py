@@ -1,0 +1,283 @@
+"""The model server stays bounded and answers under faults: a concurrency limit with a
+bounded queue (503 + Retry-After when full).
+
+A tiny meter lab declared here (one view, a text id) serves a test-only model flavor
+whose predict sleeps as long as the test says: a model made slow on purpose, with no
+training. The online store and the ledger are real SQLite files; the server runs in
+process (Litestar's TestClient), and concurrent requests come from real threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from lab import hookimpl
+from lab.config import load_config
+from lab.errors import ConfigError
+from lab.features.views import Aggregation, FeatureView
+from lab.modelspec import ModelSpec, RequestField, RequestSchema
+from lab.plugins import get_plugin_manager
+from lab.registry import Registry
+from lab.training.flavor import FitResult, ModelFlavor
+from plugins.litestar_serving import create_app
+from plugins.litestar_serving.limits import Busy, ScoringLimit
+from tests.conftest import write_pyproject
+
+WATERMARK = dt.datetime(2024, 3, 1, 0, 0)
+
+METER_DAILY = FeatureView(
+    "meter_daily", entity="METER_ID", source="readings", timestamp="READ_AT",
+    aggregations=(Aggregation("METER_MEAN_1D", "WATTS", "mean", dt.timedelta(days=1), fill=100.0),),
+    ttl=dt.timedelta(days=2),
+)
+
+READING = RequestSchema(
+    title="MeterReading",
+    fields=(
+        RequestField("READING_ID", "str", "the reading's id", max_length=16),
+        RequestField("READ_AT", "datetime", "when it was read"),
+        RequestField("METER_ID", "int", "the meter", ge=0, le=999),
+        RequestField("WATTS", "float", "the power read", ge=0, le=10_000),
+    ),
+    id="READING_ID", timestamp="READ_AT", entities=("METER_ID",),
+    example={"READING_ID": "m-0", "READ_AT": "2024-03-01T06:00:00", "METER_ID": 1, "WATTS": 90.0},
+)
+
+FEATURES = ("WATTS", "METER_MEAN_1D")
+
+
+def meter_row(request, rows):
+    stats = rows.get(METER_DAILY.name) or METER_DAILY.defaults
+    return {"WATTS": request["WATTS"], "METER_MEAN_1D": stats["METER_MEAN_1D"]}
+
+
+METER = ModelSpec(name="meter", task="regression", label="NEXT_WATTS", source="readings", features=FEATURES,
+                  views=(METER_DAILY.name,), request=READING, request_frame=lambda events: events,
+                  request_row=meter_row, flavor="sleepy")
+
+SLOW = {"model_s": 0.0}
+"""How long the sleepy model's predict sleeps: the tests set it."""
+
+
+class SleepyModel:
+    feature_names = list(FEATURES)
+    task = "regression"
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        if SLOW["model_s"]:
+            time.sleep(SLOW["model_s"])
+        return features.sum(axis=1) * 0.5
+
+
+class SleepyFlavor(ModelFlavor):
+    """A test-only flavor: nothing to train; its model sleeps ``SLOW["model_s"]`` per call."""
+
+    name = "sleepy"
+    tasks = ("regression",)
+
+    def search_space(self, trial, task="classification"):
+        return {}
+
+    def fit(self, *args, **kwargs):
+        return FitResult(SleepyModel())
+
+    def save(self, model, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def load(self, path: Path):
+        return SleepyModel()
+
+
+class MeterLab:
+    @hookimpl
+    def lab_feature_views(self, config):
+        return [METER_DAILY]
+
+    @hookimpl
+    def lab_model_specs(self, config):
+        return [METER]
+
+    @hookimpl
+    def lab_model_flavors(self):
+        return [SleepyFlavor()]
+
+
+@pytest.fixture(autouse=True)
+def fast_model():
+    SLOW["model_s"] = 0.0
+    yield
+    SLOW["model_s"] = 0.0
+
+
+@pytest.fixture(scope="module")
+def meter_template(tmp_path_factory):
+    """A lab folder with a registered, promoted meter model and a materialized view."""
+    root = tmp_path_factory.mktemp("meter-lab")
+    write_pyproject(root, 'model_name = "meter"\n')
+    config = load_config(root)
+    pm = meter_pm(config)
+    SleepyFlavor().save(SleepyModel(), root / "runs" / "models" / "meter-v1")
+    with Registry.open(config.registry_path, project_root=root) as registry:
+        version = registry.register_model("meter", run_id=None, flavor="sleepy", artifact_path="runs/models/meter-v1",
+                                          metrics={}, lineage={})
+        registry.promote("meter", version.version, reason="test")
+    store = pm.hook.lab_online_store(config=config)
+    try:
+        store.write(METER_DAILY, pa.table({"METER_ID": [1, 2], "METER_MEAN_1D": [80.0, 120.0]}), WATERMARK)
+    finally:
+        store.close()
+    return root
+
+
+@pytest.fixture
+def meter_lab(meter_template, tmp_path):
+    """A copy of the template per test: its own ledger and store."""
+    import shutil
+
+    root = tmp_path / "lab"
+    shutil.copytree(meter_template, root)
+    return root
+
+
+def meter_pm(config):
+    pm = get_plugin_manager(config)
+    pm.register(MeterLab(), name="meter-lab")
+    return pm
+
+
+def serve(root: Path, **options) -> TestClient:
+    config = load_config(root)
+    return TestClient(create_app(config, meter_pm(config), **options), base_url="http://127.0.0.1")
+
+
+def wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 20
+    while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert "failed" not in (ready.json()["reason"] or ""), ready.text
+        time.sleep(0.02)
+    assert ready.status_code == 200, ready.text
+
+
+def reading(i: int, meter: int = 1) -> dict:
+    return {"READING_ID": f"m-{i}", "READ_AT": "2024-03-01T09:00:00", "METER_ID": meter, "WATTS": 50.0 + i}
+
+
+def scrape(client) -> dict:
+    text = client.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+# -- 1. a concurrency limit with a bounded queue ------------------------------------------
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_is_counted(meter_lab):
+    with serve(meter_lab, max_concurrency=1, max_queue=1) as client:
+        wait_ready(client)
+        SLOW["model_s"] = 0.4
+        started = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: client.post("/predict", json=reading(i)), range(4)))
+        took = time.monotonic() - started
+        SLOW["model_s"] = 0.0
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [200, 200, 503, 503], [a.text for a in answers]
+        assert took < 3.0  # the refused two did not wait for the model
+        for refused in (a for a in answers if a.status_code == 503):
+            assert int(refused.headers["retry-after"]) >= 1
+            detail = refused.json()["detail"]
+            assert "busy" in detail and "max_concurrency=1" in detail and "max_queue=1" in detail
+        samples = scrape(client)
+        assert samples[("lab_rejected_total", (("reason", "queue_full"),))] == 2
+        assert samples[("lab_scoring_in_flight", ())] == 0 and samples[("lab_queue_depth", ())] == 0
+        assert client.get("/stats").json()["predictions"] == 2
+        # Free again: the next request scores at once.
+        assert client.post("/predict", json=reading(9)).status_code == 200
+
+
+def test_the_queue_serves_in_order_and_metrics_show_its_depth(meter_lab):
+    with serve(meter_lab, max_concurrency=1, max_queue=5) as client:
+        wait_ready(client)
+        SLOW["model_s"] = 0.3
+        seen = {}
+
+        def watch():
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and not seen:
+                samples = scrape(client)
+                if samples[("lab_queue_depth", ())] >= 2:
+                    seen.update(samples)
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        with ThreadPoolExecutor(3) as pool:
+            watcher.start()
+            answers = list(pool.map(lambda i: client.post("/predict", json=reading(i)), range(3)))
+        watcher.join()
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert seen[("lab_scoring_in_flight", ())] == 1 and seen[("lab_queue_depth", ())] == 2
+
+
+def test_the_limit_is_read_from_the_config_and_checked(meter_lab):
+    text = (meter_lab / "pyproject.toml").read_text()
+    (meter_lab / "pyproject.toml").write_text(text + "\n[tool.lab.serve]\nmax_concurrency = 2\nmax_queue = 0\n")
+    config = load_config(meter_lab)
+    assert (config.serve.max_concurrency, config.serve.max_queue) == (2, 0)
+    app = create_app(config, meter_pm(config))
+    limit = app.state.serving.limit
+    assert limit.pooled and (limit.max_concurrency, limit.max_queue) == (2, 0)
+    with pytest.raises(ConfigError, match="max_queue must be a whole number, 0 or more"):
+        create_app(config, meter_pm(config), max_queue=-1)
+
+
+def test_a_slot_handed_to_a_waiter_that_gave_up_passes_on():
+    import asyncio
+
+    async def scenario():
+        limit = ScoringLimit(1, 2)
+        await limit.acquire()
+        late = asyncio.ensure_future(limit.acquire(timeout=0.05))
+        patient = asyncio.ensure_future(limit.acquire())
+        with pytest.raises(TimeoutError):
+            await late
+        limit.max_queue = 1
+        with pytest.raises(Busy):  # the patient one fills the queue
+            await limit.acquire()
+        limit.release()  # to the patient waiter, not the one that gave up
+        await asyncio.wait_for(patient, 1)
+        assert limit.scoring == 1 and limit.waiting == 0
+        limit.release()
+        assert limit.scoring == 0
+        limit.close()
+
+    asyncio.run(scenario())
+
+
+def test_inline_scoring_is_the_default(meter_lab):
+    config = load_config(meter_lab)
+    app = create_app(config, meter_pm(config))
+    assert not app.state.serving.limit.pooled
+
+
+def test_lab_serve_takes_the_limits_as_flags():
+    import argparse
+
+    from plugins.litestar_serving.server import _add_arguments
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    _add_arguments(parser)
+    args = parser.parse_args(["--max-concurrency", "4", "--max-queue", "0"])
+    assert (args.max_concurrency, args.max_queue) == (4, 0)
+    assert parser.parse_args([]).max_concurrency is None  # then [tool.lab.serve] decides
+    with pytest.raises(argparse.ArgumentError, match="must be 0 or more, got -1"):
+        parser.parse_args(["--max-queue", "-1"])
