@@ -65,6 +65,9 @@ class ServeConfig:
     allow_empty_store: bool = False  # ready even if a view was never materialized (scores on defaults)
     max_concurrency: int = 0  # requests scoring at once on a thread pool; 0: inline on the event loop
     max_queue: int = 64  # requests waiting for a scoring slot; one more gets 503 + Retry-After
+    latency_budget_ms: float = 0.0  # per request: past it, the model's fallback (flagged); 0: none
+    store_timeout_ms: float = 0.0  # the online store reads of one request; 0: only the budget bounds them
+    model_timeout_ms: float = 0.0  # the model's predict for one request; 0: only the budget bounds it
 
 
 @dataclass(frozen=True)

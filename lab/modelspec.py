@@ -161,6 +161,12 @@ class ModelSpec:
     sweep's objective (default: average precision for classification, RMSE for
     regression). ``carry`` names source columns copied into training sets for ``split``
     and ``metrics``.
+
+    ``fallback`` is the score the server answers, flagged ``fallback: true`` with the
+    reason, when it cannot score a request in time or at all (a store or the model timed
+    out, failed, or its circuit is open): a constant the lab declares, for example a
+    classification model's base rate. None (the default) declares no fallback: such a
+    request is answered 503. A fallback is never an implicit zero.
     """
 
     name: str
@@ -179,6 +185,7 @@ class ModelSpec:
     metrics: ExtraMetrics | None = None
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    fallback: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("features", "views", "carry"):
@@ -193,6 +200,13 @@ class ModelSpec:
             raise ConfigError(f"model {self.name!r} lists a feature twice")
         if self.metric is None:
             object.__setattr__(self, "metric", DEFAULT_METRIC[self.task])
+        if self.fallback is not None:
+            value = self.fallback
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"model {self.name!r}: fallback must be a finite number (the score answered, "
+                                  f"flagged, when the model cannot score in time) or None for no fallback, "
+                                  f"got {value!r}")
+            object.__setattr__(self, "fallback", float(value))
         for fn in ("request_frame", "request_row"):
             if not callable(getattr(self, fn)):
                 raise ConfigError(f"model {self.name!r}: {fn} must be callable")

@@ -1,5 +1,6 @@
 """The model server stays bounded and answers under faults: a concurrency limit with a
-bounded queue (503 + Retry-After when full).
+bounded queue (503 + Retry-After when full); a latency budget and timeouts past which a
+request gets the model's declared fallback, flagged (or 503 when it declares none).
 
 A tiny meter lab declared here (one view, a text id) serves a test-only model flavor
 whose predict sleeps as long as the test says: a model made slow on purpose, with no
@@ -9,6 +10,7 @@ process (Litestar's TestClient), and concurrent requests come from real threads.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -28,6 +30,7 @@ from lab.features.views import Aggregation, FeatureView
 from lab.modelspec import ModelSpec, RequestField, RequestSchema
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
+from lab.serving.ledger import read_predictions
 from lab.training.flavor import FitResult, ModelFlavor
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.limits import Busy, ScoringLimit
@@ -65,8 +68,8 @@ METER = ModelSpec(name="meter", task="regression", label="NEXT_WATTS", source="r
                   views=(METER_DAILY.name,), request=READING, request_frame=lambda events: events,
                   request_row=meter_row, flavor="sleepy")
 
-SLOW = {"model_s": 0.0}
-"""How long the sleepy model's predict sleeps: the tests set it."""
+SLOW = {"model_s": 0.0, "fail": False}
+"""How long the sleepy model's predict sleeps, and whether it raises: the tests set it."""
 
 
 class SleepyModel:
@@ -76,6 +79,8 @@ class SleepyModel:
     def predict(self, features: np.ndarray) -> np.ndarray:
         if SLOW["model_s"]:
             time.sleep(SLOW["model_s"])
+        if SLOW["fail"]:
+            raise RuntimeError("the model's backend is gone")
         return features.sum(axis=1) * 0.5
 
 
@@ -99,13 +104,16 @@ class SleepyFlavor(ModelFlavor):
 
 
 class MeterLab:
+    def __init__(self, spec: ModelSpec = METER):
+        self.spec = spec
+
     @hookimpl
     def lab_feature_views(self, config):
         return [METER_DAILY]
 
     @hookimpl
     def lab_model_specs(self, config):
-        return [METER]
+        return [self.spec]
 
     @hookimpl
     def lab_model_flavors(self):
@@ -114,9 +122,9 @@ class MeterLab:
 
 @pytest.fixture(autouse=True)
 def fast_model():
-    SLOW["model_s"] = 0.0
+    SLOW.update(model_s=0.0, fail=False)
     yield
-    SLOW["model_s"] = 0.0
+    SLOW.update(model_s=0.0, fail=False)
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +157,15 @@ def meter_lab(meter_template, tmp_path):
     return root
 
 
-def meter_pm(config):
+def meter_pm(config, spec: ModelSpec = METER):
     pm = get_plugin_manager(config)
-    pm.register(MeterLab(), name="meter-lab")
+    pm.register(MeterLab(spec), name="meter-lab")
     return pm
 
 
-def serve(root: Path, **options) -> TestClient:
+def serve(root: Path, spec: ModelSpec = METER, **options) -> TestClient:
     config = load_config(root)
-    return TestClient(create_app(config, meter_pm(config), **options), base_url="http://127.0.0.1")
+    return TestClient(create_app(config, meter_pm(config, spec), **options), base_url="http://127.0.0.1")
 
 
 def wait_ready(client: TestClient) -> None:
@@ -281,3 +289,93 @@ def test_lab_serve_takes_the_limits_as_flags():
     assert parser.parse_args([]).max_concurrency is None  # then [tool.lab.serve] decides
     with pytest.raises(argparse.ArgumentError, match="must be 0 or more, got -1"):
         parser.parse_args(["--max-queue", "-1"])
+
+
+# -- 2. a latency budget, timeouts and declared fallbacks -----------------------------------
+
+WITH_FALLBACK = dataclasses.replace(METER, fallback=0.25)
+
+
+def test_a_slow_model_answers_within_budget_with_a_flagged_fallback(meter_lab):
+    with serve(meter_lab, WITH_FALLBACK, max_concurrency=2, latency_budget_ms=150) as client:
+        wait_ready(client)
+        SLOW["model_s"] = 1.0
+        started = time.monotonic()
+        response = client.post("/predict", json=reading(1), headers={"x-request-id": "slow-1"})
+        took = time.monotonic() - started
+        assert response.status_code == 200, response.text
+        assert took < 0.7, took  # the budget, not the model's second
+        body = response.json()
+        assert body["fallback"] is True and body["fallback_reason"] == "model_timeout"
+        assert body["score"] == 0.25
+        assert body["features"] == {"WATTS": 51.0, "METER_MEAN_1D": 80.0}  # the store did answer
+        assert 100 <= body["latency_ms"] < 700
+        samples = scrape(client)
+        assert samples[("lab_fallbacks_total", (("reason", "model_timeout"),))] == 1
+        stats = client.get("/stats").json()
+        assert stats["fallbacks"] == {"model_timeout": 1} and stats["predictions"] == 0
+        assert client.app.state.serving.ledger.flush()
+        rows = read_predictions(meter_lab / "data" / "ledger.db")
+        row = next(r for r in rows if r["request_id"] == "slow-1")
+        assert row["fallback"] == "model_timeout" and row["score"] == 0.25
+        SLOW["model_s"] = 0.0
+        time.sleep(1.0)  # the timed-out call ends and gives its slot back
+        fine = client.post("/predict", json=reading(2)).json()
+        assert fine["fallback"] is False and fine["fallback_reason"] is None and fine["score"] == (52.0 + 80.0) * 0.5
+        assert client.app.state.serving.ledger.flush()
+        assert next(r for r in read_predictions(meter_lab / "data" / "ledger.db")
+                    if r["event_id"] == "m-2")["fallback"] is None
+
+
+def test_a_model_timeout_of_its_own_and_no_fallback_declared_is_a_503(meter_lab):
+    with serve(meter_lab, max_concurrency=1, model_timeout_ms=100) as client:
+        wait_ready(client)
+        SLOW["model_s"] = 0.6
+        started = time.monotonic()
+        response = client.post("/predict", json=reading(1))
+        assert time.monotonic() - started < 0.5
+        assert response.status_code == 503
+        detail = response.json()["detail"]
+        assert "model_timeout" in detail and "model_timeout_ms=100" in detail
+        assert client.get("/stats").json()["fallbacks"] == {}
+
+
+def test_waiting_for_a_slot_past_the_budget_is_a_flagged_fallback(meter_lab):
+    with serve(meter_lab, WITH_FALLBACK, max_concurrency=1, max_queue=4, latency_budget_ms=200) as client:
+        wait_ready(client)
+        SLOW["model_s"] = 0.8
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(client.post, "/predict", json=reading(1))
+            time.sleep(0.05)
+            second = pool.submit(client.post, "/predict", json=reading(2))
+            answers = [first.result(), second.result()]
+        assert sorted(a.json()["fallback_reason"] for a in answers) == ["model_timeout", "queue_timeout"]
+        queued = next(a.json() for a in answers if a.json()["fallback_reason"] == "queue_timeout")
+        assert queued["features"] == {} and queued["score"] == 0.25
+
+
+def test_a_failing_model_gets_the_fallback_inline_too(meter_lab):
+    with serve(meter_lab, WITH_FALLBACK) as client:
+        wait_ready(client)
+        SLOW["fail"] = True
+        body = client.post("/predict", json=reading(1)).json()
+        assert body["fallback"] is True and body["fallback_reason"] == "model_error" and body["score"] == 0.25
+    SLOW["fail"] = False
+    with serve(meter_lab) as client:  # no fallback declared: a model that raises is a bug, a 500
+        wait_ready(client)
+        SLOW["fail"] = True
+        assert client.post("/predict", json=reading(2)).status_code == 500
+
+
+def test_the_budget_needs_the_pool_and_sane_values(meter_lab):
+    config = load_config(meter_lab)
+    with pytest.raises(ConfigError, match="set max_concurrency to 1 or more"):
+        create_app(config, meter_pm(config), latency_budget_ms=50)
+    with pytest.raises(ConfigError, match="latency_budget_ms must be a number of milliseconds"):
+        create_app(config, meter_pm(config), max_concurrency=1, latency_budget_ms=-1)
+
+
+@pytest.mark.parametrize("value", [float("nan"), True, "0.1"])
+def test_a_fallback_must_be_a_finite_number(value):
+    with pytest.raises(ConfigError, match="fallback must be a finite number"):
+        dataclasses.replace(METER, fallback=value)

@@ -73,7 +73,20 @@ def event_id_and_flags(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS predictions_event ON predictions (event_id)")
 
 
+# Columns added by the ordinary migrations after 0002; a reader of a file not yet
+# migrated reads them as None too.
+LATER_COLUMNS = (("fallback", "TEXT"),)
+
+
+def fallback(conn: sqlite3.Connection) -> None:
+    """``fallback``: the reason a row's score is the model's declared fallback, not a
+    prediction (``model_timeout``, ``store_error``, ...); NULL for a prediction."""
+    if "fallback" not in _columns(conn):
+        conn.execute("ALTER TABLE predictions ADD COLUMN fallback TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_predictions", predictions),
     Migration("0002_event_id_and_flags", event_id_and_flags),
+    Migration("0003_fallback", fallback),
 )

@@ -47,13 +47,13 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from lab.errors import ConfigError, LabError, NotFound
-from lab.serving._ledger_migrations import ADDED_COLUMNS, MIGRATIONS, OWNER, RENAMED_COLUMNS
+from lab.serving._ledger_migrations import ADDED_COLUMNS, LATER_COLUMNS, MIGRATIONS, OWNER, RENAMED_COLUMNS
 from lab.sqlite import connect, migrate, write_transaction
 
 log = logging.getLogger("lab.serving.ledger")
 
 _COLUMNS = ("at", "request_id", "event_id", "model_name", "model_version",
-            "request", "features", "defaults", "score", "latency_ms", "experiment", "variant")
+            "request", "features", "defaults", "score", "latency_ms", "experiment", "variant", "fallback")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _JSON_COLUMNS = ("request", "features", "defaults")
 _COMMIT_RETRY_S = 5.0
@@ -67,7 +67,9 @@ def utc_now_iso() -> str:
 class PredictionRecord:
     """One prediction as the ledger stores it. ``event_id`` is the value of the request's
     id field (None when there is none); ``request``, ``features`` and ``defaults`` must be
-    JSON-able; ``at`` defaults to now (UTC) and ``request_id`` to a fresh uuid."""
+    JSON-able; ``at`` defaults to now (UTC) and ``request_id`` to a fresh uuid. ``fallback``
+    is the reason ``score`` is the model's declared fallback, not a prediction (None: a
+    prediction)."""
 
     event_id: int | str | None
     model_name: str
@@ -81,12 +83,13 @@ class PredictionRecord:
     at: str = field(default_factory=utc_now_iso)
     experiment: str | None = None
     variant: str | None = None
+    fallback: str | None = None
 
     def as_row(self) -> tuple:
         return (
             self.at, self.request_id, self.event_id, self.model_name, int(self.model_version),
             json.dumps(self.request, default=str), json.dumps(self.features), json.dumps(self.defaults),
-            float(self.score), float(self.latency_ms), self.experiment, self.variant,
+            float(self.score), float(self.latency_ms), self.experiment, self.variant, self.fallback,
         )
 
 
@@ -399,7 +402,7 @@ def read_predictions(
         rows = conn.execute(sql, params).fetchall()
     finally:
         conn.close()
-    missing = {name: None for name, _ in ADDED_COLUMNS if name not in have}
+    missing = {name: None for name, _ in (*ADDED_COLUMNS, *LATER_COLUMNS) if name not in have}
     out = []
     for row in reversed(rows):
         decoded = {**_decode(row), **missing}

@@ -58,7 +58,7 @@ from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Re
 from litestar.params import JSONBody
 
 import lab
-from lab.errors import LabError
+from lab.errors import ConfigError, LabError
 from lab.experiments.routing import FlagRouter
 from lab.modelspec import ModelSpec
 from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
@@ -67,7 +67,7 @@ from lab.serving.ledger import Ledger, PredictionRecord
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
 from plugins.litestar_serving.errors import RequestErrors, host_guard
-from plugins.litestar_serving.limits import Busy, ScoringLimit
+from plugins.litestar_serving.limits import Budget, Busy, ScoringLimit, Unscored, score_bounded, score_inline
 from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
 from plugins.litestar_serving.metrics import ServerMetrics
 from plugins.litestar_serving.schemas import (
@@ -109,6 +109,8 @@ class ServingState:
     allow_empty_store: bool = False
     metrics: ServerMetrics | None = None  # what /metrics shows; set by create_app
     limit: ScoringLimit = field(default_factory=lambda: ScoringLimit(0, 0))  # scoring slots and queue
+    budget: Budget = field(default_factory=Budget)  # latency budget and timeouts; enforced on the pool
+    fallbacks: dict[str, int] = field(default_factory=dict)  # fallback answers by reason
 
 
 def request_time(value: dt.datetime) -> dt.datetime:
@@ -319,10 +321,37 @@ def _not_ready(state: ServingState) -> ServiceUnavailableException:
     return ServiceUnavailableException(detail=f"not ready: {state.reason}")
 
 
-def _score(assembler: FeatureAssembler, model, fields: dict, when: dt.datetime):
-    """The features and the score of one request: on the event loop, or on the pool."""
-    assembled = assembler.assemble(fields, when)
-    return assembled, float(model.predict(assembled.vector)[0])
+@dataclass(frozen=True)
+class _NoFeatures:
+    """What a fallback reports when the store phase did not end: no features at all."""
+
+    features: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+    freshness: dict = field(default_factory=dict)
+
+
+_NOTHING = _NoFeatures()
+
+
+def _unscored(serving: ServingState, miss: Unscored, what: str) -> str:
+    """The fallback reason for ``miss``, counted and logged; or the 503 (or, for a bug
+    with no fallback declared, the original exception) when the spec declares none."""
+    if serving.spec.fallback is None:
+        if miss.error is not None and not isinstance(miss.error, LabError):
+            raise miss.error  # a bug, not a dependency's state: a 500, logged with its traceback
+        log.error("cannot score %s: %s", what, miss.detail)
+        serving.not_ready += 1
+        if serving.metrics is not None:
+            serving.metrics.not_ready("cannot_score")
+        raise ServiceUnavailableException(detail=f"cannot score now ({miss.reason}): {miss.detail}")
+    if miss.error is not None and not isinstance(miss.error, LabError):
+        log.error("fallback for %s (%s)", what, miss.reason, exc_info=miss.error)
+    else:
+        log.warning("fallback for %s (%s): %s", what, miss.reason, miss.detail)
+    serving.fallbacks[miss.reason] = serving.fallbacks.get(miss.reason, 0) + 1
+    if serving.metrics is not None:
+        serving.metrics.fallback(miss.reason)
+    return miss.reason
 
 
 def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Controller]:
@@ -347,35 +376,45 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         when = fields[timestamp] = request_time(sent)
         event_id = fields[id_field]
         (version, model), flag, variant = serving.current, None, None
-        limit = serving.limit
+        limit, assembler, fallback = serving.limit, serving.assembler, None
         try:
             if serving.router is not None:
                 route, flag = serving.router.route(fields[serving.unit])
                 model, version, variant = route.model, route.version, route.variant
+
+            def assemble():
+                return assembler.assemble(fields, when)
+
+            def predict_one(assembled):
+                return float(model.predict(assembled.vector)[0])
+
             if limit.pooled:
-                try:
-                    await limit.acquire()
-                except Busy as exc:
-                    if serving.metrics is not None:
-                        serving.metrics.rejected("queue_full")
-                    raise ServiceUnavailableException(
-                        detail=str(exc), headers={"Retry-After": str(limit.retry_after_s())}) from None
                 # The slot is released when the work ends, not when this request stops waiting.
-                assembled, score = await limit.run(_score, serving.assembler, model, fields, when)
+                assembled, score = await score_bounded(limit, serving.budget, started, assemble, predict_one)
             else:
-                assembled, score = _score(serving.assembler, model, fields, when)
-        except LabError as exc:
+                assembled, score = score_inline(assemble, predict_one)
+        except Busy as exc:
+            if serving.metrics is not None:
+                serving.metrics.rejected("queue_full")
+            raise ServiceUnavailableException(
+                detail=str(exc), headers={"Retry-After": str(limit.retry_after_s())}) from None
+        except LabError as exc:  # the router's
             if variant is not None:
                 serving.router.count(variant, failed=True)
-            # A store or model problem (busy file, view redefined since materialization),
-            # not the caller's input: say so with a 503 rather than a bare 500.
             log.error("cannot score %s %s: %s", schema.title, event_id, exc)
             serving.not_ready += 1
             if serving.metrics is not None:
                 serving.metrics.not_ready("cannot_score")
             raise ServiceUnavailableException(detail=f"cannot score now: {exc}") from None
+        except Unscored as miss:
+            # A store or model that failed or did not answer in time, not the caller's
+            # input: the declared fallback, flagged; with none declared, a 503 with the reason.
+            if variant is not None:
+                serving.router.count(variant, failed=True)
+            fallback = _unscored(serving, miss, f"{schema.title} {event_id}")
+            assembled, score = miss.assembled or _NOTHING, serving.spec.fallback
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if variant is not None:
+        if variant is not None and fallback is None:
             serving.router.count(variant, failed=False)
         fields[timestamp] = sent
         for name in datetimes:  # as sent, offset included
@@ -384,12 +423,14 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             event_id=event_id, model_name=version.name, model_version=version.version,
             features=assembled.features, defaults=assembled.defaults, score=score,
             latency_ms=latency_ms, request=fields, request_id=request_id, experiment=flag, variant=variant,
+            fallback=fallback,
         ))
-        serving.predictions += 1
         fresh = assembled.freshness
-        if serving.metrics is not None:
-            serving.metrics.prediction(version.name, version.version, variant)
-            serving.metrics.features(assembled.defaults, fresh)
+        if fallback is None:
+            serving.predictions += 1
+            if serving.metrics is not None:
+                serving.metrics.prediction(version.name, version.version, variant)
+                serving.metrics.features(assembled.defaults, fresh)
         return Prediction(
             request_id=request_id,
             event_id=event_id,
@@ -404,6 +445,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             latency_ms=latency_ms,
             flag=flag,
             variant=variant,
+            fallback=fallback is not None,
+            fallback_reason=fallback,
         )
 
     predict.__doc__ = f"""Score one {schema.title} with the served model version.
@@ -474,7 +517,7 @@ class HealthController(Controller):
         ledger = serving.ledger.stats() if serving.ledger is not None else {}
         features = serving.assembler.counts() if serving.assembler is not None else {"stale": 0, "future": 0}
         return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger,
-                           features=features)
+                           features=features, fallbacks=dict(serving.fallbacks))
 
 
 class MetricsController(Controller):
@@ -571,7 +614,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                flag: str | None = None, refresh_s: float | None = None,
                guardrail_s: float | None = None, host: str | None = None,
                allow_empty_store: bool | None = None, max_concurrency: int | None = None,
-               max_queue: int | None = None) -> Litestar:
+               max_queue: int | None = None, latency_budget_ms: float | None = None,
+               store_timeout_ms: float | None = None, model_timeout_ms: float | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``, or the lab's only model), plus every route from
     ``lab_http_routes``. The model's ``ModelSpec`` (``lab.plugins.model_spec``) gives the
@@ -590,6 +634,10 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     [tool.lab.serve]) bound the requests scoring at once, on a pool of that many threads,
     and those waiting for a slot; one more is answered 503 with Retry-After (see
     ``plugins.litestar_serving.limits``). ``max_concurrency`` 0 scores on the event loop.
+    ``latency_budget_ms``, ``store_timeout_ms`` and ``model_timeout_ms`` (defaults:
+    [tool.lab.serve]; 0 none; they need the pool) bound a request's wait; past them, or
+    when a store or the model fails, the request gets the spec's ``fallback``, flagged
+    (none declared: 503).
 
     Routes: POST /predict, GET /healthz, /readyz, /stats, /metrics; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
@@ -605,8 +653,16 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     max_concurrency = config.serve.max_concurrency if max_concurrency is None else max_concurrency
     max_queue = config.serve.max_queue if max_queue is None else max_queue
     limit = ScoringLimit(max_concurrency, max_queue)
+    serve = config.serve
+    budget = Budget(serve.latency_budget_ms if latency_budget_ms is None else latency_budget_ms,
+                    serve.store_timeout_ms if store_timeout_ms is None else store_timeout_ms,
+                    serve.model_timeout_ms if model_timeout_ms is None else model_timeout_ms)
+    if budget.bounded and not limit.pooled:
+        raise ConfigError("[tool.lab.serve] latency_budget_ms, store_timeout_ms and model_timeout_ms are enforced "
+                          "on the scoring pool: set max_concurrency to 1 or more (--max-concurrency N) as well")
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
-                         allow_empty_store=allow_empty_store, limit=limit)
+                         allow_empty_store=allow_empty_store, limit=limit,
+                         budget=budget)
     if flag:
         state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
     struct = request_type(spec.request)

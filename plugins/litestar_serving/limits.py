@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from lab.errors import ConfigError, LabError
@@ -136,3 +138,128 @@ class ScoringLimit:
         a hung model must not hold up shutdown)."""
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# -- the latency budget and the timeouts -------------------------------------------------
+
+
+class Unscored(Exception):
+    """A request could not be scored in time or at all. ``reason`` is what the response,
+    the ledger and ``lab_fallbacks_total`` name (``store_timeout``, ``model_timeout``,
+    ``store_error``, ``model_error``, ``queue_timeout``); ``dependency`` is ``store``,
+    ``model`` or None (waiting for a slot); ``assembled`` the features when the store
+    phase ended; ``error`` the exception a dependency raised (None for a timeout)."""
+
+    def __init__(self, reason: str, dependency: str | None, detail: str, assembled: Any = None,
+                 error: BaseException | None = None):
+        super().__init__(detail)
+        self.reason, self.dependency, self.detail = reason, dependency, detail
+        self.assembled, self.error = assembled, error
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``[tool.lab.serve]`` ``latency_budget_ms`` (the whole request), ``store_timeout_ms``
+    (its online store reads) and ``model_timeout_ms`` (its predict); 0: not bounded."""
+
+    latency_ms: float = 0.0
+    store_timeout_ms: float = 0.0
+    model_timeout_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value in (("latency_budget_ms", self.latency_ms), ("store_timeout_ms", self.store_timeout_ms),
+                            ("model_timeout_ms", self.model_timeout_ms)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0:
+                raise ConfigError(f"[tool.lab.serve] {name} must be a number of milliseconds, 0 (none) or more, "
+                                  f"got {value!r}")
+
+    @property
+    def bounded(self) -> bool:
+        return bool(self.latency_ms or self.store_timeout_ms or self.model_timeout_ms)
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    # Work nobody waits for any more (timed out): read its outcome so asyncio does not
+    # report an exception that was never retrieved.
+    if not future.cancelled():
+        future.exception()
+
+
+class _Failed(Exception):
+    def __init__(self, dependency: str, error: BaseException, assembled: Any = None):
+        super().__init__(str(error))
+        self.dependency, self.error, self.assembled = dependency, error, assembled
+
+
+async def score_bounded(limit: ScoringLimit, budget: Budget, started: float,
+                        assemble: Callable[[], Any], predict: Callable[[Any], float]) -> tuple[Any, float]:
+    """``(assembled, score)`` of one request, scored on ``limit``'s pool: ``assemble()``
+    reads the stores, ``predict(assembled)`` runs the model. Each phase waits at most its
+    timeout and never past ``started`` (a ``time.perf_counter()``) plus the latency
+    budget. Raises ``Busy`` (queue full) or ``Unscored`` (a timeout, or a phase raised);
+    work that timed out runs on and keeps its slot until it ends."""
+    clock = time.perf_counter
+    deadline = started + budget.latency_ms / 1000 if budget.latency_ms else None
+
+    def wait_for(cap_ms: float, setting: str = "") -> tuple[float | None, str]:
+        """Seconds this phase may still wait, and which setting bounds it."""
+        cap = cap_ms / 1000 if cap_ms else None
+        rest = deadline - clock() if deadline is not None else None
+        if rest is not None and (cap is None or rest < cap):
+            return max(rest, 0.0), f"the rest of the latency budget ([tool.lab.serve] latency_budget_ms={budget.latency_ms:g})"
+        return cap, f"[tool.lab.serve] {setting}={cap_ms:g}"
+
+    seconds, bound = wait_for(0.0)
+    try:
+        await limit.acquire(timeout=seconds)
+    except TimeoutError:
+        raise Unscored("queue_timeout", None, f"no scoring slot came free within {bound}") from None
+    loop = asyncio.get_running_loop()
+    stored = loop.create_future()
+
+    def work():
+        try:
+            assembled = assemble()
+        except Exception as exc:  # noqa: BLE001 - every store failure is the store's, whatever its type
+            raise _Failed("store", exc) from exc
+        loop.call_soon_threadsafe(_settle, stored, assembled)
+        try:
+            return assembled, predict(assembled)
+        except Exception as exc:  # noqa: BLE001
+            raise _Failed("model", exc, assembled) from exc
+
+    running = limit.run(work)
+    running.add_done_callback(_retrieve)
+    seconds, bound = wait_for(budget.store_timeout_ms, "store_timeout_ms")
+    done, _ = await asyncio.wait({stored, running}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    if not done:
+        raise Unscored("store_timeout", "store", f"the online store did not answer within {bound}")
+    if not running.done():
+        seconds, bound = wait_for(budget.model_timeout_ms, "model_timeout_ms")
+        done, _ = await asyncio.wait({running}, timeout=seconds)
+        if not done:
+            raise Unscored("model_timeout", "model", f"the model did not answer within {bound}", stored.result())
+    try:
+        return running.result()
+    except _Failed as failed:
+        raise Unscored(f"{failed.dependency}_error", failed.dependency, str(failed.error) or type(failed.error).__name__,
+                       failed.assembled, failed.error) from None
+
+
+def score_inline(assemble: Callable[[], Any], predict: Callable[[Any], float]) -> tuple[Any, float]:
+    """``(assembled, score)`` on the calling thread (the event loop); a phase that raises
+    becomes ``Unscored`` (``store_error`` or ``model_error``) as on the pool."""
+    try:
+        assembled = assemble()
+    except Exception as exc:  # noqa: BLE001
+        raise Unscored("store_error", "store", str(exc) or type(exc).__name__, None, exc) from None
+    try:
+        return assembled, predict(assembled)
+    except Exception as exc:  # noqa: BLE001
+        raise Unscored("model_error", "model", str(exc) or type(exc).__name__, assembled, exc) from None

@@ -94,6 +94,10 @@ class ServerMetrics:
             "scoring slot taken and the queue full; the answer carries Retry-After)", ["reason"],
             registry=registry)
         self.busy.labels("queue_full")
+        self.fallbacks = Counter(
+            "lab_fallbacks", "POST /predict answered the model's declared fallback score (flagged in the "
+            "response and the ledger), by reason: store_timeout, model_timeout, store_error, model_error, "
+            "queue_timeout", ["reason"], registry=registry)
         self.state_collector = StateCollector(state)
         registry.register(self.state_collector)
         ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends (Linux /proc)
@@ -122,6 +126,9 @@ class ServerMetrics:
     def rejected(self, reason: str) -> None:
         """``reason``: ``queue_full``."""
         self.busy.labels(reason).inc()
+
+    def fallback(self, reason: str) -> None:
+        self.fallbacks.labels(reason).inc()
 
     def features(self, defaults: dict[str, bool], freshness: dict[str, Any]) -> None:
         """Count one prediction's views served defaults, stale or from its future

@@ -100,7 +100,13 @@ class Prediction(msgspec.Struct):
 
     ``defaults``, ``feature_age_seconds``, ``stale`` and ``future`` are by feature view:
     a view whose values were unknown for the entity, past its ttl (``stale``) or dated
-    after the request (``future``: a back-dated request) was served its defaults."""
+    after the request (``future``: a back-dated request) was served its defaults.
+
+    ``fallback`` is True when ``score`` is the model's declared fallback, not a
+    prediction: a store or the model failed or did not answer within the latency budget
+    (``fallback_reason`` says which: ``store_timeout``, ``model_timeout``, ``store_error``,
+    ``model_error``, ``queue_timeout``). ``features`` then holds what was assembled, if
+    the store answered, else nothing."""
 
     request_id: str
     event_id: int | str
@@ -115,6 +121,8 @@ class Prediction(msgspec.Struct):
     latency_ms: float
     flag: str | None = None
     variant: str | None = None
+    fallback: bool = False
+    fallback_reason: str | None = None
 
 
 class ErrorBody(msgspec.Struct):
@@ -143,9 +151,11 @@ class ServerStats(msgspec.Struct):
     """Counters since start: predictions served, requests refused as not ready, the
     ledger's appended, written, dropped (queue full), failed, commits and queued right
     now, and ``features``: requests served some view's defaults because its values were
-    past the ttl (``stale``) or dated after the request (``future``)."""
+    past the ttl (``stale``) or dated after the request (``future``); ``fallbacks``: answers
+    that were the model's declared fallback, by reason (not counted in ``predictions``)."""
 
     predictions: int
     not_ready: int
     ledger: dict[str, int]
     features: dict[str, int]
+    fallbacks: dict[str, int] = {}

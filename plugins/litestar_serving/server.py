@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import socket
 import sys
 
@@ -53,6 +54,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more milliseconds, got {text}")
+    return value
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     # Also accepted after the subcommand (`lab serve --root DIR`); `lab` reads it before parsing.
     p.add_argument("--root", default=argparse.SUPPRESS, help="project folder (as `lab --root`)")
@@ -76,6 +87,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=_count, metavar="Q",
                    help="at most Q requests wait for a scoring slot; one more is answered 503 with Retry-After "
                         "(default: [tool.lab.serve] max_queue, 64)")
+    p.add_argument("--latency-budget-ms", type=_milliseconds, metavar="MS",
+                   help="answer within MS milliseconds: past it the model's declared fallback, flagged, or 503 "
+                        "when it declares none; needs --max-concurrency (default: [tool.lab.serve] "
+                        "latency_budget_ms, 0: none)")
 
 
 def check_servable(config, model_name: str, alias: str):
@@ -156,7 +171,7 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     _set_threads(args.threads)
     app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias, flag=args.flag, host=host,
                      allow_empty_store=args.allow_empty_store, max_concurrency=args.max_concurrency,
-                     max_queue=args.max_queue)
+                     max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms)
     print(f"lab serve: {what} on http://{host}:{port} "
           f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
