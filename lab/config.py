@@ -68,6 +68,8 @@ class ServeConfig:
     latency_budget_ms: float = 0.0  # per request: past it, the model's fallback (flagged); 0: none
     store_timeout_ms: float = 0.0  # the online store reads of one request; 0: only the budget bounds them
     model_timeout_ms: float = 0.0  # the model's predict for one request; 0: only the budget bounds it
+    breaker_failures: int = 5  # consecutive failures/timeouts of the store or the model that open its breaker; 0: none
+    breaker_open_s: float = 5.0  # how long an open breaker sends requests to the fallback before a probe
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The model server stays bounded and answers under faults: a concurrency limit with a
 bounded queue (503 + Retry-After when full); a latency budget and timeouts past which a
-request gets the model's declared fallback, flagged (or 503 when it declares none).
+request gets the model's declared fallback, flagged (or 503 when it declares none); a
+circuit breaker per dependency (the online store, the model).
 
 A tiny meter lab declared here (one view, a text id) serves a test-only model flavor
 whose predict sleeps as long as the test says: a model made slow on purpose, with no
@@ -33,6 +34,7 @@ from lab.registry import Registry
 from lab.serving.ledger import read_predictions
 from lab.training.flavor import FitResult, ModelFlavor
 from plugins.litestar_serving import create_app
+from plugins.litestar_serving.breaker import CircuitBreaker
 from plugins.litestar_serving.limits import Busy, ScoringLimit
 from tests.conftest import write_pyproject
 
@@ -379,3 +381,92 @@ def test_the_budget_needs_the_pool_and_sane_values(meter_lab):
 def test_a_fallback_must_be_a_finite_number(value):
     with pytest.raises(ConfigError, match="fallback must be a finite number"):
         dataclasses.replace(METER, fallback=value)
+
+
+# -- 3. a circuit breaker per dependency --------------------------------------------------
+
+
+def test_a_breaker_opens_after_k_failures_half_opens_after_t_and_a_probe_decides():
+    now = [0.0]
+    breaker = CircuitBreaker("model", 2, 10.0, clock=lambda: now[0])
+    breaker.failure("boom")
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.success()  # consecutive: a success starts the count again
+    breaker.failure("boom")
+    breaker.failure("boom")
+    assert breaker.state == "open" and not breaker.allow() and breaker.opened == 1
+    assert breaker.retry_after_s() == 10 and "open after 2 consecutive" in breaker.describe()
+    now[0] = 10.0
+    assert breaker.state == "half_open"
+    assert breaker.allow() and not breaker.allow()  # one probe at a time
+    breaker.failure("still down")
+    assert breaker.state == "open" and breaker.opened == 2
+    now[0] = 20.0
+    assert breaker.allow()
+    now[0] = 31.0  # a probe that never reported is replaced after T
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
+    off = CircuitBreaker("store", 0, 1.0)
+    for _ in range(10):
+        off.failure("x")
+    assert off.state == "closed"
+    with pytest.raises(ConfigError, match="breaker_open_s must be a number of seconds above 0"):
+        CircuitBreaker("store", 3, 0)
+
+
+def test_an_unreadable_online_store_gives_flagged_fallbacks_and_opens_its_breaker(meter_lab):
+    text = (meter_lab / "pyproject.toml").read_text()
+    (meter_lab / "pyproject.toml").write_text(text + "\n[tool.lab.serve]\nbreaker_failures = 2\nbreaker_open_s = 0.5\n")
+    store = meter_lab / "data" / "online.db"
+    good = store.read_bytes()
+    with serve(meter_lab, WITH_FALLBACK, max_concurrency=2, latency_budget_ms=500) as client:
+        wait_ready(client)
+        for extra in ("-wal", "-shm"):
+            Path(f"{store}{extra}").unlink(missing_ok=True)
+        store.write_bytes(b"this is not a database at all " * 200)  # unreadable from now on
+        answers = [client.post("/predict", json=reading(i)) for i in range(4)]
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        reasons = [a.json()["fallback_reason"] for a in answers]
+        assert reasons == ["store_error", "store_error", "store_circuit_open", "store_circuit_open"]
+        assert all(a.json()["fallback"] and a.json()["score"] == 0.25 for a in answers)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert any("circuit breaker of the online store is open" in w for w in ready.json()["warnings"])
+        samples = scrape(client)
+        assert samples[("lab_circuit_state", (("dependency", "store"), ("state", "open")))] == 1
+        assert samples[("lab_circuit_state", (("dependency", "model"), ("state", "closed")))] == 1
+        assert samples[("lab_circuit_opened_total", (("dependency", "store"),))] == 1
+        assert samples[("lab_fallbacks_total", (("reason", "store_circuit_open"),))] == 2
+        store.write_bytes(good)  # the store is back; after T a probe finds it and closes the breaker
+        time.sleep(0.6)
+        probe = client.post("/predict", json=reading(9)).json()
+        assert probe["fallback"] is False and probe["features"]["METER_MEAN_1D"] == 80.0
+        assert client.get("/readyz").json()["warnings"] == []
+        assert client.app.state.serving.ledger.flush()
+        rows = read_predictions(meter_lab / "data" / "ledger.db")
+        assert [r["fallback"] for r in rows] == reasons + [None]
+
+
+def test_an_open_model_breaker_stops_calling_the_model_and_without_a_fallback_says_503(meter_lab):
+    calls = []
+    original = SleepyModel.predict
+
+    def counted(self, features):
+        calls.append(1)
+        return original(self, features)
+
+    text = (meter_lab / "pyproject.toml").read_text()
+    (meter_lab / "pyproject.toml").write_text(text + "\n[tool.lab.serve]\nbreaker_failures = 3\nbreaker_open_s = 30\n")
+    with serve(meter_lab, max_concurrency=1, model_timeout_ms=50) as client:
+        wait_ready(client)
+        SleepyModel.predict = counted
+        try:
+            SLOW["model_s"] = 0.15
+            codes = [client.post("/predict", json=reading(i)) for i in range(5)]
+        finally:
+            SleepyModel.predict = original
+        assert [c.status_code for c in codes] == [503] * 5
+        assert "model_timeout" in codes[0].json()["detail"]
+        assert "model_circuit_open" in codes[4].json()["detail"] and int(codes[4].headers["retry-after"]) >= 29
+        assert len(calls) == 3  # the open breaker never called it again

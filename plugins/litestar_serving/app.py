@@ -66,6 +66,7 @@ from lab.registry import Registry
 from lab.serving.ledger import Ledger, PredictionRecord
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
+from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
 from plugins.litestar_serving.errors import RequestErrors, host_guard
 from plugins.litestar_serving.limits import Budget, Busy, ScoringLimit, Unscored, score_bounded, score_inline
 from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
@@ -111,6 +112,8 @@ class ServingState:
     limit: ScoringLimit = field(default_factory=lambda: ScoringLimit(0, 0))  # scoring slots and queue
     budget: Budget = field(default_factory=Budget)  # latency budget and timeouts; enforced on the pool
     fallbacks: dict[str, int] = field(default_factory=dict)  # fallback answers by reason
+    breakers: tuple[CircuitBreaker, CircuitBreaker] = field(  # (online store, model)
+        default_factory=lambda: (CircuitBreaker("store", 0, 1.0), CircuitBreaker("model", 0, 1.0)))
 
 
 def request_time(value: dt.datetime) -> dt.datetime:
@@ -333,6 +336,22 @@ class _NoFeatures:
 _NOTHING = _NoFeatures()
 
 
+def _record(breakers: tuple[CircuitBreaker, CircuitBreaker], miss: Unscored | None) -> None:
+    """Tell the breakers how a request's calls went: both answered (``miss`` None), or
+    the store or the model failed or timed out (the store answered first, then)."""
+    store, model = breakers
+    if miss is None:
+        store.success()
+        model.success()
+    elif miss.reason.endswith("_circuit_open") or miss.dependency is None:
+        return  # not called, or never reached (no slot in time)
+    elif miss.dependency == "store":
+        store.failure(miss.detail)
+    else:
+        store.success()
+        model.failure(miss.detail)
+
+
 def _unscored(serving: ServingState, miss: Unscored, what: str) -> str:
     """The fallback reason for ``miss``, counted and logged; or the 503 (or, for a bug
     with no fallback declared, the original exception) when the spec declares none."""
@@ -343,7 +362,9 @@ def _unscored(serving: ServingState, miss: Unscored, what: str) -> str:
         serving.not_ready += 1
         if serving.metrics is not None:
             serving.metrics.not_ready("cannot_score")
-        raise ServiceUnavailableException(detail=f"cannot score now ({miss.reason}): {miss.detail}")
+        raise ServiceUnavailableException(
+            detail=f"cannot score now ({miss.reason}): {miss.detail}",
+            headers={"Retry-After": str(miss.retry_after)} if miss.retry_after else None)
     if miss.error is not None and not isinstance(miss.error, LabError):
         log.error("fallback for %s (%s)", what, miss.reason, exc_info=miss.error)
     else:
@@ -381,6 +402,10 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             if serving.router is not None:
                 route, flag = serving.router.route(fields[serving.unit])
                 model, version, variant = route.model, route.version, route.variant
+            for breaker in serving.breakers:  # open: straight to the fallback, the dependency not called
+                if not breaker.allow():
+                    raise Unscored(f"{breaker.name}_circuit_open", breaker.name, breaker.describe(),
+                                   retry_after=breaker.retry_after_s())
 
             def assemble():
                 return assembler.assemble(fields, when)
@@ -393,6 +418,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
                 assembled, score = await score_bounded(limit, serving.budget, started, assemble, predict_one)
             else:
                 assembled, score = score_inline(assemble, predict_one)
+            _record(serving.breakers, None)
         except Busy as exc:
             if serving.metrics is not None:
                 serving.metrics.rejected("queue_full")
@@ -411,6 +437,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             # input: the declared fallback, flagged; with none declared, a 503 with the reason.
             if variant is not None:
                 serving.router.count(variant, failed=True)
+            _record(serving.breakers, miss)
             fallback = _unscored(serving, miss, f"{schema.title} {event_id}")
             assembled, score = miss.assembled or _NOTHING, serving.spec.fallback
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -504,7 +531,7 @@ class HealthController(Controller):
         body = Readiness(
             ready=serving.ready, reason=serving.reason, model=serving.model_name, alias=serving.alias,
             model_version=serving.version.version if serving.version is not None else None,
-            warnings=list(serving.warnings),
+            warnings=list(serving.warnings) + [b.describe() for b in serving.breakers if b.state != CLOSED],
         )
         return Response(body, status_code=200 if serving.ready else 503)
 
@@ -657,12 +684,14 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     budget = Budget(serve.latency_budget_ms if latency_budget_ms is None else latency_budget_ms,
                     serve.store_timeout_ms if store_timeout_ms is None else store_timeout_ms,
                     serve.model_timeout_ms if model_timeout_ms is None else model_timeout_ms)
+    breakers = tuple(CircuitBreaker(name, serve.breaker_failures, serve.breaker_open_s)
+                     for name in ("store", "model"))
     if budget.bounded and not limit.pooled:
         raise ConfigError("[tool.lab.serve] latency_budget_ms, store_timeout_ms and model_timeout_ms are enforced "
                           "on the scoring pool: set max_concurrency to 1 or more (--max-concurrency N) as well")
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
                          allow_empty_store=allow_empty_store, limit=limit,
-                         budget=budget)
+                         budget=budget, breakers=breakers)
     if flag:
         state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
     struct = request_type(spec.request)

@@ -146,15 +146,16 @@ class ScoringLimit:
 class Unscored(Exception):
     """A request could not be scored in time or at all. ``reason`` is what the response,
     the ledger and ``lab_fallbacks_total`` name (``store_timeout``, ``model_timeout``,
-    ``store_error``, ``model_error``, ``queue_timeout``); ``dependency`` is ``store``,
+    ``store_error``, ``model_error``, ``queue_timeout``, ``store_circuit_open``,
+    ``model_circuit_open``); ``dependency`` is ``store``,
     ``model`` or None (waiting for a slot); ``assembled`` the features when the store
     phase ended; ``error`` the exception a dependency raised (None for a timeout)."""
 
     def __init__(self, reason: str, dependency: str | None, detail: str, assembled: Any = None,
-                 error: BaseException | None = None):
+                 error: BaseException | None = None, retry_after: int | None = None):
         super().__init__(detail)
         self.reason, self.dependency, self.detail = reason, dependency, detail
-        self.assembled, self.error = assembled, error
+        self.assembled, self.error, self.retry_after = assembled, error, retry_after
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class ServerMetrics:
         self.fallbacks = Counter(
             "lab_fallbacks", "POST /predict answered the model's declared fallback score (flagged in the "
             "response and the ledger), by reason: store_timeout, model_timeout, store_error, model_error, "
-            "queue_timeout", ["reason"], registry=registry)
+            "queue_timeout, store_circuit_open, model_circuit_open", ["reason"], registry=registry)
         self.state_collector = StateCollector(state)
         registry.register(self.state_collector)
         ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends (Linux /proc)
@@ -225,6 +225,11 @@ class StateCollector(Collector):
                               "[tool.lab.serve] max_concurrency; an autoscaling signal)"),
             GaugeMetricFamily("lab_queue_depth", "Requests waiting for a scoring slot now (at most "
                               "[tool.lab.serve] max_queue; an autoscaling signal)"),
+            GaugeMetricFamily("lab_circuit_state", "The circuit breaker of each dependency (store, model): 1 "
+                              "for its current state (closed, open, half_open), 0 for the others",
+                              labels=["dependency", "state"]),
+            CounterMetricFamily("lab_circuit_opened", "Times each dependency's circuit breaker opened",
+                                labels=["dependency"]),
             GaugeMetricFamily("lab_cuda_memory_allocated_bytes", "CUDA memory held by tensors, by device "
                               "(only when torch is imported and CUDA is available)", labels=["device"]),
             GaugeMetricFamily("lab_cuda_memory_reserved_bytes", "CUDA memory reserved by torch's caching "
@@ -232,7 +237,8 @@ class StateCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        ready, info, records, commits, depth, lag, scoring, queued, allocated, reserved = self._families()
+        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, allocated,
+         reserved) = self._families()
         state = self.state
         ready.add_metric([], 1.0 if state.ready else 0.0)
         yield ready
@@ -245,6 +251,14 @@ class StateCollector(Collector):
             scoring.add_metric([], limit.scoring)
             queued.add_metric([], limit.waiting)
             yield from (scoring, queued)
+        breakers = getattr(state, "breakers", ())
+        if breakers:
+            for breaker in breakers:
+                now = breaker.state
+                for name in ("closed", "open", "half_open"):
+                    circuit.add_metric([breaker.name, name], 1.0 if name == now else 0.0)
+                opened.add_metric([breaker.name], breaker.opened)
+            yield from (circuit, opened)
         ledger = state.ledger
         if ledger is not None:
             stats = ledger.stats()

@@ -105,8 +105,9 @@ class Prediction(msgspec.Struct):
     ``fallback`` is True when ``score`` is the model's declared fallback, not a
     prediction: a store or the model failed or did not answer within the latency budget
     (``fallback_reason`` says which: ``store_timeout``, ``model_timeout``, ``store_error``,
-    ``model_error``, ``queue_timeout``). ``features`` then holds what was assembled, if
-    the store answered, else nothing."""
+    ``model_error``, ``queue_timeout``), or its circuit breaker is open
+    (``store_circuit_open``, ``model_circuit_open``). ``features`` then holds what was
+    assembled, if the store answered, else nothing."""
 
     request_id: str
     event_id: int | str
