@@ -317,7 +317,7 @@ def test_a_slow_model_answers_within_budget_with_a_flagged_fallback(meter_lab):
         stats = client.get("/stats").json()
         assert stats["fallbacks"] == {"model_timeout": 1} and stats["predictions"] == 0
         assert client.app.state.serving.ledger.flush()
-        rows = read_predictions(meter_lab / "data" / "ledger.db")
+        rows = read_predictions(meter_lab / "data" / "ledger.db", include_fallbacks=True)
         row = next(r for r in rows if r["request_id"] == "slow-1")
         assert row["fallback"] == "model_timeout" and row["score"] == 0.25
         SLOW["model_s"] = 0.0
@@ -444,8 +444,10 @@ def test_an_unreadable_online_store_gives_flagged_fallbacks_and_opens_its_breake
         assert probe["fallback"] is False and probe["features"]["METER_MEAN_1D"] == 80.0
         assert client.get("/readyz").json()["warnings"] == []
         assert client.app.state.serving.ledger.flush()
-        rows = read_predictions(meter_lab / "data" / "ledger.db")
+        rows = read_predictions(meter_lab / "data" / "ledger.db", include_fallbacks=True)
         assert [r["fallback"] for r in rows] == reasons + [None]
+        # Readers of predictions (quality, guardrails, training from logs) never see a fallback as one.
+        assert [r["event_id"] for r in read_predictions(meter_lab / "data" / "ledger.db")] == ["m-9"]
 
 
 def test_an_open_model_breaker_stops_calling_the_model_and_without_a_fallback_says_503(meter_lab):

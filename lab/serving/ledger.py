@@ -342,6 +342,7 @@ def read_predictions(
     since: str | None = None,
     until: str | None = None,
     limit: int | None = None,
+    include_fallbacks: bool = False,
 ) -> list[dict]:
     """Predictions in the ledger at ``path``, oldest first, with JSON columns decoded.
 
@@ -350,6 +351,10 @@ def read_predictions(
     17 and "17" differ);
     ``since``/``until`` (inclusive, ISO 8601 UTC strings compared with ``at``). With
     ``limit``, the latest ``limit`` matching rows. Works while a server is writing.
+
+    Rows whose ``fallback`` is set hold the model's declared fallback score, not a
+    prediction: they are left out (analysis, quality and training from logs must not
+    read a constant as the model's output) unless ``include_fallbacks``.
     """
     path = Path(path)
     if not path.exists():
@@ -379,6 +384,8 @@ def read_predictions(
                 return []
             where.append(f"{column} = ?")
             params.append(value)
+    if not include_fallbacks and "fallback" in have:
+        where.append("fallback IS NULL")
     # A file not opened by a server since a rename still has the old name; read it as the new.
     renamed = {old: new for old, new in RENAMED_COLUMNS if old in have and new not in have}
     event_column = next((old for old, new in renamed.items() if new == "event_id"), "event_id")
