@@ -12,6 +12,12 @@ With ``max_concurrency`` 0 there is no pool: the server scores on the event loop
 request at a time by construction (the fastest path for a model that answers in well
 under a millisecond), and nothing waits in a queue of ours.
 
+On the pool, ``score_bounded`` also enforces the latency budget and the timeouts
+(``Budget``): the store phase (feature assembly) and the model phase (predict) each wait
+at most their timeout and never past the budget; a phase that times out or raises ends
+as ``Unscored`` with a reason, which the server answers with the model's declared
+fallback, flagged (see docs/serving.md, "Bounded and resilient").
+
 Everything except the pool's threads runs on the event loop; no lock is needed.
 """
 
