@@ -32,7 +32,6 @@ background task follows weight changes without a restart.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 import ipaddress
 import logging
@@ -63,7 +62,8 @@ from lab.experiments.routing import FlagRouter
 from lab.modelspec import ModelSpec
 from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
 from lab.registry import Registry
-from lab.serving.ledger import Ledger, PredictionRecord
+from lab.serving.ledger import Ledger
+from lab.serving.predictor import ledger_record, prediction_fields, request_time
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
 from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
@@ -114,11 +114,6 @@ class ServingState:
     fallbacks: dict[str, int] = field(default_factory=dict)  # fallback answers by reason
     breakers: tuple[CircuitBreaker, CircuitBreaker] = field(  # (online store, model)
         default_factory=lambda: (CircuitBreaker("store", 0, 1.0), CircuitBreaker("model", 0, 1.0)))
-
-
-def request_time(value: dt.datetime) -> dt.datetime:
-    """The time features read from a request's timestamp: its wall clock, offset dropped."""
-    return value.replace(tzinfo=None)
 
 
 def spec_views(spec: ModelSpec, views: dict) -> list:
@@ -380,7 +375,6 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
     from ``spec``: made per app, so Litestar documents and decodes that type."""
     schema = spec.request
     id_field, timestamp = schema.id, schema.timestamp
-    datetimes = tuple(f.name for f in schema.fields if f.type == "datetime")
     source = (f"the online store by {', '.join(schema.entities)}, plus the request-time features of the request"
               if schema.entities else "the request alone")
 
@@ -443,15 +437,9 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         latency_ms = (time.perf_counter() - started) * 1000.0
         if variant is not None and fallback is None:
             serving.router.count(variant, failed=False)
-        fields[timestamp] = sent
-        for name in datetimes:  # as sent, offset included
-            fields[name] = fields[name].isoformat()
-        serving.ledger.append(PredictionRecord(
-            event_id=event_id, model_name=version.name, model_version=version.version,
-            features=assembled.features, defaults=assembled.defaults, score=score,
-            latency_ms=latency_ms, request=fields, request_id=request_id, experiment=flag, variant=variant,
-            fallback=fallback,
-        ))
+        # One record and one answer for the server and the embedded predictor (lab.load_model).
+        serving.ledger.append(ledger_record(schema, fields, sent, version, assembled, score, latency_ms,
+                                            request_id, experiment=flag, variant=variant, fallback=fallback))
         fresh = assembled.freshness
         if fallback is None:
             serving.predictions += 1
@@ -460,16 +448,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
                 serving.metrics.features(assembled.defaults, fresh)
         return Prediction(
             request_id=request_id,
-            event_id=event_id,
-            score=score,
-            model=version.name,
-            model_version=version.version,
-            features=assembled.features,
-            defaults=assembled.defaults,
-            feature_age_seconds={name: f.age_seconds for name, f in fresh.items()},
-            stale={name: f.stale for name, f in fresh.items()},
-            future={name: f.future for name, f in fresh.items()},
-            latency_ms=latency_ms,
+            **prediction_fields(event_id, version, assembled, score, latency_ms),
             flag=flag,
             variant=variant,
             fallback=fallback is not None,
