@@ -17,7 +17,7 @@ from lab import events
 from lab.cli import Context
 from lab.errors import ConfigError
 from lab.experiments.assignment import bucket_ranges, format_ranges
-from lab.experiments.model import Experiment, Variant, check_plan
+from lab.experiments.model import Experiment, Variant, check_plan, parse_named_numbers
 from lab.experiments.store import ExperimentStore
 from lab.registry import Registry
 
@@ -38,20 +38,7 @@ def parse_weights(text: str) -> dict[str, float]:
             if not part.isidentifier():
                 raise ConfigError(f"cannot read {part!r} in {text!r}; {example}, or bare names a,b for an even split")
         return {p: 1.0 / len(parts) for p in parts}
-    weights: dict[str, float] = {}
-    for part in parts:
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        try:
-            weight = float(value) if sep else None
-        except ValueError:
-            weight = None
-        if weight is None or not name:
-            raise ConfigError(f"cannot read {part!r} in {text!r}; {example}")
-        if name in weights:
-            raise ConfigError(f"variant {name!r} appears twice in {text!r}; name each variant once")
-        weights[name] = weight
-    return weights
+    return parse_named_numbers(text, repr(text), example)
 
 
 def parse_payloads(items: list[str], variants: list[str]) -> dict[str, dict]:

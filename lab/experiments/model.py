@@ -71,6 +71,25 @@ def _weight(value: Any, variant: str) -> float:
     return float(value)
 
 
+def parse_named_numbers(text: str, where: str, example: str) -> dict[str, float]:
+    """``"a=0.1,b=0.2"`` as ``{"a": 0.1, "b": 0.2}``, in order (CLI weights and rates). A part
+    that is not ``name=number``, or a name given twice, is a ConfigError quoting ``where``."""
+    numbers: dict[str, float] = {}
+    for part in [p.strip() for p in text.split(",") if p.strip()] or [""]:
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        try:
+            number = float(value) if sep else None
+        except ValueError:
+            number = None
+        if number is None or not name:
+            raise ConfigError(f"cannot read {part!r} in {where}; {example}")
+        if name in numbers:
+            raise ConfigError(f"variant {name!r} appears twice in {where}; name each variant once")
+        numbers[name] = number
+    return numbers
+
+
 def check_weights_sum(weights: Mapping[str, float], where: str) -> None:
     """Raise a ConfigError unless the weights sum to 1 (within ``WEIGHT_TOLERANCE``)."""
     total = math.fsum(weights.values())

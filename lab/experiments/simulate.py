@@ -27,7 +27,7 @@ import polars as pl
 from lab.atomic import atomic_path
 from lab.errors import ConfigError, LabError
 from lab.experiments.assignment import Assigner
-from lab.experiments.model import BUCKETS
+from lab.experiments.model import BUCKETS, parse_named_numbers
 from lab.experiments.outcomes import analysed_experiment, as_naive_utc
 
 MAX_UNITS = 10_000_000
@@ -36,20 +36,7 @@ RATES_FORMAT = "write it as control=0.10,treatment=0.11 (a rate, or a mean with 
 
 def parse_rates(text: str) -> dict[str, float]:
     """``"control=0.10,treatment=0.11"`` as a dict, in order."""
-    rates: dict[str, float] = {}
-    for part in [p.strip() for p in text.split(",") if p.strip()] or [""]:
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        try:
-            rate = float(value) if sep else None
-        except ValueError:
-            rate = None
-        if rate is None or not name:
-            raise ConfigError(f"cannot read {part!r} in --rates {text!r}; {RATES_FORMAT}")
-        if name in rates:
-            raise ConfigError(f"variant {name!r} appears twice in --rates {text!r}; name each variant once")
-        rates[name] = rate
-    return rates
+    return parse_named_numbers(text, f"--rates {text!r}", RATES_FORMAT)
 
 
 def _check(experiment, rates: Mapping[str, float], units: Any, kind: str, std: Any, days: Any) -> None:
