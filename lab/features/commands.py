@@ -96,7 +96,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     import pyarrow.parquet as pq  # pyarrow and polars load only for the commands that use them
 
-    from lab.features.training import training_set  # polars, as above
+    from lab.features.training import model_training_set  # polars, as above
 
     start, end = _date(args.start, "--start"), _date(args.end, "--end")
     if start > end:
@@ -109,10 +109,7 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     spec = model_spec(ctx.pm, config, args.model)
     spec_views = _spec_views(ctx, spec)
     offline = offline_store(ctx)
-    table, digest = training_set(
-        offline, spec_views, start, end, request_features=spec.request_frame,
-        feature_columns=list(spec.features), source=spec.source, id_column=spec.id_column,
-        time_column=spec.time_column, label=spec.label, carry=list(spec.carry))
+    table, digest = model_training_set(offline, spec_views, spec, start, end)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
     shown_path = str(out)

@@ -76,3 +76,12 @@ def training_set(
 
 def _as_date(value) -> dt.date:
     return value.date() if isinstance(value, dt.datetime) else value
+
+
+def model_training_set(offline: OfflineStore, views: Sequence[FeatureView], spec, start: dt.date,
+                       end: dt.date) -> tuple[pa.Table, str]:
+    """``training_set`` for a ``lab.modelspec.ModelSpec``: its source, columns, label, carry
+    and request-time transform (the features step, batch scoring and the CLI share it)."""
+    return training_set(offline, views, start, end, request_features=spec.request_frame,
+                        feature_columns=list(spec.features), source=spec.source, id_column=spec.id_column,
+                        time_column=spec.time_column, label=spec.label, carry=list(spec.carry))

@@ -13,7 +13,7 @@ def features(root, run_dir, *, source_path, train_start, delta_train, delta_dela
     digest, the source digest, the window and the view versions) in the registry."""
     import polars as pl  # data libraries load only in the step that runs
 
-    from lab.features.training import training_set  # polars, pyarrow
+    from lab.features.training import model_training_set  # polars, pyarrow
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)
@@ -21,10 +21,7 @@ def features(root, run_dir, *, source_path, train_start, delta_train, delta_dela
         win = window(train_start, delta_train, delta_delay, delta_test)
         events = pl.read_parquet(ctx.path(source_path))
         source_digest = ctx.offline.write_source(spec.source, events.to_arrow())
-        table, digest = training_set(
-            ctx.offline, views, win.train_start, win.end, request_features=spec.request_frame,
-            feature_columns=list(spec.features), source=spec.source, id_column=spec.id_column,
-            time_column=spec.time_column, label=spec.label, carry=list(spec.carry))
+        table, digest = model_training_set(ctx.offline, views, spec, win.train_start, win.end)
         # The file carries the digest it is recorded under, so train logs that one.
         ctx.write_dataset(TRAINSET, table, digest=digest)
         ctx.registry.record_dataset(

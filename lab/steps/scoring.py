@@ -34,7 +34,7 @@ def batch_score(root, run_dir, *, score_days, model: str | None = None) -> dict:
     import polars as pl
     import pyarrow.compute as pc
 
-    from lab.features.training import training_set
+    from lab.features.training import model_training_set
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)
@@ -49,10 +49,7 @@ def batch_score(root, run_dir, *, score_days, model: str | None = None) -> dict:
             raise LabError(f"source {spec.source!r} holds no events to score; run the features stage first")
         last = latest.date()
         start = last - dt.timedelta(days=score_days - 1)
-        table, digest = training_set(
-            ctx.offline, views_of(ctx, spec), start, last, request_features=spec.request_frame,
-            feature_columns=list(spec.features), source=spec.source, id_column=spec.id_column,
-            time_column=spec.time_column, label=spec.label, carry=list(spec.carry))
+        table, digest = model_training_set(ctx.offline, views_of(ctx, spec), spec, start, last)
         frame = pl.from_arrow(table)
         scores = scorer.predict(frame.select(scorer.feature_names).to_numpy().astype(np.float32))
         out = frame.with_columns(pl.Series("score", scores), pl.lit(champion.version).alias("model_version"))
