@@ -70,6 +70,20 @@ class ServeConfig:
     model_timeout_ms: float = 0.0  # the model's predict for one request; 0: only the budget bounds it
     breaker_failures: int = 5  # consecutive failures/timeouts of the store or the model that open its breaker; 0: none
     breaker_open_s: float = 5.0  # how long an open breaker sends requests to the fallback before a probe
+    predict_auth: str = "open"  # "open": anyone who reaches /predict may call it; "key": an API key with scope predict
+    max_body_bytes: int = 16384  # the largest request body any route accepts; one more byte gets a 413
+    keys: str = "keys.db"  # the API key file (lab keys ...), relative to the project root
+
+    def __post_init__(self) -> None:
+        if self.predict_auth not in PREDICT_AUTH:
+            raise ConfigError(f"[tool.lab.serve] predict_auth must be one of {', '.join(map(repr, PREDICT_AUTH))}, "
+                              f"got {self.predict_auth!r}")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"[tool.lab.serve] max_body_bytes must be 1 or more, got {self.max_body_bytes}")
+
+
+PREDICT_AUTH = ("open", "key")
+"""Who may call /predict (``[tool.lab.serve] predict_auth``; see docs/serving.md, Security)."""
 
 
 @dataclass(frozen=True)
