@@ -87,6 +87,31 @@ PREDICT_AUTH = ("open", "key")
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    stream: str = "events"  # the stream `lab stream run` consumes and `lab stream publish` appends to
+    group: str = "scorer"  # the consumer group; its committed position is kept per stream
+    model: str | None = None  # MODEL@ALIAS (or MODEL@VERSION) to score with; default: model_name@champion
+    batch_size: int = 64  # events in flight at most: read, scored, sent to the sinks, committed, then the next
+    wait_s: float = 1.0  # how long an idle consumer waits for new events per read
+    refresh_s: float = 1.0  # how often the consumer looks the model's alias up again
+    on_model_change: str = "forward"  # "forward": new events get the new version; "rescore": also the backlog since the alias moved
+    sinks: tuple[str, ...] = ()  # side-effect sinks, "module:function", each called with every prediction and its key
+
+    def __post_init__(self) -> None:
+        if self.on_model_change not in MODEL_CHANGE_POLICIES:
+            raise ConfigError(f"[tool.lab.stream] on_model_change must be one of "
+                              f"{', '.join(map(repr, MODEL_CHANGE_POLICIES))}, got {self.on_model_change!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"[tool.lab.stream] batch_size must be 1 or more, got {self.batch_size}")
+        if self.wait_s < 0 or self.refresh_s <= 0:
+            raise ConfigError("[tool.lab.stream] wait_s must be 0 or more and refresh_s more than 0")
+
+
+MODEL_CHANGE_POLICIES = ("forward", "rescore")
+"""What a stream consumer does when its model's alias moves (see docs/streaming.md)."""
+
+
+@dataclass(frozen=True)
 class LabConfig:
     root: Path
     registry: str = "registry.db"
@@ -99,6 +124,7 @@ class LabConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
 
@@ -132,6 +158,10 @@ class LabConfig:
     def ledger_path(self) -> Path:
         return self.data_path / "ledger.db"
 
+    @property
+    def stream_path(self) -> Path:
+        return self.data_path / "stream.db"
+
     def replace(self, **changes: Any) -> "LabConfig":
         return dataclasses.replace(self, **changes)
 
@@ -142,6 +172,7 @@ _SECTIONS = {
     "gate": GateConfig,
     "serve": ServeConfig,
     "experiments": ExperimentsConfig,
+    "stream": StreamConfig,
 }
 
 
