@@ -45,6 +45,12 @@ class TrainConfig:
 class GateConfig:
     metric: str | None = None  # default: the model spec's metric
     min_delta: float = 0.0
+    require_ci: bool = False  # offline: the paired-bootstrap CI's lower bound of the improvement must exceed min_delta
+    confidence: float = 0.95  # of that interval
+    bootstrap_samples: int = 1000  # resamples of the test set for it
+    require_online: str = "none"  # also needed to become champion: "shadow" (met), "experiment" (decided), "either"
+    require_approval: bool = False  # a named approval (`lab approve`) before `lab promote`
+    separate_approver: bool = False  # ... by someone other than the promoter
 
 
 @dataclass(frozen=True)

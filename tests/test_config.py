@@ -100,7 +100,7 @@ def test_an_empty_table_is_present_not_absent(tmp_path):
 def test_an_unknown_key_in_a_core_section_is_still_an_error_beside_plugin_tables(tmp_path):
     write_pyproject(tmp_path, "[tool.lab.x]\nanything = 1\n[tool.lab.gate]\nmin_detla = 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown key\(s\) min_detla in \[tool.lab.gate\]; known keys are: "
-                                          r"metric, min_delta"):
+                                          r"bootstrap_samples, confidence, metric, min_delta"):
         load_config(tmp_path)
 
 

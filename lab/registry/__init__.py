@@ -1,6 +1,6 @@
 """The model registry and tracking store: one SQLite file (``registry.db``) holding runs,
-datasets, sweep trials, model versions, aliases with their append-only history, drift
-scores, pipeline stage records and the audit log.
+datasets, sweep trials, model versions, aliases with their append-only history, shadows,
+approvals and promotion evidence, drift scores, pipeline stage records and the audit log.
 
     from lab.registry import Registry
 
@@ -20,12 +20,17 @@ See docs/registry.md.
 from lab.registry._migrations import MIGRATIONS
 from lab.registry._models import ModelVersion
 from lab.registry._pipeline import STAGE_STATUSES
+from lab.registry._promotion import EVIDENCE_KINDS, ONLINE_REQUIREMENTS, Criterion, PromotionRefused
 from lab.registry._store import RUN_STATUSES, EventHook, Registry
 from lab.registry.base import BaseRegistry
 
 __all__ = [
     "MIGRATIONS",
     "BaseRegistry",
+    "Criterion",
+    "EVIDENCE_KINDS",
+    "ONLINE_REQUIREMENTS",
+    "PromotionRefused",
     "RUN_STATUSES",
     "STAGE_STATUSES",
     "EventHook",

@@ -114,10 +114,40 @@ def stage_output_digests(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE stage_records ADD COLUMN output_digests TEXT")
 
 
+def promotion_evidence(conn: sqlite3.Connection) -> None:
+    """What a promotion rests on, all append-only: shadow runs (``shadow_events``: a
+    ``started`` row, whose id names the shadow, then ``met``, ``expired`` or ``stopped``
+    rows pointing at it), named approvals, and evidence rows (offline confidence
+    intervals, shadow and experiment outcomes). ``alias_events.evidence``: the criteria
+    a promotion was checked against, with the approvals and evidence it used (NULL for
+    moves made before, and for moves no gate checks)."""
+    run_script(conn, """
+        CREATE TABLE "shadow_events" (
+            "id" INTEGER PRIMARY KEY, "shadow_id" INTEGER, "model" TEXT NOT NULL, "version" INTEGER NOT NULL,
+            "action" TEXT NOT NULL, "champion_version" INTEGER, "criteria" TEXT, "report" TEXT,
+            "actor" TEXT NOT NULL, "reason" TEXT, "at" TEXT NOT NULL
+        );
+        CREATE INDEX "idx_shadow_events_model_id" ON "shadow_events" ("model", "id");
+        CREATE TABLE "approvals" (
+            "id" INTEGER PRIMARY KEY, "model" TEXT NOT NULL, "version" INTEGER NOT NULL,
+            "approver" TEXT NOT NULL, "note" TEXT, "actor" TEXT NOT NULL, "at" TEXT NOT NULL
+        );
+        CREATE INDEX "idx_approvals_model_version" ON "approvals" ("model", "version", "id");
+        CREATE TABLE "evidence" (
+            "id" INTEGER PRIMARY KEY, "model" TEXT NOT NULL, "version" INTEGER NOT NULL,
+            "kind" TEXT NOT NULL, "passed" INTEGER NOT NULL, "summary" TEXT NOT NULL, "payload" TEXT,
+            "actor" TEXT NOT NULL, "at" TEXT NOT NULL
+        );
+        CREATE INDEX "idx_evidence_model_version_kind" ON "evidence" ("model", "version", "kind", "id");
+        ALTER TABLE "alias_events" ADD COLUMN "evidence" TEXT;
+    """ + append_only("shadow_events") + append_only("approvals") + append_only("evidence"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_tracking", tracking, legacy_name="0001_tracking"),
     Migration("0002_models_and_aliases", models_and_aliases, legacy_name="0002_models_and_aliases"),
     Migration("0003_drift_and_stages", drift_and_stages, legacy_name="0003_drift_and_stages"),
     Migration("0004_audit_events", audit_events, legacy_name="0004_audit_events"),
     Migration("0005_stage_output_digests", stage_output_digests, legacy_name="0007_stage_output_digests"),
+    Migration("0006_promotion_evidence", promotion_evidence),
 )

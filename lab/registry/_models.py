@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import MODEL_PROMOTED, MODEL_REGISTERED, MODEL_ROLLED_BACK, current_actor
@@ -229,7 +229,7 @@ class ModelCatalog:
             return self._require_version(name, stack[-1]) if stack else None
 
     def _move_alias(self, name: str, alias: str, version: int, action: str, actor: str | None,
-                    reason: str) -> dict | None:
+                    reason: str, check: Callable[[Any, str], dict | None] | None = None) -> dict | None:
         check_alias(alias)
         _check_version(version)
         actor = actor or current_actor()
@@ -238,14 +238,21 @@ class ModelCatalog:
             stack = replay(self._alias_events(name, alias))
             if stack and stack[-1] == version:
                 return None  # already there: a move that moves nothing is not history
+            # The promotion gate, in the same transaction: what it read is what the row records.
+            evidence = check(db, actor) if check is not None else None
             event = {
                 "model": name, "alias": alias, "action": action,
                 "from_version": stack[-1] if stack else None, "to_version": version,
                 "actor": actor, "reason": reason or "", "at": utc_now(),
+                "evidence": dumps(evidence, "promotion evidence") if evidence is not None else None,
             }
             event["id"] = insert(db, "alias_events", event)
-            self._record_event(db, f"alias.{action}", name, {k: event[k] for k in (
-                "alias", "from_version", "to_version", "reason")}, actor)
+            self._record_event(db, f"alias.{action}", name, {
+                **{k: event[k] for k in ("alias", "from_version", "to_version", "reason")},
+                **({"evidence": evidence} if evidence is not None else {})}, actor)
+            if evidence is not None:
+                self._stop_promoted_shadow(db, name, version, actor)
+        event["evidence"] = evidence
         return event
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None,
@@ -255,11 +262,23 @@ class ModelCatalog:
         return self._move_alias(name, alias, version, "set", actor, reason)
 
     def promote(self, name: str, version: int, *, alias: str = "champion", actor: str | None = None,
-                reason: str = "") -> dict | None:
+                reason: str = "", gate: Any = None, force: bool = False,
+                notes: dict[str, str] | None = None) -> dict | None:
         """Make ``version`` the ``alias`` (champion by default; action "promote"); returns
         the event row, whose ``from_version`` is the version it replaced, or None when
-        ``version`` already is the ``alias`` (then nothing is written or announced)."""
-        event = self._move_alias(name, alias, version, "promote", actor, reason)
+        ``version`` already is the ``alias`` (then nothing is written or announced).
+
+        A promotion to champion is checked first (``promotion_criteria``): the version's
+        shadow, if it had one, must have met its exit criteria, and ``gate`` (a
+        ``GateConfig``: offline CI, online evidence, approval) must hold. Otherwise
+        ``PromotionRefused`` names what is unmet, unless ``force`` (with a ``reason``).
+        What was checked, and whether it was overridden, is stored in the event
+        (``evidence``); ``notes`` may give a fresher account of a criterion for the message."""
+        check = None
+        if alias == "champion":
+            def check(db, who):
+                return self._promotion_evidence(db, name, version, gate, who, force, reason, notes)
+        event = self._move_alias(name, alias, version, "promote", actor, reason, check)
         if event is None:
             return None
         self._notify(MODEL_PROMOTED, {"model": name, "version": version, "alias": alias, "previous": event["from_version"]})
@@ -284,7 +303,7 @@ class ModelCatalog:
             self._require_version(name, target)
             event = {
                 "model": name, "alias": alias, "action": "rollback", "from_version": current,
-                "to_version": target, "actor": actor, "reason": reason or "", "at": utc_now(),
+                "to_version": target, "actor": actor, "reason": reason or "", "at": utc_now(), "evidence": None,
             }
             event["id"] = insert(db, "alias_events", event)
             self._record_event(db, "alias.rollback", name, {
@@ -294,12 +313,14 @@ class ModelCatalog:
 
     def alias_history(self, name: str, alias: str | None = None) -> list[dict]:
         """Alias events of a model (optionally one alias), oldest first: id, model, alias,
-        action, from_version, to_version, actor, reason, at."""
+        action, from_version, to_version, actor, reason, at, evidence (what a promotion
+        to champion was checked against; None for other moves)."""
         if alias is not None:
             check_alias(alias)
         with self._db.read():
             self._require_model(name)
-            return self._require_alias(name, alias) if alias is not None else self._alias_events(name)
+            rows = self._require_alias(name, alias) if alias is not None else self._alias_events(name)
+        return [{**r, "evidence": loads(r.get("evidence"), None)} for r in rows]
 
     def alias_at(self, name: str, alias: str, when: str | dt.datetime | dt.date) -> ModelVersion | None:
         """The version ``alias`` pointed to at ``when`` (None if unset then). A naive time

@@ -1,6 +1,7 @@
 """The registry: one SQLite file holding tracking runs, datasets, sweep trials and the
-audit log; model versions and aliases come from ``ModelCatalog`` (``_models.py``), stage
-records and drift scores from ``PipelineRecords`` (``_pipeline.py``).
+audit log; model versions and aliases come from ``ModelCatalog`` (``_models.py``), shadows,
+approvals, evidence and the promotion gate from ``PromotionRecords`` (``_promotion.py``),
+stage records and drift scores from ``PipelineRecords`` (``_pipeline.py``).
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, so a failed call writes nothing and
 two processes never get the same version number.
@@ -21,6 +22,7 @@ from lab.registry._db import as_float, dumps, from_real, loads, require_dict, re
 from lab.registry._migrations import MIGRATIONS, OWNER
 from lab.registry._models import ModelCatalog, ModelVersion
 from lab.registry._pipeline import STAGE_STATUSES, PipelineRecords
+from lab.registry._promotion import PromotionRecords
 from lab.sqlite import Database, insert, insert_many
 
 RUN_STATUSES = ("running", "finished", "failed", "killed")
@@ -29,7 +31,7 @@ EventHook = Callable[[str, dict], None]
 """``on_event(name, payload)``: called after a model is registered, promoted or rolled back."""
 
 
-class Registry(ModelCatalog, PipelineRecords, BaseRegistry):
+class Registry(ModelCatalog, PromotionRecords, PipelineRecords, BaseRegistry):
     """Tracking store and model registry over one SQLite file (WAL mode).
 
     Open with ``Registry.open(path)``; use as a context manager or call ``close()``.

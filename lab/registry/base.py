@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from typing import Any
 
 from lab.registry._models import ModelVersion
 
@@ -142,8 +143,11 @@ class BaseRegistry(abc.ABC):
 
     @abc.abstractmethod
     def promote(self, name: str, version: int, *, alias: str = "champion", actor: str | None = None,
-                reason: str = "") -> dict | None:
-        """Make ``version`` the ``alias``; the event row, or None when it already is."""
+                reason: str = "", gate: Any = None, force: bool = False,
+                notes: dict[str, str] | None = None) -> dict | None:
+        """Make ``version`` the ``alias``; the event row, or None when it already is. To
+        champion, only when ``promotion_criteria`` hold (else ``PromotionRefused``, unless
+        ``force`` with a ``reason``); the event's ``evidence`` records what was checked."""
 
     @abc.abstractmethod
     def rollback(self, name: str, *, alias: str = "champion", actor: str | None = None,
@@ -162,6 +166,57 @@ class BaseRegistry(abc.ABC):
     def lineage(self, name: str, version: int) -> dict:
         """The walk from a version to its run and input data: ``model``, ``aliases``,
         ``run``, ``data``."""
+
+    # -- shadows, approvals, evidence: what a promotion rests on ---------------------------
+
+    @abc.abstractmethod
+    def start_shadow(self, name: str, version: int, criteria: dict, *, actor: str | None = None,
+                     reason: str = "") -> dict:
+        """Start shadowing ``version`` against the champion with exit ``criteria``; one per model."""
+
+    @abc.abstractmethod
+    def end_shadow(self, name: str, shadow_id: int, action: str, *, report: dict | None = None,
+                   actor: str | None = None, reason: str = "") -> dict | None:
+        """Record a shadow ``met``, ``expired`` or ``stopped``; None when that changes nothing."""
+
+    @abc.abstractmethod
+    def shadows(self, name: str) -> list[dict]:
+        """Every shadow of a model (replayed from its rows), oldest first."""
+
+    @abc.abstractmethod
+    def active_shadow(self, name: str) -> dict | None:
+        """The shadow still mirrored (running or met), or None."""
+
+    @abc.abstractmethod
+    def get_shadow(self, name: str, shadow_id: int | None = None) -> dict:
+        """One shadow (default: the latest); ``NotFound`` when there is none."""
+
+    @abc.abstractmethod
+    def approve(self, name: str, version: int, *, approver: str, note: str = "",
+                actor: str | None = None) -> dict:
+        """Record a named approval of ``version`` becoming champion."""
+
+    @abc.abstractmethod
+    def approvals(self, name: str, version: int | None = None) -> list[dict]:
+        """Approvals of a model (one version's if given), oldest first."""
+
+    @abc.abstractmethod
+    def record_evidence(self, name: str, version: int, *, kind: str, passed: bool, summary: str,
+                        payload: dict | None = None, actor: str | None = None) -> dict:
+        """Record evidence about a version (offline, shadow, experiment) and whether it passed."""
+
+    @abc.abstractmethod
+    def evidence(self, name: str, version: int | None = None, kind: str | None = None) -> list[dict]:
+        """Evidence rows, oldest first."""
+
+    @abc.abstractmethod
+    def promotion_criteria(self, name: str, version: int, gate: Any = None, *,
+                           actor: str | None = None) -> list:
+        """The ``Criterion`` list promoting ``version`` to champion is checked against now."""
+
+    @abc.abstractmethod
+    def model_history(self, name: str) -> list[dict]:
+        """Alias moves, shadows, approvals and evidence of a model, oldest first."""
 
     # -- drift and pipeline bookkeeping ---------------------------------------------------
 
