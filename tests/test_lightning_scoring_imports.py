@@ -71,3 +71,42 @@ def test_importing_the_plugin_imports_neither_torch_nor_lightning():
         f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & {{*{LIGHTNING!r}, 'torch'}})))\n"
     )
     assert loaded == []
+
+
+# Loads each folder in argv[2:], scores the first 64 rows of argv[1] (.npy) and saves the
+# scores, then prints whether torch is imported; then scores all rows (torch's batch path).
+SMALL_THEN_LARGE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from lab.plugins import make_plugin_manager, model_flavor
+
+    flavor = model_flavor(make_plugin_manager(), "lightning_mlp")
+    rows = np.load(sys.argv[1])
+    models = [flavor.load(path) for path in sys.argv[2:]]
+    for path, model in zip(sys.argv[2:], models):
+        np.save(path + ".small.npy", np.concatenate([model.predict(rows[i:i + 1]) for i in range(64)]))
+        np.save(path + ".batch.npy", model.predict(rows[:64]))
+    small = "torch" in sys.modules
+    for path, model in zip(sys.argv[2:], models):
+        np.save(path + ".large.npy", model.predict(rows))
+    print(json.dumps([small, "torch" in sys.modules]))
+""")
+
+
+def test_a_model_with_a_numpy_forward_loads_and_scores_small_batches_without_torch(tmp_path):
+    # The server scores one row at a time: it starts without torch (about a second) and
+    # gives the scores the torch-built model gives; a large batch then brings torch in.
+    rows = tiny_fraud_data(300)[2]
+    np.save(tmp_path / "rows.npy", rows)
+    models = {task: a_model(rows, task) for task in ("classification", "regression")}
+    for task, model in models.items():
+        LightningMLP().save(model, tmp_path / task)
+
+    small, large = fresh_python(SMALL_THEN_LARGE, tmp_path / "rows.npy", *(tmp_path / task for task in models))
+    assert (small, large) == (False, True)
+    for task in models:
+        reference = LightningMLP().load(tmp_path / task).torch_scorer()  # the MLPScorer of the same folder
+        assert np.array_equal(np.load(tmp_path / f"{task}.small.npy"),
+                              np.concatenate([reference.predict(rows[i:i + 1]) for i in range(64)])), task
+        assert np.array_equal(np.load(tmp_path / f"{task}.batch.npy"), reference.predict(rows[:64])), task
+        assert np.array_equal(np.load(tmp_path / f"{task}.large.npy"), reference.predict(rows)), task

@@ -37,17 +37,21 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lab.atomic import fsync_dir
 from lab.errors import LabError
 from lab.training.protocol import Scaler
 
 from . import numpy_forward
-from .network import MLPScorer, TabularMLP, export_numpy_forward
+from .loaded import LoadedMLP
 from .numpy_forward import NumpyForward
+
+if TYPE_CHECKING:
+    from .network import MLPScorer
+
+# torch (and .network, which imports it) load inside the functions that need it: a model
+# with a numpy forward loads and scores small batches without torch (``loaded.LoadedMLP``).
 
 FLAVOR_NAME = "lightning_mlp"
 FORMAT_VERSION = 2
@@ -75,6 +79,12 @@ def save_model(model: MLPScorer, path: Path) -> None:
     An existing folder is swapped out by two renames, so a concurrent reader sees the
     old folder, no folder, or the new one, never a mix. On any error nothing changes.
     """
+    import torch
+
+    from .network import MLPScorer, export_numpy_forward
+
+    if isinstance(model, LoadedMLP):
+        model = model.torch_scorer()
     if not isinstance(model, MLPScorer):
         raise LabError(f"the {FLAVOR_NAME} flavor saves models it trained; got {type(model).__name__}")
     path = Path(path)
@@ -151,8 +161,12 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_model(path: Path) -> MLPScorer:
+def load_model(path: Path) -> "MLPScorer | LoadedMLP":
     """Read a folder written by ``save_model`` after checking every file's sha256.
+
+    A folder with a numpy forward gives a ``LoadedMLP`` (torch is imported and the network
+    built from ``weights.pt`` only for a batch over ``numpy_forward.SMALL_BATCH`` rows);
+    one without gives the torch ``MLPScorer``.
 
     Raises ``LabError`` naming the file when a digest does not match (tampered or corrupt).
     """
@@ -182,14 +196,25 @@ def load_model(path: Path) -> MLPScorer:
         if "target.json" not in contents:
             raise LabError(f"{path / MANIFEST} is a regression model but lists no target.json; save it again")
         target = Scaler.from_dict(json.loads(contents["target.json"]))
-    net = TabularMLP(arch["n_features"], arch["hidden_sizes"], arch["dropout"], scaler)
-    try:
-        state = torch.load(io.BytesIO(contents["weights.pt"]), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean the same here
-        raise LabError(f"{path / 'weights.pt'} does not fit the manifest's architecture: {exc}") from None
     forward, note = _numpy_forward(path, manifest, contents)
-    return MLPScorer(net, feature_names, params, scaler, task=task, target=target,
+
+    def torch_model() -> "MLPScorer":
+        import torch
+
+        from .network import MLPScorer, TabularMLP
+
+        net = TabularMLP(arch["n_features"], arch["hidden_sizes"], arch["dropout"], scaler)
+        try:
+            state = torch.load(io.BytesIO(contents["weights.pt"]), map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 - torch raises many kinds; all mean the same here
+            raise LabError(f"{path / 'weights.pt'} does not fit the manifest's architecture: {exc}") from None
+        return MLPScorer(net, feature_names, params, scaler, task=task, target=target,
+                         numpy_forward=forward, forward_note=note)
+
+    if forward is None:
+        return torch_model()
+    return LoadedMLP(torch_model, feature_names, params, scaler, task=task, target=target,
                      numpy_forward=forward, forward_note=note)
 
 

@@ -2,9 +2,10 @@
 
 Training is seeded and deterministic, checkpoints every epoch (see ``checkpoints``) and
 resumes from the newest good checkpoint with the same final weights as an
-uninterrupted run. This module holds the flavor and its checks and imports torch only
-(through ``artifact``): ``fit`` imports ``training``, the one module that imports
-Lightning, so loading and scoring (``network.MLPScorer``) never pay for it.
+uninterrupted run. This module holds the flavor and its checks and imports neither torch
+nor Lightning: ``fit`` imports ``training``, the one module that imports Lightning, so
+loading and scoring never pay for it; a model with a numpy forward loads and scores small
+batches without torch too (``loaded.LoadedMLP``), which keeps the server's start short.
 
 Two tasks: classification (one logit, ``BCEWithLogitsLoss`` with ``pos_weight``) and
 regression (the target standardized with the training set's mean and std, MSE on that,

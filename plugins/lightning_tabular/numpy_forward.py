@@ -4,7 +4,7 @@ A one-row torch forward is mostly per-operator dispatch, not arithmetic: the sam
 arithmetic in numpy costs a fraction of it. ``save_model`` exports the network's weights
 and its scaler as float32 arrays (``forward.npz``) after checking on random inputs that
 this forward gives the torch forward's output (``network.check_numpy_forward``), and
-``load_model`` hands it to ``MLPScorer``, which uses it for batches of up to
+``load_model`` hands it to the loaded model (``loaded.LoadedMLP``), which uses it for batches of up to
 ``SMALL_BATCH`` rows. Larger batches (evaluation, batch scoring) keep torch, so their
 scores are what they always were.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import socket
 import sys
 
@@ -137,11 +138,13 @@ def check_port_free(host: str, port: int) -> None:
 def _set_threads(n: int) -> None:
     if n < 1:
         raise ConfigError(f"--threads must be at least 1, got {n}")
-    try:
-        import torch  # only a torch flavor needs it; another flavor may run without torch
-    except ImportError:  # a flavor without torch: nothing to set
-        return
-    torch.set_num_threads(n)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    else:
+        # Not imported (about a second): a model with a numpy forward may never need it. If a
+        # flavor imports it later, torch sizes its pool from this, as set_num_threads would.
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 def bind_warning(host: str) -> str | None:
