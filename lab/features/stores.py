@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from lab.errors import LabError
 from lab.features.views import FeatureView
@@ -51,6 +51,30 @@ class OfflineStore(abc.ABC):
         visible at that row's time (see ``lab.features.views``); with none, it is the
         aggregation's ``fill`` (counts and sums: 0) or null.
         """
+
+    def scan_source(self, name: str, *, time_column: str, start: dt.date, end: dt.date,
+                    columns: Sequence[str] | None = None, batch_rows: int = 50_000) -> Iterator[pa.Table]:
+        """The rows of ``name`` whose ``time_column`` falls on the days ``start`` through
+        ``end`` (inclusive, wall clock), ordered by that column, as tables of at most
+        ``batch_rows`` rows: batch scoring reads a window this way, so its memory is
+        bounded by ``batch_rows``, not by the window.
+
+        This default reads the whole table and slices it; a store that can filter and
+        stream (a SQL ``WHERE`` and a cursor) should override it.
+        """
+        import pyarrow.compute as pc  # only for the default, which a store may override
+
+        if batch_rows < 1:
+            raise LabError(f"batch_rows must be at least 1, got {batch_rows!r}")
+        wanted = None if columns is None else list(dict.fromkeys([*columns, time_column]))
+        table = self.read_source(name, wanted)
+        days = pc.cast(table.column(time_column), "date32")  # the wall-clock day in the column's zone
+        keep = pc.and_(pc.greater_equal(days, start), pc.less_equal(days, end))
+        table = table.filter(keep).sort_by(time_column)
+        if columns is not None:
+            table = table.select(list(columns))
+        for offset in range(0, table.num_rows, batch_rows):
+            yield table.slice(offset, batch_rows)
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the connection."""

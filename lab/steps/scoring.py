@@ -1,10 +1,9 @@
-"""The materialize and batch-score steps: the online store, and the champion's scores."""
+"""The materialize and batch-score steps: the online store, and the champion's batch predictions."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from lab.atomic import atomic_path
 from lab.errors import LabError
 from lab.pipeline.context import StageContext
 from lab.plugins import model_flavor
@@ -26,16 +25,20 @@ def materialize(root, run_dir, *, model: str | None = None) -> dict:
         return out
 
 
-def batch_score(root, run_dir, *, score_days, model: str | None = None) -> dict:
-    """Score the source's last ``score_days`` days with the champion: point-in-time features
-    for every event, as the training set has them, and one score per row."""
-    # data libraries load only in the step that runs
-    import numpy as np
-    import polars as pl
-    import pyarrow.compute as pc
+def batch_score(root, run_dir, *, score_days, model: str | None = None, batch_size: int = 50_000) -> dict:
+    """Score the source's last ``score_days`` days with the champion, ``batch_size`` rows at a
+    time, with point-in-time features for every event as the training set has them
+    (``lab.serving.batch.score_window``): date-partitioned predictions under
+    ``data/predictions/<model>/``, a coverage and freshness report there and in the
+    registry, each entity's newest prediction in ``data/batch_predictions.db``, and every
+    scored row with its features in ``data/scores.parquet`` for the drift stage."""
+    import pyarrow.compute as pc  # data libraries load only in the step that runs
 
-    from lab.features.training import model_training_set
+    from lab.serving.batch import REPORT_NAME, predictions_dir, score_window, training_window
+    from lab.serving.batch_predictions import latest_path
 
+    if isinstance(score_days, bool) or not isinstance(score_days, int) or score_days < 1:
+        raise LabError(f"score_days must be a whole number of days, 1 or more, got {score_days!r}")
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)
         champion = ctx.registry.get_alias(spec.name, "champion")
@@ -49,11 +52,12 @@ def batch_score(root, run_dir, *, score_days, model: str | None = None) -> dict:
             raise LabError(f"source {spec.source!r} holds no events to score; run the features stage first")
         last = latest.date()
         start = last - dt.timedelta(days=score_days - 1)
-        table, digest = model_training_set(ctx.offline, views_of(ctx, spec), spec, start, last)
-        frame = pl.from_arrow(table)
-        scores = scorer.predict(frame.select(scorer.feature_names).to_numpy().astype(np.float32))
-        out = frame.with_columns(pl.Series("score", scores), pl.lit(champion.version).alias("model_version"))
-        with atomic_path(ctx.path(SCORES)) as tmp:
-            out.write_parquet(tmp)
-        return {"model": spec.name, "rows": out.height, "window": [str(start), str(last)],
-                "model_version": champion.version, "features_digest": digest}
+        report = score_window(
+            offline=ctx.offline, registry=ctx.registry, spec=spec, views=views_of(ctx, spec), version=champion,
+            model=scorer, start=start, end=last, out_dir=predictions_dir(ctx.config, spec.name),
+            latest_db=latest_path(ctx.config), batch_size=batch_size,
+            window=training_window(ctx.registry, ctx.config, champion), features_path=ctx.path(SCORES))
+        return {"model": spec.name, "rows": report["rows"], "window": report["window"],
+                "model_version": champion.version, "partitions": len(report["partitions"]),
+                "coverage": report["coverage"], "report": str(predictions_dir(ctx.config, spec.name) / REPORT_NAME),
+                "run_id": report["run_id"]}

@@ -19,6 +19,7 @@ the first event, so two calls on the same source table give identical values.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import time
 from pathlib import Path
@@ -189,6 +190,27 @@ class DuckDBOfflineStore(OfflineStore):
                     )
                 select = ", ".join(q(c) for c in columns)
             return con.sql(f"SELECT {select} FROM {q(name)}").to_arrow_table()
+
+    def scan_source(self, name: str, *, time_column: str, start: dt.date, end: dt.date,
+                    columns: Sequence[str] | None = None, batch_rows: int = 50_000) -> Iterator[pa.Table]:
+        """The rows dated ``start`` .. ``end`` in time order, streamed from one query in
+        tables of at most ``batch_rows`` rows (the filter and the sort run in DuckDB)."""
+        if batch_rows < 1:
+            raise LabError(f"batch_rows must be at least 1, got {batch_rows!r}")
+        with self._connect() as con:
+            self._require_source(con, name)
+            have = self._columns(con, name)
+            wanted = list(have) if columns is None else list(columns)
+            missing = [c for c in dict.fromkeys([*wanted, time_column]) if c not in have]
+            if missing:
+                raise LabError(f"source {name!r} has no column(s) {', '.join(missing)}; it has {', '.join(have)}")
+            select = ", ".join(q(c) for c in wanted)
+            reader = con.sql(
+                f"SELECT {select} FROM {q(name)} WHERE CAST({q(time_column)} AS DATE) BETWEEN ? AND ? "
+                f"ORDER BY {q(time_column)}, rowid", params=[start, end]).to_arrow_reader(batch_rows)
+            for batch in reader:
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
 
     # -- point-in-time retrieval ---------------------------------------------------
 
