@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lab.modelspec import ModelSpec
     from lab.scaffold import Template
     from lab.pipeline.stage import StageExecutor
+    from lab.streaming.log import EventLog
     from lab.training.flavor import ModelFlavor
 
 hookspec = pluggy.HookspecMarker("lab")
@@ -69,6 +70,22 @@ def lab_sweep_storage(config: "LabConfig", study_name: str) -> "str | None":
     Called by the train stage before it creates a study. ``firstresult``; the built-in
     answer is a SQLite file under the run's folder. Example: return
     ``"postgresql://optuna@127.0.0.1:5432/sweeps"`` to share trials across machines.
+    """
+
+
+@hookspec(firstresult=True)
+def lab_event_log(config: "LabConfig", stream: str) -> "EventLog | None":
+    """Return the event log holding ``stream``, the events ``lab stream run`` scores.
+
+    Called by ``lab stream run``, ``publish`` and ``status`` (and ``lab.streaming``'s
+    Python API) once per stream they open. ``firstresult``: the first plugin that
+    returns a ``lab.streaming.EventLog`` wins; with none, the core uses its SQLite log in
+    ``data/stream.db``. A plugin answers only for labs that configure it. Example::
+
+        @hookimpl
+        def lab_event_log(config, stream):
+            settings = config.section("redis_streams")
+            return None if settings is None else RedisEventLog(settings["url"], stream)
     """
 
 
