@@ -41,7 +41,6 @@ def _lazy(name: str, help: str, module: str, add_arguments: str, run: str) -> Co
 _PIPELINE = "lab.pipeline.commands"
 _REGISTRY = "lab.registry.commands"
 _FEATURES = "lab.features.commands"
-_STREAM = "lab.streaming.commands"
 _EXPERIMENTS = "lab.experiments.commands"
 
 COMMANDS: list[Command] = [
@@ -58,6 +57,8 @@ COMMANDS: list[Command] = [
     _lazy("runs", "list tracking runs, newest first", _REGISTRY, "_runs_args", "_runs_run"),
     _lazy("lineage", "walk from a model version to its run, code, dependencies and data",
           _REGISTRY, "_lineage_args", "_lineage_run"),
+    _lazy("score", "batch inference: score a window of the offline store into date partitions, with coverage "
+          "and freshness", "lab.serving.batch_commands", "_score_args", "_score_run"),
     # the feature store
     _lazy("features load", "load a Parquet file into an offline source table", _FEATURES, "_load_args", "_load_run"),
     _lazy("features training-set", "write a point-in-time training set and record it in the registry",
@@ -67,13 +68,6 @@ COMMANDS: list[Command] = [
     _lazy("features list", "list feature views with versions, entities and features",
           _FEATURES, "_list_args", "_list_run"),
     _lazy("features get", "look up one entity's features in the online store", _FEATURES, "_get_args", "_get_run"),
-    # streaming inference
-    _lazy("stream run", "consume a stream: score each event as the server does, call the sinks, commit; "
-          "side effects once per idempotency key", _STREAM, "run_args", "run_run"),
-    _lazy("stream publish", "append the events of a JSON Lines file to a stream", _STREAM, "publish_args",
-          "publish_run"),
-    _lazy("stream status", "a stream's length and each consumer group's lag, predictions, dead letters and model",
-          _STREAM, "status_args", "status_run"),
     # experiments and flags
     _lazy("experiment create", "create a draft experiment or flag with weighted variants",
           _EXPERIMENTS, "_create_args", "_create_run"),
