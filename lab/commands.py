@@ -41,6 +41,7 @@ def _lazy(name: str, help: str, module: str, add_arguments: str, run: str) -> Co
 _PIPELINE = "lab.pipeline.commands"
 _REGISTRY = "lab.registry.commands"
 _FEATURES = "lab.features.commands"
+_STREAM = "lab.streaming.commands"
 _EXPERIMENTS = "lab.experiments.commands"
 
 COMMANDS: list[Command] = [
@@ -68,6 +69,13 @@ COMMANDS: list[Command] = [
     _lazy("features list", "list feature views with versions, entities and features",
           _FEATURES, "_list_args", "_list_run"),
     _lazy("features get", "look up one entity's features in the online store", _FEATURES, "_get_args", "_get_run"),
+    # streaming inference
+    _lazy("stream run", "consume a stream: score each event as the server does, call the sinks, commit; "
+          "side effects once per idempotency key", _STREAM, "run_args", "run_run"),
+    _lazy("stream publish", "append the events of a JSON Lines file to a stream", _STREAM, "publish_args",
+          "publish_run"),
+    _lazy("stream status", "a stream's length and each consumer group's lag, predictions, dead letters and model",
+          _STREAM, "status_args", "status_run"),
     # experiments and flags
     _lazy("experiment create", "create a draft experiment or flag with weighted variants",
           _EXPERIMENTS, "_create_args", "_create_run"),
