@@ -43,6 +43,7 @@ _REGISTRY = "lab.registry.commands"
 _FEATURES = "lab.features.commands"
 _STREAM = "lab.streaming.commands"
 _EXPERIMENTS = "lab.experiments.commands"
+_KEYS = "lab.serving.keys_commands"
 
 COMMANDS: list[Command] = [
     Command("plugins", "list loaded plugins with their versions and hooks", _plugins_args, _plugins_run),
@@ -95,6 +96,15 @@ COMMANDS: list[Command] = [
           _EXPERIMENTS, "_report_args", "_report_run"),
     _lazy("experiment check", "check the platform guardrails on the prediction ledger; a breach stops it "
           "(exit 3)", _EXPERIMENTS, "_check_args", "_check_run"),
+    # the model server's API keys and its admin audit log
+    _lazy("keys create", "create an API key with scopes for the model server (shown once; only its hash is kept)",
+          _KEYS, "_create_args", "_create_run"),
+    _lazy("keys list", "list the model server's API keys: name, id, scopes, created and revoked by whom",
+          _KEYS, "_list_args", "_list_run"),
+    _lazy("keys revoke", "revoke an API key; a running server refuses it from its next request",
+          _KEYS, "_revoke_args", "_revoke_run"),
+    _lazy("audit", "what was done through the server's admin routes: by which key, before and after, request id",
+          _KEYS, "_audit_args", "_audit_run"),
     INIT_COMMAND,
 ]
 

@@ -41,6 +41,7 @@ from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.server import UVICORN_SETTINGS
 
+ADMIN_LABELS = ["GET /admin/flags", "POST /admin/flags", "POST /admin/promote", "POST /admin/rollback"]
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance,
           positive_data_acceptance, negative_data_rejection]
 
@@ -77,6 +78,7 @@ def served(tmp_path_factory):
 
 
 FUZZED_EXAMPLES = 500  # per operation with inputs and per mode (valid, invalid)
+ADMIN_EXAMPLES = 50  # the admin routes, without a key here: each is a 401 (tests/test_serving_admin.py fuzzes them keyed)
 
 
 def test_generated_requests_get_no_5xx_and_conform_to_the_document(served):
@@ -102,7 +104,9 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_document(served):
             send(operation, "coverage", case)
         has_inputs = bool(operation.body or operation.query or operation.headers or operation.path_parameters)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE) if has_inputs else (GenerationMode.POSITIVE,):
-            @settings(max_examples=FUZZED_EXAMPLES, deadline=None, database=None, derandomize=True,
+            examples = ADMIN_EXAMPLES if operation.path.startswith("/admin/") else FUZZED_EXAMPLES
+
+            @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case):  # called at once, so the loop variables are this iteration's
@@ -113,8 +117,8 @@ def test_generated_requests_get_no_5xx_and_conform_to_the_document(served):
     total = sum(sent.values())
     print(f"\nschemathesis: {total} requests in {seconds:.1f} s: {dict(sent)}; answers {dict(answered)}")
 
-    assert sorted(o.label for o in operations) == ["GET /healthz", "GET /metrics", "GET /readyz", "GET /stats",
-                                                   "POST /predict"]
+    assert sorted(o.label for o in operations) == sorted(ADMIN_LABELS + [
+        "GET /healthz", "GET /metrics", "GET /readyz", "GET /stats", "POST /predict"])
     assert total >= 1000
     assert sent["POST /predict", "positive"] == sent["POST /predict", "negative"] == FUZZED_EXAMPLES
     # Not a vacuous run: valid requests were scored, invalid ones refused.
@@ -170,4 +174,5 @@ def test_every_route_documents_the_400_of_a_refused_host(served):
         response = case.call(base_url=base)
         assert response.status_code == 400 and "Host" in response.json()["detail"], response.text
         case.validate_response(response, checks=CHECKS)
-    assert sorted(labels) == ["GET /healthz", "GET /metrics", "GET /readyz", "GET /stats", "POST /predict"]
+    assert sorted(labels) == sorted(ADMIN_LABELS + [
+        "GET /healthz", "GET /metrics", "GET /readyz", "GET /stats", "POST /predict"])

@@ -607,6 +607,11 @@ def test_lab_serve_warns_when_listening_beyond_loopback(tiny_lab, capsys):
         sock.bind(("0.0.0.0", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        assert main(["--root", str(tiny_lab.root), "serve", "--host", "0.0.0.0", "--port", str(port)]) == 2
+        serve = ["--root", str(tiny_lab.root), "serve", "--host", "0.0.0.0", "--port", str(port)]
+        # /predict open to other machines: refused unless said on purpose (docs/serving.md, Security).
+        assert main(serve) == 2
+        refused = capsys.readouterr().err
+        assert "refusing to listen on 0.0.0.0" in refused and "--allow-open" in refused and "predict_auth" in refused
+        assert main([*serve, "--allow-open"]) == 2  # then the port in use stops it, after the warning
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and "other machines" in err and "127.0.0.1" in err

@@ -62,10 +62,13 @@ from lab.experiments.routing import FlagRouter
 from lab.modelspec import ModelSpec
 from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
 from lab.registry import Registry
+from lab.serving.keys import keys_path
 from lab.serving.ledger import Ledger
 from lab.serving.predictor import ledger_record, prediction_fields, request_time
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
+from plugins.litestar_serving import admin as admin_routes
+from plugins.litestar_serving.auth import ServerKeys, guard
 from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
 from plugins.litestar_serving.errors import RequestErrors, host_guard
 from plugins.litestar_serving.limits import Budget, Busy, ScoringLimit, Unscored, score_bounded, score_inline
@@ -83,7 +86,6 @@ from plugins.litestar_serving.schemas import (
 
 log = logging.getLogger("lab.serving")
 
-MAX_BODY_BYTES = 16 * 1024  # one flat event is a few hundred bytes; anything near this is not one
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -470,13 +472,12 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         status_code=200,
         operation_id="predict",
         summary=f"Score one {schema.title}",
-        request_max_body_size=MAX_BODY_BYTES,
         before_request=errors.strict_body,
         responses={
             400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown, of the "
                                                      "wrong type or out of its bounds; or a Host header "
                                                      "that is not this server's"),
-            413: ResponseSpec(ErrorBody, description=f"The body is over {MAX_BODY_BYTES // 1024} KiB"),
+            413: ResponseSpec(ErrorBody, description="The body is over [tool.lab.serve] max_body_bytes"),
             415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
             503: ResponseSpec(ErrorBody, description="The model is not loaded yet, or failed to load; or "
                                                      "the server is busy (every scoring slot taken and the "
@@ -678,12 +679,18 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                            (f.name for f in spec.request.fields if f.type == "datetime"))
     names = _host_names(host)
     state.metrics = ServerMetrics(state, spec.views)
+    keys = ServerKeys(keys_path(config))  # API keys: the admin routes', and /predict's when predict_auth = "key"
+    predict = prediction_controller(spec, errors)
+    predict.guards = [guard(keys, "predict")] if config.serve.predict_auth == "key" else []
+    admin = admin_routes.admin_controllers(admin_routes.Admin(config, pm, keys, spec.name))
     try:
         app = Litestar(
-            route_handlers=[prediction_controller(spec, errors), HealthController, MetricsController, *extra],
+            route_handlers=[predict, HealthController, MetricsController, *admin, *extra],
             # The metrics first (outermost), so requests the Host check refuses are counted too.
             middleware=[state.metrics.middleware, *([host_guard(names, host)] if names else [])],
             lifespan=[_lifespan(config, pm, refresh_s, guardrail_s)],
+            on_shutdown=[keys.close],
+            request_max_body_size=config.serve.max_body_bytes,  # every route with a body; 413 names the limit
             state=State({"serving": state}),
             exception_handlers={ClientException: errors.handler, ServiceUnavailableException: errors.handler},
             openapi_config=OpenAPIConfig(
@@ -702,6 +709,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     except ImproperlyConfiguredException as exc:
         raise LabError(f"the routes from lab_http_routes cannot be mounted: {exc}") from None
     _strict_openapi(app.openapi_schema, struct, spec.request.example)
+    admin_routes.document(app.openapi_schema, predict_keyed=config.serve.predict_auth == "key")
     if names:
         _document_host_check(app.openapi_schema)
     return app

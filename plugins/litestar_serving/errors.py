@@ -178,5 +178,7 @@ class RequestErrors:
         elif detail.startswith("JSON is malformed"):
             detail = f"the body is not valid JSON ({detail}); send a JSON object with {self.expected}"
         elif exc.status_code == 413:
-            detail = "the body is too large for this endpoint; send one event per request"
+            limit = request.route_handler.resolve_request_max_body_size()
+            detail = (f"the body is too large: over this server's limit of {limit} bytes "
+                      "([tool.lab.serve] max_body_bytes)")
         return Response(ErrorBody(detail=detail, field=field), status_code=exc.status_code, headers=exc.headers)

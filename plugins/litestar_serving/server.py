@@ -92,6 +92,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="answer within MS milliseconds: past it the model's declared fallback, flagged, or 503 "
                         "when it declares none; needs --max-concurrency (default: [tool.lab.serve] "
                         "latency_budget_ms, 0: none)")
+    p.add_argument("--allow-open", action="store_true",
+                   help="listen on an address other machines can reach although /predict needs no API key "
+                        "([tool.lab.serve] predict_auth = \"open\"); only behind a proxy or firewall that decides "
+                        "who may call it")
 
 
 def check_servable(config, model_name: str, alias: str):
@@ -147,13 +151,27 @@ def _set_threads(n: int) -> None:
         os.environ["OMP_NUM_THREADS"] = str(n)
 
 
-def bind_warning(host: str) -> str | None:
+def bind_warning(host: str, predict_auth: str = "open") -> str | None:
     """The warning to print when ``host`` is reachable from other machines, else None."""
     if is_loopback(host):
         return None
+    if predict_auth == "key":
+        return (f"lab serve: warning: listening on {host}, so other machines can reach this server: /predict "
+                "and /admin need an API key, but /healthz, /readyz, /stats, /metrics and /schema do not, and "
+                "keys travel in clear over HTTP. Put a TLS proxy in front.")
     return (f"lab serve: warning: listening on {host}, so other machines can reach this server: /predict "
             "has no authentication, writes to the ledger and returns the stored features of any entity asked "
             "for. Serve on 127.0.0.1 (the default) unless a proxy or firewall in front decides who may call it.")
+
+
+def check_bind(host: str, predict_auth: str, allow_open: bool) -> None:
+    """Refuse, naming both fixes, to listen where other machines reach an open /predict."""
+    if is_loopback(host) or predict_auth != "open" or allow_open:
+        return
+    raise ConfigError(f"refusing to listen on {host}: other machines could call /predict, which needs no API key "
+                      "([tool.lab.serve] predict_auth = \"open\"). Set predict_auth = \"key\" and create a key "
+                      "with `lab keys create NAME --scope predict`, or pass --allow-open if a proxy or firewall in "
+                      "front decides who may call it")
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
@@ -167,7 +185,8 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         version = check_servable(config, model_name, args.alias)
         what = f"{version.name} v{version.version} ({args.alias})"
-    warning = bind_warning(host)
+    check_bind(host, config.serve.predict_auth, args.allow_open)
+    warning = bind_warning(host, config.serve.predict_auth)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     check_port_free(host, port)

@@ -1,0 +1,383 @@
+"""The model server's admin routes: move an alias, read and change flags; each needs an
+API key with the route's scope (``auth.py``) and each is audited.
+
+- ``POST /admin/promote`` (scope ``promote``): ``Registry.promote``; the server follows
+  its alias within ``[tool.lab.serve] flag_refresh_s``, as after ``lab promote``.
+- ``POST /admin/rollback`` (scope ``promote``): ``Registry.rollback``.
+- ``GET /admin/flags`` and ``POST /admin/flags`` (scope ``flags``): the experiment
+  store's flags and experiments; ``start``, ``stop`` and ``set_weights`` call
+  ``ExperimentStore.start``/``stop``/``set_weights``, so their checks and their own
+  audit rows are the store's.
+
+Audit: the change itself is written by the registry or the experiment store with the
+key as its actor (``key:<name>``), and then one row of the registry's append-only
+``events`` table, kind ``admin.<action>``, holds the actor, the route, the key's id,
+the request id and the state before and after (``lab audit`` lists them). A live key
+refused for want of a scope is recorded too (``admin.denied``). Events for plugins
+(``lab_on_event``) follow the change, as the CLI's do.
+
+Shadow mode (``lab.serving.shadow``) is started from the CLI; the ``shadow`` scope is
+reserved for a ``POST /admin/shadow`` route mounted the same way (``admin_controllers``).
+
+Errors: a bad body is a 400 naming the field (decoded strictly, as ``/predict``); an
+unknown model, version, alias or flag a 404; a change the store refuses (nothing to roll
+back to, a stopped flag) a 409; each names the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import types
+import uuid
+from typing import Annotated, Any, Callable, Literal
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Reference, SecurityScheme
+from litestar.params import JSONBody
+
+from lab import events
+from lab.errors import ConfigError, LabError, NotFound
+from lab.experiments import ExperimentStore
+from lab.registry import Registry
+from lab.serving.keys import ApiKey
+from plugins.litestar_serving.auth import SECURITY_SCHEMES, ServerKeys, guard
+from plugins.litestar_serving.errors import RequestErrors
+from plugins.litestar_serving.schemas import ErrorBody
+
+log = logging.getLogger("lab.serving")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SECURITY = [{name: []} for name in SECURITY_SCHEMES]
+
+ModelName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128,
+                                        description="a registered model (default: the model this server serves)")]
+Alias = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64,
+                                    description="the alias to move (an identifier)")]
+Reason = Annotated[str, msgspec.Meta(max_length=500, description="why; kept in the history and the audit log")]
+FlagName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128,
+                                       description="a flag or experiment (see GET /admin/flags)")]
+Weight = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+VariantName = Annotated[str, msgspec.Meta(max_length=128)]
+
+
+class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Point an alias (champion by default) at a registered version."""
+
+    version: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000, description="the version to promote")]
+    model: ModelName | None = None
+    alias: Alias = "champion"
+    reason: Reason = ""
+
+
+class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Move an alias back to the version it held before the current one."""
+
+    model: ModelName | None = None
+    alias: Alias = "champion"
+    reason: Reason = ""
+
+
+class FlagChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Start a draft, stop a flag or experiment (every unit then sees control), or set
+    its weights (``weights`` names every variant and sums to 1)."""
+
+    name: FlagName
+    action: Literal["start", "stop", "set_weights"]
+    weights: dict[VariantName, Weight] | None = None
+    reason: Reason = ""
+
+
+class AliasChange(msgspec.Struct):
+    """What an alias move did: ``before`` -> ``after`` (``changed`` false: it already
+    pointed there, and nothing was written but the audit row)."""
+
+    request_id: str
+    actor: str
+    model: str
+    alias: str
+    action: str
+    before: int | None
+    after: int
+    changed: bool
+
+
+class FlagState(msgspec.Struct):
+    status: str
+    weights: dict[str, float]
+
+
+class Flag(msgspec.Struct):
+    name: str
+    kind: str
+    status: str
+    unit: str
+    layer: str
+    weights: dict[str, float]
+
+
+class FlagList(msgspec.Struct):
+    flags: list[Flag]
+
+
+class FlagChange(msgspec.Struct):
+    """What a flag change did: its status and weights before and after."""
+
+    request_id: str
+    actor: str
+    name: str
+    action: str
+    before: FlagState
+    after: FlagState
+    changed: bool
+
+
+_REFUSALS = {
+    400: ResponseSpec(ErrorBody, description="A field missing, unknown, of the wrong type or out of its bounds "
+                                             "(named); or a Host header that is not this server's"),
+    401: ResponseSpec(ErrorBody, description="No API key, or one that is malformed, unknown or revoked; or no "
+                                             "key configured on this server (`lab keys create`)"),
+    403: ResponseSpec(ErrorBody, description="The API key lacks the scope this route needs (named)"),
+}
+_WRITE_REFUSALS = {
+    **_REFUSALS,
+    404: ResponseSpec(ErrorBody, description="No such model, version, alias or flag"),
+    409: ResponseSpec(ErrorBody, description="The change cannot be made (e.g. nothing to roll back to, a "
+                                             "stopped flag); the detail names the fix"),
+    413: ResponseSpec(ErrorBody, description="The body is over [tool.lab.serve] max_body_bytes"),
+    415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
+}
+
+
+def _request_id(request: Request) -> str:
+    sent = request.headers.get("x-request-id")
+    return sent if sent and _REQUEST_ID.match(sent) else uuid.uuid4().hex
+
+
+def actor(key: ApiKey) -> str:
+    """The actor an API key's actions are recorded under: ``key:<name>``."""
+    return f"key:{key.name}"
+
+
+def _refusal(exc: LabError) -> ClientException:
+    if isinstance(exc, NotFound):
+        return NotFoundException(detail=str(exc))
+    if isinstance(exc, ConfigError):
+        return ClientException(status_code=400, detail=str(exc))
+    return ClientException(status_code=409, detail=str(exc))
+
+
+def _errors(struct: type[msgspec.Struct], hints: dict[str, str]) -> RequestErrors:
+    return RequestErrors(struct, hints, ())
+
+
+class Admin:
+    """What the admin routes share: the lab's config and plugins, the key file, and the
+    model this server serves (the default ``model``)."""
+
+    def __init__(self, config, pm, keys: ServerKeys, model_name: str):
+        self.config, self.pm, self.keys, self.model_name = config, pm, keys, model_name
+
+    def registry(self) -> Registry:
+        path = self.config.registry_path
+        if not path.exists():
+            raise NotFound(f"there is no registry at {path}: run `lab run` to train and register a model")
+        return Registry.open(path, project_root=self.config.root)
+
+    def record(self, registry: Registry, kind: str, subject: str, key: ApiKey, request: Request,
+               request_id: str, **payload: Any) -> None:
+        registry.append_event(f"admin.{kind}", subject, {
+            "route": f"{request.method} {request.url.path}", "key_id": key.id, "request_id": request_id, **payload,
+        }, actor=actor(key))
+
+    def announce(self, name: str, who: str, **payload: Any) -> None:
+        """Tell plugins (``lab_on_event``), after the change committed; their failure is logged."""
+        try:
+            self.pm.hook.lab_on_event(event=events.Event(name=name, payload=payload, actor=who))
+        except Exception:  # noqa: BLE001 - the change is made; a plugin's bug must not undo the answer
+            log.exception("a lab_on_event plugin failed on %s", name)
+
+    async def denied(self, connection, key: ApiKey, scope: str) -> None:
+        """Record a live key refused for want of ``scope`` (no registry: only logged)."""
+        route = f"{connection.scope.get('method', '')} {connection.scope.get('path', '')}"
+        log.warning("refused %s to key %r (%s): it lacks scope %r", route, key.name, key.id, scope)
+        if not self.config.registry_path.exists():
+            return
+        request_id = connection.headers.get("x-request-id") or ""
+
+        def write() -> None:
+            with Registry.open(self.config.registry_path, project_root=self.config.root) as registry:
+                registry.append_event("admin.denied", route, {
+                    "route": route, "scope": scope, "key_id": key.id,
+                    "request_id": request_id if _REQUEST_ID.match(request_id) else None,
+                }, actor=actor(key))
+
+        try:
+            await asyncio.to_thread(write)
+        except LabError as exc:
+            log.error("could not record the refusal of %s to key %r: %s", route, key.name, exc)
+
+    # -- the changes, each run on a worker thread ------------------------------------------
+
+    def promote(self, body: PromoteRequest, key: ApiKey, request: Request, request_id: str) -> AliasChange:
+        model, who = body.model or self.model_name, actor(key)
+        with self.registry() as registry:
+            event = registry.promote(model, body.version, alias=body.alias, actor=who, reason=body.reason)
+            before = event["from_version"] if event is not None else body.version
+            self.record(registry, "promote", model, key, request, request_id, alias=body.alias,
+                        before={"version": before}, after={"version": body.version}, changed=event is not None,
+                        reason=body.reason)
+        if event is not None:
+            self.announce(events.MODEL_PROMOTED, who, model=model, version=body.version, alias=body.alias,
+                          previous=before)
+        return AliasChange(request_id=request_id, actor=who, model=model, alias=body.alias, action="promote",
+                           before=before, after=body.version, changed=event is not None)
+
+    def rollback(self, body: RollbackRequest, key: ApiKey, request: Request, request_id: str) -> AliasChange:
+        model, who = body.model or self.model_name, actor(key)
+        with self.registry() as registry:
+            event = registry.rollback(model, alias=body.alias, actor=who, reason=body.reason)
+            self.record(registry, "rollback", model, key, request, request_id, alias=body.alias,
+                        before={"version": event["from_version"]}, after={"version": event["to_version"]},
+                        changed=True, reason=body.reason)
+        self.announce(events.MODEL_ROLLED_BACK, who, model=model, version=event["to_version"], alias=body.alias,
+                      previous=event["from_version"])
+        return AliasChange(request_id=request_id, actor=who, model=model, alias=body.alias, action="rollback",
+                           before=event["from_version"], after=event["to_version"], changed=True)
+
+    def flags(self) -> FlagList:
+        if not self.config.registry_path.exists():
+            return FlagList(flags=[])
+        with ExperimentStore.open(self.config.registry_path) as store:
+            found = store.list()
+        return FlagList(flags=[Flag(name=e.name, kind=e.kind, status=e.status, unit=e.unit, layer=e.layer,
+                                    weights=dict(e.weights)) for e in found])
+
+    def change_flag(self, body: FlagChangeRequest, key: ApiKey, request: Request, request_id: str) -> FlagChange:
+        who = actor(key)
+        if (body.weights is None) != (body.action != "set_weights"):
+            raise ConfigError("weights must be given with action set_weights (every variant's weight, summing "
+                              "to 1), and only with it")
+        with self.registry() as registry, ExperimentStore.open(self.config.registry_path) as store:
+            before = store.get(body.name)
+            if body.action == "start":
+                from lab.experiments.commands import check_model_versions  # as `lab experiment start` checks
+
+                check_model_versions(types.SimpleNamespace(config=self.config), before, at_create=False)
+                after = store.start(body.name, actor=who, reason=body.reason)
+            elif body.action == "stop":
+                after = store.stop(body.name, actor=who, reason=body.reason)
+            else:
+                after = store.set_weights(body.name, body.weights, actor=who, reason=body.reason)
+            states = [FlagState(status=e.status, weights=dict(e.weights)) for e in (before, after)]
+            changed = after != before
+            self.record(registry, "flags", body.name, key, request, request_id, action=body.action,
+                        before=msgspec.to_builtins(states[0]), after=msgspec.to_builtins(states[1]),
+                        changed=changed, reason=body.reason)
+        if changed:
+            name = {"start": events.EXPERIMENT_STARTED, "stop": events.EXPERIMENT_STOPPED}.get(
+                body.action, events.FLAG_CHANGED)
+            self.announce(name, who, experiment=after.name, kind=after.kind, status=after.status,
+                          weights=after.weights, old=before.weights, action=body.action, reason=body.reason)
+        return FlagChange(request_id=request_id, actor=who, name=body.name, action=body.action,
+                          before=states[0], after=states[1], changed=changed)
+
+
+async def _run(change: Callable[..., Any], *args: Any) -> Any:
+    """``change(*args)`` on a worker thread (SQLite writes wait for locks); a ``LabError``
+    becomes the 4xx that names its fix."""
+    try:
+        return await asyncio.to_thread(change, *args)
+    except LabError as exc:
+        if "stayed locked" in str(exc):
+            raise ServiceUnavailableException(detail=str(exc), headers={"Retry-After": "5"}) from None
+        raise _refusal(exc) from None
+
+
+def admin_controllers(admin: Admin) -> list[type[Controller]]:
+    """The admin routes as Litestar controllers, each guarded by its scope."""
+    promote_errors = _errors(PromoteRequest, {
+        "version": "a whole number >= 1 (a registered version, see `lab models`)",
+        "model": "a registered model name", "alias": "an identifier such as champion", "reason": "a string"})
+    rollback_errors = _errors(RollbackRequest, {
+        "model": "a registered model name", "alias": "an identifier such as champion", "reason": "a string"})
+    flag_errors = _errors(FlagChangeRequest, {
+        "name": "a flag or experiment name (GET /admin/flags lists them)",
+        "action": "one of start, stop, set_weights",
+        "weights": "an object of variant name to weight from 0 to 1, naming every variant, summing to 1",
+        "reason": "a string"})
+    promote_guard = guard(admin.keys, "promote", admin.denied)
+    flags_guard = guard(admin.keys, "flags", admin.denied)
+
+    async def promote(self, data, request: Request) -> AliasChange:
+        """Point ``alias`` (default champion) of ``model`` (default: the model served) at
+        ``version``. The server follows its alias within ``flag_refresh_s``. Audited
+        (``lab audit``) with the key as actor, before and after."""
+        return await _run(admin.promote, data, request.state.api_key, request, _request_id(request))
+
+    async def rollback(self, data, request: Request) -> AliasChange:
+        """Move ``alias`` of ``model`` back to the version it held before. Audited."""
+        return await _run(admin.rollback, data, request.state.api_key, request, _request_id(request))
+
+    async def list_flags(self) -> FlagList:
+        """Every flag and experiment: status, unit, layer and weights."""
+        return await _run(admin.flags)
+
+    async def change_flag(self, data, request: Request) -> FlagChange:
+        """Start, stop or re-weigh a flag or experiment, through the experiment store (its
+        own audit row too). A server routing by the flag follows within ``flag_refresh_s``."""
+        return await _run(admin.change_flag, data, request.state.api_key, request, _request_id(request))
+
+    promote.__annotations__ = {**promote.__annotations__, "data": JSONBody[PromoteRequest]}
+    rollback.__annotations__ = {**rollback.__annotations__, "data": JSONBody[RollbackRequest]}
+    change_flag.__annotations__ = {**change_flag.__annotations__, "data": JSONBody[FlagChangeRequest]}
+
+    def writes(path: str, operation_id: str, summary: str, errors: RequestErrors, scope_guard, handler):
+        return post(path, status_code=200, operation_id=operation_id, summary=summary, guards=[scope_guard],
+                    security=SECURITY, before_request=errors.strict_body, responses=_WRITE_REFUSALS,
+                    exception_handlers={ClientException: errors.handler,
+                                        ServiceUnavailableException: errors.handler})(handler)
+
+    handlers = {
+        "promote": writes("/promote", "admin_promote", "Promote a model version to an alias (scope promote)",
+                          promote_errors, promote_guard, promote),
+        "rollback": writes("/rollback", "admin_rollback", "Roll an alias back (scope promote)",
+                           rollback_errors, promote_guard, rollback),
+        "list_flags": get("/flags", operation_id="admin_list_flags", summary="List flags and experiments "
+                          "(scope flags)", guards=[flags_guard], security=SECURITY, responses=_REFUSALS,
+                          exception_handlers={ClientException: flag_errors.handler})(list_flags),
+        "change_flag": writes("/flags", "admin_change_flag", "Start, stop or re-weigh a flag (scope flags)",
+                              flag_errors, flags_guard, change_flag),
+    }
+    return [type("AdminController", (Controller,), {"path": "/admin", "tags": ["admin"], "__module__": __name__,
+                                                    **handlers})]
+
+
+_UNAUTHORIZED = "No API key, or one that is malformed, unknown or revoked; or no key configured (`lab keys create`)"
+_FORBIDDEN = "The API key lacks the scope this route needs (named)"
+
+
+def document(openapi: OpenAPI, *, predict_keyed: bool) -> None:
+    """Declare the key's two security schemes, and, when /predict needs a key, say so on
+    it with its 401 and 403 answers."""
+    components = openapi.components
+    components.security_schemes = {
+        **(components.security_schemes or {}),
+        "BearerKey": SecurityScheme(type="http", scheme="bearer", description="Authorization: Bearer <API key> "
+                                    "(`lab keys create NAME --scope SCOPE`)"),
+        "ApiKeyHeader": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header",
+                                       description="the same API key, in the X-API-Key header"),
+    }
+    predict = (openapi.paths or {}).get("/predict")
+    if not predict_keyed or predict is None or predict.post is None:
+        return
+    operation = predict.post
+    operation.security = SECURITY
+    operation.responses = operation.responses or {}
+    for status, description in (("401", _UNAUTHORIZED), ("403", _FORBIDDEN)):
+        operation.responses[status] = OpenAPIResponse(description=description, content={
+            "application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ErrorBody"))})
