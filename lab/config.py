@@ -76,6 +76,9 @@ class ServeConfig:
     model_timeout_ms: float = 0.0  # the model's predict for one request; 0: only the budget bounds it
     breaker_failures: int = 5  # consecutive failures/timeouts of the store or the model that open its breaker; 0: none
     breaker_open_s: float = 5.0  # how long an open breaker sends requests to the fallback before a probe
+    ledger_sync: bool = False  # answer a prediction only once its ledger row is committed (survives kill -9)
+    batch_fallback: bool = False  # a request that cannot be scored gets its entity's latest batch prediction
+    batch_fallback_entity: str = ""  # the request field keying that lookup; "": the request's first entity
     predict_auth: str = "open"  # "open": anyone who reaches /predict may call it; "key": an API key with scope predict
     max_body_bytes: int = 16384  # the largest request body any route accepts; one more byte gets a 413
     keys: str = "keys.db"  # the API key file (lab keys ...), relative to the project root

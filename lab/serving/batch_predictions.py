@@ -204,3 +204,15 @@ def batch_fallback_for(config, spec) -> BatchFallback | None:
                           f"{spec.name!r}'s request (entities: {', '.join(entities) or 'none'}); set it to one of "
                           "them, or batch_fallback = false")
     return BatchFallback(latest_path(config), spec.name, entity)
+
+
+def fallback_fields(fallback: str | None, hit: BatchPrediction | None) -> dict[str, Any]:
+    """What a response says about where a fallback score came from: nothing for a
+    prediction (``fallback`` None), ``fallback_source`` ``batch`` with the batch's model
+    version, scoring time and age for a batch prediction, else ``declared``."""
+    if fallback is None:
+        return {}
+    if hit is None:
+        return {"fallback_source": "declared"}
+    return {"fallback_source": "batch", "batch_model_version": hit.model_version,
+            "batch_scored_at": hit.scored_at, "batch_age_seconds": round(hit.age_seconds(), 3)}

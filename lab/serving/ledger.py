@@ -8,17 +8,26 @@ commit and the thread's wake-ups are thus paid once per batch, off the request p
 measured on the model server, committing each prediction on its own cost about a third
 of the request time.
 
-Durability trade-off, stated plainly:
+Durability, stated exactly (docs/serving.md, "What a kill -9 keeps"):
 
 - The file is in WAL mode with ``synchronous=NORMAL``: a commit is written to the WAL
   but not fsynced. A killed *process* loses nothing that was committed; a power cut or
   kernel crash may lose the last commits (the database itself stays consistent).
-- Records still on the queue are not on disk at all. ``close()`` (called when the server
-  shuts down, SIGTERM included) drains and commits them; SIGKILL loses them: the last
-  ``linger_s`` of predictions (10 ms) under normal load, more if the disk is behind.
+- A row is committed once ``stats()["written"]`` counts it (``written`` is raised after
+  the commit returns). Records appended but not yet written (``appended - written -
+  dropped - failed``: on the queue, or in the batch being committed) are in memory
+  only. ``close()`` (called when the server shuts down, SIGTERM included) commits them;
+  SIGKILL loses them. By default that is the last ``linger_s`` (10 ms) of predictions
+  plus one commit, more if the disk is behind: a response does not wait for its row.
+- Durable mode (``Ledger.open(..., sync=True)``; the server's ``[tool.lab.serve]
+  ledger_sync = true``): ``append_durably`` returns only once the record's batch is
+  committed, and the server answers only then, so every acknowledged prediction
+  survives a SIGKILL. Records waiting on the queue share one commit (group commit, no
+  linger), so the cost is about one commit's latency per request, not one commit each.
 - When the queue is full (the disk cannot keep up) ``append`` drops the record instead
-  of blocking the request, and counts it: ``stats()["dropped"]``. A prediction is never
-  delayed by the ledger, and a lost ledger row is never silent.
+  of blocking the request, and counts it: ``stats()["dropped"]``. A lost ledger row is
+  never silent; in durable mode the request is not acknowledged (``append_durably``
+  returns False and the server answers 503).
 
 Reading (``read``, ``query``, ``read_predictions``) opens its own read-only connection,
 so tests, notebooks and training-from-logs can read while a server writes; reading
@@ -33,6 +42,7 @@ library is used: this module is part of the core.
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -44,7 +54,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lab.errors import ConfigError, LabError, NotFound
 from lab.serving._ledger_migrations import ADDED_COLUMNS, LATER_COLUMNS, MIGRATIONS, OWNER, RENAMED_COLUMNS
@@ -102,7 +112,22 @@ class _Flush:
         self.done = threading.Event()
 
 
+class _Durable:
+    """A record whose appender waits for its commit: ``done(True)`` once committed,
+    ``done(False)`` if it could not be (a write error, a record that is not JSON)."""
+
+    __slots__ = ("record", "done")
+
+    def __init__(self, record: PredictionRecord, done: Callable[[bool], None]) -> None:
+        self.record, self.done = record, done
+
+
 _STOP = object()
+
+
+def _settle(future: asyncio.Future, ok: bool) -> None:
+    if not future.done():
+        future.set_result(ok)
 
 
 def _init_file(path: Path) -> None:
@@ -164,10 +189,11 @@ class Ledger(BaseLedger):
     never blocks; ``flush`` waits until everything appended so far is committed.
     """
 
-    def __init__(self, path: Path, *, queue_size: int, batch_size: int, linger_s: float):
+    def __init__(self, path: Path, *, queue_size: int, batch_size: int, linger_s: float, sync: bool = False):
         self.path = path
         self.batch_size = batch_size
         self.linger_s = linger_s
+        self.sync = sync  # the server waits for each prediction's commit (append_durably)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         # synchronous=NORMAL (the layer's default): see the module docstring. Tuples, not
         # dicts: this connection only inserts.
@@ -180,11 +206,13 @@ class Ledger(BaseLedger):
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, queue_size: int = 10_000, batch_size: int = 512,
-             linger_s: float = 0.01) -> "Ledger":
+             linger_s: float = 0.01, sync: bool = False) -> "Ledger":
         """Open (creating the file, its folder and the table if needed) the ledger at ``path``
         and start its writer thread. ``queue_size`` bounds the records waiting in memory;
         ``batch_size`` bounds the records committed in one transaction; ``linger_s`` is how
-        long the writer waits after a first record for others to share its commit."""
+        long the writer waits after a first record for others to share its commit (a
+        durable record never lingers). ``sync`` tells the server to acknowledge a
+        prediction only once it is committed (``append_durably``)."""
         if queue_size < 1 or batch_size < 1:
             raise ConfigError("ledger queue_size and batch_size must be at least 1")
         if not 0 <= linger_s <= 1:
@@ -192,7 +220,7 @@ class Ledger(BaseLedger):
         path = Path(path).resolve()
         try:
             _init_file(path)
-            return cls(path, queue_size=queue_size, batch_size=batch_size, linger_s=linger_s)
+            return cls(path, queue_size=queue_size, batch_size=batch_size, linger_s=linger_s, sync=sync)
         except sqlite3.Error as exc:
             raise LabError(f"cannot open the prediction ledger {path}: {exc}; check the folder is writable") from None
 
@@ -220,6 +248,38 @@ class Ledger(BaseLedger):
         with self._lock:
             self._counts["appended"] += 1
         return True
+
+    def append_then(self, record: PredictionRecord, done: Callable[[bool], None]) -> bool:
+        """Queue ``record``; the writer thread calls ``done(True)`` once it is committed or
+        ``done(False)`` if it could not be. False (counted as dropped, ``done`` never
+        called) when the queue is full or the ledger closed; it never waits."""
+        if self._closed:
+            with self._lock:
+                self._counts["dropped"] += 1
+            return False
+        try:
+            self._queue.put_nowait(_Durable(record, done))
+        except queue.Full:
+            with self._lock:
+                self._counts["dropped"] += 1
+            return False
+        with self._lock:
+            self._counts["appended"] += 1
+        return True
+
+    async def append_durably(self, record: PredictionRecord, timeout: float = 10.0) -> bool:
+        """Queue ``record`` and wait, without blocking the event loop, until it is
+        committed: True then; False when it was dropped (queue full, ledger closed), could
+        not be written, or was not committed within ``timeout`` seconds (it may still be
+        committed later, but the caller must not count on it)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self.append_then(record, lambda ok: loop.call_soon_threadsafe(_settle, future, ok)):
+            return False
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return False
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record appended before this call is committed. Returns False
@@ -269,11 +329,19 @@ class Ledger(BaseLedger):
                 time.sleep(self.linger_s)  # let a batch gather: one commit, one wake-up
             rows: list[tuple] = []
             markers: list[_Flush] = []
+            waiting: list[Callable[[bool], None]] = []
             while True:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, _Flush):
                     markers.append(item)
+                elif isinstance(item, _Durable):
+                    row = self._encode(item.record)
+                    if row is None:
+                        self._notify([item.done], False)
+                    else:
+                        rows.append(row)
+                        waiting.append(item.done)
                 else:
                     row = self._encode(item)
                     if row is not None:
@@ -284,10 +352,18 @@ class Ledger(BaseLedger):
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            if rows:
-                self._commit(rows)
+            committed = self._commit(rows) if rows else True
+            self._notify(waiting, committed)
             for marker in markers:
                 marker.done.set()
+
+    @staticmethod
+    def _notify(callbacks: list[Callable[[bool], None]], ok: bool) -> None:
+        for done in callbacks:
+            try:
+                done(ok)
+            except Exception:  # noqa: BLE001 - a waiter gone (its loop closed) must not stop the writer
+                log.debug("a durable append's waiter could not be told", exc_info=True)
 
     def _encode(self, record: PredictionRecord) -> tuple | None:
         try:
@@ -298,7 +374,7 @@ class Ledger(BaseLedger):
                 self._counts["failed"] += 1
             return None
 
-    def _commit(self, rows: list[tuple]) -> None:
+    def _commit(self, rows: list[tuple]) -> bool:
         try:
             # Retried while another process holds the lock, for as long again as the busy
             # timeout; meanwhile appends queue up (and are dropped, counted, once it is full).
@@ -308,10 +384,11 @@ class Ledger(BaseLedger):
             log.error("ledger could not write %d prediction(s) to %s: %s", len(rows), self.path, exc)
             with self._lock:
                 self._counts["failed"] += len(rows)
-            return
+            return False
         with self._lock:
             self._counts["written"] += len(rows)
             self._counts["commits"] += 1
+        return True
 
     # -- reading ------------------------------------------------------------------
 

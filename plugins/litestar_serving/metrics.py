@@ -230,6 +230,9 @@ class StateCollector(Collector):
                               labels=["dependency", "state"]),
             CounterMetricFamily("lab_circuit_opened", "Times each dependency's circuit breaker opened",
                                 labels=["dependency"]),
+            CounterMetricFamily("lab_batch_fallback_lookups", "Lookups of the latest batch prediction for a "
+                                "request that could not be scored ([tool.lab.serve] batch_fallback): hit "
+                                "(answered with it) or miss (the declared fallback, or 503)", labels=["outcome"]),
             GaugeMetricFamily("lab_cuda_memory_allocated_bytes", "CUDA memory held by tensors, by device "
                               "(only when torch is imported and CUDA is available)", labels=["device"]),
             GaugeMetricFamily("lab_cuda_memory_reserved_bytes", "CUDA memory reserved by torch's caching "
@@ -237,7 +240,7 @@ class StateCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, allocated,
+        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, batch_lookups, allocated,
          reserved) = self._families()
         state = self.state
         ready.add_metric([], 1.0 if state.ready else 0.0)
@@ -269,6 +272,12 @@ class StateCollector(Collector):
             pending = stats.get("appended", 0) - stats.get("written", 0) - stats.get("failed", 0)
             lag.add_metric([], max(pending, 0))
             yield from (records, commits, depth, lag)
+        batch = getattr(state, "batch", None)
+        if batch is not None:
+            counts = batch.counts()
+            batch_lookups.add_metric(["hit"], counts["hits"])
+            batch_lookups.add_metric(["miss"], counts["misses"])
+            yield batch_lookups
         devices = cuda_memory(sys.modules.get("torch"))
         if devices:
             for device, (held, cached) in devices.items():

@@ -107,7 +107,10 @@ class Prediction(msgspec.Struct):
     (``fallback_reason`` says which: ``store_timeout``, ``model_timeout``, ``store_error``,
     ``model_error``, ``queue_timeout``), or its circuit breaker is open
     (``store_circuit_open``, ``model_circuit_open``). ``features`` then holds what was
-    assembled, if the store answered, else nothing."""
+    assembled, if the store answered, else nothing. ``fallback_source`` says where the
+    score came from: ``batch`` (the entity's latest batch prediction, with
+    ``[tool.lab.serve] batch_fallback``; ``batch_model_version``, ``batch_scored_at`` and
+    ``batch_age_seconds`` describe it) or ``declared`` (the model's declared fallback)."""
 
     request_id: str
     event_id: int | str
@@ -124,6 +127,10 @@ class Prediction(msgspec.Struct):
     variant: str | None = None
     fallback: bool = False
     fallback_reason: str | None = None
+    fallback_source: str | None = None
+    batch_model_version: int | None = None
+    batch_scored_at: str | None = None
+    batch_age_seconds: float | None = None
 
 
 class ErrorBody(msgspec.Struct):
@@ -153,10 +160,13 @@ class ServerStats(msgspec.Struct):
     ledger's appended, written, dropped (queue full), failed, commits and queued right
     now, and ``features``: requests served some view's defaults because its values were
     past the ttl (``stale``) or dated after the request (``future``); ``fallbacks``: answers
-    that were the model's declared fallback, by reason (not counted in ``predictions``)."""
+    that were the model's declared fallback, by reason (not counted in ``predictions``);
+    ``batch_fallback``: lookups of the latest batch prediction for a request that could not
+    be scored, ``hits`` and ``misses`` (empty unless ``[tool.lab.serve] batch_fallback``)."""
 
     predictions: int
     not_ready: int
     ledger: dict[str, int]
     features: dict[str, int]
     fallbacks: dict[str, int] = {}
+    batch_fallback: dict[str, int] = {}
