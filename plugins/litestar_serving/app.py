@@ -62,6 +62,7 @@ from lab.experiments.routing import FlagRouter
 from lab.modelspec import ModelSpec
 from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
 from lab.registry import Registry
+from lab.serving.batch_predictions import batch_fallback_for, fallback_fields
 from lab.serving.keys import keys_path
 from lab.serving.ledger import Ledger
 from lab.serving.predictor import ledger_record, prediction_fields, request_time
@@ -110,6 +111,7 @@ class ServingState:
     not_ready: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     allow_empty_store: bool = False
+    batch: Any = None  # lab.serving.batch_predictions.BatchFallback with [tool.lab.serve] batch_fallback
     metrics: ServerMetrics | None = None  # what /metrics shows; set by create_app
     limit: ScoringLimit = field(default_factory=lambda: ScoringLimit(0, 0))  # scoring slots and queue
     budget: Budget = field(default_factory=Budget)  # latency budget and timeouts; enforced on the pool
@@ -158,7 +160,7 @@ def start_up(state: ServingState, config, pm) -> None:
         if state.store is None:
             raise LabError("no plugin answered lab_online_store; install or enable an online store plugin")
         state.reason = "opening the prediction ledger"
-        state.ledger = Ledger.open(config.ledger_path)
+        state.ledger = Ledger.open(config.ledger_path, sync=config.serve.ledger_sync)
         state.reason = f"looking up the {state.alias} of model {state.model_name!r}"
         if not config.registry_path.exists():
             raise LabError(f"no registry at {config.registry_path}: run `lab run` to train and register a model")
@@ -321,6 +323,16 @@ def _not_ready(state: ServingState) -> ServiceUnavailableException:
     return ServiceUnavailableException(detail=f"not ready: {state.reason}")
 
 
+def _unrecorded(state: ServingState) -> ServiceUnavailableException:
+    """With ledger_sync, a prediction whose ledger row was not committed is not answered."""
+    state.not_ready += 1
+    if state.metrics is not None:
+        state.metrics.not_ready("ledger_unavailable")
+    return ServiceUnavailableException(
+        detail="the prediction could not be committed to the ledger, and [tool.lab.serve] ledger_sync = true "
+               "answers only committed ones; retry", headers={"Retry-After": "1"})
+
+
 @dataclass(frozen=True)
 class _NoFeatures:
     """What a fallback reports when the store phase did not end: no features at all."""
@@ -349,10 +361,12 @@ def _record(breakers: tuple[CircuitBreaker, CircuitBreaker], miss: Unscored | No
         model.failure(miss.detail)
 
 
-def _unscored(serving: ServingState, miss: Unscored, what: str) -> str:
-    """The fallback reason for ``miss``, counted and logged; or the 503 (or, for a bug
-    with no fallback declared, the original exception) when the spec declares none."""
-    if serving.spec.fallback is None:
+def _unscored(serving: ServingState, miss: Unscored, what: str, request: dict) -> tuple[str, Any]:
+    """The fallback reason for ``miss``, counted and logged, with the request entity's latest
+    batch prediction when ``[tool.lab.serve] batch_fallback`` finds one (None: the declared
+    fallback); or the 503 (or, for a bug, the original exception) when there is neither."""
+    batch = serving.batch.find(request) if serving.batch is not None else None
+    if serving.spec.fallback is None and batch is None:
         if miss.error is not None and not isinstance(miss.error, LabError):
             raise miss.error  # a bug, not a dependency's state: a 500, logged with its traceback
         log.error("cannot score %s: %s", what, miss.detail)
@@ -369,7 +383,7 @@ def _unscored(serving: ServingState, miss: Unscored, what: str) -> str:
     serving.fallbacks[miss.reason] = serving.fallbacks.get(miss.reason, 0) + 1
     if serving.metrics is not None:
         serving.metrics.fallback(miss.reason)
-    return miss.reason
+    return miss.reason, batch
 
 
 def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Controller]:
@@ -393,7 +407,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         when = fields[timestamp] = request_time(sent)
         event_id = fields[id_field]
         (version, model), flag, variant = serving.current, None, None
-        limit, assembler, fallback = serving.limit, serving.assembler, None
+        limit, assembler, fallback, batch = serving.limit, serving.assembler, None, None
         try:
             if serving.router is not None:
                 route, flag = serving.router.route(fields[serving.unit])
@@ -434,14 +448,18 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             if variant is not None:
                 serving.router.count(variant, failed=True)
             _record(serving.breakers, miss)
-            fallback = _unscored(serving, miss, f"{schema.title} {event_id}")
-            assembled, score = miss.assembled or _NOTHING, serving.spec.fallback
+            fallback, batch = _unscored(serving, miss, f"{schema.title} {event_id}", fields)
+            assembled, score = miss.assembled or _NOTHING, batch.score if batch else serving.spec.fallback
         latency_ms = (time.perf_counter() - started) * 1000.0
         if variant is not None and fallback is None:
             serving.router.count(variant, failed=False)
         # One record and one answer for the server and the embedded predictor (lab.load_model).
-        serving.ledger.append(ledger_record(schema, fields, sent, version, assembled, score, latency_ms,
-                                            request_id, experiment=flag, variant=variant, fallback=fallback))
+        record = ledger_record(schema, fields, sent, version, assembled, score, latency_ms,
+                               request_id, experiment=flag, variant=variant, fallback=fallback)
+        if not serving.ledger.sync:
+            serving.ledger.append(record)
+        elif not await serving.ledger.append_durably(record):  # ledger_sync: answer only what is committed
+            raise _unrecorded(serving)
         fresh = assembled.freshness
         if fallback is None:
             serving.predictions += 1
@@ -455,6 +473,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             variant=variant,
             fallback=fallback is not None,
             fallback_reason=fallback,
+            **fallback_fields(fallback, batch),
         )
 
     predict.__doc__ = f"""Score one {schema.title} with the served model version.
@@ -524,7 +543,8 @@ class HealthController(Controller):
         ledger = serving.ledger.stats() if serving.ledger is not None else {}
         features = serving.assembler.counts() if serving.assembler is not None else {"stale": 0, "future": 0}
         return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger,
-                           features=features, fallbacks=dict(serving.fallbacks))
+                           features=features, fallbacks=dict(serving.fallbacks),
+                           batch_fallback=serving.batch.counts() if serving.batch is not None else {})
 
 
 class MetricsController(Controller):
@@ -671,7 +691,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                           "on the scoring pool: set max_concurrency to 1 or more (--max-concurrency N) as well")
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
                          allow_empty_store=allow_empty_store, limit=limit,
-                         budget=budget, breakers=breakers)
+                         budget=budget, breakers=breakers, batch=batch_fallback_for(config, spec))
     if flag:
         state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
     struct = request_type(spec.request)
