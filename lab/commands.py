@@ -41,6 +41,7 @@ def _lazy(name: str, help: str, module: str, add_arguments: str, run: str) -> Co
 _PIPELINE = "lab.pipeline.commands"
 _REGISTRY = "lab.registry.commands"
 _FEATURES = "lab.features.commands"
+_SHADOW = "lab.serving.shadow_commands"
 _STREAM = "lab.streaming.commands"
 _EXPERIMENTS = "lab.experiments.commands"
 _KEYS = "lab.serving.keys_commands"
@@ -50,17 +51,29 @@ COMMANDS: list[Command] = [
     _lazy("run", "run the notebook pipeline; unchanged stages are skipped, a stopped run resumes",
           _PIPELINE, "run_args", "run_run"),
     # the registry
-    _lazy("promote", "point an alias (default champion) at a model version", _REGISTRY, "_promote_args", "_promote_run"),
+    _lazy("promote", "point an alias (default champion) at a model version; to champion only on the evidence "
+          "[tool.lab.gate] asks for", "lab.steps.promotion", "promote_args", "promote_run"),
+    _lazy("approve", "approve a model version to become champion (--by NAME), as [tool.lab.gate] may require",
+          _REGISTRY, "_approve_args", "_approve_run"),
     _lazy("rollback", "move an alias back to the version it held before", _REGISTRY, "_rollback_args", "_rollback_run"),
     _lazy("models", "list registered models, or one model's versions, aliases and metrics",
           _REGISTRY, "_models_args", "_models_run"),
-    _lazy("history", "show a model's alias history (who moved what, when, why)",
+    _lazy("history", "show a model's history: who promoted what, when, why, on which evidence, approved by whom",
           _REGISTRY, "_history_args", "_history_run"),
     _lazy("runs", "list tracking runs, newest first", _REGISTRY, "_runs_args", "_runs_run"),
     _lazy("lineage", "walk from a model version to its run, code, dependencies and data",
           _REGISTRY, "_lineage_args", "_lineage_run"),
     _lazy("score", "batch inference: score a window of the offline store into date partitions, with coverage "
           "and freshness", "lab.serving.batch_commands", "_score_args", "_score_run"),
+    # shadow mode
+    _lazy("shadow start", "mirror the champion's traffic to a challenger, with exit criteria declared now",
+          _SHADOW, "_start_args", "_start_run"),
+    _lazy("shadow status", "a shadow's progress against its exit criteria (records met or expired)",
+          _SHADOW, "_model_args", "_status_run"),
+    _lazy("shadow report", "a shadow's agreement report: requests, agreement with its CI, latencies, criteria",
+          _SHADOW, "_report_args", "_report_run"),
+    _lazy("shadow stop", "stop mirroring to the challenger (recorded in the history)", _SHADOW, "_stop_args",
+          "_stop_run"),
     # the feature store
     _lazy("features load", "load a Parquet file into an offline source table", _FEATURES, "_load_args", "_load_run"),
     _lazy("features training-set", "write a point-in-time training set and record it in the registry",

@@ -19,6 +19,11 @@ FLAG_CHANGED = "flag.changed"
 EXPERIMENT_STARTED = "experiment.started"
 EXPERIMENT_STOPPED = "experiment.stopped"
 GUARDRAIL_BREACHED = "guardrail.breached"
+SHADOW_STARTED = "shadow.started"
+SHADOW_MET = "shadow.met"  # its exit criteria hold: the challenger may be promoted
+SHADOW_EXPIRED = "shadow.expired"  # its deadline passed with the criteria unmet
+SHADOW_STOPPED = "shadow.stopped"
+MODEL_APPROVED = "model.approved"
 
 
 def current_actor() -> str:

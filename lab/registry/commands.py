@@ -1,4 +1,4 @@
-"""``lab`` commands for the registry: promote, rollback, models, history, runs, lineage.
+"""``lab`` commands for the registry: promote, approve, rollback, models, history, runs, lineage.
 
 Each opens ``ctx.config.registry_path`` (git and lock hash read from ``ctx.config.root``).
 Promote and rollback announce themselves to plugins through ``lab_on_event`` after the
@@ -41,19 +41,47 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("version", type=int, help="version number to promote (see `lab models NAME`)")
     p.add_argument("--alias", default="champion", help="alias to move (default: champion)")
     p.add_argument("--reason", default="", help="why, kept in the alias history")
+    p.add_argument("--force", action="store_true",
+                   help="promote to champion although criteria are unmet (needs --reason; recorded in the history)")
 
 
-def _promote_run(args: argparse.Namespace, ctx: Context) -> int:
+def _promote_run(args: argparse.Namespace, ctx: Context, notes: dict[str, str] | None = None) -> int:
+    """``lab promote``: to champion only when the version's shadow (if any) met its exit
+    criteria and [tool.lab.gate] holds (see ``Registry.promotion_criteria``)."""
     with _open(ctx) as reg:
-        event = reg.promote(args.name, args.version, alias=args.alias, reason=args.reason)
+        event = reg.promote(args.name, args.version, alias=args.alias, reason=args.reason,
+                            gate=ctx.config.gate, force=args.force, notes=notes)
     if event is None:
         print(f"{args.name}: version {args.version} is already {args.alias}; nothing changed")
         return 0
     previous = event["from_version"]
     was = f" (was version {previous})" if previous is not None else " (first time set)"
     print(f"{args.name}: {args.alias} -> version {args.version}{was}")
+    checked = event.get("evidence") or {}
+    for criterion in checked.get("criteria", []):
+        mark = "ok" if criterion["passed"] else "OVERRIDDEN"
+        print(f"  {criterion['name']:<9} {mark:<10} {criterion['detail']}")
+    if checked.get("forced"):
+        print(f"  forced by {event['actor']}: {args.reason}")
+    extra = {"criteria": checked["criteria"], "forced": checked["forced"]} if checked.get("criteria") else {}
     events.emit(ctx.pm, events.MODEL_PROMOTED, model=args.name, version=args.version,
-                alias=args.alias, previous=previous)
+                alias=args.alias, previous=previous, **extra)
+    return 0
+
+
+def _approve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="registered model name, e.g. churn")
+    p.add_argument("version", type=int, help="the version approved to become champion")
+    p.add_argument("--by", required=True, metavar="NAME", help="who approves (kept in the history)")
+    p.add_argument("--note", default="", help="what the approval rests on")
+
+
+def _approve_run(args: argparse.Namespace, ctx: Context) -> int:
+    with _open(ctx) as reg:
+        row = reg.approve(args.name, args.version, approver=args.by, note=args.note)
+    print(f"{args.name}: v{args.version} approved by {row['approver']} (approval #{row['id']})")
+    events.emit(ctx.pm, events.MODEL_APPROVED, model=args.name, version=args.version, approver=row["approver"],
+                note=args.note, approval_id=row["id"])
     return 0
 
 
@@ -110,23 +138,32 @@ def _models_run(args: argparse.Namespace, ctx: Context) -> int:
 
 def _history_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="registered model name")
-    p.add_argument("--alias", help="only this alias (default: all)")
+    p.add_argument("--alias", help="only this alias's moves (default: every move, shadow, approval and evidence)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _history_run(args: argparse.Namespace, ctx: Context) -> int:
     with _open(ctx) as reg:
-        history = reg.alias_history(args.name, args.alias)
+        if args.alias is not None:
+            history = [{"at": e["at"], "kind": "alias", "action": e["action"], "version": e["to_version"],
+                        "actor": e["actor"], "evidence": e["evidence"], "row": e,
+                        "text": f"{e['alias']} {'-' if e['from_version'] is None else 'v%d' % e['from_version']} "
+                                f"-> v{e['to_version']}" + (f"  {e['reason']}" if e["reason"] else "")}
+                       for e in reg.alias_history(args.name, args.alias)]
+        else:
+            history = reg.model_history(args.name)
     if args.json:
         _print_json(history)
         return 0
     if not history:
         print(f"no alias of {args.name} has been set yet (use `lab promote {args.name} VERSION`)")
     for e in history:
-        was = "-" if e["from_version"] is None else f"v{e['from_version']}"
-        reason = f"  {e['reason']}" if e["reason"] else ""
-        print(f"{_short_time(e['at'])}  {e['alias']:<12} {e['action']:<9} {was:>5} -> v{e['to_version']:<5} "
-              f"by {e['actor']}{reason}")
+        print(f"{_short_time(e['at'])}  {e['kind']:<8} {e['action']:<10} {e['text']}  by {e['actor']}")
+        checked = e.get("evidence") or {}
+        for criterion in checked.get("criteria", []):
+            mark = "ok" if criterion["passed"] else "OVERRIDDEN"
+            refs = f" [{', '.join(criterion['refs'])}]" if criterion.get("refs") else ""
+            print(f"{'':<21}  on {criterion['name']}: {mark}: {criterion['detail']}{refs}")
     return 0
 
 

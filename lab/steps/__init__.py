@@ -13,7 +13,11 @@ features      source Parquet -> offline store; point-in-time  data/trainset.parq
               training set over the train/delay/test window
 train         Optuna sweep of the spec's flavor               data/candidate, candidate.json
 evaluate      candidate and champion on the same test window  data/evaluation.json
-register      model version with lineage; promote on a pass   data/registered.json
+              (gate on a point estimate or a bootstrap CI)
+register      model version with lineage and offline          data/registered.json
+              evidence; promote when the gate allows
+shadow_report a shadow's agreement report; records met or    data/shadow_report.json
+              expired
 materialize   latest values of the spec's views, online       data/materialized.json
 batch_score   the champion scores the last ``score_days``     data/scores.parquet
 drift         scored window against the training window       data/drift.json, drift.html
@@ -23,8 +27,10 @@ drift         scored window against the training window       data/drift.json, d
 from lab.steps.data import features
 from lab.steps.evaluation import evaluate, gate
 from lab.steps.monitoring import drift
+from lab.steps.promotion import shadow_report
 from lab.steps.release import register
 from lab.steps.scoring import batch_score, materialize
 from lab.steps.training import train
 
-__all__ = ["batch_score", "drift", "evaluate", "features", "gate", "materialize", "register", "train"]
+__all__ = ["batch_score", "drift", "evaluate", "features", "gate", "materialize", "register", "shadow_report",
+           "train"]

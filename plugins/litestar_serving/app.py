@@ -68,6 +68,7 @@ from lab.serving.ledger import Ledger
 from lab.serving.predictor import ledger_record, prediction_fields, request_time
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
+from lab.serving.shadow import ShadowMirror
 from plugins.litestar_serving import admin as admin_routes
 from plugins.litestar_serving.auth import ServerKeys, guard
 from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
@@ -106,6 +107,7 @@ class ServingState:
     ledger: Ledger | None = None
     warnings: list[str] = field(default_factory=list)
     router: Router | None = None
+    shadow: ShadowMirror | None = None  # mirrors answered requests to a shadow's challenger, off the request path
     unit: str | None = None  # the request field the router routes by
     predictions: int = 0
     not_ready: int = 0
@@ -291,6 +293,7 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
         state: ServingState = app.state.serving
         loader = asyncio.ensure_future(asyncio.to_thread(start_up, state, config, pm))
         follower = asyncio.ensure_future(follow_changes(state, config, pm, refresh_s, guardrail_s))
+        state.shadow = ShadowMirror(config, pm, state.model_name, lambda: state.current, refresh_s=refresh_s).start()
         try:
             yield
         finally:
@@ -301,6 +304,7 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
             await asyncio.gather(follower, return_exceptions=True)
             # The loader thread cannot be cancelled; wait for it so nothing opens after we close.
             await asyncio.gather(loader, return_exceptions=True)
+            await asyncio.to_thread(state.shadow.close)
             try:
                 if state.store is not None:
                     state.store.close()
@@ -463,6 +467,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         fresh = assembled.freshness
         if fallback is None:
             serving.predictions += 1
+            serving.shadow.mirror(request_id, event_id, assembled.features, score, latency_ms, version.version)
             if serving.metrics is not None:
                 serving.metrics.prediction(version.name, version.version, variant)
                 serving.metrics.features(assembled.defaults, fresh)
