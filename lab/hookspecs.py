@@ -220,8 +220,9 @@ def lab_drift_report(
 @hookspec
 def lab_on_event(event: "Event") -> None:
     """Observe something that happened: a stage finished, failed or was skipped; a model
-    was registered, promoted or rolled back; drift was detected; a flag changed; an
-    experiment started or stopped; a guardrail was breached.
+    was registered, approved, promoted or rolled back; drift was detected; a flag changed;
+    an experiment started or stopped; a guardrail was breached; a shadow started, met
+    its exit criteria, expired or was stopped.
 
     ``event.name`` is one of the names in ``lab.events``; ``event.payload`` holds the
     details, ``event.actor`` and ``event.at`` say who and when. Return values are

@@ -32,7 +32,7 @@ def lab_on_event(event):
 
 def make_lab(root, monkeypatch, gate_table: str = "") -> object:
     (root / "pyproject.toml").write_text(
-        '[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\nplugins = ["approvals_probe"]\n\n'
+        '[project]\nname = "demo"\nversion = "0"\n\n[tool.lab]\nmodel_name = "churn"\nplugins = ["approvals_probe"]\n\n'
         f"[tool.lab.gate]\n{gate_table}\n")
     (root / "approvals_probe.py").write_text(PROBE)
     monkeypatch.setenv("APPROVALS_PROBE_OUT", str(root / "events.jsonl"))
@@ -207,3 +207,32 @@ def test_require_ci_refuses_a_point_estimate_and_a_failed_interval(tmp_path, mon
         reg.record_evidence("churn", 2, kind="offline", passed=True, summary="CI [+0.01, +0.05]",
                             payload={"interval": {**interval, "low": 0.01}})
         assert reg.promote("churn", 2, gate=ci)["evidence"]["criteria"][0]["refs"] == ["evidence:3"]
+
+
+def test_an_experiment_decided_by_the_experiments_statistics_is_online_evidence(tmp_path, monkeypatch, capsys):
+    root = make_lab(tmp_path, monkeypatch, 'require_online = "experiment"')
+    assert lab(root, "experiment", "create", "canary", "--variants", "control=0.5,treatment=0.5",
+               "--payload", "control:model_version=1", "--payload", "treatment:model_version=2") == 0
+    assert lab(root, "experiment", "start", "canary") == 0
+    for name, rates in (("same", "control=0.10,treatment=0.10"), ("better", "control=0.10,treatment=0.14")):
+        assert lab(root, "experiment", "simulate", "canary", "--units", "20000", "--rates", rates,
+                   "--out", str(root / f"{name}.parquet")) == 0
+    capsys.readouterr()
+
+    # No difference: not decided, so no online evidence, so no promotion.
+    assert lab(root, "promote", "churn", "2", "--experiment", "canary", "--outcomes", str(root / "same.parquet")) == 2
+    captured = capsys.readouterr()
+    assert "experiment canary: treatment (v2) vs control: not decided" in captured.out
+    assert "online: no online evidence for v2" in captured.err
+    assert champion(root) == 1
+
+    assert lab(root, "promote", "churn", "2", "--experiment", "canary", "--outcomes",
+               str(root / "better.parquet")) == 0
+    out = capsys.readouterr().out
+    assert "experiment canary: treatment (v2) vs control: decided, challenger wins" in out
+    assert "online    ok" in out and champion(root) == 2
+    with Registry.open(root / "registry.db") as reg:
+        (evidence,) = [e for e in reg.evidence("churn", 2, kind="experiment") if e["passed"]]
+    assert evidence["payload"]["decision"]["significant"] is True and evidence["payload"]["effect"] > 0
+    assert lab(root, "promote", "churn", "1", "--experiment", "canary", "--outcomes", "x.parquet") == 2
+    assert "v1 is experiment 'canary''s control (control)" in capsys.readouterr().err

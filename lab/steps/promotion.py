@@ -13,13 +13,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lab.cli import Context
+from typing import TYPE_CHECKING
+
 from lab.errors import LabError
-from lab.experiments import ExperimentStore
 from lab.pipeline.context import StageContext
 from lab.registry import Registry
-from lab.registry.commands import _promote_args, _promote_run
 from lab.steps._common import spec_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lab.cli import Context
+    from lab.experiments import ExperimentStore
+
+# Every stage imports lab.steps, and a stage's cache key holds the code it imported: the
+# CLI, the experiments package and the server's modules are imported below only where used.
 
 SHADOW_REPORT = "data/shadow_report.json"
 
@@ -38,7 +44,7 @@ def shadow_report(root, run_dir, *, model: str | None = None, shadow_id: int | N
         return report
 
 
-def _variant_of(store: ExperimentStore, experiment: str, version: int) -> tuple[str, str]:
+def _variant_of(store: "ExperimentStore", experiment: str, version: int) -> tuple[str, str]:
     """The experiment's variant serving ``version`` (payload ``model_version``) and its control."""
     found = store.get(experiment)
     names = [v.name for v in found.variants if (v.payload or {}).get("model_version") == version]
@@ -59,6 +65,7 @@ def experiment_evidence(config, pm, model: str, version: int, experiment: str, o
     with the challenger winning: the experiments package's decision (fixed-horizon at the
     planned sample, else the always-valid sequential test) is significant, the effect is
     in the better direction, no sample-ratio mismatch and no guardrail breached."""
+    from lab.experiments import ExperimentStore
     from lab.experiments.report import experiment_results  # numpy and scipy load only when asked
 
     with ExperimentStore.open(config.registry_path) as store:
@@ -93,6 +100,8 @@ def experiment_evidence(config, pm, model: str, version: int, experiment: str, o
 # -- lab promote ----------------------------------------------------------------------------
 
 def promote_args(p: argparse.ArgumentParser) -> None:
+    from lab.registry.commands import _promote_args
+
     _promote_args(p)
     p.add_argument("--experiment", metavar="NAME",
                    help="record this experiment's decision as online evidence first (with --outcomes)")
@@ -101,9 +110,11 @@ def promote_args(p: argparse.ArgumentParser) -> None:
                    help="the experiment's metric is better when lower (default: higher is better)")
 
 
-def promote_run(args: argparse.Namespace, ctx: Context) -> int:
+def promote_run(args: argparse.Namespace, ctx: "Context") -> int:
     """``lab promote``: bring the version's online evidence up to date, then let the
     registry's gate decide (``lab.registry.commands._promote_run``)."""
+    from lab.registry.commands import _promote_run
+
     notes: dict[str, str] = {}
     if args.alias == "champion":
         if bool(args.experiment) != bool(args.outcomes):
