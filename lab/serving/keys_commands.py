@@ -52,8 +52,8 @@ def _list_run(args: argparse.Namespace, ctx: Context) -> int:
         print(json.dumps([k.to_dict() for k in keys], indent=2))
         return 0
     if not keys:
-        print("no API keys yet: the server's admin routes refuse every request; create one with "
-              "`lab keys create NAME --scope admin`")
+        print(f"no {'live ' if args.live else ''}API keys: the server's admin routes refuse every request; create "
+              "one with `lab keys create NAME --scope admin`")
     for k in keys:
         state = "live" if k.live else f"revoked {_short_time(k.revoked_at)} by {k.revoked_by}"
         print(f"{k.id}  {k.name:<20} {','.join(k.scopes):<24} created {_short_time(k.created_at)} by "

@@ -31,7 +31,7 @@ import logging
 import re
 import types
 import uuid
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -61,8 +61,6 @@ Alias = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_len
 Reason = Annotated[str, msgspec.Meta(max_length=500, description="why; kept in the history and the audit log")]
 FlagName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128,
                                        description="a flag or experiment (see GET /admin/flags)")]
-Weight = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-VariantName = Annotated[str, msgspec.Meta(max_length=128)]
 
 
 class PromoteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,14 +80,31 @@ class RollbackRequest(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason = ""
 
 
-class FlagChangeRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Start a draft, stop a flag or experiment (every unit then sees control), or set
-    its weights (``weights`` names every variant and sums to 1)."""
-
+class _FlagAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="action"):
     name: FlagName
-    action: Literal["start", "stop", "set_weights"]
-    weights: dict[VariantName, Weight] | None = None
     reason: Reason = ""
+
+
+class StartFlag(_FlagAction, tag="start"):
+    """Start a draft flag or experiment: units are assigned by its weights from now on."""
+
+
+class StopFlag(_FlagAction, tag="stop"):
+    """Stop a flag or experiment: every unit sees control from now on (final)."""
+
+
+class SetWeights(_FlagAction, tag="set_weights"):
+    """Serve new weights: ``weights`` names every variant, each from 0 to 1, summing to 1
+    (the experiment store checks them, naming the fix)."""
+
+    weights: dict[str, float]
+
+
+FlagChangeRequest = StartFlag | StopFlag | SetWeights
+"""The body of POST /admin/flags, told apart by its ``action``."""
+
+
+_ACTIONS = {StartFlag: "start", StopFlag: "stop", SetWeights: "set_weights"}
 
 
 class AliasChange(msgspec.Struct):
@@ -258,32 +273,29 @@ class Admin:
                                     weights=dict(e.weights)) for e in found])
 
     def change_flag(self, body: FlagChangeRequest, key: ApiKey, request: Request, request_id: str) -> FlagChange:
-        who = actor(key)
-        if (body.weights is None) != (body.action != "set_weights"):
-            raise ConfigError("weights must be given with action set_weights (every variant's weight, summing "
-                              "to 1), and only with it")
+        who, action = actor(key), _ACTIONS[type(body)]
         with self.registry() as registry, ExperimentStore.open(self.config.registry_path) as store:
             before = store.get(body.name)
-            if body.action == "start":
+            if action == "start":
                 from lab.experiments.commands import check_model_versions  # as `lab experiment start` checks
 
                 check_model_versions(types.SimpleNamespace(config=self.config), before, at_create=False)
                 after = store.start(body.name, actor=who, reason=body.reason)
-            elif body.action == "stop":
+            elif action == "stop":
                 after = store.stop(body.name, actor=who, reason=body.reason)
             else:
                 after = store.set_weights(body.name, body.weights, actor=who, reason=body.reason)
             states = [FlagState(status=e.status, weights=dict(e.weights)) for e in (before, after)]
             changed = after != before
-            self.record(registry, "flags", body.name, key, request, request_id, action=body.action,
+            self.record(registry, "flags", body.name, key, request, request_id, action=action,
                         before=msgspec.to_builtins(states[0]), after=msgspec.to_builtins(states[1]),
                         changed=changed, reason=body.reason)
         if changed:
             name = {"start": events.EXPERIMENT_STARTED, "stop": events.EXPERIMENT_STOPPED}.get(
-                body.action, events.FLAG_CHANGED)
+                action, events.FLAG_CHANGED)
             self.announce(name, who, experiment=after.name, kind=after.kind, status=after.status,
-                          weights=after.weights, old=before.weights, action=body.action, reason=body.reason)
-        return FlagChange(request_id=request_id, actor=who, name=body.name, action=body.action,
+                          weights=after.weights, old=before.weights, action=action, reason=body.reason)
+        return FlagChange(request_id=request_id, actor=who, name=body.name, action=action,
                           before=states[0], after=states[1], changed=changed)
 
 
@@ -362,8 +374,8 @@ _FORBIDDEN = "The API key lacks the scope this route needs (named)"
 
 
 def document(openapi: OpenAPI, *, predict_keyed: bool) -> None:
-    """Declare the key's two security schemes, and, when /predict needs a key, say so on
-    it with its 401 and 403 answers."""
+    """Declare the key's two security schemes; say that the admin request bodies take no
+    other field; and, when /predict needs a key, say so on it with its 401 and 403."""
     components = openapi.components
     components.security_schemes = {
         **(components.security_schemes or {}),
@@ -372,6 +384,15 @@ def document(openapi: OpenAPI, *, predict_keyed: bool) -> None:
         "ApiKeyHeader": SecurityScheme(type="apiKey", name="X-API-Key", security_scheme_in="header",
                                        description="the same API key, in the X-API-Key header"),
     }
+    for path, item in (openapi.paths or {}).items():
+        body = item.post.request_body if path.startswith("/admin/") and item.post is not None else None
+        media = (getattr(body, "content", None) or {}).get("application/json")
+        shape = getattr(media, "schema", None)
+        for ref in [shape, *(getattr(shape, "one_of", None) or [])]:  # a struct, or each of a tagged union
+            name = getattr(ref, "ref", None)
+            schema = (components.schemas or {}).get(name.rsplit("/", 1)[-1]) if name else None
+            if schema is not None:  # as the decoder does (forbid_unknown_fields)
+                schema.additional_properties = False
     predict = (openapi.paths or {}).get("/predict")
     if not predict_keyed or predict is None or predict.post is None:
         return

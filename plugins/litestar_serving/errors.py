@@ -75,8 +75,9 @@ def _host_name(host: str) -> str | None:
 
 
 def _int_fields(struct: type[msgspec.Struct]) -> Iterable[str]:
-    """The names, as encoded, of ``struct``'s int fields."""
-    for field in msgspec.inspect.type_info(struct).fields:
+    """The names, as encoded, of ``struct``'s int fields (of each member of a tagged union)."""
+    info = msgspec.inspect.type_info(struct)
+    for field in (f for member in getattr(info, "types", (info,)) for f in getattr(member, "fields", ())):
         kind = field.type
         kind = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
         if isinstance(kind, msgspec.inspect.IntType):
