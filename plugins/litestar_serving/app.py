@@ -35,11 +35,11 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import random
 import re
 import sys
 import threading
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -72,6 +72,7 @@ from lab.serving.shadow import ShadowMirror
 from plugins.litestar_serving import admin as admin_routes
 from plugins.litestar_serving.auth import ServerKeys, guard
 from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
+from plugins.litestar_serving import fastpath
 from plugins.litestar_serving.errors import RequestErrors, host_guard
 from plugins.litestar_serving.limits import Budget, Busy, ScoringLimit, Unscored, score_bounded, score_inline
 from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
@@ -88,7 +89,13 @@ from plugins.litestar_serving.schemas import (
 
 log = logging.getLogger("lab.serving")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+_ids = random.Random()  # seeded from os.urandom once; request ids need uniqueness, not secrecy
+
+
+def _new_id() -> str:
+    """A fresh request id: 32 hex digits, as ``uuid4().hex`` (without its syscall per call)."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 @dataclass
@@ -403,8 +410,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
         serving: ServingState = state.serving
         if not serving.ready:
             raise _not_ready(serving)
-        header_id = request.headers.get("x-request-id")
-        request_id = header_id if header_id and _REQUEST_ID.match(header_id) else uuid.uuid4().hex
+        header_id = next((v for k, v in request.scope["headers"] if k == b"x-request-id"), None)
+        request_id = header_id.decode("latin-1") if header_id and _REQUEST_ID.match(header_id) else _new_id()
         fields = msgspec.structs.asdict(data)
         sent = fields[timestamp]
         # Features read the wall-clock time; an offset, if sent, does not move it.
@@ -647,7 +654,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                guardrail_s: float | None = None, host: str | None = None,
                allow_empty_store: bool | None = None, max_concurrency: int | None = None,
                max_queue: int | None = None, latency_budget_ms: float | None = None,
-               store_timeout_ms: float | None = None, model_timeout_ms: float | None = None) -> Litestar:
+               store_timeout_ms: float | None = None, model_timeout_ms: float | None = None,
+               lean_predict: bool = True) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``, or the lab's only model), plus every route from
     ``lab_http_routes``. The model's ``ModelSpec`` (``lab.plugins.model_spec``) gives the
@@ -670,6 +678,10 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     [tool.lab.serve]; 0 none; they need the pool) bound a request's wait; past them, or
     when a store or the model fails, the request gets the spec's ``fallback``, flagged
     (none declared: 503).
+
+    ``lean_predict`` (default True) serves ``POST /predict`` through
+    ``plugins.litestar_serving.fastpath``: the same middleware, guards, hook, handler and
+    answers without Litestar's generic parameter parsing; False leaves it all to Litestar.
 
     Routes: POST /predict, GET /healthz, /readyz, /stats, /metrics; OpenAPI at /schema.
     Extra handlers find the shared ``ServingState`` at ``request.app.state.serving``.
@@ -737,6 +749,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     admin_routes.document(app.openapi_schema, predict_keyed=config.serve.predict_auth == "key")
     if names:
         _document_host_check(app.openapi_schema)
+    if lean_predict:  # POST /predict without Litestar's generic parameter parsing (same answers)
+        fastpath.install(app, errors)
     return app
 
 

@@ -108,20 +108,28 @@ class RequestErrors:
         """``before_request`` hook: raise a 415 unless the body is declared JSON, and a
         400 naming the field unless the raw body decodes strictly as the request type.
         Returns None so the handler then runs as usual."""
-        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        self.check_media_type(request.headers.get("content-type", ""))
+        self.decode(await request.body())
+
+    def check_media_type(self, content_type: str) -> None:
+        """The 415 unless ``content_type`` (the header's value) declares JSON."""
+        media_type = content_type.split(";", 1)[0].strip().lower()
         if not _is_json(media_type):
             got = f"content-type {media_type}" if media_type else "no content-type"
             raise ClientException(status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                                   detail=f"the body must be JSON, sent with the header `content-type: "
                                          f"application/json` (got {got})")
-        body = await request.body()
+
+    def decode(self, body: bytes) -> msgspec.Struct:
+        """``body`` as the request struct, decoded strictly (an integral float in an int
+        field read as that int); else the 400 naming the field (``ValidationException``)."""
         try:
             try:
-                self._decoder.decode(body)
+                data = self._decoder.decode(body)
             except msgspec.ValidationError as exc:
                 if not self.int_fields or "Expected `int`, got `float`" not in str(exc):
                     raise
-                self._check_whole_numbers(body)
+                data = self._check_whole_numbers(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise ValidationException(detail="invalid body", extra=[{"message": str(exc), "key": None}]) from None
         if b"\\u0000" in body and self.datetime_fields:
@@ -130,8 +138,9 @@ class RequestErrors:
                 if name in self.datetime_fields and isinstance(value, str) and "\x00" in value:
                     raise ValidationException(detail="invalid body", extra=[{
                         "message": "Invalid RFC3339 encoded datetime: it holds a NUL character", "key": name}])
+        return data
 
-    def _check_whole_numbers(self, body: bytes) -> None:
+    def _check_whole_numbers(self, body: bytes) -> msgspec.Struct:
         """Check ``body`` strictly, reading a whole number written as a float (``44369.0``,
         ``1e3``) in an int field as that int: JSON Schema's ``integer``, which the OpenAPI
         document promises, is the value, not its spelling. Litestar's own (lax) decoding
@@ -142,7 +151,7 @@ class RequestErrors:
                 value = fields.get(name)
                 if isinstance(value, float) and value.is_integer():
                     fields[name] = int(value)
-        msgspec.convert(fields, self.struct, strict=True)
+        return msgspec.convert(fields, self.struct, strict=True)
 
     def describe(self, message: str, key: str | None) -> tuple[str, str | None]:
         """``(detail, field)`` for one msgspec validation message reported under ``key``."""

@@ -1,0 +1,171 @@
+"""A lean path for ``POST /predict``: the same handler, without Litestar's per-request parsing.
+
+Litestar spends most of a warm ``/predict`` on generic work: resolving the handler's
+parameters through its signature model (the body decoded a second time, then validated
+again as keyword arguments) and building a ``Response`` object to encode the result.
+``install(app, errors)`` adds, in front of the app's router, a dispatch for exactly
+``POST /predict`` that does the same steps directly:
+
+- the same route middleware (the metrics timer, the Host check, any other), inside the
+  same exception handling (Litestar's ``ExceptionHandlerMiddleware`` with the route's
+  exception handlers), so every error answer is made by the same code as before;
+- the route's guards (``authorize_connection``: API keys) and its ``before_request`` hook;
+  when that hook is the app's ``RequestErrors.strict_body`` (415 unless JSON, 400 naming the
+  field), its two checks run on the raw header and body and its decode is the request
+  struct (one decode instead of three); any other hook is awaited as Litestar would, then
+  the body decoded as Litestar decodes it;
+- the handler function itself, called with ``data``, ``state`` and ``request``: every
+  check, hook and side effect inside it (readiness, routing, breakers, the ledger record,
+  metrics) is the handler's own;
+- a returned ``msgspec.Struct`` encoded with Litestar's serializer and sent with the same
+  headers (``content-type: application/json`` and ``content-length``); anything else
+  the handler returns goes through ``to_response`` as on the Litestar route.
+
+Anything the path does not reproduce (an ``after_request`` hook, a return DTO, response
+headers or cookies, a handler parameter other than those three, a non-200 status)
+leaves it uninstalled and Litestar handles ``/predict`` as before: ``install`` returns
+the reason. Other paths and methods (``/predict/``, ``GET /predict``) always go to Litestar.
+``tests/test_serving_fastpath.py`` sends the same requests both ways and compares the
+answers byte for byte.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar._asgi.routing_trie.mapping import build_route_middleware_stack
+from litestar._asgi.utils import is_valid_host, wrap_in_exception_handler
+from litestar.connection import Request
+from litestar.exceptions import ClientException
+from litestar.routes import HTTPRoute
+from litestar.serialization import encode_json, get_serializer
+from litestar.utils.scope.state import ScopeState
+
+from plugins.litestar_serving.errors import RequestErrors
+
+log = logging.getLogger("lab.serving")
+
+PARAMETERS = frozenset({"data", "state", "request"})
+_JSON = b"application/json"
+
+
+class _Route:
+    """What ``build_route_middleware_stack`` reads of a route: its ``handle``."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+
+def unsupported(handler: Any) -> str | None:
+    """Why the lean path cannot stand in for ``handler`` (a Litestar ``HTTPRouteHandler``), or None."""
+    if any(getattr(layer, "after_request", None) for layer in handler.ownership_layers):
+        return "an after_request hook"
+    if handler.resolve_return_dto():
+        return "a return DTO"
+    if handler.resolve_response_headers() or handler.resolve_response_cookies():
+        return "response headers or cookies"
+    if handler.status_code != 200:
+        return f"status code {handler.status_code}"
+    if getattr(handler, "cache", False):
+        return "a response cache"
+    names = set(inspect.signature(handler.fn).parameters) - {"self"}
+    if not names <= PARAMETERS:
+        return f"handler parameters {sorted(names - PARAMETERS)}"
+    return None
+
+
+def install(app: Litestar, errors: RequestErrors, path: str = "/predict") -> str | None:
+    """Serve ``POST path`` of ``app`` on the lean path; the body decodes into
+    ``errors.struct``, checked by ``errors``. Returns None when installed, else why not
+    (Litestar then serves it as before)."""
+    route = next((r for r in app.routes if isinstance(r, HTTPRoute) and r.path == path), None)
+    if route is None or "POST" not in route.route_handler_map:
+        return f"no POST {path} route"
+    handler, _ = route.route_handler_map["POST"]
+    reason = unsupported(handler)
+    if app.csrf_config or app.compression_config or app.allowed_hosts:
+        reason = reason or "CSRF, compression or allowed-hosts middleware"
+    if reason:
+        log.info("POST %s is served by Litestar's generic path: its handler has %s", path, reason)
+        return reason
+
+    fn = handler.fn
+    names = set(inspect.signature(fn).parameters)
+    request_class = handler.resolve_request_class()
+    guarded = bool(handler.resolve_guards())
+    before = handler.resolve_before_request()
+    after_response = handler.resolve_after_response()
+    exception_handlers = handler.resolve_exception_handlers()
+    serializer = get_serializer(handler.resolve_type_encoders())
+    strict_hook = before == errors.strict_body  # the checks we run inline, on the raw request
+    lax = msgspec.json.Decoder(errors.struct, strict=False)
+
+    async def handle(scope, receive, send) -> None:
+        request = request_class(scope=scope, receive=receive, send=send)
+        if guarded:
+            await handler.authorize_connection(connection=request)
+        if strict_hook:
+            content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            errors.check_media_type(content_type.decode("latin-1"))
+            data = errors.decode(await request.body())
+        else:
+            if before is not None:
+                early = await before(request)
+                if early:
+                    response = await handler.to_response(app=app, data=early, request=request)
+                    await response(scope, receive, send)
+                    return
+            try:
+                data = lax.decode(await request.body())  # as Litestar decodes ``data``
+            except msgspec.MsgspecError as exc:
+                raise ClientException(str(exc)) from exc
+        kwargs = {"data": data}
+        if "state" in names:
+            kwargs["state"] = app.state
+        if "request" in names:
+            kwargs["request"] = request
+        result = await fn(**kwargs)
+        if isinstance(result, msgspec.Struct):
+            content = encode_json(result, serializer)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", _JSON), (b"content-length", str(len(content)).encode())]})
+            await send({"type": "http.response.body", "body": content})
+        else:
+            response = await handler.to_response(app=app, data=result, request=request)
+            await response(scope, receive, send)
+        if after_response is not None:
+            await after_response(request)
+
+    stack = build_route_middleware_stack(app, _Route(handle), handler)
+
+    async def routed(scope, receive, send) -> None:
+        # What Litestar's router does for a matched route, less the lookup.
+        try:
+            host = next((value for name, value in scope["headers"] if name == b"host"), None)
+            if host is not None and not is_valid_host(host):
+                raise ClientException("Invalid host header")
+        except ClientException:
+            ScopeState.from_scope(scope).exception_handlers = app.asgi_router._app_exception_handlers
+            raise
+        ScopeState.from_scope(scope).exception_handlers = exception_handlers
+        scope["route_handler"] = handler
+        scope["path_template"] = path
+        await stack(scope, receive, send)
+
+    lean = wrap_in_exception_handler(app=routed)
+    generic = app.asgi_handler
+
+    async def dispatch(scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == path \
+                and not scope.get("root_path"):
+            scope.setdefault("path_params", {})
+            await lean(scope, receive, send)
+        else:
+            await generic(scope, receive, send)
+
+    app.asgi_handler = dispatch
+    return None
