@@ -303,3 +303,83 @@ def test_agreement_rules_for_classification_and_regression():
     assert wilson_interval(0, 0) is None
     low, high = wilson_interval(95, 100)
     assert 0.88 < low < 0.9 and 0.97 < high < 0.98  # the Wilson interval of 95/100 at 95 %
+
+
+def test_a_regression_lab_of_another_domain_is_shadowed_within_its_tolerance(tmp_path):
+    """Generic: the thermometer lab of test_serving_generic (a text id, one view, a
+    regression model), two versions trained apart, the second shadowed against the first."""
+    import pyarrow as pa
+
+    from tests.conftest import write_pyproject
+    from tests.test_serving_generic import FEATURES, GOOD, SENSOR_DAILY, WATERMARK, thermo_pm
+
+    root = tmp_path / "thermo"
+    root.mkdir()
+    write_pyproject(root, 'model_name = "thermo"\n')
+    config = load_config(root)
+    pm = thermo_pm(config)
+    flavor = model_flavor(pm, "lightning_mlp")
+    with Registry.open(config.registry_path, project_root=root) as reg:
+        for seed in (3, 11):
+            rng = np.random.default_rng(seed)
+            x = np.column_stack([rng.uniform(-10, 35, 64), rng.uniform(15, 25, 64),
+                                 rng.integers(0, 30, 64)]).astype(np.float32)
+            y = (0.8 * x[:, 0] + 0.2 * x[:, 1]).astype(np.float32)
+            fit = flavor.fit(x[:48], y[:48], x[48:], y[48:], list(FEATURES), {"hidden_sizes": [8], "batch_size": 16},
+                             seed=seed, workdir=root / "runs" / f"train-{seed}", max_epochs=1, task="regression")
+            flavor.save(fit.model, root / f"runs/models/thermo-{seed}")
+            reg.register_model("thermo", run_id=None, flavor="lightning_mlp", artifact_path=f"runs/models/thermo-{seed}",
+                               metrics={}, lineage={})
+        reg.promote("thermo", 1)
+        with pytest.raises(ConfigError, match="needs --tolerance"):
+            shadow_criteria("regression", min_requests=20)
+        reg.start_shadow("thermo", 2, shadow_criteria("regression", tolerance=0.5, min_requests=20,
+                                                       min_agreement=0.01))
+    store = pm.hook.lab_online_store(config=config)
+    try:
+        store.write(SENSOR_DAILY, pa.table({"SENSOR_ID": [1, 2], "SENSOR_MEAN_1D": [21.5, 30.0],
+                                            "SENSOR_N_1D": [12, 3]}), WATERMARK)
+    finally:
+        store.close()
+
+    with TestClient(create_app(config, pm, refresh_s=0.1), base_url="http://127.0.0.1") as client:
+        ready(client)
+        wait_for(lambda: mirror_of(client).stats()["challenger_version"] == 2, "the challenger to load")
+        for i in range(20):
+            body = {**GOOD, "READING_ID": f"r-{i}", "CELSIUS": float(i)}
+            assert client.post("/predict", json=body).json()["model_version"] == 1
+        assert mirror_of(client).flush()
+    with sqlite3.connect(config.ledger_path) as conn:
+        rows = conn.execute("SELECT event_id, champion_score, challenger_score, agree FROM shadow_predictions").fetchall()
+    assert [r[0] for r in rows] == [f"r-{i}" for i in range(20)]  # the lab's own text ids
+    assert all(agree == int(abs(a - b) <= 0.5) for _, a, b, agree in rows)
+    assert any(a != b for _, a, b, _ in rows)  # two different models
+    report = check_shadow(config, pm, "thermo")
+    assert report["agreement_rule"] == "|champion - challenger| <= 0.5"
+    assert report["requests"] == 20 and report["agreed"] == sum(r[3] for r in rows)
+
+
+def test_the_offline_interval_compares_two_registered_models_on_the_same_rows(shadow_template):
+    import polars as pl
+
+    from lab.plugins import model_spec
+    from lab.steps.evaluation import gate, improvement_interval
+    from lab.training.metrics import roc_auc
+
+    config = load_config(shadow_template.root)
+    pm = get_plugin_manager(config)
+    spec = model_spec(pm, config)
+    flavor = model_flavor(pm, "lightning_mlp")
+    champion = flavor.load(shadow_template.root / MODEL_ARTIFACT)
+    candidate = flavor.load(shadow_template.root / OTHER_ARTIFACT)
+    rng = np.random.default_rng(4)
+    columns = {name: rng.normal(size=500).astype(np.float32) for name in FEATURE_COLUMNS}
+    columns[FEATURE_COLUMNS[0]] = rng.gamma(2.0, 30.0, size=500).astype(np.float32)
+    frame = pl.DataFrame({**columns, spec.label: (columns[FEATURE_COLUMNS[1]] > 0.3).astype(np.int8)})
+    interval = improvement_interval(spec, "roc_auc", candidate, champion, frame, samples=200, confidence=0.9)
+    y = frame[spec.label].to_numpy()
+    x = frame.select(list(FEATURE_COLUMNS)).to_numpy().astype(np.float32)
+    assert interval["delta"] == pytest.approx(roc_auc(y, candidate.predict(x)) - roc_auc(y, champion.predict(x)))
+    assert interval["low"] <= interval["high"] and interval["samples"] == 200 and interval["confidence"] == 0.9
+    verdict = gate("roc_auc", {"roc_auc": 0.0}, {"roc_auc": 0.0}, 0.0, interval=interval)
+    assert verdict["passed"] is (interval["low"] > 0.0) and verdict["interval"] is interval
