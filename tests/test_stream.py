@@ -251,3 +251,19 @@ def test_a_group_scores_one_model(tiny):
         conn.execute("UPDATE model_state SET model_name = 'other'")
     with pytest.raises(LabError, match="scores model 'other', not 'fraud'.*use another --group"):
         _consumer(tiny).open()
+
+
+def test_a_failing_sink_stops_the_consumer_before_the_commit_in_one_line(tiny, capsys):
+    (tiny.root / "flaky_sink.py").write_text(
+        "CALLS = []\n\ndef send(prediction):\n    CALLS.append(prediction['idempotency_key'])\n"
+        "    if len(CALLS) == 3:\n        raise ConnectionError('the webhook is down')\n")
+    _configure(tiny, '[tool.lab.stream]\nsinks = ["flaky_sink:send"]\nbatch_size = 4\n')
+    _publish(tiny, [tiny.transaction(i) for i in range(6)])
+    assert main(["stream", "run", "--drain", "--no-ledger"]) == 2
+    banner, error = capsys.readouterr().err.splitlines()  # the consumer's start line, then the error
+    assert banner.startswith("lab stream: events (sqlite ")
+    assert error.startswith("lab: error: sink flaky_sink:send failed on events/3/fraud/v1 (ConnectionError: "
+                            "the webhook is down); nothing of the batch was committed")
+    assert main(["stream", "status", "--group", "scorer", "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["groups"]
+    assert (group["lag"], group["predictions"], group["model"]) == (6, 0, "fraud v1")

@@ -238,7 +238,12 @@ class StreamConsumer:
     def _deliver(self, predictions: Sequence[dict]) -> None:
         for name, sink in self.sinks:
             for prediction in predictions:
-                sink(prediction)
+                try:
+                    sink(prediction)
+                except Exception as exc:
+                    raise LabError(f"sink {name} failed on {prediction['idempotency_key']} ({type(exc).__name__}: "
+                                   f"{exc}); nothing of the batch was committed: fix the sink and run again, it "
+                                   "will see the batch again") from exc
             self.metrics.side_effects(len(predictions))
 
     # -- model changes ------------------------------------------------------------------------
