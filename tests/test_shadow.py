@@ -117,6 +117,9 @@ def test_shadow_logs_both_answers_off_the_request_path_and_leaves_responses_unch
                  for i in range(40)]
         assert mirror_of(client).flush()
         stats = mirror_of(client).stats()
+        counted = client.get("/stats").json()["shadow"]
+    assert counted == {"mirrored": 40, "dropped": 0, "written": 40, "failed": 0, "errors": 0, "queued": 0,
+                       "shadow_id": shadow["id"], "challenger_version": 3}
     # The answers are the champion's, field for field, with and without the shadow.
     assert all(r.status_code == 200 for r in before + after)
     assert [answer(r.json()) for r in after] == [answer(r.json()) for r in before]

@@ -82,6 +82,7 @@ class ShadowMirror:
         self._threads: list[threading.Thread] = []
         self._conn: sqlite3.Connection | None = None
         self._last_check = 0.0
+        self._logged_drops = 0
 
     # -- the request path ---------------------------------------------------------------
 
@@ -130,6 +131,11 @@ class ShadowMirror:
         if self._conn is not None and not any(t.is_alive() for t in self._threads):
             self._conn.close()
 
+    def counts(self) -> dict[str, int]:
+        """The counters of ``stats`` as whole numbers (``/stats``' ``shadow``), with the
+        shadow and challenger version while one is mirrored."""
+        return {k: v for k, v in self.stats().items() if isinstance(v, int)}
+
     def stats(self) -> dict:
         """Counters since start (mirrored, dropped, written, failed writes, challenger
         errors), the queue depth, the shadow mirrored now and any warning."""
@@ -164,6 +170,11 @@ class ShadowMirror:
                 self._load(shadow, version, served[1])
         if time.monotonic() - self._last_check >= self.check_s:
             self._last_check = time.monotonic()
+            dropped = self.stats()["dropped"]
+            if dropped > self._logged_drops:  # counted in /stats too; said here, once per check
+                log.warning("shadow #%d: %d request(s) not mirrored since start (the challenger's queue was full); "
+                            "the report counts only what was mirrored", shadow["id"], dropped)
+                self._logged_drops = dropped
             report = check_shadow(self.config, self.pm, self.model_name, shadow_id=shadow["id"], actor="lab serve")
             if report["recorded"] == "expired":
                 self._set(None, None)

@@ -556,7 +556,8 @@ class HealthController(Controller):
         features = serving.assembler.counts() if serving.assembler is not None else {"stale": 0, "future": 0}
         return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger,
                            features=features, fallbacks=dict(serving.fallbacks),
-                           batch_fallback=serving.batch.counts() if serving.batch is not None else {})
+                           batch_fallback=serving.batch.counts() if serving.batch is not None else {},
+                           shadow=serving.shadow.counts() if serving.shadow is not None else {})
 
 
 class MetricsController(Controller):

@@ -162,7 +162,10 @@ class ServerStats(msgspec.Struct):
     past the ttl (``stale``) or dated after the request (``future``); ``fallbacks``: answers
     that were the model's declared fallback, by reason (not counted in ``predictions``);
     ``batch_fallback``: lookups of the latest batch prediction for a request that could not
-    be scored, ``hits`` and ``misses`` (empty unless ``[tool.lab.serve] batch_fallback``)."""
+    be scored, ``hits`` and ``misses`` (empty unless ``[tool.lab.serve] batch_fallback``);
+    ``shadow``: requests mirrored to a shadow's challenger, dropped (its queue full),
+    written, failed writes, challenger errors, queued now, and the shadow_id and
+    challenger_version while one is mirrored."""
 
     predictions: int
     not_ready: int
@@ -170,3 +173,4 @@ class ServerStats(msgspec.Struct):
     features: dict[str, int]
     fallbacks: dict[str, int] = {}
     batch_fallback: dict[str, int] = {}
+    shadow: dict[str, int] = {}
