@@ -536,15 +536,20 @@ class HealthController(Controller):
         responses={503: ResponseSpec(Readiness, description="Not ready: still loading, or a step failed")},
     )
     async def readyz(self, state: State) -> Response[Readiness]:
-        """200 when the model is loaded and warmed and the stores are open; else 503
-        with the reason. Either way the body names the model, alias and version."""
+        """200 when the model is loaded and warmed and the stores are open (with
+        ``--workers``: in every worker); else 503 with the reason. Either way the body
+        names the model, alias and version."""
         serving: ServingState = state.serving
+        ready, reason = serving.ready, serving.reason
+        waiting = serving.metrics.workers_waiting() if ready and serving.metrics is not None else None
+        if waiting:
+            ready, reason = False, waiting
         body = Readiness(
-            ready=serving.ready, reason=serving.reason, model=serving.model_name, alias=serving.alias,
+            ready=ready, reason=reason, model=serving.model_name, alias=serving.alias,
             model_version=serving.version.version if serving.version is not None else None,
             warnings=list(serving.warnings) + [b.describe() for b in serving.breakers if b.state != CLOSED],
         )
-        return Response(body, status_code=200 if serving.ready else 503)
+        return Response(body, status_code=200 if ready else 503)
 
     @get("/stats", operation_id="stats", summary="Prediction and ledger counters")
     async def stats(self, state: State) -> ServerStats:

@@ -16,23 +16,29 @@ two kinds of numbers:
 Only the server imports this module (``lab --help`` never loads prometheus_client), and
 torch is never imported here: ``sys.modules`` says whether it already is.
 
-Workers (``lab serve --workers N``, later): the event metrics are the library's own
-objects, so they switch to its multiprocess mode unchanged (each Gauge already names its
-``multiprocess_mode``). ``render`` is the one place to change: with
-``PROMETHEUS_MULTIPROC_DIR`` set, scrape a fresh registry holding a
-``MultiProcessCollector`` plus this worker's ``StateCollector`` (labelled by pid);
-see docs/serving.md, "Metrics".
+Workers (``lab serve --workers N``): the server sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh
+folder of its own before the workers start, so the event metrics (the library's own
+objects; each Gauge names its ``multiprocess_mode``) write their values there. Each
+worker's ``Publisher`` copies its live state (``StateCollector`` and ``ProcessCollector``)
+into multiprocess metrics of the same names every second and at each scrape, and
+``render`` pools every worker's files with ``MultiProcessCollector``: a scrape, whichever
+worker answers it, sums the workers. See docs/serving.md, "Metrics".
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import sys
+import threading
 import time
 from typing import Any, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -50,6 +56,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.007
 """Seconds: a warm /predict takes a fraction of a millisecond, a cold or queued one seconds."""
 
 LEDGER_OUTCOMES = ("appended", "written", "dropped", "failed")
+
+WORKERS_ENV = "LAB_SERVE_WORKERS"
+"""Set by ``lab serve --workers N`` to N for its workers: how many must be ready for ``/readyz``."""
 
 
 class ServerMetrics:
@@ -99,8 +108,16 @@ class ServerMetrics:
             "response and the ledger), by reason: store_timeout, model_timeout, store_error, model_error, "
             "queue_timeout, store_circuit_open, model_circuit_open", ["reason"], registry=registry)
         self.state_collector = StateCollector(state)
-        registry.register(self.state_collector)
-        ProcessCollector(registry=registry)  # process_resident_memory_bytes and friends (Linux /proc)
+        # process_resident_memory_bytes and friends (Linux /proc)
+        process = ProcessCollector(registry=None)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.publisher: Publisher | None = None
+        if self.multiprocess_dir:  # lab serve --workers N: every worker's numbers pooled at the scrape
+            self.publisher = Publisher([self.state_collector, process], state, self.multiprocess_dir)
+            self.publisher.start()
+        else:
+            registry.register(self.state_collector)
+            registry.register(process)
         for reason in ("not_ready", "cannot_score"):
             self.refused.labels(reason)
         self._views = {view: (self.defaults.labels(view), self.stale.labels(view), self.future.labels(view))
@@ -192,10 +209,130 @@ class ServerMetrics:
 
     # -- the scrape -----------------------------------------------------------------
 
+    def workers_waiting(self) -> str | None:
+        """With workers: why the server as a whole is not ready yet (some worker is not),
+        else None. ``/readyz`` answers 200 only when every worker can score."""
+        if self.publisher is None:
+            return None
+        expected = int(os.environ.get(WORKERS_ENV) or 0)
+        ready = self.publisher.ready_workers()
+        if ready >= expected:
+            return None
+        return f"{ready} of {expected} workers ready"
+
     def render(self) -> bytes:
         """The body of ``GET /metrics``: every metric of this app in the Prometheus text
-        format (``MEDIA_TYPE``, UTF-8)."""
-        return generate_latest(self.registry)
+        format (``MEDIA_TYPE``, UTF-8); with workers, every live worker's, pooled."""
+        if self.publisher is None:
+            return generate_latest(self.registry)
+        self.publisher.publish()  # this worker's state as of now; the others' at most a second old
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
+
+
+class Publisher:
+    """Workers (``lab serve --workers N``): copies what ``collectors`` read of this process's
+    live state into prometheus-client multiprocess metrics of the same names, every
+    ``interval_s`` and at each scrape, so that ``MultiProcessCollector`` pools them with the
+    event metrics. Counters add their growth since the last copy (summed over workers,
+    exited ones included); gauges are summed over live workers, except those in ``MODES``.
+    A worker that exits normally is marked dead (its live gauges leave the sums)."""
+
+    MODES = {"lab_ready": "livemin", "lab_model_info": "livemax", "lab_circuit_state": "livemax",
+             "process_start_time_seconds": "livemin", "process_max_fds": "livemax"}
+    """Gauges not summed: ready only when every worker is, the versions any worker serves,
+    a breaker state any worker is in, the oldest start."""
+
+    def __init__(self, collectors: list, state: Any, folder: str, interval_s: float = 1.0):
+        self.collectors = collectors
+        self.state = state
+        self.marker = os.path.join(folder, f"ready-{os.getpid()}")
+        self.folder = folder
+        self.interval_s = interval_s
+        self._metrics: dict[str, Any] = {}
+        self._last: dict[tuple, float] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        atexit.register(self._exit)
+        threading.Thread(target=self._loop, name="lab-metrics-publisher", daemon=True).start()
+
+    def _exit(self) -> None:
+        multiprocess.mark_process_dead(os.getpid())
+        self._mark(False)
+
+    def _mark(self, ready: bool) -> None:
+        """A file per ready worker, so any worker's /readyz can tell whether all are."""
+        try:
+            if ready and not os.path.exists(self.marker):
+                open(self.marker, "w").close()
+            elif not ready and os.path.exists(self.marker):
+                os.remove(self.marker)
+        except OSError:
+            pass
+
+    def ready_workers(self) -> int:
+        """Workers (live processes) that marked themselves ready."""
+        count = 0
+        for name in os.listdir(self.folder):
+            if name.startswith("ready-"):
+                try:
+                    os.kill(int(name[6:]), 0)
+                except (ValueError, ProcessLookupError):
+                    continue
+                except PermissionError:
+                    pass
+                count += 1
+        return count
+
+    def _loop(self) -> None:
+        while True:
+            # Often until this worker is ready (the server's /readyz waits for it), then every interval.
+            time.sleep(self.interval_s if self.state.ready else min(self.interval_s, 0.05))
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - never let a scrape-side problem kill the worker
+                logging.getLogger("lab.serving").exception("publishing this worker's metrics failed")
+
+    def publish(self) -> None:
+        self._mark(bool(self.state.ready))
+        with self._lock:
+            seen = set()
+            for collector in self.collectors:
+                for family in collector.collect():
+                    if family.type not in ("counter", "gauge"):
+                        continue
+                    for sample in family.samples:
+                        if family.type == "counter" and not sample.name.endswith("_total"):
+                            continue  # ``_created``
+                        key = (family.name, tuple(sorted(sample.labels.items())))
+                        seen.add(key)
+                        self._set(family, key, sample.value)
+            for key in [k for k in self._last if k not in seen]:  # a label set gone (a version swapped out)
+                metric = self._metrics[key[0]]
+                if isinstance(metric, Gauge):
+                    (metric.labels(**dict(key[1])) if key[1] else metric).set(0)
+                del self._last[key]
+
+    def _set(self, family: Metric, key: tuple, value: float) -> None:
+        name, labels = key
+        metric = self._metrics.get(name)
+        if metric is None:
+            names = [label for label, _ in labels]
+            if family.type == "counter":
+                metric = Counter(name, family.documentation, names, registry=None)
+            else:
+                metric = Gauge(name, family.documentation, names, registry=None,
+                               multiprocess_mode=self.MODES.get(name, "livesum"))
+            self._metrics[name] = metric
+        child = metric.labels(**dict(labels)) if labels else metric
+        if family.type == "counter":
+            last = self._last.get(key, 0.0)
+            child.inc(value - last if value >= last else value)  # a counter that restarted
+        else:
+            child.set(value)
+        self._last[key] = value
 
 
 class StateCollector(Collector):

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import math
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
 import uvicorn
 
@@ -24,6 +27,7 @@ from lab.experiments import ExperimentStore
 from lab.plugins import model_spec
 from lab.registry import Registry
 from plugins.litestar_serving.app import create_app, is_loopback
+from plugins.litestar_serving.metrics import WORKERS_ENV
 
 UVICORN_SETTINGS = {
     "loop": "uvloop",
@@ -92,6 +96,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="answer within MS milliseconds: past it the model's declared fallback, flagged, or 503 "
                         "when it declares none; needs --max-concurrency (default: [tool.lab.serve] "
                         "latency_budget_ms, 0: none)")
+    p.add_argument("--workers", type=_count, default=1, metavar="N",
+                   help="serve with N processes on one port (default 1); /metrics sums them (prometheus-client's "
+                        "multiprocess mode, in a temporary folder of this server's)")
     p.add_argument("--allow-open", action="store_true",
                    help="listen on an address other machines can reach although /predict needs no API key "
                         "([tool.lab.serve] predict_auth = \"open\"); only behind a proxy or firewall that decides "
@@ -191,12 +198,51 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
         print(warning, file=sys.stderr, flush=True)
     check_port_free(host, port)
     _set_threads(args.threads)
-    app = create_app(config, ctx.pm, model_name=model_name, alias=args.alias, flag=args.flag, host=host,
-                     allow_empty_store=args.allow_empty_store, max_concurrency=args.max_concurrency,
-                     max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms)
+    app_args = dict(model_name=model_name, alias=args.alias, flag=args.flag, host=host,
+                    allow_empty_store=args.allow_empty_store, max_concurrency=args.max_concurrency,
+                    max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms)
+    settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
+    if args.workers > 1:
+        print(f"lab serve: {what} on http://{host}:{port} with {args.workers} workers "
+              f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
+        return _run_workers(config, app_args, args.workers, args.threads, host, port, args.log_level, settings)
+    app = create_app(config, ctx.pm, **app_args)
     print(f"lab serve: {what} on http://{host}:{port} "
           f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
-    settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, **settings))
     server.run()
     return 0 if server.started else 1
+
+
+WORKER_SETTINGS = "LAB_SERVE_WORKER"
+"""The environment variable through which ``lab serve --workers N`` hands each worker
+process what to serve (JSON: the lab's root, ``create_app``'s arguments, ``--threads``)."""
+
+
+def _run_workers(config, app_args: dict, workers: int, threads: int, host: str, port: int, log_level: str,
+                 settings: dict) -> int:
+    """Serve with ``workers`` processes sharing one listening socket (uvicorn's supervisor,
+    which restarts a worker that dies). Each builds its own app (``worker_app``): its own
+    model, store connections, ledger writer and breakers. Their metrics meet in a fresh
+    temporary folder (``PROMETHEUS_MULTIPROC_DIR``), removed when the server stops."""
+    metrics_dir = tempfile.mkdtemp(prefix="lab-serve-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus-client
+    os.environ[WORKER_SETTINGS] = json.dumps({"root": str(config.root), "threads": threads, "app": app_args})
+    os.environ[WORKERS_ENV] = str(workers)  # /readyz is 200 once this many workers are ready
+    try:
+        uvicorn.run("plugins.litestar_serving.server:worker_app", factory=True, workers=workers, host=host,
+                    port=port, log_level=log_level, **settings)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def worker_app():
+    """The app of one worker process of ``lab serve --workers N`` (uvicorn's factory)."""
+    from lab.config import load_config
+    from lab.plugins import get_plugin_manager
+
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    config = load_config(settings["root"])
+    _set_threads(settings["threads"])
+    return create_app(config, get_plugin_manager(config), **settings["app"])
