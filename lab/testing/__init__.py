@@ -8,6 +8,7 @@ Subclass one and give it a ``store`` fixture to prove a backend in a few lines::
             return MyStore(tmp_path / "db")
 """
 
+from lab.testing.event_log import EventLogContract
 from lab.testing.executors import StageExecutorContract
 from lab.testing.flavors import ModelFlavorContract
 from lab.testing.modelspec import ModelSpecContract, check_model_spec
@@ -15,6 +16,6 @@ from lab.testing.point_in_time import PointInTimeContract
 from lab.testing.stores import OfflineStoreContract, OnlineStoreContract
 
 __all__ = [
-    "ModelFlavorContract", "ModelSpecContract", "OfflineStoreContract", "OnlineStoreContract",
+    "EventLogContract", "ModelFlavorContract", "ModelSpecContract", "OfflineStoreContract", "OnlineStoreContract",
     "PointInTimeContract", "StageExecutorContract", "check_model_spec",
 ]
