@@ -102,16 +102,21 @@ def test_the_lean_path_answers_as_litestar_does_and_writes_the_same_ledger_rows(
             a = comparable(generic.post("/predict", content=content, headers=headers))
             b = comparable(lean.post("/predict", content=content, headers=headers))
             assert a == b, (i, headers, content[:80])
+        # Streamed in chunks, no content-length: read whole, or refused past the limit as it arrives.
+        whole = json.dumps({**body, "TRANSACTION_ID": 77}).encode()
+        for chunks in ([whole[:10], whole[10:]], [b" " * 9000, b" " * 9000]):
+            a, b = (comparable(c.post("/predict", content=iter(chunks), headers=JSON)) for c in (generic, lean))
+            assert a == b and a[0] in (200, 413), a
         # Not POST /predict exactly: Litestar's own routing, on both.
         for client in (generic, lean):
             assert client.get("/predict").status_code == 405
         metrics = [c.get("/metrics").text for c in (generic, lean)]
         stats = [c.get("/stats").json() for c in (generic, lean)]
-    assert stats[0]["predictions"] == stats[1]["predictions"] == 6
+    assert stats[0]["predictions"] == stats[1]["predictions"] == 7
     counted = [sorted(line for line in text.splitlines() if line.startswith("lab_http_requests_total")
                       and 'route="/predict"' in line) for text in metrics]
     assert counted[0] == counted[1]
-    assert 'lab_http_requests_total{method="POST",route="/predict",status="200"} 6.0' in counted[1]
+    assert 'lab_http_requests_total{method="POST",route="/predict",status="200"} 7.0' in counted[1]
     ledgers = []
     for root in roots:
         rows = [dict(row) for row in read_predictions(load_config(root).ledger_path)]
@@ -121,7 +126,7 @@ def test_the_lean_path_answers_as_litestar_does_and_writes_the_same_ledger_rows(
             if row["request_id"] != "order-17":
                 assert re.fullmatch(r"[0-9a-f]{32}", row.pop("request_id"))
         ledgers.append(rows)
-    assert len(ledgers[0]) == 6 and ledgers[0] == ledgers[1]
+    assert len(ledgers[0]) == 7 and ledgers[0] == ledgers[1]
 
 
 def test_keyed_predict_is_guarded_the_same_on_the_lean_path(tiny):

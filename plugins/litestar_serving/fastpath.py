@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from typing import Any
 
 import msgspec
@@ -40,7 +41,8 @@ from litestar import Litestar
 from litestar._asgi.routing_trie.mapping import build_route_middleware_stack
 from litestar._asgi.utils import is_valid_host, wrap_in_exception_handler
 from litestar.connection import Request
-from litestar.exceptions import ClientException
+from litestar.exceptions import ClientException, InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json, get_serializer
 from litestar.utils.scope.state import ScopeState
@@ -58,6 +60,37 @@ class _Route:
 
     def __init__(self, handle):
         self.handle = handle
+
+
+async def read_body(scope, receive, limit: float) -> bytes:
+    """The request body, as ``Request.body()`` reads it (the same 413 past ``limit`` bytes,
+    announced or streamed; the same errors), without building the request's ``Headers``.
+    The body is left where ``Request.body()`` finds it, for anything that asks later."""
+    announced = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+    if announced is not None:
+        try:
+            length = int(announced)
+        except ValueError:
+            raise ClientException(f"Invalid content-length: {announced.decode('latin-1')!r}") from None
+        if length > limit:
+            raise RequestEntityTooLarge
+    chunks, total = [], 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.request":
+            chunk = event.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise RequestEntityTooLarge
+                chunks.append(chunk)
+            if not event.get("more_body", False):
+                break
+        elif event["type"] == "http.disconnect":
+            raise InternalServerException("client disconnected prematurely")
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    ScopeState.from_scope(scope).body = body
+    return body
 
 
 def unsupported(handler: Any) -> str | None:
@@ -101,6 +134,7 @@ def install(app: Litestar, errors: RequestErrors, path: str = "/predict") -> str
     after_response = handler.resolve_after_response()
     exception_handlers = handler.resolve_exception_handlers()
     serializer = get_serializer(handler.resolve_type_encoders())
+    max_body = handler.resolve_request_max_body_size() or math.inf
     strict_hook = before == errors.strict_body  # the checks we run inline, on the raw request
     lax = msgspec.json.Decoder(errors.struct, strict=False)
 
@@ -111,7 +145,7 @@ def install(app: Litestar, errors: RequestErrors, path: str = "/predict") -> str
         if strict_hook:
             content_type = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
             errors.check_media_type(content_type.decode("latin-1"))
-            data = errors.decode(await request.body())
+            data = errors.decode(await read_body(scope, receive, max_body))
         else:
             if before is not None:
                 early = await before(request)
