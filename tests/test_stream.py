@@ -209,6 +209,9 @@ def test_a_plugin_can_supply_the_event_log(tiny, tmp_path):
 
 
 def test_publish_and_status_from_the_command_line(tiny, capsys):
+    assert main(["stream", "status"]) == 0  # reading creates nothing
+    assert "(not created yet)): 0 event(s)" in capsys.readouterr().out
+    assert not (tiny.root / "data" / "stream.db").exists()
     good = tiny.root / "good.jsonl"
     good.write_text(json.dumps(tiny.transaction(1)) + "\n\n" + json.dumps(tiny.transaction(2)) + "\n")
     assert main(["stream", "publish", str(good), "--stream", "orders"]) == 0

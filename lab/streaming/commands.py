@@ -112,7 +112,12 @@ def status(config, pm, stream: str | None = None, group: str | None = None) -> d
     from lab.streaming.consumer import open_event_log
     from lab.streaming.store import StreamStore
 
-    with open_event_log(config, pm, stream) as log:
+    log = open_event_log(config, pm, stream, create=False)
+    if log is None:  # the embedded log was never written to: nothing to report, and nothing to create
+        return {"stream": stream or config.stream.stream, "length": 0,
+                "backend": f"sqlite {config.stream_path} (not created yet)",
+                "groups": [{"group": group, "lag": 0}] if group else []}
+    with log:
         groups = [g for g in log.groups() if group is None or g["group"] == group]
         if group is not None and not groups:
             groups = [{"group": group, "lag": log.lag(group)}]

@@ -52,12 +52,15 @@ MODEL_CHANGED = "stream.model_changed"
 """The event (``lab_on_event``) a consumer emits when it switches model versions."""
 
 
-def open_event_log(config, pm, stream: str | None = None) -> EventLog:
+def open_event_log(config, pm, stream: str | None = None, *, create: bool = True) -> EventLog | None:
     """The log holding ``stream`` (default ``[tool.lab.stream] stream``): the first plugin
-    answering ``lab_event_log``, else the SQLite log in ``data/stream.db``."""
+    answering ``lab_event_log``, else the SQLite log in ``data/stream.db`` (with
+    ``create=False``, None when that file does not exist yet)."""
     stream = check_name(stream or config.stream.stream, "a stream name")
     log = pm.hook.lab_event_log(config=config, stream=stream)
     if log is None:
+        if not create and not config.stream_path.exists():
+            return None
         return SqliteEventLog(config.stream_path, stream)
     if not isinstance(log, EventLog):
         raise ConfigError(f"a plugin's lab_event_log returned {type(log).__name__}, not a lab.streaming.EventLog")
