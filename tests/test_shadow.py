@@ -386,3 +386,14 @@ def test_the_offline_interval_compares_two_registered_models_on_the_same_rows(sh
     assert interval["low"] <= interval["high"] and interval["samples"] == 200 and interval["confidence"] == 0.9
     verdict = gate("roc_auc", {"roc_auc": 0.0}, {"roc_auc": 0.0}, 0.0, interval=interval)
     assert verdict["passed"] is (interval["low"] > 0.0) and verdict["interval"] is interval
+
+
+def test_the_shadow_report_step_writes_its_product_for_a_notebook_stage(lab):
+    from lab import steps
+
+    start_shadow(lab.root, 2, min_requests=5)
+    report = steps.shadow_report(lab.root, lab.root / "runs" / "r1")
+    written = json.loads((lab.root / "data" / "shadow_report.json").read_text())
+    assert written["shadow"]["version"] == 2 and written["requests"] == 0 and written["met"] is False
+    assert report["text"].startswith("shadow #1 of fraud: challenger v2 against champion v1 (running;")
+    assert "NOT MET yet: requests 0 < 5" in written["text"]
