@@ -30,7 +30,7 @@ def test_a_created_key_verifies_and_only_its_sha256_is_stored(key_file):
         assert key.scopes == ("promote", "flags") and key.created_by == "alice" and key.live
         assert store.verify(raw) == key
         on_disk = _file_bytes(key_file)
-    secret = raw.rsplit("_", 1)[1]
+    secret = raw.split("_", 2)[2]
     assert raw.encode() not in on_disk and secret.encode() not in on_disk
     assert hashlib.sha256(raw.encode()).hexdigest().encode() in on_disk  # what is kept instead
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -38,7 +38,7 @@ def test_a_created_key_verifies_and_only_its_sha256_is_stored(key_file):
 
 @pytest.mark.parametrize("tamper", [
     lambda raw: raw[:-1] + ("A" if raw[-1] != "A" else "B"),  # the right id, a wrong secret
-    lambda raw: "lab_000000000000_" + raw.rsplit("_", 1)[1],  # an unknown id
+    lambda raw: "lab_000000000000_" + raw.split("_", 2)[2],  # an unknown id
     lambda raw: raw + "x",  # malformed
     lambda raw: "",
     lambda raw: raw.upper(),

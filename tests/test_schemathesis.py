@@ -41,7 +41,8 @@ from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.server import UVICORN_SETTINGS
 
-ADMIN_LABELS = ["GET /admin/flags", "POST /admin/flags", "POST /admin/promote", "POST /admin/rollback"]
+ADMIN_LABELS = ["GET /admin/flags", "POST /admin/flags", "POST /admin/promote", "POST /admin/rollback",
+                "POST /admin/shadow"]
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance,
           positive_data_acceptance, negative_data_rejection]
 

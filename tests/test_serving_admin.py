@@ -227,6 +227,38 @@ def test_flags_are_listed_and_changed_through_the_experiment_store(server, keys)
     assert row["payload"]["after"]["weights"] == {"off": 0.9, "on": 0.1}
 
 
+def test_a_shadow_is_started_and_stopped_and_gates_promotion(server, keys):
+    lab, base, _ = server
+    challenger = add_version(lab.root, lab.model_name)  # a version of its own: its shadow stays unmet
+    with httpx.Client(base_url=base, timeout=10, headers=bearer(keys["ops"])) as http:
+        assert http.post("/admin/shadow", json={"action": "start", "challenger": challenger},
+                         headers=bearer(keys["release-bot"])).status_code == 403
+        started = http.post("/admin/shadow", json={"action": "start", "challenger": challenger, "min_requests": 50,
+                                                   "days": 1, "reason": "try it"}, headers={"X-Request-ID": "sh-1"})
+        assert started.status_code == 200, started.text
+        champion = http.get("/readyz").json()["model_version"]
+        assert started.json()["before"] is None
+        assert started.json()["after"] | {"id": 0} == {"id": 0, "version": challenger, "champion_version": champion,
+                                                        "status": "running"}
+        twice = http.post("/admin/shadow", json={"action": "start", "challenger": challenger})
+        assert twice.status_code == 409 and "already shadows" in twice.json()["detail"]
+        # Promotion waits for the shadow's exit criteria, through the admin route too.
+        refused = http.post("/admin/promote", json={"version": challenger})
+        assert refused.status_code == 409 and "shadow" in refused.json()["detail"], refused.text
+        assert http.post("/predict", json=lab.transaction(1)).json()["model_version"] == champion
+
+        stopped = http.post("/admin/shadow", json={"action": "stop", "reason": "enough"})
+        assert stopped.status_code == 200 and stopped.json()["after"]["status"] == "stopped"
+        again = http.post("/admin/shadow", json={"action": "stop"})
+        assert again.status_code == 200 and again.json()["changed"] is False
+    with Registry.open(lab.root / "registry.db", project_root=lab.root) as registry:
+        shadow = registry.get_shadow(lab.model_name)
+    assert shadow["status"] == "stopped" and shadow["started_by"] == "key:ops" and shadow["criteria"]["min_requests"] == 50
+    row = next(e for e in admin_events(lab.root, "admin.shadow") if e["payload"]["request_id"] == "sh-1")
+    assert row["actor"] == "key:ops" and row["payload"]["before"] is None
+    assert row["payload"]["after"]["version"] == challenger and row["payload"]["criteria"]["min_requests"] == 50
+
+
 def test_a_revoked_key_is_refused_on_its_next_request(server, keys, capsys):
     lab, base, _ = server
     key = bearer(keys["leaky"])
@@ -247,7 +279,7 @@ def test_bodies_over_the_limit_get_a_413_naming_it_and_keys_are_stored_hashed(se
         assert "limit of 16384 bytes" in over.json()["detail"] and "max_body_bytes" in over.json()["detail"]
     stored = b"".join(p.read_bytes() for p in lab.root.glob("keys.db*"))
     for raw in keys.values():
-        assert raw.encode() not in stored and raw.rsplit("_", 1)[1].encode() not in stored
+        assert raw.encode() not in stored and raw.split("_", 2)[2].encode() not in stored
 
 
 def test_lab_audit_shows_who_did_what(server, keys, capsys):
@@ -269,7 +301,9 @@ def keyed_lab(tmp_path_factory):
     """A tiny lab whose /predict needs a key (predict_auth = "key"), with its keys."""
     lab = build_tiny_lab(tmp_path_factory.mktemp("keyed") / "lab")
     with (lab.root / "pyproject.toml").open("a") as f:
-        f.write('\n[tool.lab.serve]\npredict_auth = "key"\nmax_body_bytes = 4096\n')
+        f.write('\n[tool.lab.serve]\npredict_auth = "key"\nmax_body_bytes = 4096\n'
+                '\n[tool.lab.gate]\nrequire_approval = true\n')
+    add_version(lab.root, lab.model_name)
     with KeyStore.open(lab.root / "keys.db") as store:
         made = {name: store.create(name, scope)[1] for name, scope in [("app", "predict"), ("flags", "flags"),
                                                                        ("ops", "admin")]}
@@ -333,11 +367,34 @@ def test_predict_needs_a_key_with_the_predict_scope_when_configured(keyed_lab):
             assert predict["security"] == [{"BearerKey": []}, {"ApiKeyHeader": []}]
             assert {"401", "403", "413"} <= set(predict["responses"])
             for path, method in [("/admin/promote", "post"), ("/admin/rollback", "post"), ("/admin/flags", "get"),
-                                 ("/admin/flags", "post")]:
+                                 ("/admin/flags", "post"), ("/admin/shadow", "post")]:
                 operation = document["paths"][path][method]
                 assert operation["security"] == predict["security"] and {"401", "403"} <= set(operation["responses"])
     finally:
         stop()
+
+
+def test_admin_promotion_to_champion_passes_the_gate_of_lab_promote(keyed_lab):
+    """[tool.lab.gate] require_approval: the admin route is no way around it."""
+    lab, made = keyed_lab
+    base, stop = serve_in_thread(lab.root)
+    try:
+        with httpx.Client(base_url=base, timeout=10, headers=bearer(made["ops"])) as http:
+            refused = http.post("/admin/promote", json={"version": 2})
+            assert refused.status_code == 409 and "cannot become champion" in refused.json()["detail"]
+            assert "approval" in refused.json()["detail"]
+            assert http.get("/readyz").json()["model_version"] == 1
+            with Registry.open(lab.root / "registry.db", project_root=lab.root) as registry:
+                registry.approve(lab.model_name, 2, approver="carol")
+            passed = http.post("/admin/promote", json={"version": 2})
+            assert passed.status_code == 200 and passed.json()["after"] == 2, passed.text
+    finally:
+        stop()
+    row = admin_events(lab.root, "admin.promote")[-1]
+    evidence = row["payload"]["evidence"]
+    assert evidence["criteria"] and all(c["passed"] for c in evidence["criteria"]) and not evidence["forced"]
+    assert not [e for e in admin_events(lab.root, "admin.promote") if e["payload"]["after"] == {"version": 2}
+                and e["id"] != row["id"]]  # the refused attempt changed and recorded nothing
 
 
 def test_admin_routes_fuzzed_with_a_valid_key_get_no_5xx(keyed_lab):
@@ -358,10 +415,10 @@ def test_admin_routes_fuzzed_with_a_valid_key_get_no_5xx(keyed_lab):
         session = requests.Session()
         headers = bearer(made["ops"])
         operations = [r.ok() for r in schema.get_all_operations() if r.ok().path.startswith("/admin/")]
-        assert len(operations) == 4
+        assert len(operations) == 5
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                @settings(max_examples=15, deadline=None, database=None, derandomize=True,
                           suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def fuzz(case):
@@ -373,4 +430,4 @@ def test_admin_routes_fuzzed_with_a_valid_key_get_no_5xx(keyed_lab):
     finally:
         stop()
     assert not [s for s in statuses if s >= 500], statuses
-    assert statuses.get(400, 0) > 0 and sum(statuses.values()) >= 200, statuses  # refused bad bodies, not only 401s
+    assert statuses.get(400, 0) > 0 and sum(statuses.values()) >= 150, statuses  # refused bad bodies, not only 401s

@@ -1,8 +1,10 @@
 """The model server's admin routes: move an alias, read and change flags; each needs an
 API key with the route's scope (``auth.py``) and each is audited.
 
-- ``POST /admin/promote`` (scope ``promote``): ``Registry.promote``; the server follows
-  its alias within ``[tool.lab.serve] flag_refresh_s``, as after ``lab promote``.
+- ``POST /admin/promote`` (scope ``promote``): ``Registry.promote`` with the lab's
+  ``[tool.lab.gate]``, so a promotion to champion needs what ``lab promote`` needs (a
+  met shadow, evidence, approval; refused: 409 naming what is unmet; no ``--force``
+  over HTTP). The server follows its alias within ``flag_refresh_s``.
 - ``POST /admin/rollback`` (scope ``promote``): ``Registry.rollback``.
 - ``GET /admin/flags`` and ``POST /admin/flags`` (scope ``flags``): the experiment
   store's flags and experiments; ``start``, ``stop`` and ``set_weights`` call
@@ -16,8 +18,9 @@ the request id and the state before and after (``lab audit`` lists them). A live
 refused for want of a scope is recorded too (``admin.denied``). Events for plugins
 (``lab_on_event``) follow the change, as the CLI's do.
 
-Shadow mode (``lab.serving.shadow``) is started from the CLI; the ``shadow`` scope is
-reserved for a ``POST /admin/shadow`` route mounted the same way (``admin_controllers``).
+- ``POST /admin/shadow`` (scope ``shadow``): start a shadow of the served model with its
+  exit criteria, or stop it, through the registry's ``start_shadow``/``end_shadow`` as
+  ``lab shadow start|stop`` do (``lab.serving.shadow``).
 
 Errors: a bad body is a 400 naming the field (decoded strictly, as ``/predict``); an
 unknown model, version, alias or flag a 404; a change the store refuses (nothing to roll
@@ -37,7 +40,7 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import ClientException, NotFoundException, ServiceUnavailableException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Reference, SecurityScheme
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Reference, Schema, SecurityScheme
 from litestar.params import JSONBody
 
 from lab import events
@@ -104,7 +107,35 @@ FlagChangeRequest = StartFlag | StopFlag | SetWeights
 """The body of POST /admin/flags, told apart by its ``action``."""
 
 
-_ACTIONS = {StartFlag: "start", StopFlag: "stop", SetWeights: "set_weights"}
+class _ShadowAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="action"):
+    reason: Reason = ""
+
+
+Positive = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
+
+
+class StartShadow(_ShadowAction, tag="start"):
+    """Mirror the served model's traffic to ``challenger``, with its exit criteria declared
+    now (defaults as ``lab shadow start``: 1000 requests, agreement 0.95, 7 days)."""
+
+    challenger: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000, description="the version to shadow")]
+    min_requests: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | None = None
+    min_agreement: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
+    max_latency_ms: Positive | None = None
+    days: Annotated[float, msgspec.Meta(gt=0, le=3650, description="days until it expires unmet")] | None = None
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    tolerance: Positive | None = None
+
+
+class StopShadow(_ShadowAction, tag="stop"):
+    """Stop mirroring to the challenger (its outcome, met or not, is recorded first)."""
+
+
+ShadowChangeRequest = StartShadow | StopShadow
+"""The body of POST /admin/shadow, told apart by its ``action``."""
+
+_ACTIONS = {StartFlag: "start", StopFlag: "stop", SetWeights: "set_weights", StartShadow: "start",
+            StopShadow: "stop"}
 
 
 class AliasChange(msgspec.Struct):
@@ -139,6 +170,25 @@ class FlagList(msgspec.Struct):
     flags: list[Flag]
 
 
+class ShadowState(msgspec.Struct):
+    id: int
+    version: int
+    champion_version: int
+    status: str
+
+
+class ShadowChange(msgspec.Struct):
+    """What a shadow change did: the model's active shadow before and after (null: none)."""
+
+    request_id: str
+    actor: str
+    model: str
+    action: str
+    before: ShadowState | None
+    after: ShadowState | None
+    changed: bool
+
+
 class FlagChange(msgspec.Struct):
     """What a flag change did: its status and weights before and after."""
 
@@ -153,7 +203,9 @@ class FlagChange(msgspec.Struct):
 
 _REFUSALS = {
     400: ResponseSpec(ErrorBody, description="A field missing, unknown, of the wrong type or out of its bounds "
-                                             "(named); or a Host header that is not this server's"),
+                                             "(named), or fields that do not fit together or the model (weights "
+                                             "that do not sum to 1, a tolerance for a classifier); or a Host "
+                                             "header that is not this server's"),
     401: ResponseSpec(ErrorBody, description="No API key, or one that is malformed, unknown or revoked; or no "
                                              "key configured on this server (`lab keys create`)"),
     403: ResponseSpec(ErrorBody, description="The API key lacks the scope this route needs (named)"),
@@ -161,8 +213,8 @@ _REFUSALS = {
 _WRITE_REFUSALS = {
     **_REFUSALS,
     404: ResponseSpec(ErrorBody, description="No such model, version, alias or flag"),
-    409: ResponseSpec(ErrorBody, description="The change cannot be made (e.g. nothing to roll back to, a "
-                                             "stopped flag); the detail names the fix"),
+    409: ResponseSpec(ErrorBody, description="The change cannot be made (e.g. the promotion gate is unmet, "
+                                             "nothing to roll back to, a stopped flag); the detail names the fix"),
     413: ResponseSpec(ErrorBody, description="The body is over [tool.lab.serve] max_body_bytes"),
     415: ResponseSpec(ErrorBody, description="The content-type is not application/json"),
 }
@@ -241,14 +293,17 @@ class Admin:
     def promote(self, body: PromoteRequest, key: ApiKey, request: Request, request_id: str) -> AliasChange:
         model, who = body.model or self.model_name, actor(key)
         with self.registry() as registry:
-            event = registry.promote(model, body.version, alias=body.alias, actor=who, reason=body.reason)
+            # To champion, the registry's gate decides, as for `lab promote` (no --force here).
+            event = registry.promote(model, body.version, alias=body.alias, actor=who, reason=body.reason,
+                                     gate=self.config.gate)
             before = event["from_version"] if event is not None else body.version
+            evidence = (event or {}).get("evidence")
             self.record(registry, "promote", model, key, request, request_id, alias=body.alias,
                         before={"version": before}, after={"version": body.version}, changed=event is not None,
-                        reason=body.reason)
+                        reason=body.reason, **({"evidence": evidence} if evidence else {}))
         if event is not None:
             self.announce(events.MODEL_PROMOTED, who, model=model, version=body.version, alias=body.alias,
-                          previous=before)
+                          previous=before, **({"criteria": evidence["criteria"]} if evidence else {}))
         return AliasChange(request_id=request_id, actor=who, model=model, alias=body.alias, action="promote",
                            before=before, after=body.version, changed=event is not None)
 
@@ -299,6 +354,45 @@ class Admin:
                           before=states[0], after=states[1], changed=changed)
 
 
+    def change_shadow(self, body: ShadowChangeRequest, key: ApiKey, request: Request,
+                      request_id: str) -> ShadowChange:
+        """Start or stop the served model's shadow, as ``lab shadow start|stop`` do."""
+        from lab.plugins import model_spec
+        from lab.serving.shadow_report import check_shadow, shadow_criteria
+
+        who, action, model = actor(key), _ACTIONS[type(body)], self.model_name
+        if action == "start":
+            with self.registry() as registry:
+                registry.get_model_version(model, body.challenger)  # which version, before which criteria
+            criteria = shadow_criteria(model_spec(self.pm, self.config, model).task, min_requests=body.min_requests,
+                                       min_agreement=body.min_agreement, max_latency_ms=body.max_latency_ms,
+                                       days=body.days, threshold=body.threshold, tolerance=body.tolerance)
+        with self.registry() as registry:
+            if action == "stop" and registry.shadows(model):
+                check_shadow(self.config, self.pm, model, actor=who)  # record a met or expired outcome first
+            before = registry.active_shadow(model)
+            if action == "start":
+                after = registry.start_shadow(model, body.challenger, criteria, actor=who, reason=body.reason)
+            elif before is not None:
+                after = registry.end_shadow(model, before["id"], "stopped", actor=who, reason=body.reason)
+            else:
+                after = None
+            states = [ShadowState(id=sh["id"], version=sh["version"], champion_version=sh["champion_version"],
+                                  status=sh["status"]) if sh is not None else None for sh in (before, after)]
+            changed = states[0] != states[1]
+            self.record(registry, "shadow", model, key, request, request_id, action=action,
+                        before=msgspec.to_builtins(states[0]), after=msgspec.to_builtins(states[1]),
+                        changed=changed, reason=body.reason, **({"criteria": criteria} if action == "start" else {}))
+        if changed and action == "start":
+            self.announce(events.SHADOW_STARTED, who, model=model, version=body.challenger,
+                          champion_version=after["champion_version"], shadow_id=after["id"], criteria=criteria)
+        elif changed:
+            self.announce(events.SHADOW_STOPPED, who, model=model, version=before["version"], shadow_id=before["id"],
+                          met=before["met"], reason=body.reason)
+        return ShadowChange(request_id=request_id, actor=who, model=model, action=action, before=states[0],
+                            after=states[1], changed=changed)
+
+
 async def _run(change: Callable[..., Any], *args: Any) -> Any:
     """``change(*args)`` on a worker thread (SQLite writes wait for locks); a ``LabError``
     becomes the 4xx that names its fix."""
@@ -322,6 +416,12 @@ def admin_controllers(admin: Admin) -> list[type[Controller]]:
         "action": "one of start, stop, set_weights",
         "weights": "an object of variant name to weight from 0 to 1, naming every variant, summing to 1",
         "reason": "a string"})
+    shadow_errors = _errors(ShadowChangeRequest, {
+        "action": "start or stop", "challenger": "a registered version of the served model, not its champion",
+        "min_requests": "a whole number >= 1", "min_agreement": "a share between 0 and 1",
+        "max_latency_ms": "milliseconds above 0", "days": "days above 0", "threshold": "a score from 0 to 1",
+        "tolerance": "a difference above 0 (regression)", "reason": "a string"})
+    shadow_guard = guard(admin.keys, "shadow", admin.denied)
     promote_guard = guard(admin.keys, "promote", admin.denied)
     flags_guard = guard(admin.keys, "flags", admin.denied)
 
@@ -344,6 +444,13 @@ def admin_controllers(admin: Admin) -> list[type[Controller]]:
         own audit row too). A server routing by the flag follows within ``flag_refresh_s``."""
         return await _run(admin.change_flag, data, request.state.api_key, request, _request_id(request))
 
+    async def change_shadow(self, data, request: Request) -> ShadowChange:
+        """Start shadowing a challenger version of the served model (exit criteria declared
+        now), or stop the active shadow; as ``lab shadow start|stop``. The server picks it
+        up within ``flag_refresh_s``. Audited."""
+        return await _run(admin.change_shadow, data, request.state.api_key, request, _request_id(request))
+
+    change_shadow.__annotations__ = {**change_shadow.__annotations__, "data": JSONBody[ShadowChangeRequest]}
     promote.__annotations__ = {**promote.__annotations__, "data": JSONBody[PromoteRequest]}
     rollback.__annotations__ = {**rollback.__annotations__, "data": JSONBody[RollbackRequest]}
     change_flag.__annotations__ = {**change_flag.__annotations__, "data": JSONBody[FlagChangeRequest]}
@@ -364,9 +471,30 @@ def admin_controllers(admin: Admin) -> list[type[Controller]]:
                           exception_handlers={ClientException: flag_errors.handler})(list_flags),
         "change_flag": writes("/flags", "admin_change_flag", "Start, stop or re-weigh a flag (scope flags)",
                               flag_errors, flags_guard, change_flag),
+        "change_shadow": writes("/shadow", "admin_change_shadow", "Start or stop a shadow of the served model "
+                                "(scope shadow)", shadow_errors, shadow_guard, change_shadow),
     }
     return [type("AdminController", (Controller,), {"path": "/admin", "tags": ["admin"], "__module__": __name__,
                                                     **handlers})]
+
+
+_REQUESTS = {s.__name__: s for s in (PromoteRequest, RollbackRequest, StartFlag, StopFlag, SetWeights,
+                                     StartShadow, StopShadow)}
+_BOUNDS = (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusive_minimum"), ("lt", "exclusive_maximum"))
+
+
+def _exact_bounds(schema: Schema, struct: type[msgspec.Struct]) -> None:
+    """Write each number field's bounds as the decoder enforces them: Litestar leaves out a
+    bound of 0 (``gt=0`` vanishes) and those of an optional field's number."""
+    for field in msgspec.inspect.type_info(struct).fields:
+        kind = field.type
+        for member in getattr(kind, "types", (kind,)):  # an optional field: its non-null member
+            member = member.type if isinstance(member, msgspec.inspect.Metadata) else member
+            prop = (schema.properties or {}).get(field.encode_name)
+            if isinstance(member, (msgspec.inspect.IntType, msgspec.inspect.FloatType)) and isinstance(prop, Schema):
+                for bound, key in _BOUNDS:
+                    if getattr(member, bound) is not None:
+                        setattr(prop, key, getattr(member, bound))
 
 
 _UNAUTHORIZED = "No API key, or one that is malformed, unknown or revoked; or no key configured (`lab keys create`)"
@@ -393,6 +521,9 @@ def document(openapi: OpenAPI, *, predict_keyed: bool) -> None:
             schema = (components.schemas or {}).get(name.rsplit("/", 1)[-1]) if name else None
             if schema is not None:  # as the decoder does (forbid_unknown_fields)
                 schema.additional_properties = False
+                struct = _REQUESTS.get(name.rsplit("/", 1)[-1])
+                if struct is not None:
+                    _exact_bounds(schema, struct)
     predict = (openapi.paths or {}).get("/predict")
     if not predict_keyed or predict is None or predict.post is None:
         return

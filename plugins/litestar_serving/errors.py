@@ -75,13 +75,15 @@ def _host_name(host: str) -> str | None:
 
 
 def _int_fields(struct: type[msgspec.Struct]) -> Iterable[str]:
-    """The names, as encoded, of ``struct``'s int fields (of each member of a tagged union)."""
+    """The names, as encoded, of ``struct``'s int fields, optional ones too (of each member
+    of a tagged union)."""
     info = msgspec.inspect.type_info(struct)
     for field in (f for member in getattr(info, "types", (info,)) for f in getattr(member, "fields", ())):
-        kind = field.type
-        kind = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
-        if isinstance(kind, msgspec.inspect.IntType):
-            yield field.encode_name
+        for kind in getattr(field.type, "types", (field.type,)):  # int | None: its int
+            kind = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
+            if isinstance(kind, msgspec.inspect.IntType):
+                yield field.encode_name
+                break
 
 
 class RequestErrors:
@@ -127,7 +129,7 @@ class RequestErrors:
             try:
                 data = self._decoder.decode(body)
             except msgspec.ValidationError as exc:
-                if not self.int_fields or "Expected `int`, got `float`" not in str(exc):
+                if not self.int_fields or "got `float`" not in str(exc):  # `int` or `int | null`
                     raise
                 data = self._check_whole_numbers(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
