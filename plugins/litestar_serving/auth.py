@@ -88,6 +88,16 @@ class ServerKeys:
         (see the module's docstring). ``what`` names the route in the messages."""
         raw = presented_key(headers)
         store = self.store()
+        key = store.verify(raw) if store is not None and raw is not None else None
+        if key is not None:
+            if not key.allows(scope):
+                raise ScopeDenied(
+                    key, detail=f"key {key.name!r} has scope(s) {', '.join(key.scopes)}, but {what} needs scope "
+                                f"{scope!r}: use a key with it, or create one with `lab keys create NAME --scope "
+                                f"{scope}`",
+                    headers={"WWW-Authenticate": f'Bearer realm="lab", error="insufficient_scope", scope="{scope}"'})
+            return key
+        # Refused: say why (no key on this server at all, none sent, or not a live one).
         if store is None or store.live_count() == 0:
             create = (f"`lab keys create NAME --scope {scope}`" if scope == "predict" else
                       f"`lab keys create NAME --scope admin` (every admin route; --scope {scope} for this one)")
@@ -99,18 +109,10 @@ class ServerKeys:
             raise NotAuthorizedException(
                 detail=f"{what} needs an API key with scope {scope!r}: {HEADER_HELP}",
                 headers={"WWW-Authenticate": f'Bearer realm="lab", scope="{scope}"'})
-        key = store.verify(raw)
-        if key is None:
-            raise NotAuthorizedException(
-                detail=f"the API key is not valid (malformed, unknown or revoked); {what} needs a live key with "
-                       f"scope {scope!r} (see `lab keys list`)",
-                headers={"WWW-Authenticate": f'Bearer realm="lab", error="invalid_token", scope="{scope}"'})
-        if not key.allows(scope):
-            raise ScopeDenied(key,
-                detail=f"key {key.name!r} has scope(s) {', '.join(key.scopes)}, but {what} needs scope {scope!r}: "
-                       f"use a key with it, or create one with `lab keys create NAME --scope {scope}`",
-                headers={"WWW-Authenticate": f'Bearer realm="lab", error="insufficient_scope", scope="{scope}"'})
-        return key
+        raise NotAuthorizedException(
+            detail=f"the API key is not valid (malformed, unknown or revoked); {what} needs a live key with "
+                   f"scope {scope!r} (see `lab keys list`)",
+            headers={"WWW-Authenticate": f'Bearer realm="lab", error="invalid_token", scope="{scope}"'})
 
 
 Denied = Callable[[ASGIConnection, ApiKey, str], Awaitable[None]]
