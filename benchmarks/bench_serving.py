@@ -251,7 +251,7 @@ def measure(name: str, port: int, path: str, bodies_file: Path, concurrency: lis
 PROFILED_PARTS = {
     "feature assembly (FeatureAssembler.assemble)": ("scoring.py", "assemble"),
     "online store reads": ("sqlite_online/store.py", None),
-    "model forward (MLPScorer.predict)": ("lightning_tabular/network.py", "predict"),
+    "model forward (LoadedMLP.predict)": ("lightning_tabular/loaded.py", "predict"),
     "ledger append": ("ledger.py", "append"),
 }
 
