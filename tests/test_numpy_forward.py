@@ -140,3 +140,24 @@ def test_a_numpy_forward_that_does_not_fit_the_model_is_refused():
     with pytest.raises(LabError, match="takes 3 features"):
         MLPScorer(TabularMLP(2, [], 0.0), ["a", "b"], {}, Scaler((0.0, 0.0), (1.0, 1.0)), numpy_forward=forward)
     assert numpy_forward.SMALL_BATCH >= 1
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_a_row_scores_the_same_alone_and_in_any_small_batch(task):
+    # The server scores concurrent requests together (micro-batching): each answer must be
+    # bit for bit the one-row answer, whatever the batch's size and the row's place in it.
+    model = random_model(task, seed=3)
+    forward, _ = export_numpy_forward(model)
+    rng = np.random.default_rng(5)
+    x = (forward.mean + forward.std * rng.standard_normal((300, forward.n_features))).astype(np.float32)
+    alone = np.concatenate([forward(x[i:i + 1]) for i in range(len(x))])
+    for size in range(2, SMALL_BATCH + 1):
+        batched = np.concatenate([forward(x[i:i + size]) for i in range(0, len(x), size)])
+        assert np.array_equal(alone, batched), size
+    # and the probabilities or label units a loaded model answers
+    loaded = MLPScorer(model.net, NAMES, model.params, SCALER, task=task, target=model.target,
+                       numpy_forward=forward)
+    alone = np.concatenate([loaded.predict(x[i:i + 1]) for i in range(len(x))])
+    for size in (2, 7, 8, 9, 16, 33, SMALL_BATCH):
+        batched = np.concatenate([loaded.predict(x[i:i + size]) for i in range(0, len(x), size)])
+        assert np.array_equal(alone, batched), size

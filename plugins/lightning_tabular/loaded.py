@@ -41,6 +41,9 @@ class LoadedMLP:
         self.target = target if task == "regression" else None
         self.numpy_forward = numpy_forward
         self.forward_note = forward_note
+        self.invariant_batch_rows = SMALL_BATCH
+        """``predict`` of up to this many rows gives each row exactly its one-row score (the
+        numpy forward scores whole blocks): the server may score concurrent requests together."""
         self._n_features = len(self.feature_names)
         if self.target is not None:
             self._target_mean, self._target_std = self.target.mean[0], self.target.std[0]

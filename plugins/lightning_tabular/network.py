@@ -99,6 +99,8 @@ class MLPScorer:
             raise LabError(f"the numpy forward takes {numpy_forward.n_features} features, the model "
                            f"{self._n_features}; save the model again")
         self.numpy_forward = numpy_forward
+        # With the numpy forward, batches of up to SMALL_BATCH rows score each row exactly as alone.
+        self.invariant_batch_rows = SMALL_BATCH if numpy_forward is not None else 1
         self.forward_note = forward_note or (
             f"numpy for batches of up to {SMALL_BATCH} rows, torch above" if numpy_forward is not None
             else "torch for every batch")

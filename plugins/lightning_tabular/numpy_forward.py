@@ -30,6 +30,10 @@ SMALL_BATCH = 64
 on this kind of machine: numpy is about 5x faster for one row and still faster at 64;
 for large batches torch's multithreaded kernels win."""
 
+BLOCK = 8
+"""Rows are scored in whole blocks of this many (padded with zeros): each row's output is
+then the same whatever batch it comes in (checked by tests/test_numpy_forward.py)."""
+
 TOLERANCE = 1e-5
 """The largest absolute difference from the torch forward's output (the logit, or the
 standardized regression target) accepted at export."""
@@ -73,6 +77,16 @@ class NumpyForward:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         # Few, in-place operations: on a handful of rows each costs about a microsecond
         # whatever its size, so their count is the cost.
+        n = x.shape[0]
+        if n % BLOCK:
+            # Rows padded to a whole block: BLAS takes other kernels for other row counts
+            # (one row is a matrix-vector product), whose sums round differently in the
+            # last bit. In whole blocks a row's output does not depend on the batch it is
+            # in, so the server may score concurrent requests together (micro-batching)
+            # and answer each exactly what it would alone.
+            padded = np.zeros((n + BLOCK - n % BLOCK, x.shape[1]), dtype=np.float32)
+            padded[:n] = x
+            x = padded
         h = np.subtract(x, self.mean)
         np.divide(h, self.std, out=h)
         for weight, bias in self._hidden:
@@ -81,7 +95,7 @@ class NumpyForward:
             np.maximum(h, 0.0, out=h)
         out = np.dot(h, self._out_w)
         out += self._out_b
-        return out
+        return out[:n] if out.shape[0] != n else out
 
     # -- the file ------------------------------------------------------------------------
 
@@ -125,15 +139,17 @@ class NumpyForward:
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """The logistic function of float32 outputs, as float32, without overflow for very
-    negative ``z``. A few values are done one by one in Python floats (cheaper than five
-    array operations on them), more as arrays."""
+    negative ``z``. Up to ``SMALL_BATCH`` values (every batch the numpy forward scores) are
+    done one by one in Python floats, cheap at that size and the same for a row alone or
+    in a batch; more as arrays."""
     if z.shape[0] <= _SCALAR_SIGMOID_ROWS:
         return np.array([_sigmoid(v) for v in z.tolist()], dtype=np.float32)
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32, copy=False)
 
 
-_SCALAR_SIGMOID_ROWS = 8
+_SCALAR_SIGMOID_ROWS = SMALL_BATCH  # every batch the numpy forward scores: one path, so a row's
+# probability is the same alone or in a batch (the array path rounds differently)
 
 
 def _sigmoid(v: float) -> float:
