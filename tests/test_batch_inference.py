@@ -524,3 +524,21 @@ def test_a_lookup_without_any_batch_table_is_a_miss_not_an_error(sensor_lab):
     fallback.close()
     with sqlite3.connect(sensor_lab / "data" / "batch_predictions.db") as conn:
         assert conn.execute("SELECT count(*) FROM latest_predictions WHERE model = 'sensor'").fetchone()[0] > 0
+
+
+def test_the_contracts_default_scan_source_agrees_with_duckdbs(tmp_path):
+    from lab.features.stores import OfflineStore
+    from plugins.duckdb_offline.store import DuckDBOfflineStore
+
+    class SlicingStore(DuckDBOfflineStore):
+        scan_source = OfflineStore.scan_source  # the contract's default: read the table, filter, slice
+
+    fast, slow = DuckDBOfflineStore(tmp_path / "a.duckdb"), SlicingStore(tmp_path / "b.duckdb")
+    for store in (fast, slow):
+        store.write_source("readings", readings().sample(fraction=1.0, shuffle=True, seed=3).to_arrow())
+    window = dict(time_column="READ_AT", start=dt.date(2024, 3, 2), end=dt.date(2024, 3, 3), batch_rows=10)
+    a = pl.concat([pl.from_arrow(t) for t in fast.scan_source("readings", **window)])
+    b = pl.concat([pl.from_arrow(t) for t in slow.scan_source("readings", **window)])
+    assert a.height == 96 and a["READ_AT"].is_sorted()
+    assert a.sort("READING_ID").equals(b.sort("READING_ID")) and b["READ_AT"].is_sorted()
+    assert all(t.num_rows <= 10 for t in slow.scan_source("readings", **window))

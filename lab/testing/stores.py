@@ -108,6 +108,20 @@ class OfflineStoreContract:
             store.write_source(bad, events())
         assert store.read_source("events").num_rows == events().num_rows
 
+    def test_scan_source_streams_a_window_of_days_in_time_order(self, store):
+        days = [T0 + dt.timedelta(days=d, hours=h) for d in (0, 1, 2) for h in (5, -3, 1)]  # written out of order
+        data = pa.table({"TS": pa.array(days, pa.timestamp("us")), "ID": pa.array(range(9), pa.int64())})
+        store.write_source("events", data)
+        day1 = (T0 + dt.timedelta(days=1)).date()
+        chunks = list(store.scan_source("events", time_column="TS", start=day1, end=day1 + dt.timedelta(days=1),
+                                        columns=["ID"], batch_rows=2))
+        assert all(c.column_names == ["ID"] and 1 <= c.num_rows <= 2 for c in chunks)
+        wanted = sorted((t, i) for i, t in enumerate(days) if day1 <= t.date() <= day1 + dt.timedelta(days=1))
+        assert [i for c in chunks for i in c.column("ID").to_pylist()] == [i for _, i in wanted]
+        assert list(store.scan_source("events", time_column="TS", start=day1, end=day1 - dt.timedelta(days=1))) == []
+        with pytest.raises(LabError, match="NOPE"):
+            list(store.scan_source("events", time_column="TS", start=day1, end=day1, columns=["NOPE"]))
+
 
 SPEND = FeatureView(
     name="spend", entity="USER_ID", source="events", timestamp="TS",
