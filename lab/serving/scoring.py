@@ -169,6 +169,45 @@ class FeatureAssembler:
         is not a finite number; store errors (``LabError``) pass through.
         """
         assembled = self._assemble(request, when)
+        self.count(assembled)
+        return assembled
+
+    def assemble_many(self, requests: Sequence[Mapping[str, Any]], whens: Sequence[dt.datetime], *,
+                      count: bool = True) -> list[AssembledFeatures]:
+        """``assemble`` for several requests at once, equal to it request by request: one
+        store call per view for all of them (``read_many_with_watermark``, when the store
+        has it; else one call per request as ``assemble`` makes). Raises the first error
+        any request meets, having counted nothing: the caller can then score the requests
+        one by one, each meeting its own error. With ``count`` False nothing is counted
+        (``counts()``) until the caller passes each result to ``count``."""
+        read_many = getattr(self.store, "read_many_with_watermark", None)
+        if read_many is None:
+            read = self.store.read_with_watermark
+            read_many = lambda view, keys: list(zip(*[read(view, k) for k in keys]))  # noqa: E731
+        per_view = []
+        for view in self.views:
+            rows, watermark = read_many(view, [request[view.entity] for request in requests])
+            per_view.append((view, rows, watermark))
+        out = []
+        for i, (request, when) in enumerate(zip(requests, whens)):
+            rows_by_view: dict[str, dict | None] = {}
+            defaults: dict[str, bool] = {}
+            fresh: dict[str, Freshness] = {}
+            for view, rows, watermark in per_view:
+                mark = watermark[i] if isinstance(watermark, (list, tuple)) else watermark
+                state = freshness(view, mark, when)
+                row = rows[i] if state.usable else None
+                rows_by_view[view.name] = row
+                defaults[view.name] = row is None
+                fresh[view.name] = state
+            out.append(self._build(request, rows_by_view, defaults, fresh))
+        if count:
+            for assembled in out:
+                self.count(assembled)
+        return out
+
+    def count(self, assembled: AssembledFeatures) -> None:
+        """Count ``assembled`` in ``counts()`` (``assemble`` does it itself)."""
         states = assembled.freshness.values()
         stale = any(f.stale and f.watermark is not None for f in states)
         future = any(f.future for f in states)
@@ -176,10 +215,12 @@ class FeatureAssembler:
             with self._lock:
                 self._counts["stale"] += stale
                 self._counts["future"] += future
-        return assembled
 
     def _assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
-        rows, defaults, fresh = self.rows(request, when)
+        return self._build(request, *self.rows(request, when))
+
+    def _build(self, request: Mapping[str, Any], rows: dict[str, dict | None], defaults: dict[str, bool],
+               fresh: dict[str, Freshness]) -> AssembledFeatures:
         built = self.build_row(request, rows)
         names = self.feature_names
         try:

@@ -73,6 +73,7 @@ from plugins.litestar_serving import admin as admin_routes
 from plugins.litestar_serving.auth import ServerKeys, guard
 from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
 from plugins.litestar_serving import fastpath
+from plugins.litestar_serving.batching import MicroBatcher
 from plugins.litestar_serving.errors import RequestErrors, host_guard
 from plugins.litestar_serving.limits import Budget, Busy, ScoringLimit, Unscored, score_bounded, score_inline
 from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
@@ -123,6 +124,7 @@ class ServingState:
     batch: Any = None  # lab.serving.batch_predictions.BatchFallback with [tool.lab.serve] batch_fallback
     metrics: ServerMetrics | None = None  # what /metrics shows; set by create_app
     limit: ScoringLimit = field(default_factory=lambda: ScoringLimit(0, 0))  # scoring slots and queue
+    batcher: MicroBatcher | None = None  # scoring on the event loop: concurrent requests together
     budget: Budget = field(default_factory=Budget)  # latency budget and timeouts; enforced on the pool
     fallbacks: dict[str, int] = field(default_factory=dict)  # fallback answers by reason
     breakers: tuple[CircuitBreaker, CircuitBreaker] = field(  # (online store, model)
@@ -437,6 +439,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
             if limit.pooled:
                 # The slot is released when the work ends, not when this request stops waiting.
                 assembled, score = await score_bounded(limit, serving.budget, started, assemble, predict_one)
+            elif serving.batcher is not None:  # with the requests that arrived together; the same answer
+                assembled, score = await serving.batcher.score(assembler, model, fields, when)
             else:
                 assembled, score = score_inline(assemble, predict_one)
             _record(serving.breakers, None)
@@ -661,7 +665,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                allow_empty_store: bool | None = None, max_concurrency: int | None = None,
                max_queue: int | None = None, latency_budget_ms: float | None = None,
                store_timeout_ms: float | None = None, model_timeout_ms: float | None = None,
-               lean_predict: bool = True) -> Litestar:
+               lean_predict: bool = True, max_batch: int = 64, batch_wait_ms: float = 0.0) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``, or the lab's only model), plus every route from
     ``lab_http_routes``. The model's ``ModelSpec`` (``lab.plugins.model_spec``) gives the
@@ -684,6 +688,12 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     [tool.lab.serve]; 0 none; they need the pool) bound a request's wait; past them, or
     when a store or the model fails, the request gets the spec's ``fallback``, flagged
     (none declared: 503).
+
+    ``max_batch`` (default 64; 1: off) and ``batch_wait_ms`` (default 0: only what arrived in
+    the same turn of the event loop): requests scoring on the event loop are scored
+    together (``plugins.litestar_serving.batching``), each answer exactly its one-at-a-time
+    answer; on the pool (``max_concurrency`` 1 or more, where the latency budget applies)
+    each request scores alone.
 
     ``lean_predict`` (default True) serves ``POST /predict`` through
     ``plugins.litestar_serving.fastpath``: the same middleware, guards, hook, handler and
@@ -715,6 +725,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
                          allow_empty_store=allow_empty_store, limit=limit,
                          budget=budget, breakers=breakers, batch=batch_fallback_for(config, spec))
+    if max_batch > 1 and not limit.pooled:
+        state.batcher = MicroBatcher(max_batch, batch_wait_ms / 1000)
     if flag:
         state.router = FlagRouter(config.registry_path, flag, state.model_name, functools.partial(_load, config, pm))
     struct = request_type(spec.request)

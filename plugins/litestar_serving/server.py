@@ -96,6 +96,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="answer within MS milliseconds: past it the model's declared fallback, flagged, or 503 "
                         "when it declares none; needs --max-concurrency (default: [tool.lab.serve] "
                         "latency_budget_ms, 0: none)")
+    p.add_argument("--max-batch", type=_count, default=64, metavar="N",
+                   help="score up to N requests that arrive together in one batch (one store query per view, "
+                        "one forward; each answer as alone) when scoring on the event loop; 1 turns it off "
+                        "(default 64)")
+    p.add_argument("--batch-wait-ms", type=_milliseconds, default=0.0, metavar="MS",
+                   help="let a batch wait up to MS milliseconds for more requests (default 0: only those that "
+                        "arrived in the same turn of the event loop)")
     p.add_argument("--workers", type=_count, default=1, metavar="N",
                    help="serve with N processes on one port (default 1); /metrics sums them (prometheus-client's "
                         "multiprocess mode, in a temporary folder of this server's)")
@@ -200,7 +207,8 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     _set_threads(args.threads)
     app_args = dict(model_name=model_name, alias=args.alias, flag=args.flag, host=host,
                     allow_empty_store=args.allow_empty_store, max_concurrency=args.max_concurrency,
-                    max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms)
+                    max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms,
+                    max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
     if args.workers > 1:
         print(f"lab serve: {what} on http://{host}:{port} with {args.workers} workers "
