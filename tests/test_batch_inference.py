@@ -542,3 +542,29 @@ def test_the_contracts_default_scan_source_agrees_with_duckdbs(tmp_path):
     assert a.height == 96 and a["READ_AT"].is_sorted()
     assert a.sort("READING_ID").equals(b.sort("READING_ID")) and b["READ_AT"].is_sorted()
     assert all(t.num_rows <= 10 for t in slow.scan_source("readings", **window))
+
+
+def test_a_score_that_is_not_a_number_is_counted_and_never_served_as_a_fallback(sensor_lab):
+    class Broken(LinearModel):
+        def predict(self, x):
+            out = super().predict(x)
+            out[x[:, 0] >= 70] = np.nan  # sensors 7 and 8 read 70 and more
+            return out
+
+    config = load_config(sensor_lab)
+    pm = sensor_pm(config)
+    views = [feature_views(pm, config)[n] for n in SENSOR.views]
+    offline = pm.hook.lab_offline_store(config=config)
+    with Registry.open(config.registry_path, project_root=sensor_lab) as registry:
+        report = score_window(offline=offline, registry=registry, spec=SENSOR, views=views,
+                              version=registry.get_alias("sensor", "champion"), model=Broken(),
+                              start=dt.date(2024, 3, 6), end=dt.date(2024, 3, 6),
+                              out_dir=predictions_dir(config, "sensor"), latest_db=latest_path(config))
+    offline.close()
+    assert report["coverage"]["non_finite_scores"] == 3
+    assert read_partitions(sensor_lab / "data" / "predictions" / "sensor")["score"].is_nan().sum() == 3
+    assert read_latest(latest_path(config), "sensor", "SENSOR_ID", 7) is None
+    assert read_latest(latest_path(config), "sensor", "SENSOR_ID", 6) is not None
+    # No training window given: new_entity is unknown (null), not false.
+    assert read_partitions(sensor_lab / "data" / "predictions" / "sensor")["new_entity"].null_count() == 51
+    assert report["coverage"]["new_entities"] is None and report["training_window"] is None

@@ -131,7 +131,7 @@ class _Stats:
         self.np = np
         self.views, self.entities, self.known = views, list(entities), known
         self.known_series: dict[str, Any] = {}
-        self.rows = self.defaulted = self.new_rows = 0
+        self.rows = self.defaulted = self.new_rows = self.non_finite = 0
         self.keys = {e: set() for e in self.entities}
         self.new = {e: set() for e in self.entities}
         self.by_view = {v.name: {"stale": 0, "missing": 0, "ages": []} for v in views}
@@ -178,6 +178,7 @@ class _Stats:
             "defaulted_rows_by_view": {v: s["stale"] + s["missing"] for v, s in self.by_view.items()},
             "new_entities": None if self.known is None else {e: len(keys) for e, keys in self.new.items()},
             "new_entity_rows": None if self.known is None else self.new_rows,
+            "non_finite_scores": self.non_finite,
         }
         freshness = {}
         for view in self.views:
@@ -277,14 +278,20 @@ def score_window(*, offline, registry, spec, views, version, model, start: dt.da
                     pl.Series("score", scores, dtype=pl.Float64), pl.lit(spec.name).alias("model"),
                     pl.lit(version.version, dtype=pl.Int64).alias("model_version"),
                     pl.lit(scored_at).alias("scored_at"), pl.Series("defaulted", defaulted),
-                    pl.Series("new_entity", new_row, dtype=pl.Boolean))
+                    pl.Series("new_entity", new_row, dtype=pl.Boolean) if new_row is not None
+                    else pl.lit(None, dtype=pl.Boolean).alias("new_entity"))  # no training window known
                 folder.mkdir(exist_ok=True)
                 _write_part(out.to_arrow(), folder / f"part-{parts:05d}.parquet")
                 parts += 1
                 partitions[str(day)] = partitions.get(str(day), 0) + out.height
+                # A score that is not a number (a model gone wrong) is in the partition but never
+                # stands in for an entity online; nor does a row without a key.
+                usable = out.filter(pl.col("score").is_finite())
+                stats.non_finite += out.height - usable.height
                 for entity in spec.request.entities:
                     if entity in out.columns:
-                        both = pl.concat([latest[entity], out]) if entity in latest else out
+                        fresh = usable.filter(pl.col(entity).is_not_null())
+                        both = pl.concat([latest[entity], fresh]) if entity in latest else fresh
                         latest[entity] = both.unique(subset=[entity], keep="last", maintain_order=True)
                 if features_path is not None:
                     rows = table.with_columns(pl.Series("score", scores, dtype=pl.Float64),
