@@ -113,5 +113,5 @@ def _audit_run(args: argparse.Namespace, ctx: Context) -> int:
                   else f"{_state(p.get('before'))} -> {_state(p.get('after'))}")
         reason = f"  {p['reason']}" if p.get("reason") else ""
         print(f"{_short_time(r['at'])}  {r['kind']:<14} {r['subject'] or '-':<16} by {r['actor']:<16} "
-              f"{change}  request {p.get('request_id', '-')}{reason}")
+              f"{change}  request {p.get('request_id') or '-'}{reason}")
     return 0
