@@ -100,8 +100,9 @@ async def concurrently(app, bodies: list[dict]) -> list[httpx.Response]:
             await asyncio.sleep(0.01)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            return await asyncio.gather(*(client.post("/predict", json=b, headers={"x-request-id": f"r{i}"})
-                                          for i, b in enumerate(bodies)))
+            answers = await asyncio.gather(*(client.post("/predict", json=b, headers={"x-request-id": f"r{i}"})
+                                             for i, b in enumerate(bodies)))
+            return answers, (await client.get("/metrics")).text
 
 
 def test_concurrent_requests_are_scored_together_and_answered_as_alone(labs):
@@ -110,11 +111,14 @@ def test_concurrent_requests_are_scored_together_and_answered_as_alone(labs):
     alone_app = create_app(load_config(alone_lab.root), max_batch=1)
     batched_app = create_app(load_config(batched_lab.root))
     assert alone_app.state.serving.batcher is None
-    alone = asyncio.run(concurrently(alone_app, bodies))
-    batched = asyncio.run(concurrently(batched_app, bodies))
+    alone, alone_metrics = asyncio.run(concurrently(alone_app, bodies))
+    batched, metrics = asyncio.run(concurrently(batched_app, bodies))
     counts = batched_app.state.serving.batcher.counts
     assert counts["largest"] > 1 and counts["batches"] < len(bodies), counts  # they did share
     assert counts["requests"] == len(bodies) and counts["fallbacks"] == 0
+    assert f"lab_batches_total {float(counts['batches'])}" in metrics
+    assert f"lab_batched_requests_total {float(len(bodies))}" in metrics
+    assert "lab_batches_total" not in alone_metrics
     for a, b in zip(alone, batched):
         assert a.status_code == b.status_code == 200
         one, other = a.json(), b.json()

@@ -370,6 +370,9 @@ class StateCollector(Collector):
             CounterMetricFamily("lab_batch_fallback_lookups", "Lookups of the latest batch prediction for a "
                                 "request that could not be scored ([tool.lab.serve] batch_fallback): hit "
                                 "(answered with it) or miss (the declared fallback, or 503)", labels=["outcome"]),
+            CounterMetricFamily("lab_batches", "Micro-batches scored on the event loop (lab serve --max-batch); "
+                                "lab_batched_requests_total / lab_batches_total is the mean batch size"),
+            CounterMetricFamily("lab_batched_requests", "Requests scored in micro-batches"),
             GaugeMetricFamily("lab_cuda_memory_allocated_bytes", "CUDA memory held by tensors, by device "
                               "(only when torch is imported and CUDA is available)", labels=["device"]),
             GaugeMetricFamily("lab_cuda_memory_reserved_bytes", "CUDA memory reserved by torch's caching "
@@ -377,8 +380,8 @@ class StateCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, batch_lookups, allocated,
-         reserved) = self._families()
+        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, batch_lookups, batches,
+         batched, allocated, reserved) = self._families()
         state = self.state
         ready.add_metric([], 1.0 if state.ready else 0.0)
         yield ready
@@ -391,6 +394,11 @@ class StateCollector(Collector):
             scoring.add_metric([], limit.scoring)
             queued.add_metric([], limit.waiting)
             yield from (scoring, queued)
+        batcher = getattr(state, "batcher", None)
+        if batcher is not None:
+            batches.add_metric([], batcher.counts["batches"])
+            batched.add_metric([], batcher.counts["requests"])
+            yield from (batches, batched)
         breakers = getattr(state, "breakers", ())
         if breakers:
             for breaker in breakers:
