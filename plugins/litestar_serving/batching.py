@@ -67,8 +67,13 @@ class MicroBatcher:
         groups: dict[tuple[int, int], list[tuple]] = {}
         for item in batch:
             groups.setdefault((id(item[0]), id(item[1])), []).append(item)
-        for items in groups.values():
-            self._score_group(items)
+        try:
+            for items in groups.values():
+                self._score_group(items)
+        finally:  # whatever escaped (not an Exception), no request waits forever
+            for item in batch:
+                if not item[4].done():
+                    item[4].set_exception(RuntimeError("the batch this request was in did not finish"))
 
     def _score_group(self, items: list[tuple]) -> None:
         assembler, model = items[0][0], items[0][1]
