@@ -20,7 +20,6 @@ server started work at once, and revocations take effect on the next request
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -29,8 +28,6 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from lab.serving.keys import ApiKey, KeyStore
-
-log = logging.getLogger("lab.serving")
 
 HEADER_HELP = "send it as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
 SECURITY_SCHEMES = ("BearerKey", "ApiKeyHeader")
