@@ -299,6 +299,9 @@ def test_agreement_rules_for_classification_and_regression():
         shadow_criteria("regression")
     with pytest.raises(ConfigError, match="--threshold is for classification models"):
         shadow_criteria("regression", tolerance=1, threshold=0.3)
+    for days in (1e9, float("nan"), 0):  # past datetime's range, or no deadline at all: refused, no traceback
+        with pytest.raises(ConfigError, match="--days must be a number of days > 0 and at most 3650"):
+            shadow_criteria("classification", days=days)
     within = agreement_rule({"tolerance": 2.5})
     assert within(10.0, 12.5) and not within(10.0, 12.6)
     decision = agreement_rule(shadow_criteria("classification", threshold=0.3))

@@ -40,6 +40,7 @@ from lab.sqlite import connect
 CONFIDENCE = 0.95
 DEFAULT_MIN_REQUESTS = 1000
 DEFAULT_MIN_AGREEMENT = 0.95
+MAX_DAYS = 3650  # ten years: a later deadline is no deadline (and overflows datetime)
 DEFAULT_DAYS = 7.0
 DEFAULT_THRESHOLD = 0.5
 
@@ -83,8 +84,8 @@ def shadow_criteria(task: str, *, min_requests: int | None = None, min_agreement
             raise ConfigError(f"--deadline {deadline} is in the past; give a later time or --days D")
     else:
         days = DEFAULT_DAYS if days is None else days
-        if not isinstance(days, (int, float)) or not days > 0:
-            raise ConfigError(f"--days must be a number of days > 0, got {days!r}")
+        if not isinstance(days, (int, float)) or not 0 < days <= MAX_DAYS:
+            raise ConfigError(f"--days must be a number of days > 0 and at most {MAX_DAYS}, got {days!r}")
         end = now + dt.timedelta(days=float(days))
     criteria: dict[str, Any] = {"task": task, "min_requests": min_requests, "min_agreement": float(min_agreement),
                                 "max_latency_ms": None if max_latency_ms is None else float(max_latency_ms),
