@@ -1,9 +1,9 @@
 """Batch inference: one model version scores a window of the offline store, chunk by chunk.
 
 ``score_window`` is what the ``batch_score`` stage (``lab.steps.batch_score``) and ``lab
-score`` run, for any lab's ``ModelSpec``. Day by day through the window it streams the
-spec's source rows dated that day from the offline store (``OfflineStore.scan_source``,
-at most ``batch_size`` rows at a time), adds the request-time features
+score`` run, for any lab's ``ModelSpec``. It streams the spec's source rows dated in the
+window, in time order, from the offline store (``OfflineStore.scan_source``, at most
+``batch_size`` rows at a time), adds the request-time features
 (``spec.request_frame``) and every view's point-in-time features, as training does, and
 scores them. Memory is bounded by ``batch_size`` rows, plus one latest row per entity key
 and one float per scored row for the freshness percentiles.
@@ -15,8 +15,8 @@ Outputs, for model ``M`` under the lab's data folder:
   ``model_version``, ``scored_at`` (UTC), ``defaulted`` (some view had no row for the
   entity within its ttl, so it gave its defaults) and ``new_entity`` (a key not seen in
   the model's training-set window; null when that window is unknown). A day is written
-  to a staging folder (``predictions/.staging/``) and renamed into place only when
-  complete, so a killed job leaves whole partitions or none, never a partial one (a
+  to a staging folder (``predictions/.staging/``) and renamed into place once the scan
+  has moved past it, so a killed job leaves whole partitions or none, never a partial one (a
   rerun replaces a day whole).
 - ``predictions/M/_report.json``: coverage and feature freshness (see ``score_window``),
   also recorded in the registry as a run of kind ``batch_score`` (params, metrics, the
@@ -261,50 +261,62 @@ def score_window(*, offline, registry, spec, views, version, model, start: dt.da
     partitions: dict[str, int] = {}
     writer = features_tmp = None
     try:
-        for day in _days(start, end):
-            folder, parts = job / f"date={day}", 0
-            for chunk in offline.scan_source(spec.source, time_column=time_column, start=day, end=day,
-                                             batch_rows=batch_size):
-                frame = spec.request_frame(pl.from_arrow(chunk))
-                table = pl.from_arrow(offline.get_historical_features(frame.to_arrow(), views, time_column))
-                absent = [c for c in [id_column, *entities, *names] if c not in table.columns]
-                if absent:
-                    raise LabError(f"batch scoring of model {spec.name!r}: no column(s) {', '.join(absent)} after "
-                                   "the request-time transform and the views; retrain on these features")
-                scores = model.predict(table.select(names).to_numpy().astype("float32"))
-                probe = table.select([*stats.entities, pl.col(time_column).alias("__lab_t")]).to_arrow()
-                defaulted, new_row = stats.add(table, *_ages(offline, probe, views, time_column))
-                out = table.select([*entities, id_column, time_column]).with_columns(
-                    pl.Series("score", scores, dtype=pl.Float64), pl.lit(spec.name).alias("model"),
-                    pl.lit(version.version, dtype=pl.Int64).alias("model_version"),
-                    pl.lit(scored_at).alias("scored_at"), pl.Series("defaulted", defaulted),
-                    pl.Series("new_entity", new_row, dtype=pl.Boolean) if new_row is not None
-                    else pl.lit(None, dtype=pl.Boolean).alias("new_entity"))  # no training window known
+        parts: dict[dt.date, int] = {}  # days written to the staging folder, not yet published
+        for chunk in offline.scan_source(spec.source, time_column=time_column, start=start, end=end,
+                                         batch_rows=batch_size):
+            frame = spec.request_frame(pl.from_arrow(chunk))
+            table = pl.from_arrow(offline.get_historical_features(frame.to_arrow(), views, time_column))
+            absent = [c for c in [id_column, *entities, *names] if c not in table.columns]
+            if absent:
+                raise LabError(f"batch scoring of model {spec.name!r}: no column(s) {', '.join(absent)} after "
+                               "the request-time transform and the views; retrain on these features")
+            scores = model.predict(table.select(names).to_numpy().astype("float32"))
+            probe = table.select([*stats.entities, pl.col(time_column).alias("__lab_t")]).to_arrow()
+            defaulted, new_row = stats.add(table, *_ages(offline, probe, views, time_column))
+            out = table.select([*entities, id_column, time_column]).with_columns(
+                pl.Series("score", scores, dtype=pl.Float64), pl.lit(spec.name).alias("model"),
+                pl.lit(version.version, dtype=pl.Int64).alias("model_version"),
+                pl.lit(scored_at).alias("scored_at"), pl.Series("defaulted", defaulted),
+                pl.Series("new_entity", new_row, dtype=pl.Boolean) if new_row is not None
+                else pl.lit(None, dtype=pl.Boolean).alias("new_entity"))  # no training window known
+            # The scan is in time order: a chunk may end one day and begin the next.
+            day_of = out[time_column].dt.date()
+            for (day,), rows in out.with_columns(day_of.alias("__lab_day")).partition_by(
+                    "__lab_day", as_dict=True, maintain_order=True).items():
+                folder = job / f"date={day}"
                 folder.mkdir(exist_ok=True)
-                _write_part(out.to_arrow(), folder / f"part-{parts:05d}.parquet")
-                parts += 1
-                partitions[str(day)] = partitions.get(str(day), 0) + out.height
-                # A score that is not a number (a model gone wrong) is in the partition but never
-                # stands in for an entity online; nor does a row without a key.
-                usable = out.filter(pl.col("score").is_finite())
-                stats.non_finite += out.height - usable.height
-                for entity in spec.request.entities:
-                    if entity in out.columns:
-                        fresh = usable.filter(pl.col(entity).is_not_null())
-                        both = pl.concat([latest[entity], fresh]) if entity in latest else fresh
-                        latest[entity] = both.unique(subset=[entity], keep="last", maintain_order=True)
-                if features_path is not None:
-                    rows = table.with_columns(pl.Series("score", scores, dtype=pl.Float64),
-                                              pl.lit(version.version, dtype=pl.Int64).alias("model_version")).to_arrow()
-                    if writer is None:
-                        import pyarrow.parquet as pq
+                _write_part(rows.drop("__lab_day").to_arrow(), folder / f"part-{parts.get(day, 0):05d}.parquet")
+                parts[day] = parts.get(day, 0) + 1
+                partitions[str(day)] = partitions.get(str(day), 0) + rows.height
+            last = day_of.max()
+            for day in [d for d in parts if d < last]:  # days the scan has moved past are complete
+                _publish(job / f"date={day}", out_dir / f"date={day}", staging)
+                del parts[day]
+            # A score that is not a number (a model gone wrong) is in the partition but never
+            # stands in for an entity online; nor does a row without a key.
+            usable = out.filter(pl.col("score").is_finite())
+            stats.non_finite += out.height - usable.height
+            for entity in spec.request.entities:
+                if entity in out.columns:
+                    fresh = usable.filter(pl.col(entity).is_not_null())
+                    both = pl.concat([latest[entity], fresh]) if entity in latest else fresh
+                    latest[entity] = both.unique(subset=[entity], keep="last", maintain_order=True)
+            if features_path is not None:
+                rows = table.with_columns(pl.Series("score", scores, dtype=pl.Float64),
+                                          pl.lit(version.version, dtype=pl.Int64).alias("model_version")).to_arrow()
+                if writer is None:
+                    import pyarrow.parquet as pq
 
-                        features_tmp = features_path.with_name(f".{features_path.name}.{uuid.uuid4().hex[:8]}.tmp")
-                        writer = pq.ParquetWriter(features_tmp, rows.schema)
-                    writer.write_table(rows.cast(writer.schema))
-                if on_chunk is not None:
-                    on_chunk(day, parts)
-            _publish(folder if parts else None, out_dir / f"date={day}", staging)
+                    features_tmp = features_path.with_name(f".{features_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+                    writer = pq.ParquetWriter(features_tmp, rows.schema)
+                writer.write_table(rows.cast(writer.schema))
+            if on_chunk is not None:
+                on_chunk(last, parts.get(last, 0))
+        for day in list(parts):
+            _publish(job / f"date={day}", out_dir / f"date={day}", staging)
+        for day in _days(start, end):  # a day of the window with no events keeps no old partition
+            if str(day) not in partitions and (out_dir / f"date={day}").exists():
+                _publish(None, out_dir / f"date={day}", staging)
         if not partitions:
             raise LabError(f"source {spec.source!r} has no events dated {start} .. {end}; pick days the source "
                            "covers (`lab features list` shows the views; the stage's window ends at the last event)")
