@@ -19,7 +19,9 @@ register      model version with lineage and offline          data/registered.js
 shadow_report a shadow's agreement report; records met or    data/shadow_report.json
               expired
 materialize   latest values of the spec's views, online       data/materialized.json
-batch_score   the champion scores the last ``score_days``     data/scores.parquet
+batch_score   the champion scores the last ``score_days``     data/predictions/<model>/,
+              in chunks; coverage and freshness report        batch_predictions.db,
+                                                              data/scores.parquet
 drift         scored window against the training window       data/drift.json, drift.html
 ============  ==============================================  ==============================
 """
