@@ -177,3 +177,33 @@ def test_a_batch_that_fails_is_scored_one_by_one(lab_template):
         assert isinstance(results[6], Unscored) and results[6].reason == "store_error"
     finally:
         store.close()
+
+
+def test_alone_the_batcher_scores_at_once_and_batches_again_when_requests_come_together(lab_template):
+    from plugins.litestar_serving.batching import PROBE_EVERY, SOLO_AFTER
+
+    config = load_config(lab_template.root)
+    spec, model, assembler, store = served_parts(config)
+    try:
+        requests = mixed_requests(lab_template, PROBE_EVERY + 4)
+        for r in requests:
+            r["TX_DATETIME"] = dt.datetime.fromisoformat(r["TX_DATETIME"])
+        batcher = MicroBatcher()
+        expected = [float(model.predict(assembler.assemble(r, r["TX_DATETIME"]).vector)[0]) for r in requests]
+
+        async def one_at_a_time(rows):
+            return [(await batcher.score(assembler, model, r, r["TX_DATETIME"]))[1] for r in rows]
+
+        async def together(rows):
+            return [s for _, s in await asyncio.gather(*(batcher.score(assembler, model, r, r["TX_DATETIME"])
+                                                         for r in rows))]
+
+        assert asyncio.run(one_at_a_time(requests[:SOLO_AFTER + 2])) == expected[:SOLO_AFTER + 2]
+        assert batcher.at_once and batcher.counts["largest"] == 1  # light load: no extra turn of the loop
+        # Requests arrive together: scored at once until the probe is queued; those after it join it.
+        assert asyncio.run(together(requests)) == expected
+        assert not batcher.at_once and 1 < batcher.counts["largest"] < len(requests)
+        assert asyncio.run(together(requests)) == expected  # batching from the first request again
+        assert batcher.counts["largest"] == len(requests)
+    finally:
+        store.close()

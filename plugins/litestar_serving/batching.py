@@ -9,6 +9,11 @@ then: one online-store query per feature view for the whole batch
 ``invariant_batch_rows`` rows. Under one connection a batch is one request and nothing
 waits; under many, the requests that arrived in the same turn share the work.
 
+Adaptive: after ``SOLO_AFTER`` batches of one request in a row (one connection, or light
+load), requests are scored at once, as before batching, without the extra turn of the
+loop; every ``PROBE_EVERY``-th request is still queued, and a probe that finds company
+(or any request that finds one queued) turns batching back on.
+
 Every answer is exactly the one-at-a-time answer: the assembly is the same per request,
 and the forward is batched only for a model that says a row scores the same alone or in
 a batch (``invariant_batch_rows``; another model scores row by row). Anything that
@@ -29,6 +34,12 @@ import numpy as np
 from plugins.litestar_serving.limits import score_inline
 
 
+SOLO_AFTER = 8
+"""Batches of one in a row after which requests are scored at once (no queueing)."""
+PROBE_EVERY = 16
+"""While scoring at once, every this many requests one is queued to see whether others come."""
+
+
 class MicroBatcher:
     """Queues requests from the event loop and scores them in batches of at most
     ``max_batch``; ``max_wait_s`` (0: none) is how long a batch may wait for more once its
@@ -39,11 +50,23 @@ class MicroBatcher:
         self.max_wait_s = max(0.0, float(max_wait_s))
         self._pending: list[tuple] = []
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._solo = 0  # batches of one in a row
+        self._since_probe = 0
+        self.at_once = False  # scoring each request at once (light load)
         self.counts = {"batches": 0, "requests": 0, "largest": 0, "fallbacks": 0}
 
     async def score(self, assembler: Any, model: Any, fields: dict, when: Any) -> tuple[Any, float]:
         """``(assembled, score)`` for one request, as ``score_inline`` gives it (raises its
         ``Unscored`` the same way), scored with the others queued in this turn."""
+        if self.at_once and not self._pending:
+            self._since_probe += 1
+            if self._since_probe < PROBE_EVERY:
+                self.counts["batches"] += 1
+                self.counts["requests"] += 1
+                self.counts["largest"] = max(self.counts["largest"], 1)
+                return score_inline(lambda: assembler.assemble(fields, when),
+                                    lambda a: float(model.predict(a.vector)[0]))
+            self._since_probe = 0  # a probe: queued like any batch
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((assembler, model, fields, when, future))
@@ -64,6 +87,8 @@ class MicroBatcher:
         self.counts["batches"] += 1
         self.counts["requests"] += len(batch)
         self.counts["largest"] = max(self.counts["largest"], len(batch))
+        self._solo = self._solo + 1 if len(batch) == 1 else 0
+        self.at_once = self._solo >= SOLO_AFTER
         groups: dict[tuple[int, int], list[tuple]] = {}
         for item in batch:
             groups.setdefault((id(item[0]), id(item[1])), []).append(item)
