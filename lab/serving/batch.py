@@ -237,7 +237,6 @@ def score_window(*, offline, registry, spec, views, version, model, start: dt.da
       row is older than the ttl) and ``missing_share`` (no row at all).
     """
     import polars as pl
-    import pyarrow as pa
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a whole number of rows, 1 or more, got {batch_size!r}")
@@ -251,7 +250,6 @@ def score_window(*, offline, registry, spec, views, version, model, start: dt.da
     staging = out_dir.parent / STAGING_DIR
     _clear_abandoned(staging, out_dir.name)
     job = staging / f"{out_dir.name}--{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    job.mkdir(parents=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = registry.start_run(kind="batch_score", name=f"{spec.name} v{version.version} {start}..{end}",
                                 params={"model": spec.name, "model_version": version.version, "start": str(start),
@@ -261,6 +259,7 @@ def score_window(*, offline, registry, spec, views, version, model, start: dt.da
     partitions: dict[str, int] = {}
     writer = features_tmp = None
     try:
+        job.mkdir(parents=True)
         parts: dict[dt.date, int] = {}  # days written to the staging folder, not yet published
         for chunk in offline.scan_source(spec.source, time_column=time_column, start=start, end=end,
                                          batch_rows=batch_size):
