@@ -436,6 +436,18 @@ class Database:
         path = Path(path)
         return cls(connect(path, create=create, readonly=readonly), path, what)
 
+    @classmethod
+    def open_migrated(cls, path: str | os.PathLike, owner: str, migrations: Sequence[Migration], *,
+                      what: str = "database", create: bool = True) -> "Database":
+        """``open`` then apply ``owner``'s pending ``migrations``; closed again if that fails."""
+        database = cls.open(path, what=what, create=create)
+        try:
+            database.migrate(owner, migrations)
+        except BaseException:
+            database.close()
+            raise
+        return database
+
     def close(self) -> None:
         with self._lock:
             self.conn.close()

@@ -87,13 +87,7 @@ class ExperimentStore(BaseExperimentStore):
     @classmethod
     def open(cls, path: str | os.PathLike) -> "ExperimentStore":
         """Open (creating it if needed) the registry file at ``path`` and apply pending migrations."""
-        database = Database.open(Path(path).resolve(), what="experiment store")
-        try:
-            database.migrate(OWNER, MIGRATIONS)
-        except BaseException:
-            database.close()
-            raise
-        return cls(database)
+        return cls(Database.open_migrated(Path(path).resolve(), OWNER, MIGRATIONS, what="experiment store"))
 
     def close(self) -> None:
         self._db.close()

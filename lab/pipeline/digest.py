@@ -96,13 +96,3 @@ def code_digest(files: list[str] | None = None, project_root: str | os.PathLike 
         h.update(rel.encode() + b"\0")
         h.update(path.read_bytes() if path is not None and path.exists() else b"<missing>")
     return h.hexdigest()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

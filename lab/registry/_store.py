@@ -58,12 +58,7 @@ class Registry(ModelCatalog, PromotionRecords, PipelineRecords, BaseRegistry):
         where runs read the git commit and the lock-file hash. ``on_event(name, payload)``
         is called after each model registration, promotion and rollback commits."""
         path = Path(path).resolve()
-        database = Database.open(path, what="registry")
-        try:
-            database.migrate(OWNER, MIGRATIONS)
-        except BaseException:
-            database.close()
-            raise
+        database = Database.open_migrated(path, OWNER, MIGRATIONS, what="registry")
         root = Path(project_root).resolve() if project_root is not None else path.parent
         return cls(database, project_root=root, on_event=on_event)
 

@@ -40,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lab.atomic import atomic_write_text, fsync_dir
+from lab.atomic import atomic_write_text, fsync_dir, pid_alive
 from lab.errors import ConfigError, LabError
 from lab.serving.batch_predictions import event_time_text, load_latest
 
@@ -108,18 +108,8 @@ def _clear_abandoned(staging: Path, model: str) -> None:
     for entry in staging.iterdir():
         name, _, rest = entry.name.partition("--")
         pid = rest.split("-", 1)[0]
-        if name == model and pid.isdigit() and not _alive(int(pid)):
+        if name == model and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Stats:

@@ -163,13 +163,7 @@ class KeyStore:
         path = Path(path).resolve()
         if create:
             _create_private(path)
-        database = Database.open(path, what="key store", create=create)
-        try:
-            database.migrate(OWNER, MIGRATIONS)
-        except BaseException:
-            database.close()
-            raise
-        return cls(database)
+        return cls(Database.open_migrated(path, OWNER, MIGRATIONS, what="key store", create=create))
 
     def close(self) -> None:
         self._db.close()
