@@ -121,6 +121,21 @@ MODEL_CHANGE_POLICIES = ("forward", "rescore")
 
 
 @dataclass(frozen=True)
+class SkewConfig:
+    tolerance: float = 1e-6  # a logged and a recomputed value match when within this (absolute or relative)
+    max_mismatch_share: float = 0.01  # the skew gate fails a feature whose share of mismatched rows is above this
+    max_psi: float = 0.2  # ... or whose PSI (logged against recomputed) is above this
+    psi_bins: int = 10  # quantile bins of the recomputed values for the PSI (fewer distinct values: one bin each)
+
+    def __post_init__(self) -> None:
+        if self.tolerance < 0 or not 0 <= self.max_mismatch_share <= 1 or self.max_psi < 0:
+            raise ConfigError("[tool.lab.skew] tolerance and max_psi must be 0 or more, and max_mismatch_share "
+                              f"between 0 and 1; got {self.tolerance}, {self.max_psi}, {self.max_mismatch_share}")
+        if self.psi_bins < 2:
+            raise ConfigError(f"[tool.lab.skew] psi_bins must be 2 or more, got {self.psi_bins}")
+
+
+@dataclass(frozen=True)
 class LabConfig:
     root: Path
     registry: str = "registry.db"
@@ -134,6 +149,7 @@ class LabConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    skew: SkewConfig = field(default_factory=SkewConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
 
@@ -182,6 +198,7 @@ _SECTIONS = {
     "serve": ServeConfig,
     "experiments": ExperimentsConfig,
     "stream": StreamConfig,
+    "skew": SkewConfig,
 }
 
 
