@@ -16,7 +16,7 @@ import pytest
 
 from lab.config import load_config
 from lab.errors import LabError
-from lab.features.stores import OnlineStore
+from lab.features.stores import OnlineStore, RowTimes, ViewState
 from lab.plugins import make_plugin_manager
 from lab.testing.stores import SECOND, SPEND, T0, OnlineStoreContract, spend_rows
 from plugins.sqlite_online import SQLiteOnlineStore
@@ -39,14 +39,20 @@ class _OnlyTheAbstractMethods(OnlineStore):
     def __init__(self, path):
         self.inner = SQLiteOnlineStore(path)
 
-    def write(self, view, rows, watermark):
-        return self.inner.write(view, rows, watermark)
+    def write(self, view, rows, watermark, *, upsert=False):
+        return self.inner.write(view, rows, watermark, upsert=upsert)
 
     def read(self, view, keys):
         return self.inner.read(view, keys)
 
     def watermark(self, view):
         return self.inner.watermark(view)
+
+    def row_times(self, view, keys):
+        return self.inner.row_times(view, keys)
+
+    def state(self, view):
+        return self.inner.state(view)
 
     def close(self):
         self.inner.close()
@@ -79,8 +85,9 @@ def test_file_is_wal_sqlite_with_typed_columns_and_a_watermark_row(online):
     con = sqlite3.connect(online.path)
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        columns = {r[1]: r[2] for r in con.execute("PRAGMA table_info(view_spend)")}
-        assert columns == {"USER_ID": "INTEGER", "NB_1D": "INTEGER", "AVG_1D": "REAL"}
+        columns = {r[1]: r[2] for r in con.execute(f"PRAGMA table_info(view_spend__{SPEND.version})")}
+        assert columns == {"USER_ID": "INTEGER", "NB_1D": "INTEGER", "AVG_1D": "REAL",
+                           "__lab_event_time": "TEXT", "__lab_written_at": "TEXT"}
         version, watermark, rows = con.execute(
             "SELECT version, watermark, rows FROM watermarks WHERE view = 'spend'").fetchone()
         assert (version, watermark, rows) == (SPEND.version, T0.isoformat(), 2)
@@ -94,7 +101,8 @@ def test_a_new_store_records_its_migrations_and_is_sound(online):
     online.write(SPEND, spend_rows([1]), T0)
     conn = layer.connect(online.path)
     try:
-        assert [(m["owner"], m["name"]) for m in layer.applied_migrations(conn)] == [("online_store", "0001_watermarks")]
+        assert [(m["owner"], m["name"]) for m in layer.applied_migrations(conn)] == [("online_store", "0001_watermarks"),
+                                                                                ("online_store", "0002_versions")]
         assert layer.integrity_check(conn) == []
     finally:
         conn.close()
@@ -120,11 +128,15 @@ def test_a_store_from_before_recorded_migrations_is_read_and_then_recorded(tmp_p
     try:
         assert store.read(SPEND, [4, 5]) == [{"NB_1D": 2, "AVG_1D": 3.5}, None]
         assert store.watermark(SPEND) == T0
+        written = dt.datetime(2024, 3, 10, 12, tzinfo=dt.timezone.utc)
+        assert store.row_times(SPEND, [4]) == [RowTimes(None, written)]  # no event time was kept then
+        assert store.state(SPEND) == ViewState(SPEND.version, T0, 1, None, written)
     finally:
         store.close()
     conn = layer.connect(path)
     try:
-        assert [m["name"] for m in layer.applied_migrations(conn, "online_store")] == ["0001_watermarks"]
+        assert [m["name"] for m in layer.applied_migrations(conn, "online_store")] == ["0001_watermarks",
+                                                                                      "0002_versions"]
     finally:
         conn.close()
 

@@ -292,8 +292,12 @@ def test_health_ready_and_schema(client, tiny_lab):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() | {"warnings": []} == {"ready": True, "reason": None, "model": "fraud", "alias": "champion",
-                                               "model_version": tiny_lab.model_version, "warnings": []}
+    body = ready.json()
+    (loaded,) = body.pop("models")  # the one model, pinned, with its measured footprint
+    assert loaded | {"memory_bytes": 1} == {"name": "fraud", "version": tiny_lab.model_version, "pinned": True,
+                                            "memory_bytes": 1} and loaded["memory_bytes"] > 0
+    assert body | {"warnings": []} == {"ready": True, "reason": None, "model": "fraud", "alias": "champion",
+                                       "model_version": tiny_lab.model_version, "warnings": []}
     assert client.get("/schema").status_code == 200
     spec = client.get("/schema/openapi.json").json()
     predict = spec["paths"]["/predict"]["post"]
@@ -369,6 +373,8 @@ def test_a_redefined_view_makes_the_server_unready_not_a_500(tiny_lab):
     other = dataclasses.replace(view, ttl=view.ttl * 2)  # same name, another definition
     store = pm.hook.lab_online_store(config=config)
     store.write(other, pa.table({view.entity: [10], **{n: [0.5] for n in view.feature_names}}), tiny_lab.watermark)
+    # versions live side by side: the served model keeps reading its own, so drop that one
+    assert store.drop_version(view.name, view.version)
     store.close()
     with open_client(tiny_lab.root) as c:
         ready = wait_ready(c)

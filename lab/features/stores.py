@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from lab.errors import LabError
@@ -80,19 +81,56 @@ class OfflineStore(abc.ABC):
         """Release the connection."""
 
 
+EVENT_TIME = "__lab_event_time"
+"""Optional column of the rows given to ``OnlineStore.write``: for each entity, the event
+time of the newest source row behind its values (null when none is visible). The store
+keeps it per row, with the time the row was written; ``read`` never returns it."""
+
+
+@dataclass(frozen=True)
+class RowTimes:
+    """When one stored row's values were true and when they were written."""
+
+    event_time: dt.datetime | None  # the newest source event behind the values (None: none)
+    written_at: dt.datetime  # when the store wrote the row (aware, UTC)
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """What an online store holds of one view version."""
+
+    version: str
+    watermark: dt.datetime  # the time the rows were materialized as of
+    rows: int
+    newest_event_time: dt.datetime | None  # the newest ``EVENT_TIME`` among the rows written
+    written_at: dt.datetime  # the last write (aware, UTC)
+
+
 class OnlineStore(abc.ABC):
     """Latest feature values per entity key, for serving.
 
-    Contract: ``write`` replaces a view's rows in one transaction together with its
-    watermark, so a reader sees the old or the new materialization, never a mix.
-    Readers in other processes may read while a writer writes.
+    Contract:
+
+    - Rows are kept per view *version* (``FeatureView.version``): writing a changed
+      definition leaves the earlier version's rows and watermark as they were, readable
+      by a ``FeatureView`` of that definition. Reading a version never written, while
+      another version of the same view was, raises ``LabError`` naming
+      ``lab features materialize`` (its rows would silently be another definition's).
+    - ``write`` changes a version's rows and watermark in one transaction, so a reader
+      sees the old or the new materialization, never a mix; a crash leaves the old one.
+    - Each row keeps its ``EVENT_TIME`` (if given) and the time it was written
+      (``row_times``); ``state`` summarizes a version.
+    - Readers in other processes may read while a writer writes.
     """
 
     @abc.abstractmethod
-    def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime) -> int:
-        """Store ``rows`` (the entity column plus ``view.feature_names``) as of ``watermark``.
+    def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime, *, upsert: bool = False) -> int:
+        """Store ``rows`` (the entity column, ``view.feature_names`` and optionally
+        ``EVENT_TIME``) as of ``watermark``, with the watermark, in one transaction.
 
-        Returns the number of rows written.
+        ``upsert`` False replaces all the version's rows; True replaces only the rows of
+        the keys given and keeps the others (incremental materialization). A key given
+        twice is refused (``LabError``) and nothing changes. Returns the rows written.
         """
 
     @abc.abstractmethod
@@ -101,7 +139,15 @@ class OnlineStore(abc.ABC):
 
     @abc.abstractmethod
     def watermark(self, view: FeatureView) -> dt.datetime | None:
-        """The time the view was last materialized as of, or None if never."""
+        """The time this view version was last materialized as of, or None if never."""
+
+    @abc.abstractmethod
+    def row_times(self, view: FeatureView, keys: Sequence) -> list[RowTimes | None]:
+        """Each key's ``RowTimes``, in order; None for an unknown key. Raises like ``read``."""
+
+    @abc.abstractmethod
+    def state(self, view: FeatureView) -> ViewState | None:
+        """The ``ViewState`` of this view version, or None if never materialized."""
 
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         """``(row, watermark)`` for one entity ``key``: what ``read(view, [key])[0]`` and

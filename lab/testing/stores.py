@@ -22,6 +22,7 @@ import pyarrow as pa
 import pytest
 
 from lab.errors import LabError, NotFound
+from lab.features.stores import EVENT_TIME, RowTimes
 from lab.features.views import Aggregation, FeatureView
 
 T0 = dt.datetime(2024, 3, 10, 12, 0, 0)
@@ -133,16 +134,31 @@ SPEND = FeatureView(
 PROFILE = FeatureView(name="profile", entity="CITY", source="cities", timestamp="TS", features=("NAME",))
 
 
-def spend_rows(keys, counts=None, means=None) -> pa.Table:
+SPEND_V2 = FeatureView(  # SPEND redefined: another version of the same view
+    name="spend", entity="USER_ID", source="events", timestamp="TS",
+    aggregations=(
+        Aggregation("NB_1D", "AMOUNT", "count", dt.timedelta(days=1)),
+        Aggregation("AVG_1D", "AMOUNT", "mean", dt.timedelta(days=2)),
+    ),
+)
+
+
+def spend_rows(keys, counts=None, means=None, event_times=None) -> pa.Table:
+    """Rows of ``SPEND``; with ``event_times``, also the ``EVENT_TIME`` column."""
     counts = counts if counts is not None else [i + 1 for i in range(len(keys))]
     means = means if means is not None else [1.5 * (i + 1) for i in range(len(keys))]
-    return pa.table({"USER_ID": pa.array(keys, pa.int64()), "NB_1D": pa.array(counts, pa.int64()),
-                     "AVG_1D": pa.array(means, pa.float64())})
+    columns = {"USER_ID": pa.array(keys, pa.int64()), "NB_1D": pa.array(counts, pa.int64()),
+               "AVG_1D": pa.array(means, pa.float64())}
+    if event_times is not None:
+        columns[EVENT_TIME] = pa.array(event_times, pa.timestamp("us"))
+    return pa.table(columns)
 
 
 class OnlineStoreContract:
-    """Write, read and watermark: replacement is whole, reads keep key order, and the
-    serving path's ``read_with_watermark`` agrees with ``read`` and ``watermark``."""
+    """Write, read and watermark: replacement is whole, an upsert only touches its keys,
+    reads keep key order, each row keeps its event and write time, view versions live
+    side by side, and the serving path's ``read_with_watermark`` agrees with ``read``
+    and ``watermark``."""
 
     @pytest.fixture
     def store(self):
@@ -210,3 +226,86 @@ class OnlineStoreContract:
         with pytest.raises(LabError, match="AVG_1D"):
             store.write(SPEND, spend_rows([1]).drop_columns(["AVG_1D"]), T0)
         assert store.watermark(SPEND) is None
+
+    # -- incremental writes, row times, versions (``upsert``, ``row_times``, ``state``) ----------
+
+    def test_upsert_replaces_only_the_keys_given_and_moves_the_watermark(self, store):
+        store.write(SPEND, spend_rows([1, 2, 3]), T0)
+        assert store.write(SPEND, spend_rows([3, 4], counts=[7, 8]), T0 + SECOND, upsert=True) == 2
+        assert store.read(SPEND, [1, 2, 3, 4]) == [{"NB_1D": 1, "AVG_1D": 1.5}, {"NB_1D": 2, "AVG_1D": 3.0},
+                                                   {"NB_1D": 7, "AVG_1D": 1.5}, {"NB_1D": 8, "AVG_1D": 3.0}]
+        assert store.watermark(SPEND) == T0 + SECOND
+        assert store.state(SPEND).rows == 4
+
+    def test_upsert_of_nothing_only_moves_the_watermark(self, store):
+        store.write(SPEND, spend_rows([1]), T0)
+        assert store.write(SPEND, spend_rows([]), T0 + SECOND, upsert=True) == 0
+        assert store.read_with_watermark(SPEND, 1) == ({"NB_1D": 1, "AVG_1D": 1.5}, T0 + SECOND)
+
+    def test_upsert_into_a_view_never_written_creates_it(self, store):
+        store.write(SPEND, spend_rows([5]), T0, upsert=True)
+        assert store.read(SPEND, [5]) == [{"NB_1D": 1, "AVG_1D": 1.5}]
+        assert store.watermark(SPEND) == T0
+
+    def test_upsert_with_a_repeated_key_is_refused_and_nothing_changes(self, store):
+        store.write(SPEND, spend_rows([1, 2]), T0)
+        with pytest.raises(LabError, match="repeat"):
+            store.write(SPEND, spend_rows([2, 2], counts=[5, 6]), T0 + SECOND, upsert=True)
+        assert store.read(SPEND, [1, 2]) == [{"NB_1D": 1, "AVG_1D": 1.5}, {"NB_1D": 2, "AVG_1D": 3.0}]
+        assert store.watermark(SPEND) == T0
+
+    def test_rows_keep_their_event_time_and_write_time(self, store):
+        before = dt.datetime.now(dt.timezone.utc)
+        store.write(SPEND, spend_rows([1, 2], event_times=[T0 - SECOND, None]), T0)
+        after = dt.datetime.now(dt.timezone.utc)
+        first, second, unknown = store.row_times(SPEND, [1, 2, 3])
+        assert unknown is None
+        assert isinstance(first, RowTimes) and first.event_time == T0 - SECOND and second.event_time is None
+        assert before <= first.written_at <= after and first.written_at.tzinfo is not None
+        assert store.read(SPEND, [1]) == [{"NB_1D": 1, "AVG_1D": 1.5}]  # EVENT_TIME is no feature
+
+    def test_upserted_rows_get_their_own_write_time(self, store):
+        store.write(SPEND, spend_rows([1, 2], event_times=[T0, T0]), T0)
+        (old,) = store.row_times(SPEND, [1])
+        store.write(SPEND, spend_rows([2], event_times=[T0 + SECOND]), T0 + SECOND, upsert=True)
+        kept, new = store.row_times(SPEND, [1, 2])
+        assert kept == old
+        assert new.event_time == T0 + SECOND and new.written_at >= old.written_at
+
+    def test_rows_written_without_event_times_have_none(self, store):
+        store.write(SPEND, spend_rows([1]), T0)
+        (times,) = store.row_times(SPEND, [1])
+        assert times.event_time is None and times.written_at.tzinfo is not None
+        assert store.state(SPEND).newest_event_time is None
+
+    def test_state_summarizes_a_view_version(self, store):
+        assert store.state(SPEND) is None
+        store.write(SPEND, spend_rows([1, 2, 3], event_times=[T0 - 3 * SECOND, T0 - SECOND, None]), T0)
+        state = store.state(SPEND)
+        assert (state.version, state.watermark, state.rows, state.newest_event_time) == (
+            SPEND.version, T0, 3, T0 - SECOND)
+        assert state.written_at.tzinfo is not None
+        store.write(SPEND, spend_rows([4], event_times=[T0 + SECOND]), T0 + 2 * SECOND, upsert=True)
+        state = store.state(SPEND)
+        assert (state.watermark, state.rows, state.newest_event_time) == (T0 + 2 * SECOND, 4, T0 + SECOND)
+
+    def test_versions_of_a_view_live_side_by_side(self, store):
+        """A changed definition is a new version: writing it leaves the old version's rows
+        and watermark readable by the old definition (a model trained on it)."""
+        assert SPEND_V2.version != SPEND.version
+        store.write(SPEND, spend_rows([1]), T0)
+        store.write(SPEND_V2, spend_rows([1], counts=[9]), T0 + SECOND)
+        assert store.read(SPEND, [1]) == [{"NB_1D": 1, "AVG_1D": 1.5}]
+        assert store.read_with_watermark(SPEND, 1) == ({"NB_1D": 1, "AVG_1D": 1.5}, T0)
+        assert store.read_with_watermark(SPEND_V2, 1) == ({"NB_1D": 9, "AVG_1D": 1.5}, T0 + SECOND)
+        assert (store.watermark(SPEND), store.watermark(SPEND_V2)) == (T0, T0 + SECOND)
+        assert store.state(SPEND).version == SPEND.version and store.state(SPEND_V2).rows == 1
+
+    def test_a_version_never_written_beside_another_is_refused_naming_materialize(self, store):
+        store.write(SPEND, spend_rows([1]), T0)
+        with pytest.raises(LabError, match="materialize"):
+            store.read(SPEND_V2, [1])
+        with pytest.raises(LabError, match="materialize"):
+            store.read_with_watermark(SPEND_V2, 1)
+        with pytest.raises(LabError, match="materialize"):
+            store.row_times(SPEND_V2, [1])

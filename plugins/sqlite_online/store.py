@@ -1,12 +1,16 @@
 """``SQLiteOnlineStore``: the latest feature values per entity, in one SQLite file (WAL).
 
-One table per view (``view_<name>``): the entity key as PRIMARY KEY and one typed column
-per feature (integers INTEGER, floats REAL, strings TEXT, times ISO-8601 TEXT). A
-``watermarks`` table records, per view, the time it was materialized as of, the view
-version it was computed with, the key type and the row count. ``write`` swaps a view's
-table and its watermark in one ``BEGIN IMMEDIATE`` transaction; readers in WAL mode keep
-reading the previous snapshot until it commits, so they see the old or the new rows,
-never a mix, and are never blocked by the writer.
+One table per view version (``view_<name>__<version>``): the entity key as PRIMARY KEY,
+one typed column per feature (integers INTEGER, floats REAL, strings TEXT, times ISO-8601
+TEXT), and per row the event time of the newest source row behind it and the time it was
+written (``__lab_event_time``, ``__lab_written_at``, ISO-8601 TEXT). A ``watermarks``
+table records, per view and version, the time it was materialized as of, the key type,
+the row count, the newest event time, the last write and the definition. ``write``
+replaces (or upserts into) a version's table and moves its watermark in one
+``BEGIN IMMEDIATE`` transaction; readers in WAL mode keep reading the previous snapshot
+until it commits, so they see the old or the new rows, never a mix, and are never
+blocked by the writer. Versions live side by side: materializing a changed definition
+leaves the previous version readable by a model that still uses it.
 
 Only ``write`` creates the file. Reading a store that does not exist (never
 materialized, or deleted) creates nothing: every view reads as never materialized, and
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
 import sqlite3
 import threading
@@ -28,9 +33,10 @@ from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lab.errors import LabError, NotFound
-from lab.features.stores import OnlineStore
+from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState
 from lab.features.views import FeatureView
 from lab.sqlite import Migration, connect, migrate, read_transaction, write_transaction
 
@@ -57,9 +63,53 @@ def _watermarks(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _versions(conn: sqlite3.Connection) -> None:
+    """Keep each view version apart: watermarks keyed by (view, version), with the newest
+    event time and the definition; each view table renamed to ``view_<name>__<version>``
+    and given the per-row event and write times (null for rows written before)."""
+    old = [tuple(r.values()) if isinstance(r, dict) else tuple(r)
+           for r in conn.execute("SELECT view, version, written_at FROM watermarks").fetchall()]
+    conn.execute("ALTER TABLE watermarks RENAME TO watermarks_0001")
+    conn.execute("""
+        CREATE TABLE watermarks (
+            view TEXT NOT NULL,
+            version TEXT NOT NULL,
+            watermark TEXT NOT NULL,
+            entity TEXT NOT NULL,
+            key_type TEXT NOT NULL,
+            features TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            written_at TEXT NOT NULL,
+            newest_event TEXT,
+            definition TEXT,
+            PRIMARY KEY (view, version)
+        )
+    """)
+    conn.execute("INSERT INTO watermarks (view, version, watermark, entity, key_type, features, rows, written_at) "
+                 "SELECT view, version, watermark, entity, key_type, features, rows, written_at FROM watermarks_0001")
+    conn.execute("DROP TABLE watermarks_0001")
+    for name, version, written_at in old:
+        table = _q(f"view_{name}")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (f"view_{name}",)).fetchone() is None:
+            continue
+        conn.execute(f"ALTER TABLE {table} RENAME TO {_q(_table_name(name, version))}")
+        for column in (_EVENT, _WRITTEN):
+            conn.execute(f"ALTER TABLE {_q(_table_name(name, version))} ADD COLUMN {_q(column)} TEXT")
+        conn.execute(f"UPDATE {_q(_table_name(name, version))} SET {_q(_WRITTEN)} = ?", (written_at,))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_watermarks", _watermarks),
+    Migration("0002_versions", _versions),
 )
+
+_EVENT = EVENT_TIME
+_WRITTEN = "__lab_written_at"
+
+
+def _table_name(view_name: str, version: str) -> str:
+    return f"view_{view_name}__{version}"
 
 
 def _q(name: str) -> str:
@@ -129,8 +179,9 @@ class SQLiteOnlineStore(OnlineStore):
 
     # -- writing -------------------------------------------------------------------
 
-    def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime) -> int:
-        """Replace ``view``'s rows and watermark in one transaction; return the row count."""
+    def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime, *, upsert: bool = False) -> int:
+        """Replace ``view``'s rows (or, with ``upsert``, the rows of the keys given) and its
+        watermark in one transaction; return the number of rows written."""
         if hasattr(rows, "to_arrow") and not isinstance(rows, pa.Table):
             rows = rows.to_arrow()
         if not isinstance(rows, pa.Table):
@@ -144,24 +195,54 @@ class SQLiteOnlineStore(OnlineStore):
                            f"they have {', '.join(rows.column_names)}")
         if rows.column(view.entity).null_count:
             raise LabError(f"rows for view {view.name!r} have a null {view.entity}; every row needs a key")
+        if upsert and pc.count_distinct(rows.column(view.entity)).as_py() != rows.num_rows:
+            raise LabError(f"rows for view {view.name!r} repeat an entity key; give one row per key. "
+                           "The previous rows are kept.")
         types = {c: _sqlite_type(c, rows.schema.field(c).type) for c in columns}
-        data = list(zip(*(map(_to_cell, rows.column(c).to_pylist()) for c in columns)))
-        table = _q(f"view_{view.name}")
-        ddl = ", ".join(f"{_q(c)} {types[c]}" for c in columns[1:])
-        ddl = f"{_q(view.entity)} {types[view.entity]} PRIMARY KEY" + (f", {ddl}" if ddl else "")
-        placeholders = ", ".join("?" for _ in columns)
+        written_at = dt.datetime.now(dt.timezone.utc).isoformat()
+        newest = None
+        if EVENT_TIME in rows.column_names:
+            events = rows.column(EVENT_TIME)
+            if not pa.types.is_timestamp(events.type):
+                raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, not {events.type}")
+            newest = pc.max(events).as_py()
+            event_cells = map(_to_cell, events.to_pylist())
+        else:
+            event_cells = itertools.repeat(None)
+        data = list(zip(*(map(_to_cell, rows.column(c).to_pylist()) for c in columns), event_cells,
+                        itertools.repeat(written_at)))
+        name = _table_name(view.name, view.version)
+        table = _q(name)
+        ddl = "".join(f", {_q(c)} {types[c]}" for c in columns[1:])
+        ddl = f"{_q(view.entity)} {types[view.entity]} PRIMARY KEY{ddl}, {_q(_EVENT)} TEXT, {_q(_WRITTEN)} TEXT"
+        placeholders = ", ".join("?" for _ in range(len(columns) + 2))
         con = self._con(create=True)
         try:
             with write_transaction(con, doing=f"write view {view.name!r} to the online store",
                                    retry_s=self.busy_timeout_ms / 1000):
-                con.execute(f"DROP TABLE IF EXISTS {table}")
-                con.execute(f"CREATE TABLE {table} ({ddl})")
-                con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", data)
+                count = len(data)
+                if upsert:
+                    before = con.execute("SELECT key_type, newest_event FROM watermarks WHERE view = ? AND version = ?",
+                                         (view.name, view.version)).fetchone()
+                    if before is not None and before[0] != types[view.entity]:
+                        raise LabError(f"view {view.name!r} is stored with {before[0]} keys, but these rows have "
+                                       f"{types[view.entity]} keys; materialize it whole (not incrementally)")
+                    if before is None:
+                        con.execute(f"DROP TABLE IF EXISTS {table}")
+                    con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")
+                    con.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({placeholders})", data)
+                    count = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                    newest = _later(newest, before[1] if before is not None else None)
+                else:
+                    con.execute(f"DROP TABLE IF EXISTS {table}")
+                    con.execute(f"CREATE TABLE {table} ({ddl})")
+                    con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", data)
                 con.execute(
-                    "INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO watermarks (view, version, watermark, entity, key_type, features, rows, "
+                    "written_at, newest_event, definition) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (view.name, view.version, watermark.isoformat(), view.entity, types[view.entity],
-                     json.dumps(view.feature_names), len(data),
-                     dt.datetime.now(dt.timezone.utc).isoformat()),
+                     json.dumps(view.feature_names), count, written_at, _to_cell(newest),
+                     json.dumps(view.definition(), sort_keys=True)),
                 )
         except sqlite3.IntegrityError as exc:
             raise LabError(f"rows for view {view.name!r} repeat an entity key ({exc}); "
@@ -171,16 +252,32 @@ class SQLiteOnlineStore(OnlineStore):
     # -- reading -------------------------------------------------------------------
 
     def _state(self, con: sqlite3.Connection | None, view: FeatureView) -> tuple | None:
+        """``(watermark, key_type)`` of this view version; None when never materialized;
+        raises when another version of the view was."""
         if con is None:
             return None
         try:
-            return con.execute(
-                "SELECT version, watermark, key_type FROM watermarks WHERE view = ?", (view.name,)
-            ).fetchone()
+            found = con.execute("SELECT watermark, key_type FROM watermarks WHERE view = ? AND version = ?",
+                                (view.name, view.version)).fetchone()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # a file no write has reached yet
                 return None
             raise
+        if found is None:
+            self._refuse_other_version(con, view)
+        return found
+
+    def _refuse_other_version(self, con: sqlite3.Connection, view: FeatureView) -> None:
+        """Raise when the store holds another version of ``view`` but not this one."""
+        try:
+            other = con.execute("SELECT version, watermark FROM watermarks WHERE view = ? AND version != ? "
+                                "ORDER BY written_at DESC LIMIT 1", (view.name, view.version)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return
+            raise
+        if other is not None:
+            raise _redefined(view, other[0], other[1])
 
     def read(self, view: FeatureView, keys: Sequence) -> list[dict | None]:
         """Each key's features (a dict by feature name), in order; None for an unknown key.
@@ -189,29 +286,47 @@ class SQLiteOnlineStore(OnlineStore):
         it was materialized raises: its stored values would silently be the old ones.
         """
         keys = list(keys)
+        found = self._select(view, keys, [view.entity, *view.feature_names])
+        if found is None:
+            return [None] * len(keys)
+        wanted, rows = found
+        names = view.feature_names
+        by_key = {row[0]: dict(zip(names, row[1:])) for row in rows}
+        return [dict(by_key[k]) if k in by_key else None for k in wanted]
+
+    def row_times(self, view: FeatureView, keys: Sequence) -> list[RowTimes | None]:
+        """Each key's event time (of the newest source row behind it) and write time."""
+        keys = list(keys)
+        found = self._select(view, keys, [view.entity, _EVENT, _WRITTEN])
+        if found is None:
+            return [None] * len(keys)
+        wanted, rows = found
+        by_key = {row[0]: RowTimes(_parse(row[1]), _parse(row[2])) for row in rows}
+        return [by_key.get(k) for k in wanted]
+
+    def _select(self, view: FeatureView, keys: list, columns: list[str]) -> tuple[list, list] | None:
+        """``(normalized keys, rows of ``columns`` for them)`` from one snapshot; None when
+        this version was never materialized."""
         con = self._con()
         if con is None:  # no store file: nothing was ever materialized
-            return [None] * len(keys)
+            return None
         # One read transaction over all batches: one snapshot even if a write commits.
         with read_transaction(con) if len(keys) > _BATCH else contextlib.nullcontext():
             state = self._state(con, view)
             if state is None:
-                return [None] * len(keys)
-            version, watermark, key_type = state
-            if version != view.version:
-                raise _redefined(view, version, watermark)
+                return None
+            key_type = state[1]
             wanted = [_normalize_key(k, key_type) for k in keys]
-            columns = ", ".join(_q(c) for c in [view.entity, *view.feature_names])
-            table = _q(f"view_{view.name}")
-            found: dict = {}
+            selected = ", ".join(_q(c) for c in columns)
+            table = _q(_table_name(view.name, view.version))
+            rows: list = []
             distinct = list(dict.fromkeys(k for k in wanted if k is not None))
             for i in range(0, len(distinct), _BATCH):
                 batch = distinct[i: i + _BATCH]
-                sql = (f"SELECT {columns} FROM {table} WHERE {_q(view.entity)} IN "
+                sql = (f"SELECT {selected} FROM {table} WHERE {_q(view.entity)} IN "
                        f"({', '.join('?' for _ in batch)})")
-                for row in con.execute(sql, batch):
-                    found[row[0]] = dict(zip(view.feature_names, row[1:]))
-        return [dict(found[k]) if k in found else None for k in wanted]
+                rows.extend(con.execute(sql, batch))
+        return wanted, rows
 
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         """``(row, watermark)`` for one key in one query, so from one snapshot: the row is
@@ -229,21 +344,21 @@ class SQLiteOnlineStore(OnlineStore):
         try:
             found = con.execute(sql, keys).fetchone()
         except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):  # no write reached the file, or not this view
+            if "no such table" in str(exc):  # no write reached the file, or not this version
+                self._refuse_other_version(con, view)
                 return None, None
             raise
         if found is None:
+            self._refuse_other_version(con, view)
             return None, None
-        version, watermark = found[0], found[1]
-        if version != view.version:
-            raise _redefined(view, version, watermark)
+        watermark = found[0]
         mark = self._marks.get(watermark)
         if mark is None:
             mark = self._marks[watermark] = dt.datetime.fromisoformat(watermark)
             if len(self._marks) > 256:  # a long-lived server sees one per materialization
                 self._marks.clear()
                 self._marks[watermark] = mark
-        return (dict(zip(names, found[3:])) if found[2] else None), mark
+        return (dict(zip(names, found[2:])) if found[1] else None), mark
 
     def read_many_with_watermark(self, view: FeatureView, keys: Sequence) -> tuple[list, dt.datetime | None]:
         """``([row or None per key], watermark)`` in one query, so from one snapshot: what
@@ -265,20 +380,20 @@ class SQLiteOnlineStore(OnlineStore):
             found = con.execute(sql, bound).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
+                self._refuse_other_version(con, view)
                 return [None] * len(keys), None
             raise
         if not found:
+            self._refuse_other_version(con, view)
             return [None] * len(keys), None
-        version, watermark = found[0][0], found[0][1]
-        if version != view.version:
-            raise _redefined(view, version, watermark)
+        watermark = found[0][0]
         mark = self._marks.get(watermark)
         if mark is None:
             mark = self._marks[watermark] = dt.datetime.fromisoformat(watermark)
         rows: list = [None] * len(keys)
         for row in found:
-            if row[3]:
-                rows[row[2]] = dict(zip(names, row[4:]))
+            if row[2]:
+                rows[row[1]] = dict(zip(names, row[3:]))
         return rows, mark
 
     def _many_query(self, view: FeatureView, n: int) -> tuple[str, tuple[str, ...]]:
@@ -290,12 +405,12 @@ class SQLiteOnlineStore(OnlineStore):
             names = tuple(view.feature_names)
             entity = _q(view.entity)
             values = ", ".join(f"({i}, ?, ?)" for i in range(n))
-            sql = (f"SELECT w.version, w.watermark, k.column1, v.{entity} IS NOT NULL"
+            sql = (f"SELECT w.watermark, k.column1, v.{entity} IS NOT NULL"
                    + "".join(f", v.{_q(c)}" for c in names)
                    + f" FROM (VALUES {values}) AS k JOIN watermarks AS w"
-                   f" LEFT JOIN {_q(f'view_{view.name}')} AS v"
+                   f" LEFT JOIN {_q(_table_name(view.name, view.version))} AS v"
                    f" ON v.{entity} = (CASE w.key_type WHEN 'INTEGER' THEN k.column2 ELSE k.column3 END)"
-                   " WHERE w.view = ?")
+                   f" WHERE w.view = ? AND w.version = '{view.version}'")
             if len(self._queries) > 512:  # one per view and batch size; bounded all the same
                 self._queries.clear()
             query = self._queries[cache_key] = (sql, names)
@@ -311,35 +426,64 @@ class SQLiteOnlineStore(OnlineStore):
             entity = _q(view.entity)
             # The key is bound both as an integer and as text; the stored key type picks
             # one in the same statement, so a view rewritten with another key type is read
-            # consistently too. The view's PRIMARY KEY index serves the lookup.
-            sql = (f"SELECT w.version, w.watermark, v.{entity} IS NOT NULL"
+            # consistently too. The view's PRIMARY KEY index serves the lookup. The version
+            # is a hex digest, safe to write into the statement.
+            sql = (f"SELECT w.watermark, v.{entity} IS NOT NULL"
                    + "".join(f", v.{_q(n)}" for n in names)
-                   + f" FROM watermarks AS w LEFT JOIN {_q(f'view_{view.name}')} AS v"
+                   + f" FROM watermarks AS w LEFT JOIN {_q(_table_name(view.name, view.version))} AS v"
                    f" ON v.{entity} = (CASE w.key_type WHEN 'INTEGER' THEN ?2 ELSE ?3 END)"
-                   " WHERE w.view = ?1")
+                   f" WHERE w.view = ?1 AND w.version = '{view.version}'")
             query = self._queries[cache_key] = (sql, names)
         return query
 
     def watermark(self, view: FeatureView) -> dt.datetime | None:
-        """The ``as_of`` time of the view's last materialization, or None."""
+        """The ``as_of`` time of this view version's last materialization, or None."""
         state = self._state(self._con(), view)
-        return None if state is None else dt.datetime.fromisoformat(state[1])
+        return None if state is None else dt.datetime.fromisoformat(state[0])
+
+    def state(self, view: FeatureView) -> ViewState | None:
+        """This view version's watermark, row count, newest event time and last write."""
+        con = self._con()
+        if self._state(con, view) is None:
+            return None
+        found = con.execute("SELECT watermark, rows, newest_event, written_at FROM watermarks "
+                            "WHERE view = ? AND version = ?", (view.name, view.version)).fetchone()
+        if found is None:  # dropped between the two statements
+            return None
+        return ViewState(view.version, dt.datetime.fromisoformat(found[0]), found[1], _parse(found[2]),
+                         dt.datetime.fromisoformat(found[3]))
 
     def materialized(self) -> dict[str, dict]:
-        """Every materialized view: version, watermark, entity, row count, write time."""
+        """Every materialized view version, by ``name@version``: view, version, watermark,
+        entity, row count, newest event time, write time and definition (a dict, or None
+        for versions written before definitions were kept)."""
         con = self._con()
         if con is None:
             return {}
         try:
             rows = con.execute(
-                "SELECT view, version, watermark, entity, rows, written_at FROM watermarks ORDER BY view"
+                "SELECT view, version, watermark, entity, rows, newest_event, written_at, definition "
+                "FROM watermarks ORDER BY view, written_at"
             ).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return {}
             raise
-        return {r[0]: {"version": r[1], "watermark": r[2], "entity": r[3], "rows": r[4], "written_at": r[5]}
+        return {f"{r[0]}@{r[1]}": {"view": r[0], "version": r[1], "watermark": r[2], "entity": r[3], "rows": r[4],
+                                   "newest_event": r[5], "written_at": r[6],
+                                   "definition": json.loads(r[7]) if r[7] else None}
                 for r in rows}
+
+    def drop_version(self, view_name: str, version: str) -> bool:
+        """Delete one stored view version (its rows and watermark); False when absent."""
+        con = self._con()
+        if con is None:
+            return False
+        with write_transaction(con, doing=f"drop view {view_name!r} version {version}",
+                               retry_s=self.busy_timeout_ms / 1000):
+            gone = con.execute("DELETE FROM watermarks WHERE view = ? AND version = ?", (view_name, version)).rowcount
+            con.execute(f"DROP TABLE IF EXISTS {_q(_table_name(view_name, version))}")
+        return bool(gone)
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -355,6 +499,21 @@ def _redefined(view: FeatureView, version: str, watermark: str) -> LabError:
         f"the online store holds view {view.name!r} version {version} (as of {watermark}), "
         f"but the definition is now version {view.version}; run `lab features materialize`"
     )
+
+
+def _parse(text: str | None) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(text)
+
+
+def _later(new: dt.datetime | None, old_text: str | None) -> dt.datetime | None:
+    """The later of a new newest event time and the stored one (ISO text)."""
+    old = _parse(old_text)
+    if new is None or old is None:
+        return new if old is None else old
+    try:
+        return max(new, old)
+    except TypeError:  # one naive, one aware: the new rows speak for the source as it is now
+        return new
 
 
 def _normalize_key(key, key_type: str):
