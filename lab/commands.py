@@ -83,6 +83,10 @@ COMMANDS: list[Command] = [
     _lazy("features list", "list feature views with versions, entities and features",
           _FEATURES, "_list_args", "_list_run"),
     _lazy("features get", "look up one entity's features in the online store", _FEATURES, "_get_args", "_get_run"),
+    _lazy("features logged-set", "the ledger's logged features as a training set, with labels joined once due",
+          "lab.steps.monitoring", "logged_set_args", "logged_set_run"),
+    _lazy("features skew", "training-serving skew: logged features against their offline recomputation, per "
+          "feature; fails (exit 3) above [tool.lab.skew]", "lab.steps.monitoring", "skew_args", "skew_run"),
     # streaming inference
     _lazy("stream run", "consume a stream: score each event as the server does, call the sinks, commit; "
           "side effects once per idempotency key", _STREAM, "run_args", "run_run"),

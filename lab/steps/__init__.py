@@ -23,16 +23,18 @@ batch_score   the champion scores the last ``score_days``     data/predictions/<
               in chunks; coverage and freshness report        batch_predictions.db,
                                                               data/scores.parquet
 drift         scored window against the training window       data/drift.json, drift.html
+skew          logged serving features against their offline   data/skew.json, skew.txt
+              recomputation; gate on [tool.lab.skew]
 ============  ==============================================  ==============================
 """
 
 from lab.steps.data import features
 from lab.steps.evaluation import evaluate, gate
-from lab.steps.monitoring import drift
+from lab.steps.monitoring import drift, skew
 from lab.steps.promotion import shadow_report
 from lab.steps.release import register
 from lab.steps.scoring import batch_score, materialize
 from lab.steps.training import train
 
 __all__ = ["batch_score", "drift", "evaluate", "features", "gate", "materialize", "register", "shadow_report",
-           "train"]
+           "skew", "train"]

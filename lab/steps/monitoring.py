@@ -1,13 +1,20 @@
-"""The drift step: the scored window against the training window, column by column."""
+"""The monitoring steps: drift (the scored window against the training window, column by
+column) and training-serving skew (logged serving features against their offline
+recomputation), with the CLI of the latter (``lab features skew``, ``lab features
+logged-set``)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import shutil
+from pathlib import Path
 
 from lab import events
-from lab.atomic import atomic_path
+from lab.atomic import atomic_path, atomic_write_text
+from lab.errors import ConfigError, LabError
 from lab.pipeline.context import StageContext
-from lab.steps._common import DRIFT_HTML, DRIFT_JSON, SCORES, TRAINSET, spec_of, split, window
+from lab.steps._common import DRIFT_HTML, DRIFT_JSON, SCORES, TRAINSET, spec_of, split, views_of, window
 
 
 def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, model: str | None = None) -> dict:
@@ -39,3 +46,176 @@ def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, m
         out = {"model": spec.name, "columns": result, "drifted": drifted, "report": str(report)}
         ctx.write_json(DRIFT_JSON, out)
         return out
+
+
+# -- training-serving skew (lab.monitoring.skew) -----------------------------------------
+
+SKEW_JSON = "data/skew.json"
+SKEW_TEXT = "data/skew.txt"
+GATE_FAILED_EXIT = 3
+"""``lab features skew``'s exit status when the gate fails (2 stays a usage or input error)."""
+
+
+def _day(value, what: str) -> dt.date | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a date; write it as YYYY-MM-DD (2018-08-01)") from None
+
+
+def load_logged(config, spec, *, version: int | None = None, start=None, end=None, limit: int | None = None):
+    """The model's logged predictions (fallback rows left out) on the request days
+    ``start`` .. ``end``, as ``lab.monitoring.skew.LoggedPredictions``; none is a
+    ``LabError`` saying how to get some."""
+    from lab.monitoring.skew import logged_predictions, select_days  # polars only here
+    from lab.serving.ledger import read_predictions
+
+    first, last = _day(start, "start"), _day(end, "end")
+    if first and last and first > last:
+        raise ConfigError(f"start {first} is after end {last}; swap them")
+    rows = read_predictions(config.ledger_path, model_name=spec.name, model_version=version, limit=limit)
+    logged = select_days(logged_predictions(spec, rows), spec, first, last)
+    if logged.height == 0:
+        which = f"{spec.name!r}" + (f" v{version}" if version is not None else "")
+        days = f" with a request time on {first or '...'} .. {last or '...'}" if (first or last) else ""
+        raise LabError(f"the ledger {config.ledger_path} holds no logged predictions of model {which}{days}; "
+                       "serve it (`lab serve`, or lab.load_model(...).predict) or widen the days")
+    return logged
+
+
+def skew(root, run_dir, *, model: str | None = None, version: int | None = None, start=None, end=None,
+         limit: int | None = None, gate: bool = True) -> dict:
+    """Training-serving skew of the model's logged predictions: each logged feature against
+    its offline recomputation as of the request's time (``lab.monitoring.skew``), judged
+    by ``[tool.lab.skew]``. Writes data/skew.json and data/skew.txt, then, with ``gate``,
+    raises ``SkewGateError`` naming the features above the thresholds."""
+    from lab.monitoring.skew import recompute_features, skew_report  # polars only in the step that runs
+
+    with StageContext.open(root, run_dir) as ctx:
+        spec = spec_of(ctx, model)
+        views = views_of(ctx, spec)
+        logged = load_logged(ctx.config, spec, version=version, start=start, end=end, limit=limit)
+        report = skew_report(spec, views, logged, recompute_features(ctx.offline, views, spec, logged.requests),
+                             ctx.config.skew)
+        out = report.as_dict()
+        ctx.write_json(SKEW_JSON, out)
+        atomic_write_text(ctx.path(SKEW_TEXT), report.table() + "\n")
+        if gate:
+            report.check(where=str(ctx.path(SKEW_JSON)))
+        return out
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", help="the model (default: [tool.lab] model_name, or the lab's only model)")
+    p.add_argument("--version", type=int, help="only this model version's predictions (default: every version)")
+    p.add_argument("--start", help="first day of request time, YYYY-MM-DD (default: the first logged)")
+    p.add_argument("--end", help="last day of request time (inclusive), YYYY-MM-DD (default: the last logged)")
+    p.add_argument("--limit", type=int, help="only the latest N logged predictions")
+
+
+def skew_args(p) -> None:
+    _model_args(p)
+    p.add_argument("--out", default=SKEW_JSON,
+                   help=f"the JSON report (default {SKEW_JSON}, relative to the project root); the text table "
+                        "goes beside it as .txt")
+    p.add_argument("--no-gate", dest="gate", action="store_false",
+                   help="report only: exit 0 even when features are above [tool.lab.skew]")
+
+
+def skew_run(args, ctx) -> int:
+    """``lab features skew``: write the report, print the table; exit 3 when the gate fails."""
+    import json
+    import sys
+
+    from lab.features.commands import offline_store, _spec_views
+    from lab.monitoring.skew import SkewGateError, recompute_features, skew_report
+    from lab.plugins import model_spec
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {args.out!r} must end in .json")
+    out = out if out.is_absolute() else ctx.config.root / out
+    spec = model_spec(ctx.pm, ctx.config, args.model)
+    views = _spec_views(ctx, spec)
+    logged = load_logged(ctx.config, spec, version=args.version, start=args.start, end=args.end, limit=args.limit)
+    offline = offline_store(ctx)
+    try:
+        report = skew_report(spec, views, logged, recompute_features(offline, views, spec, logged.requests),
+                             ctx.config.skew)
+    finally:
+        offline.close()
+    atomic_write_text(out, json.dumps(report.as_dict(), indent=2, sort_keys=True, default=str))
+    atomic_write_text(out.with_suffix(".txt"), report.table() + "\n")
+    print(report.table())
+    print(f"report: {out}")
+    if not args.gate:
+        return 0
+    try:
+        report.check(where=str(out))
+    except SkewGateError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return GATE_FAILED_EXIT
+    return 0
+
+
+def logged_set_args(p) -> None:
+    _model_args(p)
+    p.add_argument("--out", required=True, help="Parquet file to write (atomically); recorded in the registry")
+    p.add_argument("--label-delay-days", dest="label_delay_days", type=float,
+                   help="a label is known this many days after its event (default: [tool.lab.train] delta_delay)")
+    p.add_argument("--as-of", dest="as_of",
+                   help="join the labels due by this time, YYYY-MM-DDTHH:MM:SS (default: now, UTC wall clock)")
+    p.add_argument("--labelled-only", dest="labelled_only", action="store_true",
+                   help="keep only the rows whose label is due and found")
+
+
+def logged_set_run(args, ctx) -> int:
+    """``lab features logged-set``: the ledger's logged features as a training set."""
+    from lab.features.commands import _datetime, offline_store
+    from lab.features.digest import table_digest
+    from lab.monitoring.skew import logged_training_set, read_labels
+    from lab.plugins import model_spec
+    from lab.registry import Registry
+
+    out = Path(args.out)
+    if out.suffix != ".parquet":
+        raise ConfigError(f"--out {args.out!r} must end in .parquet")
+    out = out.resolve()
+    delay_days = ctx.config.train.delta_delay if args.label_delay_days is None else args.label_delay_days
+    if not math.isfinite(delay_days) or delay_days < 0:
+        raise ConfigError(f"--label-delay-days must be 0 or more, got {delay_days!r}")
+    as_of = (_datetime(args.as_of, "--as-of") if args.as_of
+             else dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+    spec = model_spec(ctx.pm, ctx.config, args.model)
+    logged = load_logged(ctx.config, spec, version=args.version, start=args.start, end=args.end, limit=args.limit)
+    offline = offline_store(ctx)
+    try:
+        labels, why = read_labels(offline, spec)
+        source_digest = offline.source_digest(spec.source) if labels is not None else None
+    finally:
+        offline.close()
+    table, counts = logged_training_set(spec, logged, labels, label_delay=dt.timedelta(days=delay_days),
+                                        as_of=as_of, labelled_only=args.labelled_only)
+    import pyarrow.parquet as pq  # pyarrow only for the command that writes Parquet
+
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    digest = table_digest(table)
+    meta = {"model": spec.name, "from": "prediction ledger", "start": args.start, "end": args.end,
+            "version": args.version, "label": spec.label if labels is not None else None,
+            "label_delay_days": delay_days, "as_of": as_of.isoformat(), "source_digest": source_digest, **counts}
+    with Registry.open(ctx.config.registry_path, project_root=ctx.config.root) as reg:
+        dataset_id = reg.record_dataset(kind="logged_set", name=f"{spec.name}-logged", digest=digest,
+                                        path=str(out), rows=table.num_rows, meta=meta)
+    print(f"wrote {table.num_rows} rows to {out}")
+    if labels is None:
+        print(f"no labels: {why}")
+    else:
+        print(f"labels: {counts['labelled']} joined, {counts['not_due']} not due by {as_of.isoformat()}, "
+              f"{counts['not_found']} not in {spec.source!r}")
+    print(f"digest {digest}  (dataset {dataset_id})")
+    return 0

@@ -1,0 +1,245 @@
+"""Training-serving skew and training sets from logs, on a served tiny lab.
+
+The tiny lab's offline store gets a small transaction history and its online store is
+materialized from it as of the watermark; ``lab.load_model`` then fills the ledger with
+real predictions. With online = offline every logged feature equals its offline
+recomputation and the gate passes; after one view's online values are overwritten with
+other numbers, the report names exactly that view's features and the gate fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lab
+from lab import steps
+from lab.cli import main
+from lab.config import load_config
+from lab.errors import LabError
+from lab.features.materialize import materialize
+from lab.monitoring.skew import REQUEST_TIME, SkewGateError, psi
+from lab.plugins import feature_views, get_plugin_manager
+from plugins.fraud.testing import build_tiny_lab
+
+HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
+# (customer, terminal, amount) of the predicted transactions, one per customer and terminal
+# so that none sees another's transaction (the online values are as of the watermark).
+PREDICTED = ((1, 10, 30.0), (2, 11, 75.5), (3, 12, 120.0))
+CUSTOMER_FEATURES = {f"CUSTOMER_ID_{k}_{n}DAY_WINDOW" for k in ("NB_TX", "AVG_AMOUNT") for n in (1, 7, 30)}
+TERMINAL_FEATURES = {f"TERMINAL_ID_{k}_{n}DAY_WINDOW" for k in ("NB_TX", "RISK") for n in (1, 7, 30)}
+
+
+def _history(tiny) -> pa.Table:
+    """A few transactions per customer and terminal, none near a window's edge at the
+    watermark or ten hours later (so materialized and point-in-time values agree), plus
+    the predicted transactions themselves, dated after the watermark."""
+    w = tiny.watermark
+    rows = []
+    offsets = (12 * HOUR, 3 * DAY, 7 * DAY + 12 * HOUR, 10 * DAY, 20 * DAY, 25 * DAY)
+    for c, t, _ in PREDICTED:
+        for j, back in enumerate(offsets):
+            rows.append((w - back, c, t, 10.0 * c + 3 * j, int((c + j) % 3 == 0)))
+    for i, (c, t, amount) in enumerate(PREDICTED, start=1):
+        rows.append((w + 10 * HOUR + i * dt.timedelta(minutes=1), c, t, amount, i % 2))
+    when, customer, terminal, amount, fraud = zip(*rows)
+    return pa.table({
+        "TRANSACTION_ID": pa.array(range(1, len(rows) + 1), pa.int64()),
+        "TX_DATETIME": pa.array(when, pa.timestamp("us")),
+        "CUSTOMER_ID": pa.array(customer, pa.int64()),
+        "TERMINAL_ID": pa.array(terminal, pa.int64()),
+        "TX_AMOUNT": pa.array(amount, pa.float64()),
+        "TX_FRAUD": pa.array(fraud, pa.int64()),
+    })
+
+
+def _requests(tiny, table: pa.Table) -> list[dict]:
+    ids = table.column("TRANSACTION_ID").to_pylist()[-len(PREDICTED):]
+    return [tiny.transaction(tx_id, customer=c, terminal=t, amount=amount,
+                             when=tiny.watermark + 10 * HOUR + i * dt.timedelta(minutes=1))
+            for i, (tx_id, (c, t, amount)) in enumerate(zip(ids, PREDICTED), start=1)]
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    tiny = build_tiny_lab(tmp_path_factory.mktemp("tiny-lab-skew"))
+    config = load_config(tiny.root)
+    pm = get_plugin_manager(config)
+    views = feature_views(pm, config)
+    offline, online = pm.hook.lab_offline_store(config=config), pm.hook.lab_online_store(config=config)
+    try:
+        history = _history(tiny)
+        offline.write_source("transactions", history)
+        materialize(offline, online, [views["customer_spending"], views["terminal_risk"]], tiny.watermark)
+    finally:
+        offline.close()
+        online.close()
+    return tiny, _requests(tiny, history)
+
+
+@pytest.fixture
+def served(template, tmp_path):
+    """A copy of the lab whose ledger holds one prediction per request."""
+    tiny, requests = template
+    shutil.copytree(tiny.root, tmp_path / "lab")
+    tiny = dataclasses.replace(tiny, root=tmp_path / "lab")
+    _predict(tiny, requests)
+    return tiny, requests
+
+
+def _predict(tiny, requests) -> list[dict]:
+    with lab.load_model("fraud", root=tiny.root) as predictor:
+        return predictor.predict_many(requests)
+
+
+def _corrupt_terminal_risk(tiny) -> None:
+    """Overwrite the terminal view's online rows with other values (a broken materializer)."""
+    config = load_config(tiny.root)
+    pm = get_plugin_manager(config)
+    view = feature_views(pm, config)["terminal_risk"]
+    store = pm.hook.lab_online_store(config=config)
+    try:
+        terminals = [t for _, t, _ in PREDICTED]
+        rows = {view.entity: terminals}
+        for name in view.feature_names:
+            rows[name] = [7 + t for t in terminals] if "NB_TX" in name else [0.9] * len(terminals)
+        store.write(view, pa.table(rows), tiny.watermark)
+    finally:
+        store.close()
+
+
+def _cli(root, *args) -> int:
+    return main(["--root", str(root), "features", *args])
+
+
+def test_no_skew_every_feature_matches_and_the_gate_passes(served, capsys):
+    tiny, _ = served
+    out = steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"))
+    assert out["passed"] and out["failing"] == [] and out["rows"] == len(PREDICTED)
+    by_name = {f["feature"]: f for f in out["features"]}
+    assert set(by_name) == CUSTOMER_FEATURES | TERMINAL_FEATURES | {"TX_AMOUNT", "TX_DURING_WEEKEND",
+                                                                     "TX_DURING_NIGHT"}
+    for name, f in by_name.items():
+        assert f["match_share"] == 1.0 and f["mean_abs_diff"] == pytest.approx(0.0, abs=1e-9), name
+        assert f["psi"] == 0.0 and f["recomputed_null"] == 0 and f["defaults_rows"] == 0, name
+    assert by_name["TX_AMOUNT"]["view"] == REQUEST_TIME
+    assert by_name["TERMINAL_ID_RISK_7DAY_WINDOW"]["view"] == "terminal_risk"
+    # the customer counts hold the predicted transaction itself: served as count + 1, offline by its row
+    assert json.loads((tiny.root / "data" / "skew.json").read_text())["passed"] is True
+    assert "passed" in (tiny.root / "data" / "skew.txt").read_text()
+
+    assert _cli(tiny.root, "skew", "--out", "reports/skew.json") == 0
+    printed = capsys.readouterr().out
+    assert "CUSTOMER_ID_NB_TX_1DAY_WINDOW" in printed and "passed" in printed
+    assert json.loads((tiny.root / "reports" / "skew.json").read_text())["passed"] is True
+
+
+def test_corrupted_online_values_name_exactly_that_views_features(served, capsys):
+    tiny, requests = served
+    _corrupt_terminal_risk(tiny)
+    _predict(tiny, requests)
+    with pytest.raises(SkewGateError) as caught:
+        steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"))
+    message = str(caught.value)
+    assert "\n" not in message and "terminal_risk" in message
+    assert all(name in message for name in TERMINAL_FEATURES)
+    assert not any(name in message for name in CUSTOMER_FEATURES)
+    report = json.loads((tiny.root / "data" / "skew.json").read_text())
+    assert report["passed"] is False and report["rows"] == 2 * len(PREDICTED)
+    assert set(report["failing"]) == TERMINAL_FEATURES and report["failing_views"] == ["terminal_risk"]
+    by_name = {f["feature"]: f for f in report["features"]}
+    for name in TERMINAL_FEATURES:
+        assert by_name[name]["match_share"] == pytest.approx(0.5) and "mismatch" in by_name[name]["failing"]
+        assert by_name[name]["mean_abs_diff"] > 0
+    # the corrupted predictions alone: every row differs
+    only_new = steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"), limit=len(PREDICTED), gate=False)
+    assert {f["feature"] for f in only_new["features"] if f["match_share"] == 0.0} == TERMINAL_FEATURES
+    assert {f["feature"] for f in only_new["features"] if f["match_share"] == 1.0} == \
+        CUSTOMER_FEATURES | {"TX_AMOUNT", "TX_DURING_WEEKEND", "TX_DURING_NIGHT"}
+
+    capsys.readouterr()
+    assert _cli(tiny.root, "skew") == 3
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out
+    assert captured.err.startswith("lab: error: training-serving skew in 6 feature(s)")
+    assert all(name in captured.err for name in TERMINAL_FEATURES)
+    assert _cli(tiny.root, "skew", "--no-gate") == 0
+    # a looser declared threshold passes it: the gate reads [tool.lab.skew]
+    pyproject = tiny.root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.lab.skew]\nmax_mismatch_share = 0.6\nmax_psi = 100.0\n")
+    assert _cli(tiny.root, "skew") == 0
+
+
+def test_logged_set_joins_only_the_labels_that_are_due(served, capsys):
+    tiny, requests = served
+    second = tiny.watermark + 10 * HOUR + 2 * dt.timedelta(minutes=1)
+    as_of = (second + 7 * DAY).isoformat()  # default label delay: [tool.lab.train] delta_delay = 7 days
+    out = tiny.root / "logged.parquet"
+    assert _cli(tiny.root, "logged-set", "--out", str(out), "--as-of", as_of) == 0
+    printed = capsys.readouterr().out
+    assert "2 joined, 1 not due" in printed
+    frame = pl.read_parquet(out)
+    assert frame.height == len(PREDICTED)
+    assert frame.columns[:4] == ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID"]
+    assert {"request_TX_AMOUNT", "TX_AMOUNT", "TX_FRAUD", "model_version", "score", "request_id",
+            "defaults_customer_spending", "defaults_terminal_risk"} <= set(frame.columns)
+    assert frame["TRANSACTION_ID"].to_list() == [r["TRANSACTION_ID"] for r in requests]
+    source = {r["TRANSACTION_ID"]: r["TX_FRAUD"] for r in _source_rows(tiny)}
+    expected = [source[r["TRANSACTION_ID"]] for r in requests[:2]] + [None]
+    assert frame["TX_FRAUD"].to_list() == expected
+    assert frame["model_version"].to_list() == [tiny.model_version] * len(PREDICTED)
+    with lab.load_model("fraud", root=tiny.root, ledger=False) as predictor:
+        again = predictor.predict_many(requests)
+    assert frame["score"].to_list() == [r["score"] for r in again]
+    for name in CUSTOMER_FEATURES | TERMINAL_FEATURES:
+        assert frame[name].to_list() == [r["features"][name] for r in again]
+
+    assert _cli(tiny.root, "logged-set", "--out", str(out), "--as-of", as_of, "--labelled-only") == 0
+    assert pl.read_parquet(out).height == 2
+
+
+def _source_rows(tiny) -> list[dict]:
+    config = load_config(tiny.root)
+    store = get_plugin_manager(config).hook.lab_offline_store(config=config)
+    try:
+        return store.read_source("transactions", ["TRANSACTION_ID", "TX_FRAUD"]).to_pylist()
+    finally:
+        store.close()
+
+
+def test_bad_input_is_a_one_line_error(template, tmp_path, capsys):
+    tiny, _ = template
+    shutil.copytree(tiny.root, tmp_path / "lab")
+    root = tmp_path / "lab"
+    assert _cli(root, "skew") == 2  # nothing served yet: no ledger
+    assert "no prediction ledger" in capsys.readouterr().err
+    tiny = dataclasses.replace(tiny, root=root)
+    _predict(tiny, template[1][:1])
+    for args, words in ((("skew", "--out", "x.csv"), "must end in .json"),
+                        (("skew", "--start", "2018-13-01"), "is not a date"),
+                        (("skew", "--start", "2019-01-01"), "no logged predictions"),
+                        (("logged-set", "--out", "x.csv"), "must end in .parquet"),
+                        (("logged-set", "--out", "x.parquet", "--label-delay-days", "-1"), "0 or more")):
+        assert _cli(root, *args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("lab: error:") and words in err and err.count("\n") == 1, (args, err)
+    assert not (root / "x.parquet").exists()
+
+
+def test_psi_is_zero_for_equal_samples_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=2000)
+    assert psi(a, a.copy()) == 0.0
+    assert psi(a, rng.normal(size=2000)) < 0.05
+    assert psi(a, a + 1.0) > 0.5
+    assert psi(np.array([0.0, 1.0, 1.0]), np.array([0.0, 1.0, 1.0])) == 0.0  # few values: one bin each
+    assert psi(np.array([0.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0])) > 1.0
+    assert issubclass(SkewGateError, LabError)  # the CLI and the pipeline show it as a one-line error
