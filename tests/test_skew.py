@@ -243,3 +243,79 @@ def test_psi_is_zero_for_equal_samples_and_grows_with_a_shift():
     assert psi(np.array([0.0, 1.0, 1.0]), np.array([0.0, 1.0, 1.0])) == 0.0  # few values: one bin each
     assert psi(np.array([0.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0])) > 1.0
     assert issubclass(SkewGateError, LabError)  # the CLI and the pipeline show it as a one-line error
+
+
+# -- any spec: a string entity, a latest-value view, offsets on the request times --------
+
+def _plan_spec():
+    import math as _math
+
+    from lab.features.views import FeatureView
+    from lab.modelspec import ModelSpec, RequestField, RequestSchema
+
+    view = FeatureView(name="user_plan", entity="USER", source="plans", timestamp="CHANGED_AT",
+                       features=("PRICE", "SEATS"), ttl=90 * DAY)
+
+    def frame(df):
+        return df.with_columns(pl.col("SPEND").log1p().alias("SPEND_LOG"))
+
+    def row(request, rows):
+        plan = rows["user_plan"] or {"PRICE": 0.0, "SEATS": 0}
+        return {"SPEND_LOG": _math.log1p(request["SPEND"]), "PRICE": plan["PRICE"], "SEATS": plan["SEATS"]}
+
+    schema = RequestSchema(
+        fields=(RequestField("ID", "int"), RequestField("AT", "datetime"), RequestField("USER", "str"),
+                RequestField("SPEND", "float")),
+        id="ID", timestamp="AT", entities=("USER",),
+        example={"ID": 1, "AT": "2024-05-01T10:00:00", "USER": "ada", "SPEND": 3.0})
+    spec = ModelSpec(name="upsell", task="regression", label="REVENUE", source="sessions",
+                     features=("SPEND_LOG", "PRICE", "SEATS"), views=("user_plan",), request=schema,
+                     request_frame=frame, request_row=row)
+    return spec, view
+
+
+def test_any_spec_string_keys_latest_values_offsets_and_served_defaults(tmp_path):
+    from lab.monitoring.skew import logged_predictions, recompute_features, skew_report
+    from lab.serving.ledger import Ledger, PredictionRecord, read_predictions
+    from lab.serving.scoring import FeatureAssembler
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = \"plans\"\nversion = \"0\"\n\n[tool.lab]\n")
+    config = load_config(tmp_path)
+    pm = get_plugin_manager(config)
+    spec, view = _plan_spec()
+    w = dt.datetime(2024, 5, 1)
+    offline, online = pm.hook.lab_offline_store(config=config), pm.hook.lab_online_store(config=config)
+    requests = [  # (id, sent time, user, spend): +02:00 is read as its wall clock, as the server does
+        (1, "2024-05-01T09:00:00+02:00", "ada", 3.0), (2, "2024-05-01T12:00:00", "bob", 40.0),
+        (3, "2024-05-01T13:30:00-05:00", "cyd", 7.5), (4, "2024-05-01T14:00:00", "zed", 1.0)]  # zed: unknown
+    try:
+        offline.write_source("plans", pa.table({
+            "USER": ["ada", "bob", "cyd", "ada", "bob"],
+            "CHANGED_AT": pa.array([w - 40 * DAY, w - 10 * DAY, w - 3 * DAY, w - 2 * DAY, w - HOUR],
+                                   pa.timestamp("us")),
+            "PRICE": [10.0, 25.0, 99.0, 12.5, 30.0], "SEATS": [1, 5, 20, 2, 6]}))
+        materialize(offline, online, [view], w)
+        assembler = FeatureAssembler(online, [view], spec.request_row, spec.features)
+        with Ledger.open(config.ledger_path) as ledger:
+            for event_id, sent, user, spend in requests:
+                when = dt.datetime.fromisoformat(sent)
+                request = {"ID": event_id, "AT": when.replace(tzinfo=None), "USER": user, "SPEND": spend}
+                got = assembler.assemble(request, when.replace(tzinfo=None))
+                ledger.append(PredictionRecord(event_id=event_id, model_name="upsell", model_version=1,
+                                               features=got.features, defaults=got.defaults, score=1.0,
+                                               latency_ms=0.1, request={**request, "AT": sent}))
+        logged = logged_predictions(spec, read_predictions(config.ledger_path, model_name="upsell"))
+        assert logged.requests["AT"].to_list()[0] == dt.datetime(2024, 5, 1, 9)
+        report = skew_report(spec, [view], logged, recompute_features(offline, [view], spec, logged.requests),
+                             config.skew)
+    finally:
+        offline.close()
+        online.close()
+    by_name = {f.feature: f for f in report.features}
+    assert by_name["SPEND_LOG"].view == REQUEST_TIME and by_name["SPEND_LOG"].match_share == 1.0
+    for name in ("PRICE", "SEATS"):  # zed: served the request_row's 0 default, offline has no value
+        assert by_name[name].matches == 3 and by_name[name].recomputed_null == 1
+        assert by_name[name].defaults_rows == 1 and "mismatch" in by_name[name].failing
+    assert report.defaults == {"user_plan": 1}
+    with pytest.raises(SkewGateError, match=r"user_plan: PRICE .*SEATS"):
+        report.check()
