@@ -1,0 +1,282 @@
+"""The Redis online store (plugins/redis_online) on a real redis-server: the same contract
+suite as SQLite, the hook choosing it by config, one command per batch read, readers in
+another process never seeing a mix, a writer killed mid-write leaving the old rows, and
+a lab served from Redis answering as the same lab served from SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from lab.config import load_config
+from lab.errors import ConfigError, LabError
+from lab.plugins import get_plugin_manager
+from lab.testing.stores import PROFILE, SECOND, SPEND, T0, OnlineStoreContract, spend_rows
+from tests.redis_server import _stop, start_redis
+
+redis = pytest.importorskip("redis")
+
+from plugins.redis_online.store import RedisOnlineSettings, RedisOnlineStore  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """One redis-server for the module (stopped by PID); each test flushes it."""
+    folder = tmp_path_factory.mktemp("redis")
+    proc, url = start_redis(folder)
+    try:
+        yield url
+    finally:
+        _stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def online(redis_url):
+    store = RedisOnlineStore(RedisOnlineSettings(url=redis_url))
+    yield store
+    store.close()
+
+
+class TestRedisOnlineStore(OnlineStoreContract):
+    @pytest.fixture
+    def store(self, redis_url):
+        s = RedisOnlineStore(RedisOnlineSettings(url=redis_url))
+        yield s
+        s.close()
+
+
+# -- chosen by config ---------------------------------------------------------------------
+
+
+def _lab(folder, extra: str = ""):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "x"\nversion = "0"\n\n[tool.lab]\n{extra}')
+    config = load_config(folder)
+    return config, get_plugin_manager(config)
+
+
+def test_a_lab_without_the_section_keeps_sqlite_and_one_with_it_gets_redis(tmp_path, redis_url):
+    config, pm = _lab(tmp_path / "plain")
+    store = pm.hook.lab_online_store(config=config)
+    assert type(store).__name__ == "SQLiteOnlineStore"
+    store.close()
+    config, pm = _lab(tmp_path / "redis", f'\n[tool.lab.redis_online]\nurl = "{redis_url}"\nkey_prefix = "a:"\n')
+    store = pm.hook.lab_online_store(config=config)
+    try:
+        assert isinstance(store, RedisOnlineStore) and store.settings.key_prefix == "a:"
+        store.write(SPEND, spend_rows([1]), T0)
+        assert redis.Redis.from_url(redis_url).exists(f"a:{{spend}}:{SPEND.version}")
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("table, fix", [
+    ('url = "http://x"', "redis://"),
+    ('urll = "redis://x"', "known keys"),
+    ('url = "redis://x"\nwrite_batch = 0', "write_batch"),
+    ('key_prefix = ""', "key_prefix"),
+])
+def test_bad_settings_are_a_config_error_naming_the_fix(tmp_path, table, fix):
+    config, pm = _lab(tmp_path, f"\n[tool.lab.redis_online]\n{table}\n")
+    with pytest.raises(ConfigError, match=fix):
+        pm.hook.lab_online_store(config=config)
+
+
+def test_two_prefixes_in_one_database_are_two_stores(redis_url):
+    a = RedisOnlineStore(RedisOnlineSettings(url=redis_url, key_prefix="a:"))
+    b = RedisOnlineStore(RedisOnlineSettings(url=redis_url, key_prefix="b:"))
+    try:
+        a.write(SPEND, spend_rows([1]), T0)
+        assert b.read_with_watermark(SPEND, 1) == (None, None) and b.materialized() == {}
+        assert list(a.materialized()) == [f"spend@{SPEND.version}"]
+    finally:
+        a.close()
+        b.close()
+
+
+# -- keys and values ----------------------------------------------------------------------
+
+
+def test_keys_given_as_text_or_numpy_find_integer_keys(online):
+    online.write(SPEND, spend_rows([7, 8]), T0)
+    assert online.read(SPEND, ["7", np.int64(8), " 8", 7.0, 7.5, "x", None]) == [
+        {"NB_1D": 1, "AVG_1D": 1.5}, {"NB_1D": 2, "AVG_1D": 3.0}, {"NB_1D": 2, "AVG_1D": 3.0},
+        {"NB_1D": 1, "AVG_1D": 1.5}, None, None, None]
+    assert online.read_with_watermark(SPEND, "8") == ({"NB_1D": 2, "AVG_1D": 3.0}, T0)
+
+
+def test_text_keys_are_matched_as_text(online):
+    import pyarrow as pa
+
+    online.write(PROFILE, pa.table({"CITY": ["42", "oslo"], "NAME": ["Answer", "Oslo"]}), T0)
+    assert online.read(PROFILE, [42, "42", " 42", "oslo"]) == [{"NAME": "Answer"}, {"NAME": "Answer"}, None,
+                                                                {"NAME": "Oslo"}]
+
+
+def test_values_come_back_as_the_sqlite_store_gives_them(online, tmp_path):
+    """Booleans as 0/1, times as ISO text, NaN as None: the model sees the same row from either store."""
+    import pyarrow as pa
+
+    from lab.features.views import FeatureView
+    from plugins.sqlite_online.store import SQLiteOnlineStore
+
+    view = FeatureView(name="mixed", entity="ID", source="s", timestamp="TS",
+                       features=("FLAG", "WHEN", "X", "LABEL"))
+    rows = pa.table({"ID": pa.array([1, 2], pa.int32()), "FLAG": [True, False],
+                     "WHEN": pa.array([T0, None], pa.timestamp("us")), "X": [float("nan"), 1e-300],
+                     "LABEL": ["é", None]})
+    sqlite = SQLiteOnlineStore(tmp_path / "online.db")
+    try:
+        sqlite.write(view, rows, T0)
+        online.write(view, rows, T0)
+        mine = online.read(view, [1, 2])
+        assert mine == sqlite.read(view, [1, 2])
+        assert mine[0] == {"FLAG": 1, "WHEN": T0.isoformat(), "X": None, "LABEL": "é"}
+    finally:
+        sqlite.close()
+
+
+def test_aware_watermark_round_trips(online):
+    when = dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    online.write(SPEND, spend_rows([1]), when)
+    assert online.watermark(SPEND) == when and online.watermark(SPEND).utcoffset() == dt.timedelta(hours=2)
+
+
+def test_unsupported_types_are_refused_and_nothing_written(online):
+    import pyarrow as pa
+
+    online.write(SPEND, spend_rows([1]), T0)
+    bad = spend_rows([2]).set_column(1, "NB_1D", pa.array([[1, 2]]))
+    with pytest.raises(LabError, match="NB_1D"):
+        online.write(SPEND, bad, T0 + SECOND)
+    with pytest.raises(LabError, match="USER_ID"):
+        online.write(SPEND, spend_rows([2]).set_column(0, "USER_ID", pa.array([2.5])), T0 + SECOND)
+    assert online.read_with_watermark(SPEND, 1) == ({"NB_1D": 1, "AVG_1D": 1.5}, T0)
+
+
+# -- round trips and atomicity ------------------------------------------------------------
+
+
+def test_a_batch_read_and_its_watermark_are_one_command(online, redis_url):
+    online.write(SPEND, spend_rows(list(range(500))), T0)
+    stats = redis.Redis.from_url(redis_url)
+    stats.config_resetstat()  # the store's connection is open already: only its reads count from here
+    rows, mark = online.read_many_with_watermark(SPEND, list(range(0, 200, 2)))
+    assert mark == T0 and [r["NB_1D"] for r in rows] == [k + 1 for k in range(0, 200, 2)]
+    assert online.read_with_watermark(SPEND, 3) == ({"NB_1D": 4, "AVG_1D": 6.0}, T0)
+    calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.info("commandstats").items()}
+    stats.close()
+    assert calls == {"hmget": 2, "config|resetstat": 1}
+
+
+READER = textwrap.dedent("""
+    import datetime as dt, sys
+    from lab.testing.stores import SPEND, T0
+    from plugins.redis_online.store import RedisOnlineSettings, RedisOnlineStore
+    store = RedisOnlineStore(RedisOnlineSettings(url=sys.argv[1]))
+    seen = set()
+    deadline = dt.datetime.now() + dt.timedelta(seconds=20)
+    while len(seen) < int(sys.argv[2]) and dt.datetime.now() < deadline:
+        rows, mark = store.read_many_with_watermark(SPEND, list(range(1200)))
+        g = round((mark - T0).total_seconds())
+        present = [r for r in rows if r is not None]
+        assert len(present) == 600 + 600 * (g % 2), (g, len(present))
+        assert all(r["NB_1D"] == g for r in present), g
+        seen.add(g)
+    print(len(seen))
+""")
+
+
+def test_readers_in_another_process_never_see_a_mix(online, redis_url):
+    """A materialization staged in many batches is published at once: a reader sees
+    every row of one generation with that generation's watermark, whatever it catches."""
+    def generation(g):
+        keys = list(range(600 + 600 * (g % 2)))
+        return spend_rows(keys, counts=[g] * len(keys), means=[float(g)] * len(keys))
+
+    writer = RedisOnlineStore(RedisOnlineSettings(url=redis_url, write_batch=50))
+    writer.write(SPEND, generation(0), T0)
+    reader = subprocess.Popen([sys.executable, "-c", READER, redis_url, "4"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    g = 0
+    while reader.poll() is None:
+        g += 1
+        writer.write(SPEND, generation(g), T0 + g * SECOND)
+    out, err = reader.communicate()
+    writer.close()
+    assert reader.returncode == 0, err
+    assert g > 3 and int(out) >= 4  # the reader really saw the data change under it
+    assert not [k for k in redis.Redis.from_url(redis_url).keys("*:staging:*")]  # no staging hash left behind
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from lab.testing.stores import SPEND, T0, SECOND, spend_rows
+    from plugins.redis_online.store import RedisOnlineSettings, RedisOnlineStore
+    store = RedisOnlineStore(RedisOnlineSettings(url=sys.argv[1], write_batch=10, staging_ttl_s=600))
+    keys = list(range(200_000))
+    store.write(SPEND, spend_rows(keys, counts=[9] * len(keys)), T0 + SECOND)
+""")
+
+
+def test_a_writer_killed_mid_write_leaves_the_old_rows_and_its_staging_expires(online, redis_url):
+    online.write(SPEND, spend_rows([1, 2]), T0)
+    client = redis.Redis.from_url(redis_url)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, redis_url], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        staging = []
+        while time.monotonic() < deadline and writer.poll() is None:
+            staging = [k for k in client.keys("*:staging:*") if client.hlen(k) >= 100]
+            if staging:
+                break
+            time.sleep(0.01)
+        assert staging, "the writer never staged rows"
+        os.kill(writer.pid, signal.SIGKILL)
+    finally:
+        if writer.poll() is None:
+            os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(10)
+    assert online.read_with_watermark(SPEND, 1) == ({"NB_1D": 1, "AVG_1D": 1.5}, T0)
+    assert online.read(SPEND, [150]) == [None] and online.state(SPEND).rows == 2
+    assert 0 < client.ttl(staging[0]) <= 600  # Redis drops the unfinished rows by itself
+    online.write(SPEND, spend_rows([3]), T0 + 2 * SECOND)  # the rerun completes
+    assert online.read_with_watermark(SPEND, 3) == ({"NB_1D": 1, "AVG_1D": 1.5}, T0 + 2 * SECOND)
+
+
+def test_an_unreachable_redis_is_a_lab_error_naming_the_url(redis_url):
+    from tests.redis_server import _free_port
+
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    store = RedisOnlineStore(RedisOnlineSettings(url=url, connect_timeout_s=0.5))
+    try:
+        started = time.monotonic()
+        with pytest.raises(LabError, match=f"{url}.*redis-server"):
+            store.read_with_watermark(SPEND, 1)
+        with pytest.raises(LabError, match=url):
+            store.write(SPEND, spend_rows([1]), T0)
+        assert time.monotonic() - started < 10
+        assert store.ping() is False
+    finally:
+        store.close()
