@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ class ServeConfig:
     predict_auth: str = "open"  # "open": anyone who reaches /predict may call it; "key": an API key with scope predict
     max_body_bytes: int = 16384  # the largest request body any route accepts; one more byte gets a 413
     keys: str = "keys.db"  # the API key file (lab keys ...), relative to the project root
+    max_model_memory_mb: float = 0.0  # lab serve --model A --model B: loaded models' footprints at most this; 0: unbounded
 
     def __post_init__(self) -> None:
         if self.predict_auth not in PREDICT_AUTH:
@@ -89,6 +91,9 @@ class ServeConfig:
                               f"got {self.predict_auth!r}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"[tool.lab.serve] max_body_bytes must be 1 or more, got {self.max_body_bytes}")
+        if not math.isfinite(self.max_model_memory_mb) or self.max_model_memory_mb < 0:
+            raise ConfigError("[tool.lab.serve] max_model_memory_mb must be 0 (unbounded) or a number of megabytes "
+                              f"above 0, got {self.max_model_memory_mb}")
 
 
 PREDICT_AUTH = ("open", "key")

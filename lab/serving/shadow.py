@@ -77,6 +77,7 @@ class ShadowMirror:
         self._current: _Challenger | None = None
         self._lock = threading.Lock()
         self._counts = {"mirrored": 0, "dropped": 0, "written": 0, "failed": 0, "errors": 0}
+        self._agreement = [0, 0]  # agreed, compared (the challenger answered)
         self._warning: str | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -135,6 +136,12 @@ class ShadowMirror:
         """The counters of ``stats`` as whole numbers (``/stats``' ``shadow``), with the
         shadow and challenger version while one is mirrored."""
         return {k: v for k, v in self.stats().items() if isinstance(v, int)}
+
+    def agreement(self) -> tuple[int, int]:
+        """``(agreed, compared)`` since start: mirrored requests the challenger scored, and
+        those it agreed on by the shadow's rule (``/metrics``' agreement so far)."""
+        with self._lock:
+            return self._agreement[0], self._agreement[1]
 
     def stats(self) -> dict:
         """Counters since start (mirrored, dropped, written, failed writes, challenger
@@ -254,6 +261,10 @@ class ShadowMirror:
             with self._lock:
                 self._counts["errors"] += 1
         agree = int(challenger is not None and current.agree(score, challenger))
+        if challenger is not None:
+            with self._lock:
+                self._agreement[0] += agree
+                self._agreement[1] += 1
         return (at, shadow["id"], request_id, event_id if isinstance(event_id, (int, str)) else str(event_id),
                 self.model_name, version, shadow["version"], score, challenger, latency_ms, took, agree, error)
 

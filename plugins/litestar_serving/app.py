@@ -42,7 +42,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import msgspec
 import msgspec.inspect
@@ -83,6 +83,7 @@ from plugins.litestar_serving.schemas import (
     Health,
     Prediction,
     Readiness,
+    ServedModel,
     ServerStats,
     field_hints,
     request_type,
@@ -129,6 +130,7 @@ class ServingState:
     fallbacks: dict[str, int] = field(default_factory=dict)  # fallback answers by reason
     breakers: tuple[CircuitBreaker, CircuitBreaker] = field(  # (online store, model)
         default_factory=lambda: (CircuitBreaker("store", 0, 1.0), CircuitBreaker("model", 0, 1.0)))
+    models: Any = None  # plugins.litestar_serving.models.ModelCache when other models are served beside this one
 
 
 def spec_views(spec: ModelSpec, views: dict) -> list:
@@ -399,9 +401,12 @@ def _unscored(serving: ServingState, miss: Unscored, what: str, request: dict) -
     return miss.reason, batch
 
 
-def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Controller]:
+def prediction_controller(spec: ModelSpec, errors: RequestErrors, *, path: str = "/predict",
+                          operation_id: str = "predict", serving_for=None) -> type[Controller]:
     """A ``/predict`` controller whose body is ``errors.struct``, the request type made
-    from ``spec``: made per app, so Litestar documents and decodes that type."""
+    from ``spec``: made per app, so Litestar documents and decodes that type. ``path`` and
+    ``operation_id`` place it elsewhere (``/models/NAME/predict``); ``serving_for``, an
+    async function, gives the ``ServingState`` that scores (default: ``state.serving``)."""
     schema = spec.request
     id_field, timestamp = schema.id, schema.timestamp
     source = (f"the online store by {', '.join(schema.entities)}, plus the request-time features of the request"
@@ -409,7 +414,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
 
     async def predict(self, data, state: State, request: Request) -> Prediction:
         started = time.perf_counter()
-        serving: ServingState = state.serving
+        serving: ServingState = state.serving if serving_for is None else await serving_for()
         if not serving.ready:
             raise _not_ready(serving)
         header_id = next((v for k, v in request.scope["headers"] if k == b"x-request-id"), None)
@@ -505,8 +510,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
     handler = post(
         "/",
         status_code=200,
-        operation_id="predict",
-        summary=f"Score one {schema.title}",
+        operation_id=operation_id,
+        summary=f"Score one {schema.title}" + ("" if path == "/predict" else f" with model {spec.name!r}"),
         before_request=errors.strict_body,
         responses={
             400: ResponseSpec(ErrorBody, description="Malformed JSON, or a field missing, unknown, of the "
@@ -520,7 +525,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors) -> type[Contro
                                                      "seconds)"),
         },
     )(predict)
-    return type("PredictionController", (Controller,), {"path": "/predict", "tags": ["prediction"],
+    return type("PredictionController", (Controller,), {"path": path, "tags": ["prediction"],
                                                          "predict": handler, "__module__": __name__})
 
 
@@ -552,6 +557,7 @@ class HealthController(Controller):
             ready=ready, reason=reason, model=serving.model_name, alias=serving.alias,
             model_version=serving.version.version if serving.version is not None else None,
             warnings=list(serving.warnings) + [b.describe() for b in serving.breakers if b.state != CLOSED],
+            models=_loaded_models(serving) if ready else [],
         )
         return Response(body, status_code=200 if ready else 503)
 
@@ -567,6 +573,13 @@ class HealthController(Controller):
                            features=features, fallbacks=dict(serving.fallbacks),
                            batch_fallback=serving.batch.counts() if serving.batch is not None else {},
                            shadow=serving.shadow.counts() if serving.shadow is not None else {})
+
+
+def _loaded_models(serving: ServingState) -> list[ServedModel]:
+    """The models loaded now, the default (pinned) first, with their measured footprints."""
+    from plugins.litestar_serving.models import loaded_models
+
+    return [ServedModel(**model) for model in loaded_models(serving)]
 
 
 class MetricsController(Controller):
@@ -607,13 +620,13 @@ def _host_names(host: str) -> frozenset[str]:
     return frozenset({"127.0.0.1", "localhost", "[::1]", bound})
 
 
-def _strict_openapi(openapi: OpenAPI, struct: type[msgspec.Struct], example: Any) -> None:
+def _strict_openapi(openapi: OpenAPI, struct: type[msgspec.Struct], example: Any, path: str = "/predict") -> None:
     """Make the request body's schema say what the decoder enforces: Litestar writes
     integer bounds as floats (2**63-1 becomes 9.223372036854776e+18, a different number)
     and leaves out that unknown fields are refused. Add the struct's description and
     the schema's example request."""
     info = msgspec.inspect.type_info(struct)
-    schema = _request_body_schema(openapi)
+    schema = _request_body_schema(openapi, path)
     if not isinstance(schema, Schema):
         return
     schema.description = schema.description or struct.__doc__
@@ -648,9 +661,9 @@ def _document_host_check(openapi: OpenAPI) -> None:
                     "application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ErrorBody"))})
 
 
-def _request_body_schema(openapi: OpenAPI) -> Schema | None:
-    """The component schema ``/predict``'s request body refers to."""
-    operation = openapi.paths["/predict"].post if openapi.paths and "/predict" in openapi.paths else None
+def _request_body_schema(openapi: OpenAPI, path: str = "/predict") -> Schema | None:
+    """The component schema ``path``'s request body refers to."""
+    operation = openapi.paths[path].post if openapi.paths and path in openapi.paths else None
     body = operation.request_body if operation is not None else None
     media = (getattr(body, "content", None) or {}).get("application/json")
     ref = getattr(getattr(media, "schema", None), "ref", None)
@@ -665,7 +678,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                allow_empty_store: bool | None = None, max_concurrency: int | None = None,
                max_queue: int | None = None, latency_budget_ms: float | None = None,
                store_timeout_ms: float | None = None, model_timeout_ms: float | None = None,
-               lean_predict: bool = True, max_batch: int = 64, batch_wait_ms: float = 0.0) -> Litestar:
+               lean_predict: bool = True, max_batch: int = 64, batch_wait_ms: float = 0.0,
+               models: Sequence[str] = (), max_model_memory_mb: float | None = None) -> Litestar:
     """The model server for the lab ``config``: serves ``alias`` of ``model_name``
     (default ``config.model_name``, or the lab's only model), plus every route from
     ``lab_http_routes``. The model's ``ModelSpec`` (``lab.plugins.model_spec``) gives the
@@ -694,6 +708,11 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     together (``plugins.litestar_serving.batching``), each answer exactly its one-at-a-time
     answer; on the pool (``max_concurrency`` 1 or more, where the latency budget applies)
     each request scores alone.
+
+    ``models`` names other models to serve beside it, each at ``POST /models/NAME/predict``
+    (the default too), loaded on first use into a memory-bounded LRU of at most
+    ``max_model_memory_mb`` (default [tool.lab.serve]; 0: unbounded): see
+    ``plugins.litestar_serving.models``.
 
     ``lean_predict`` (default True) serves ``POST /predict`` through
     ``plugins.litestar_serving.fastpath``: the same middleware, guards, hook, handler and
@@ -738,12 +757,22 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     predict = prediction_controller(spec, errors)
     predict.guards = [guard(keys, "predict")] if config.serve.predict_auth == "key" else []
     admin = admin_routes.admin_controllers(admin_routes.Admin(config, pm, keys, spec.name))
+    lifespans, served = [_lifespan(config, pm, refresh_s, guardrail_s)], []
+    if [name for name in models if name != spec.name]:  # several models: /models/NAME/predict and the LRU
+        from plugins.litestar_serving.models import serve_models
+
+        served, lifespan = serve_models(state, config, pm, models, errors, alias=alias if not flag else "champion",
+                                        max_model_memory_mb=max_model_memory_mb, refresh_s=refresh_s)
+        lifespans.append(lifespan)  # after the main one: it ends first, before the store and ledger close
+        for _, controller, _, _ in served:
+            controller.guards = predict.guards
     try:
         app = Litestar(
-            route_handlers=[predict, HealthController, MetricsController, *admin, *extra],
+            route_handlers=[predict, *(c for _, c, _, _ in served), HealthController, MetricsController, *admin,
+                            *extra],
             # The metrics first (outermost), so requests the Host check refuses are counted too.
             middleware=[state.metrics.middleware, *([host_guard(names, host)] if names else [])],
-            lifespan=[_lifespan(config, pm, refresh_s, guardrail_s)],
+            lifespan=lifespans,
             on_shutdown=[keys.close],
             request_max_body_size=config.serve.max_body_bytes,  # every route with a body; 413 names the limit
             state=State({"serving": state}),
@@ -764,6 +793,8 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     except ImproperlyConfiguredException as exc:
         raise LabError(f"the routes from lab_http_routes cannot be mounted: {exc}") from None
     _strict_openapi(app.openapi_schema, struct, spec.request.example)
+    for path, _, model_struct, example in served:
+        _strict_openapi(app.openapi_schema, model_struct, example, path)
     admin_routes.document(app.openapi_schema, predict_keyed=config.serve.predict_auth == "key")
     if names:
         _document_host_check(app.openapi_schema)

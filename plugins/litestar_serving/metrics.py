@@ -56,6 +56,9 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.007
 """Seconds: a warm /predict takes a fraction of a millisecond, a cold or queued one seconds."""
 
 LEDGER_OUTCOMES = ("appended", "written", "dropped", "failed")
+SHADOW_OUTCOMES = (("mirrored", "mirrored"), ("dropped", "dropped"), ("written", "written"), ("failed", "failed"),
+                   ("challenger_error", "errors"))
+"""``lab_shadow_requests_total``'s outcomes and the ``ShadowMirror.stats()`` key of each."""
 
 WORKERS_ENV = "LAB_SERVE_WORKERS"
 """Set by ``lab serve --workers N`` to N for its workers: how many must be ready for ``/readyz``."""
@@ -72,6 +75,7 @@ class ServerMetrics:
     def __init__(self, state: Any, views: Iterable[str] = ()):
         self.state = state
         self.model = state.model_name
+        self.route_models: dict[str, str] = {}  # route template -> the model it scores, when not the default
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.latency = Histogram(
             "lab_http_request_duration_seconds",
@@ -170,7 +174,7 @@ class ServerMetrics:
         key = (route, method)
         timer = self._timers.get(key)
         if timer is None:
-            timer = self._timers[key] = self.latency.labels(self.model, route, method)
+            timer = self._timers[key] = self.latency.labels(self.route_models.get(route, self.model), route, method)
         timer.observe(seconds)
         counted = (route, method, status)
         counter = self._statuses.get(counted)
@@ -240,7 +244,8 @@ class Publisher:
     A worker that exits normally is marked dead (its live gauges leave the sums)."""
 
     MODES = {"lab_ready": "livemin", "lab_model_info": "livemax", "lab_circuit_state": "livemax",
-             "process_start_time_seconds": "livemin", "process_max_fds": "livemax"}
+             "process_start_time_seconds": "livemin", "process_max_fds": "livemax",
+             "lab_model_memory_limit_bytes": "livemax", "lab_shadow_active": "livemax"}
     """Gauges not summed: ready only when every worker is, the versions any worker serves,
     a breaker state any worker is in, the oldest start."""
 
@@ -373,6 +378,29 @@ class StateCollector(Collector):
             CounterMetricFamily("lab_batches", "Micro-batches scored on the event loop (lab serve --max-batch); "
                                 "lab_batched_requests_total / lab_batches_total is the mean batch size"),
             CounterMetricFamily("lab_batched_requests", "Requests scored in micro-batches"),
+            GaugeMetricFamily("lab_models_loaded", "Models loaded now (the default, pinned, included; lab serve "
+                              "--model A --model B)"),
+            CounterMetricFamily("lab_model_loads", "Models loaded on first use (or again after an eviction)",
+                                labels=["model"]),
+            CounterMetricFamily("lab_model_evictions", "Models evicted, least recently used first, to stay within "
+                                "[tool.lab.serve] max_model_memory_mb", labels=["model"]),
+            CounterMetricFamily("lab_model_refusals", "Loads refused or failed: too_big (over max_model_memory_mb) "
+                                "or load_failed", labels=["model", "reason"]),
+            GaugeMetricFamily("lab_model_memory_bytes", "The measured footprint of each loaded model (its arrays, "
+                              "tensors and byte strings)", labels=["model"]),
+            GaugeMetricFamily("lab_model_memory_limit_bytes", "[tool.lab.serve] max_model_memory_mb in bytes "
+                              "(0: unbounded)"),
+            CounterMetricFamily("lab_shadow_requests", "Answered requests handed to the shadow's challenger: "
+                                "mirrored (queued), dropped (its queue full), written (to shadow_predictions), "
+                                "failed (the write failed), challenger_error (the challenger raised)",
+                                labels=["outcome"]),
+            GaugeMetricFamily("lab_shadow_queue_depth", "Mirrored requests waiting for the challenger"),
+            CounterMetricFamily("lab_shadow_compared", "Mirrored requests the challenger scored (since start, "
+                                "every shadow of this process)"),
+            CounterMetricFamily("lab_shadow_agreed", "... of which the challenger agreed with the champion (the "
+                                "shadow's agreement rule); agreed / compared is the agreement so far"),
+            GaugeMetricFamily("lab_shadow_active", "The shadow mirrored now (value 1)",
+                              labels=["shadow_id", "challenger_version"]),
             GaugeMetricFamily("lab_cuda_memory_allocated_bytes", "CUDA memory held by tensors, by device "
                               "(only when torch is imported and CUDA is available)", labels=["device"]),
             GaugeMetricFamily("lab_cuda_memory_reserved_bytes", "CUDA memory reserved by torch's caching "
@@ -381,7 +409,8 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, batch_lookups, batches,
-         batched, allocated, reserved) = self._families()
+         batched, models_loaded, model_loads, evictions, refusals, model_memory, memory_limit, shadow_requests,
+         shadow_depth, compared, agreed, shadow_active, allocated, reserved) = self._families()
         state = self.state
         ready.add_metric([], 1.0 if state.ready else 0.0)
         yield ready
@@ -423,6 +452,34 @@ class StateCollector(Collector):
             batch_lookups.add_metric(["hit"], counts["hits"])
             batch_lookups.add_metric(["miss"], counts["misses"])
             yield batch_lookups
+        cache = getattr(state, "models", None)
+        if cache is not None:
+            loaded = cache.describe()
+            models_loaded.add_metric([], len(loaded))
+            for name in cache.specs:
+                model_loads.add_metric([name], cache.loads.get(name, 0))
+                evictions.add_metric([name], cache.evictions.get(name, 0))
+            for (name, reason), count in sorted(cache.refusal_counts().items()):
+                refusals.add_metric([name, reason], count)
+            for model in loaded:
+                model_memory.add_metric([model["name"]], model["memory_bytes"])
+            memory_limit.add_metric([], cache.bound_bytes)
+            yield from (models_loaded, model_loads, evictions, refusals, model_memory, memory_limit)
+        shadow = getattr(state, "shadow", None)
+        if shadow is not None and hasattr(shadow, "stats"):
+            stats = shadow.stats()
+            for outcome, key in SHADOW_OUTCOMES:
+                shadow_requests.add_metric([outcome], stats.get(key, 0))
+            shadow_depth.add_metric([], stats.get("queued", 0))
+            agreement = shadow.agreement() if hasattr(shadow, "agreement") else None
+            yield from (shadow_requests, shadow_depth)
+            if agreement is not None:
+                compared.add_metric([], agreement[1])
+                agreed.add_metric([], agreement[0])
+                yield from (compared, agreed)
+            if stats.get("shadow_id") is not None:
+                shadow_active.add_metric([str(stats["shadow_id"]), str(stats["challenger_version"])], 1.0)
+            yield shadow_active
         devices = cuda_memory(sys.modules.get("torch"))
         if devices:
             for device, (held, cached) in devices.items():

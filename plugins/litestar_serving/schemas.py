@@ -144,8 +144,20 @@ class Health(msgspec.Struct):
     status: str
 
 
+class ServedModel(msgspec.Struct):
+    """A model loaded in the server: its version, its measured footprint (the bytes of its
+    arrays, tensors and byte strings) and whether it is pinned (the default model)."""
+
+    name: str
+    version: int
+    memory_bytes: int
+    pinned: bool
+
+
 class Readiness(msgspec.Struct):
-    """Whether the server can score now; ``reason`` says why not (or what is being loaded)."""
+    """Whether the server can score now; ``reason`` says why not (or what is being loaded).
+    ``models`` lists the models loaded now (the default first; with ``lab serve --model A
+    --model B``, the others from most to least recently used)."""
 
     ready: bool
     reason: str | None
@@ -153,6 +165,7 @@ class Readiness(msgspec.Struct):
     alias: str
     model_version: int | None
     warnings: list[str]
+    models: list[ServedModel] = []
 
 
 class ServerStats(msgspec.Struct):

@@ -24,10 +24,11 @@ import uvicorn
 from lab.cli import Context
 from lab.errors import ConfigError, LabError
 from lab.experiments import ExperimentStore
-from lab.plugins import model_spec
+from lab.plugins import model_spec, model_specs
 from lab.registry import Registry
 from plugins.litestar_serving.app import create_app, is_loopback
 from plugins.litestar_serving.metrics import WORKERS_ENV
+from plugins.litestar_serving.models import check_names
 
 UVICORN_SETTINGS = {
     "loop": "uvloop",
@@ -74,8 +75,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=argparse.SUPPRESS, help="project folder (as `lab --root`)")
     p.add_argument("--host", help="address to listen on (default: [tool.lab.serve] host, 127.0.0.1)")
     p.add_argument("--port", type=_port, help="port to listen on (default: [tool.lab.serve] port, 8000)")
-    p.add_argument("--model", help="model to serve, as a plugin declares it (lab_model_specs) and the registry "
-                                   "holds it (default: [tool.lab] model_name, or the lab's only model)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="model to serve, as a plugin declares it (lab_model_specs) and the registry holds it "
+                        "(default: [tool.lab] model_name, or the lab's only model). Repeat it to serve several: "
+                        "the first answers /predict, each at /models/NAME/predict, the others loaded on first use "
+                        "within [tool.lab.serve] max_model_memory_mb")
+    p.add_argument("--all-models", action="store_true",
+                   help="serve every model the lab declares (the default one, or the first --model, at /predict)")
     p.add_argument("--alias", default="champion", help="which version of it: an alias (default: champion)")
     p.add_argument("--flag", help="route each request by this flag: its variants name model versions "
                                   "(payload model_version=N or alias=NAME); weight changes apply live")
@@ -192,13 +198,22 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.config
     host = args.host or config.serve.host
     port = args.port or config.serve.port
-    spec = model_spec(ctx.pm, config, args.model)
+    models = list(dict.fromkeys(args.model or []))
+    spec = model_spec(ctx.pm, config, models[0] if models else None)
     model_name = spec.name
+    if args.all_models:
+        models = [model_name, *(name for name in model_specs(ctx.pm, config) if name != model_name)]
+    others = [name for name in models if name != model_name]
+    for name in others:
+        model_spec(ctx.pm, config, name)  # a name no plugin declares: the error names those that are
+    check_names([model_name, *others] if others else [])
     if args.flag:
         what = check_flag(config, spec, args.flag)
     else:
         version = check_servable(config, model_name, args.alias)
         what = f"{version.name} v{version.version} ({args.alias})"
+    if others:
+        what += f"; also {', '.join(others)} at /models/NAME/predict, loaded on first use"
     check_bind(host, config.serve.predict_auth, args.allow_open)
     warning = bind_warning(host, config.serve.predict_auth)
     if warning:
@@ -208,7 +223,7 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     app_args = dict(model_name=model_name, alias=args.alias, flag=args.flag, host=host,
                     allow_empty_store=args.allow_empty_store, max_concurrency=args.max_concurrency,
                     max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms,
-                    max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                    max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, models=others)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
     if args.workers > 1:
         print(f"lab serve: {what} on http://{host}:{port} with {args.workers} workers "
