@@ -138,26 +138,85 @@ def _spec_views(ctx: Context, spec) -> list:
 
 # -- lab features materialize ---------------------------------------------------------
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: str, flag: str) -> dt.timedelta:
+    """``90``, ``90s``, ``15m``, ``2h`` or ``1d`` as a timedelta (0 or more)."""
+    text = str(value).strip().lower()
+    unit = _UNITS.get(text[-1:], None)
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ConfigError(f"{flag} {value!r} is not a duration; write seconds or a number with s, m, h or d "
+                          "(90, 15m, 2h, 1d)")
+    return dt.timedelta(seconds=seconds)
+
+
 def _materialize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as-of", dest="as_of",
                    help="materialize as of this time, YYYY-MM-DDTHH:MM:SS (default: the latest event)")
+    p.add_argument("--view", action="append", dest="views", metavar="NAME",
+                   help="only this view (repeat for several; default: every view)")
+    p.add_argument("--full", action="store_true",
+                   help="recompute every entity, not only those changed since the watermark")
+    p.add_argument("--lookback", default="1h",
+                   help="also recompute entities with rows known up to this long before the watermark "
+                        "(late arrivals): seconds or 15m, 2h, 1d (default 1h)")
+    p.add_argument("--backfill", action="store_true",
+                   help="re-materialize the entities with events between --start and --end, as of each "
+                        "view's watermark (or --as-of)")
+    p.add_argument("--start", help="with --backfill: first event time, YYYY-MM-DD[THH:MM:SS]")
+    p.add_argument("--end", help="with --backfill: last event time (inclusive; a date means its whole day)")
 
 
 def _materialize_run(args: argparse.Namespace, ctx: Context) -> int:
-    from lab.features.materialize import latest_event_time, materialize  # pyarrow only to materialize
+    # pyarrow only to materialize
+    from lab.features.materialize import backfill, latest_event_time, materialize_view
 
-    offline, online = offline_store(ctx), online_store(ctx)
-    selected = list(views(ctx).values())
-    if not selected:
+    known = views(ctx)
+    if not known:
         raise LabError("no feature views are defined; load a plugin that implements lab_feature_views")
-    as_of = _datetime(args.as_of, "--as-of") if args.as_of else latest_event_time(offline, selected)
+    selected = [_view(ctx, name) for name in dict.fromkeys(args.views)] if args.views else list(known.values())
+    lookback = duration(args.lookback, "--lookback")
+    if args.backfill:
+        if not (args.start and args.end):
+            raise ConfigError("--backfill needs --start and --end (the window of event times to re-materialize)")
+        if args.full:
+            raise ConfigError("--backfill and --full do not go together: --full already recomputes everything")
+        start, end = _moment(args.start, "--start"), _moment(args.end, "--end", end=True)
+        if end < start:
+            raise ConfigError(f"--start {args.start} is after --end {args.end}; swap them")
+    elif args.start or args.end:
+        raise ConfigError("--start and --end belong to --backfill; add --backfill, or drop them")
+    offline, online = offline_store(ctx), online_store(ctx)
     try:
-        written = materialize(offline, online, selected, as_of)
+        as_of = _datetime(args.as_of, "--as-of") if args.as_of else None
+        if as_of is None and not args.backfill:
+            as_of = latest_event_time(offline, selected)
+        for view in selected:
+            if args.backfill:
+                done = backfill(offline, online, view, start, end, as_of)
+            else:
+                done = materialize_view(offline, online, view, as_of, full=args.full, lookback=lookback)
+            since = f"  since {done.since.isoformat()}" if done.since is not None else ""
+            print(f"{done.view:<22} {done.mode:<11} {done.written:>8} rows written  {done.rows:>8} held  "
+                  f"as of {done.as_of.isoformat()}{since}")
     finally:
         online.close()
-    for name, rows in written.items():
-        print(f"{name:<22} {rows:>8} rows  as of {as_of.isoformat()}")
     return 0
+
+
+def _moment(value: str, flag: str, *, end: bool = False) -> dt.datetime:
+    """A date-time, or a date meaning its first (``end``: its last) microsecond."""
+    if len(str(value).strip()) == 10:
+        day = _date(value, flag)
+        start = dt.datetime.combine(day, dt.time())
+        return start + dt.timedelta(days=1, microseconds=-1) if end else start
+    return _datetime(value, flag)
 
 
 # -- lab features list / get ------------------------------------------------------------

@@ -102,7 +102,7 @@ class ViewState:
     version: str
     watermark: dt.datetime  # the time the rows were materialized as of
     rows: int
-    newest_event_time: dt.datetime | None  # the newest ``EVENT_TIME`` among the rows written
+    newest_event_time: dt.datetime | None  # the newest ``EVENT_TIME`` among the rows held
     written_at: dt.datetime  # the last write (aware, UTC)
 
 
@@ -147,7 +147,8 @@ class OnlineStore(abc.ABC):
 
     @abc.abstractmethod
     def state(self, view: FeatureView) -> ViewState | None:
-        """The ``ViewState`` of this view version, or None if never materialized."""
+        """The ``ViewState`` of this view version, or None if this version was never
+        materialized (whether or not another version of the view was; never raises for that)."""
 
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         """``(row, watermark)`` for one entity ``key``: what ``read(view, [key])[0]`` and

@@ -309,3 +309,4 @@ class OnlineStoreContract:
             store.read_with_watermark(SPEND_V2, 1)
         with pytest.raises(LabError, match="materialize"):
             store.row_times(SPEND_V2, [1])
+        assert store.state(SPEND_V2) is None  # state only tells: this version was never written

@@ -222,7 +222,7 @@ class SQLiteOnlineStore(OnlineStore):
                                    retry_s=self.busy_timeout_ms / 1000):
                 count = len(data)
                 if upsert:
-                    before = con.execute("SELECT key_type, newest_event FROM watermarks WHERE view = ? AND version = ?",
+                    before = con.execute("SELECT key_type FROM watermarks WHERE view = ? AND version = ?",
                                          (view.name, view.version)).fetchone()
                     if before is not None and before[0] != types[view.entity]:
                         raise LabError(f"view {view.name!r} is stored with {before[0]} keys, but these rows have "
@@ -231,8 +231,8 @@ class SQLiteOnlineStore(OnlineStore):
                         con.execute(f"DROP TABLE IF EXISTS {table}")
                     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")
                     con.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({placeholders})", data)
-                    count = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                    newest = _later(newest, before[1] if before is not None else None)
+                    count, newest = con.execute(f"SELECT count(*), max({_q(_EVENT)}) FROM {table}").fetchone()
+                    newest = _parse(newest)
                 else:
                     con.execute(f"DROP TABLE IF EXISTS {table}")
                     con.execute(f"CREATE TABLE {table} ({ddl})")
@@ -444,11 +444,16 @@ class SQLiteOnlineStore(OnlineStore):
     def state(self, view: FeatureView) -> ViewState | None:
         """This view version's watermark, row count, newest event time and last write."""
         con = self._con()
-        if self._state(con, view) is None:
+        if con is None:
             return None
-        found = con.execute("SELECT watermark, rows, newest_event, written_at FROM watermarks "
-                            "WHERE view = ? AND version = ?", (view.name, view.version)).fetchone()
-        if found is None:  # dropped between the two statements
+        try:
+            found = con.execute("SELECT watermark, rows, newest_event, written_at FROM watermarks "
+                                "WHERE view = ? AND version = ?", (view.name, view.version)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        if found is None:
             return None
         return ViewState(view.version, dt.datetime.fromisoformat(found[0]), found[1], _parse(found[2]),
                          dt.datetime.fromisoformat(found[3]))
@@ -503,17 +508,6 @@ def _redefined(view: FeatureView, version: str, watermark: str) -> LabError:
 
 def _parse(text: str | None) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(text)
-
-
-def _later(new: dt.datetime | None, old_text: str | None) -> dt.datetime | None:
-    """The later of a new newest event time and the stored one (ISO text)."""
-    old = _parse(old_text)
-    if new is None or old is None:
-        return new if old is None else old
-    try:
-        return max(new, old)
-    except TypeError:  # one naive, one aware: the new rows speak for the source as it is now
-        return new
 
 
 def _normalize_key(key, key_type: str):
