@@ -235,37 +235,25 @@ class Ledger(BaseLedger):
     def append(self, record: PredictionRecord) -> bool:
         """Queue ``record`` for writing. Returns False, and counts a drop, when the queue
         is full or the ledger is closed; it never waits."""
-        if self._closed:
-            with self._lock:
-                self._counts["dropped"] += 1
-            return False
-        try:
-            self._queue.put_nowait(record)  # encoded by the writer, off the request path
-        except queue.Full:
-            with self._lock:
-                self._counts["dropped"] += 1
-            return False
-        with self._lock:
-            self._counts["appended"] += 1
-        return True
+        return self._enqueue(record)  # encoded by the writer, off the request path
 
     def append_then(self, record: PredictionRecord, done: Callable[[bool], None]) -> bool:
         """Queue ``record``; the writer thread calls ``done(True)`` once it is committed or
         ``done(False)`` if it could not be. False (counted as dropped, ``done`` never
         called) when the queue is full or the ledger closed; it never waits."""
-        if self._closed:
-            with self._lock:
-                self._counts["dropped"] += 1
-            return False
-        try:
-            self._queue.put_nowait(_Durable(record, done))
-        except queue.Full:
-            with self._lock:
-                self._counts["dropped"] += 1
-            return False
+        return self._enqueue(_Durable(record, done))
+
+    def _enqueue(self, item) -> bool:
+        """Put ``item`` on the writer's queue, counting it appended or dropped."""
+        accepted = not self._closed
+        if accepted:
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                accepted = False
         with self._lock:
-            self._counts["appended"] += 1
-        return True
+            self._counts["appended" if accepted else "dropped"] += 1
+        return accepted
 
     async def append_durably(self, record: PredictionRecord, timeout: float = 10.0) -> bool:
         """Queue ``record`` and wait, without blocking the event loop, until it is
