@@ -40,7 +40,7 @@ from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_s
 from lab.registry import Registry
 from lab.serving.batch import predictions_dir, score_window, training_window
 from lab.serving.batch_predictions import latest_path, read_latest
-from lab.training.flavor import FitResult, ModelFlavor
+from lab.testing.flavors import FixedModelFlavor
 from tests.conftest import REPO, write_pyproject
 
 DAY = dt.timedelta(days=1)
@@ -94,22 +94,13 @@ class LinearModel:
         return np.nan_to_num(x, nan=0.0).astype(np.float64) @ WEIGHTS.astype(np.float64)
 
 
-class LinearFlavor(ModelFlavor):
+class LinearFlavor(FixedModelFlavor):
     """A test-only flavor: fixed weights, nothing to train."""
 
     name = "linear"
     tasks = ("regression",)
 
-    def search_space(self, trial, task="classification"):
-        return {}
-
-    def fit(self, *args, **kwargs):
-        return FitResult(LinearModel())
-
-    def save(self, model, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-
-    def load(self, path: Path):
+    def make_model(self):
         return LinearModel()
 
 

@@ -32,7 +32,7 @@ from lab.modelspec import ModelSpec, RequestField, RequestSchema
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from lab.serving.ledger import read_predictions
-from lab.training.flavor import FitResult, ModelFlavor
+from lab.testing.flavors import FixedModelFlavor
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.breaker import CircuitBreaker
 from plugins.litestar_serving.limits import Busy, ScoringLimit
@@ -86,22 +86,13 @@ class SleepyModel:
         return features.sum(axis=1) * 0.5
 
 
-class SleepyFlavor(ModelFlavor):
+class SleepyFlavor(FixedModelFlavor):
     """A test-only flavor: nothing to train; its model sleeps ``SLOW["model_s"]`` per call."""
 
     name = "sleepy"
     tasks = ("regression",)
 
-    def search_space(self, trial, task="classification"):
-        return {}
-
-    def fit(self, *args, **kwargs):
-        return FitResult(SleepyModel())
-
-    def save(self, model, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-
-    def load(self, path: Path):
+    def make_model(self):
         return SleepyModel()
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from lab import hookimpl
 from lab.features.views import Aggregation, FeatureView
 from lab.modelspec import ModelSpec, RequestField, RequestSchema
-from lab.training.flavor import FitResult, ModelFlavor
+from lab.testing.flavors import FixedModelFlavor
 
 DAILY = FeatureView("meter_daily", entity="METER_ID", source="readings", timestamp="READ_AT",
                     aggregations=(Aggregation("METER_MEAN_1D", "WATTS", "mean", dt.timedelta(days=1), fill=100.0),),
@@ -54,20 +54,11 @@ class HalfSum:
         return np.asarray(x).sum(axis=1) * 0.5
 
 
-class HalfSumFlavor(ModelFlavor):
+class HalfSumFlavor(FixedModelFlavor):
     name = "half_sum"
     tasks = ("regression",)
 
-    def search_space(self, trial, task="regression"):
-        return {}
-
-    def fit(self, *args, **kwargs):
-        return FitResult(HalfSum())
-
-    def save(self, model, path):
-        Path(path).mkdir(parents=True, exist_ok=True)
-
-    def load(self, path):
+    def make_model(self):
         return HalfSum()
 
 

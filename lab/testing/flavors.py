@@ -27,6 +27,7 @@ import pytest
 
 from lab.errors import LabError
 from lab.modelspec import TASKS
+from lab.training.flavor import FitResult, ModelFlavor
 from lab.training.metrics import metric_names
 
 FEATURES = ("SMALL", "MEDIUM", "LARGE", "FLAG")
@@ -219,3 +220,34 @@ class ModelFlavorContract:
                 flavor.fit(*arrays, names, dict(fit_params), seed=0, workdir=tmp_path, max_epochs=1, task=supported)
         with pytest.raises(LabError):
             fitted.model.predict(np.ones((2, len(names) + 1), dtype=np.float32))
+
+
+class FixedModelFlavor(ModelFlavor):
+    """A flavor for tests of what happens around a model (serving, scoring, streaming):
+    its model is ``make_model()``, fixed. Nothing is trained, and nothing is saved but the
+    folder. Subclass it with a ``name``, the ``tasks`` and ``make_model``::
+
+        class HalfSumFlavor(FixedModelFlavor):
+            name = "half_sum"
+            tasks = ("regression",)
+
+            def make_model(self):
+                return HalfSum()
+    """
+
+    name = "fixed"
+
+    def make_model(self) -> Any:
+        raise NotImplementedError("a FixedModelFlavor subclass gives make_model()")
+
+    def search_space(self, trial, task: str = "classification") -> dict:
+        return {}
+
+    def fit(self, *args, **kwargs) -> FitResult:
+        return FitResult(self.make_model())
+
+    def save(self, model, path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+
+    def load(self, path):
+        return self.make_model()
