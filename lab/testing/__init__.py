@@ -10,12 +10,12 @@ Subclass one and give it a ``store`` fixture to prove a backend in a few lines::
 
 from lab.testing.event_log import EventLogContract
 from lab.testing.executors import StageExecutorContract
-from lab.testing.flavors import ModelFlavorContract
+from lab.testing.flavors import FixedModelFlavor, ModelFlavorContract
 from lab.testing.modelspec import ModelSpecContract, check_model_spec
 from lab.testing.point_in_time import PointInTimeContract
 from lab.testing.stores import OfflineStoreContract, OnlineStoreContract
 
 __all__ = [
-    "EventLogContract", "ModelFlavorContract", "ModelSpecContract", "OfflineStoreContract", "OnlineStoreContract",
+    "EventLogContract", "FixedModelFlavor", "ModelFlavorContract", "ModelSpecContract", "OfflineStoreContract", "OnlineStoreContract",
     "PointInTimeContract", "StageExecutorContract", "check_model_spec",
 ]
