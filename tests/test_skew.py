@@ -178,6 +178,18 @@ def test_corrupted_online_values_name_exactly_that_views_features(served, capsys
     assert _cli(tiny.root, "skew") == 0
 
 
+def test_in_source_compares_only_the_events_a_training_set_would_hold(served):
+    tiny, requests = served
+    # an event the offline source does not hold (yet): served with itself folded into the
+    # customer's windows (count + 1), recomputed without it
+    _predict(tiny, [{**requests[0], "TRANSACTION_ID": 10_000, "TX_AMOUNT": 999.0}])
+    with pytest.raises(SkewGateError) as caught:
+        steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"))
+    assert "customer_spending: " in str(caught.value) and "terminal_risk" not in str(caught.value)
+    out = steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"), in_source=True)
+    assert out["passed"] and out["rows"] == len(PREDICTED)
+
+
 def test_logged_set_joins_only_the_labels_that_are_due(served, capsys):
     tiny, requests = served
     second = tiny.watermark + 10 * HOUR + 2 * dt.timedelta(minutes=1)

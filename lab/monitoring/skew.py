@@ -145,6 +145,22 @@ def select_days(logged: LoggedPredictions, spec: ModelSpec, start: dt.date | Non
     return LoggedPredictions(logged.requests.filter(keep), logged.features.filter(keep), logged.meta.filter(keep))
 
 
+def select_in_source(logged: LoggedPredictions, spec: ModelSpec, offline: OfflineStore) -> LoggedPredictions:
+    """The predictions whose event id the spec's offline source holds: the events a
+    training set would have. A lab whose ``request_row`` folds the request's own event
+    into a view's values (as training sees it in the source) compares like with like
+    only on these."""
+    try:
+        ids = pl.from_arrow(offline.read_source(spec.source, [spec.id_column])).to_series()
+    except LabError as exc:
+        raise LabError(f"cannot keep the events in {spec.source!r}: {exc}") from None
+    id_type = logged.requests.schema[spec.request.id]
+    known = ids.cast(id_type, strict=False).drop_nulls().unique().to_frame(spec.request.id)
+    rows = logged.requests.select(spec.request.id).with_row_index(_ROW).join(known, on=spec.request.id, how="semi")
+    keep = pl.Series([False] * logged.height, dtype=pl.Boolean).scatter(rows[_ROW].to_list(), True)
+    return LoggedPredictions(logged.requests.filter(keep), logged.features.filter(keep), logged.meta.filter(keep))
+
+
 # -- the offline recomputation ---------------------------------------------------------
 
 def recompute_features(offline: OfflineStore, views: Sequence[FeatureView], spec: ModelSpec,

@@ -87,18 +87,31 @@ def load_logged(config, spec, *, version: int | None = None, start=None, end=Non
     return logged
 
 
+def _in_source(logged, spec, offline):
+    from lab.monitoring.skew import select_in_source
+
+    kept = select_in_source(logged, spec, offline)
+    if kept.height == 0:
+        raise LabError(f"none of the {logged.height} logged predictions of {spec.name!r} is an event of the source "
+                       f"{spec.source!r} yet (by {spec.id_column}); load the served events, or leave out in_source")
+    return kept
+
+
 def skew(root, run_dir, *, model: str | None = None, version: int | None = None, start=None, end=None,
-         limit: int | None = None, gate: bool = True) -> dict:
+         limit: int | None = None, in_source: bool = False, gate: bool = True) -> dict:
     """Training-serving skew of the model's logged predictions: each logged feature against
     its offline recomputation as of the request's time (``lab.monitoring.skew``), judged
-    by ``[tool.lab.skew]``. Writes data/skew.json and data/skew.txt, then, with ``gate``,
-    raises ``SkewGateError`` naming the features above the thresholds."""
+    by ``[tool.lab.skew]``; with ``in_source`` only the events the spec's source already
+    holds. Writes data/skew.json and data/skew.txt, then, with ``gate``, raises
+    ``SkewGateError`` naming the features above the thresholds."""
     from lab.monitoring.skew import recompute_features, skew_report  # polars only in the step that runs
 
     with StageContext.open(root, run_dir) as ctx:
         spec = spec_of(ctx, model)
         views = views_of(ctx, spec)
         logged = load_logged(ctx.config, spec, version=version, start=start, end=end, limit=limit)
+        if in_source:
+            logged = _in_source(logged, spec, ctx.offline)
         report = skew_report(spec, views, logged, recompute_features(ctx.offline, views, spec, logged.requests),
                              ctx.config.skew)
         out = report.as_dict()
@@ -122,6 +135,9 @@ def skew_args(p) -> None:
     p.add_argument("--out", default=SKEW_JSON,
                    help=f"the JSON report (default {SKEW_JSON}, relative to the project root); the text table "
                         "goes beside it as .txt")
+    p.add_argument("--in-source", dest="in_source", action="store_true",
+                   help="only the predictions whose event the model's offline source already holds (by its id): "
+                        "the events a training set would have")
     p.add_argument("--no-gate", dest="gate", action="store_false",
                    help="report only: exit 0 even when features are above [tool.lab.skew]")
 
@@ -144,6 +160,8 @@ def skew_run(args, ctx) -> int:
     logged = load_logged(ctx.config, spec, version=args.version, start=args.start, end=args.end, limit=args.limit)
     offline = offline_store(ctx)
     try:
+        if args.in_source:
+            logged = _in_source(logged, spec, offline)
         report = skew_report(spec, views, logged, recompute_features(offline, views, spec, logged.requests),
                              ctx.config.skew)
     finally:
