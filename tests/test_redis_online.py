@@ -280,3 +280,156 @@ def test_an_unreachable_redis_is_a_lab_error_naming_the_url(redis_url):
         assert store.ping() is False
     finally:
         store.close()
+
+
+# -- a lab served from Redis answers as the same lab served from SQLite ---------------------
+
+AS_OF = "2018-04-08T12:00:00"
+
+
+def _cli(root, *argv) -> None:
+    from lab.cli import main
+
+    assert main(["--root", str(root), *argv]) == 0
+
+
+def _answers(predictor, requests) -> list[dict]:
+    out = []
+    for request in requests:
+        got = predictor.predict(request)
+        got.pop("request_id"), got.pop("latency_ms")
+        out.append(got)
+    return out
+
+
+@pytest.fixture
+def twin_labs(tmp_path, redis_url):
+    """One tiny lab materialized twice from the same offline data as of ``AS_OF``: into
+    SQLite (the lab as built), and into Redis (a copy configured with [tool.lab.redis_online],
+    its SQLite file deleted, so nothing can come from there)."""
+    from plugins.fraud.simulator import simulate
+    from plugins.fraud.testing import build_tiny_lab
+
+    lab = build_tiny_lab(tmp_path / "sqlite_lab")
+    tx = simulate(n_customers=25, n_terminals=40, nb_days=10, seed=3)
+    tx.write_parquet(tmp_path / "tx.parquet")
+    _cli(lab.root, "features", "load", "transactions", str(tmp_path / "tx.parquet"))
+    redis_root = tmp_path / "redis_lab"
+    shutil.copytree(lab.root, redis_root)
+    (redis_root / "data" / "online.db").unlink()
+    with (redis_root / "pyproject.toml").open("a") as f:
+        f.write(f'\n[tool.lab.redis_online]\nurl = "{redis_url}"\n')
+    for root in (lab.root, redis_root):
+        _cli(root, "features", "materialize", "--as-of", AS_OF)
+    assert not (redis_root / "data" / "online.db").exists()
+    when = dt.datetime.fromisoformat(AS_OF) + dt.timedelta(hours=3)
+    customers = sorted(set(tx["CUSTOMER_ID"].to_list()))
+    terminals = sorted(set(tx["TERMINAL_ID"].to_list()))
+    requests = [lab.transaction(i, customer=c, terminal=terminals[i % len(terminals)], amount=5.0 + 7 * i,
+                                when=when + dt.timedelta(minutes=i))
+                for i, c in enumerate([*customers, 9999])]  # 9999: unknown, so the defaults
+    return lab.root, redis_root, requests
+
+
+@pytest.mark.slow
+def test_a_lab_served_from_redis_answers_as_from_sqlite(twin_labs, redis_url, tmp_path):
+    from lab.serving.predictor import load_model
+
+    sqlite_root, redis_root, requests = twin_labs
+    with load_model("fraud", root=sqlite_root, ledger=False) as from_sqlite, \
+            load_model("fraud", root=redis_root, ledger=False) as from_redis:
+        assert isinstance(from_redis.store, RedisOnlineStore)
+        assert type(from_sqlite.store).__name__ == "SQLiteOnlineStore"
+        expected = _answers(from_sqlite, requests)
+        assert _answers(from_redis, requests) == expected
+    assert expected[-1]["defaults"] == {"customer_spending": True, "terminal_risk": False}
+    assert sum(not a["defaults"]["customer_spending"] for a in expected) == len(requests) - 1
+    assert len({a["score"] for a in expected}) > 5  # the features really differ between requests
+
+    # and a real `lab serve` of the Redis lab answers the same over HTTP
+    import httpx
+
+    from tests.redis_server import _free_port
+
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "lab")), "serve", "--port", str(port),
+                             "--root", str(redis_root)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "LAB_HOME": ""})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.05)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for request, want in zip(requests, expected):
+                got = http.post("/predict", json=request)
+                assert got.status_code == 200, got.text
+                body = got.json()
+                assert {k: body[k] for k in ("score", "features", "defaults", "feature_age_seconds")} == {
+                    k: want[k] for k in ("score", "features", "defaults", "feature_age_seconds")}
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()
+
+
+# -- the row encoding (codec.py): packed numbers, JSON otherwise, both in one version ---------
+
+
+def test_event_times_naive_or_aware_round_trip_in_either_encoding(online):
+    import pyarrow as pa
+
+    from lab.features.stores import EVENT_TIME
+
+    aware = dt.datetime(2024, 3, 10, 11, 0, tzinfo=dt.timezone.utc)
+    packed = spend_rows([1, 2], event_times=[T0, None])  # numbers only: packed
+    online.write(SPEND, packed, T0)
+    utc = spend_rows([3]).append_column(EVENT_TIME, pa.array([aware], pa.timestamp("us", "UTC")))
+    online.write(SPEND, utc, T0 + SECOND, upsert=True)
+    first, second, third = online.row_times(SPEND, [1, 2, 3])
+    assert (first.event_time, second.event_time, third.event_time) == (T0, None, aware)
+    assert first.event_time.tzinfo is None and third.event_time.tzinfo is not None
+    as_json = pa.table({"CITY": ["oslo", "rome"], "NAME": ["Oslo", None],
+                        EVENT_TIME: pa.array([aware, None], pa.timestamp("us", "UTC"))})
+    online.write(PROFILE, as_json, T0)  # a string feature: JSON
+    oslo, rome = online.row_times(PROFILE, ["oslo", "rome"])
+    assert (oslo.event_time, rome.event_time) == (aware, None)
+    assert online.read(PROFILE, ["rome"]) == [{"NAME": None}]
+
+
+def test_an_upsert_that_packs_otherwise_is_read_beside_the_packed_rows(online):
+    import pyarrow as pa
+
+    online.write(SPEND, spend_rows([1, 2]), T0)  # NB_1D int64, AVG_1D float64
+    as_floats = spend_rows([2, 3], counts=[7, 8]).set_column(1, "NB_1D", pa.array([7.0, None]))
+    online.write(SPEND, as_floats, T0 + SECOND, upsert=True)
+    assert online.read(SPEND, [1, 2, 3]) == [{"NB_1D": 1, "AVG_1D": 1.5}, {"NB_1D": 7.0, "AVG_1D": 1.5},
+                                             {"NB_1D": None, "AVG_1D": 3.0}]
+    online.write(SPEND, spend_rows([4], counts=[2**62]), T0 + 2 * SECOND, upsert=True)  # packed again
+    assert online.read(SPEND, [4, 2]) == [{"NB_1D": 2**62, "AVG_1D": 1.5}, {"NB_1D": 7.0, "AVG_1D": 1.5}]
+    assert online.state(SPEND).rows == 4
+
+
+def test_unsigned_and_boolean_features_pack_exactly(online):
+    import pyarrow as pa
+
+    from lab.features.views import FeatureView
+
+    view = FeatureView(name="flags", entity="ID", source="s", timestamp="TS", features=("BIG", "OK", "SMALL"))
+    rows = pa.table({"ID": pa.array([1, 2], pa.int64()), "BIG": pa.array([2**64 - 1, None], pa.uint64()),
+                     "OK": [True, None], "SMALL": pa.array([-3, 4], pa.int8())})
+    online.write(view, rows, T0)
+    assert online.read(view, [1, 2]) == [{"BIG": 2**64 - 1, "OK": 1, "SMALL": -3}, {"BIG": None, "OK": None, "SMALL": 4}]

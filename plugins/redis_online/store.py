@@ -5,23 +5,24 @@ are a Redis Cluster hash tag: every key of a view lives in one slot, so its MULT
 there too):
 
 - ``lab:online:{spend}:V`` — one hash per view version: field = the entity key as text
-  (an integer key as its decimal digits), value = the row as compact JSON, the features
-  in ``view.feature_names`` order followed by the row's event time (ISO text or null) and
-  write time (microseconds since the epoch, UTC). One more field, ``b"\\xff"`` (never the
-  UTF-8 of a key), holds ``watermark<TAB>key_type``: a read of N entities is one HMGET
-  of that field and the N keys, so the rows and their watermark come from one command,
-  one round trip, one state of the store.
+  (an integer key as its decimal digits), value = the row (``codec.py``: packed binary
+  when every feature is a number, else JSON), with its event time and write time. One
+  more field, ``b"\\xff"`` (never the UTF-8 of a key), holds
+  ``watermark<TAB>key_type<TAB>format``: a read of N entities is one HMGET of that field
+  and the N keys, so the rows and their watermark come from one command, one round trip,
+  one state of the store.
 - ``lab:online:{spend}:versions`` — field = version, value = that version's summary as
   JSON (watermark, entity, key type, features, newest event time, last write, definition).
-- ``lab:online:{spend}:gen`` — a counter naming each materialization's staging hash.
+- ``lab:online:{spend}:gen`` — a counter naming each materialization's staging hash,
+  ``lab:online:{spend}:V:staging:<n>``.
 - ``lab:online:views`` — the set of view names written, for ``materialized``.
 
 Why one hash per version rather than a hash or a string per entity: measured on this
-machine with 100,000 rows of 8 features, a hash per entity cost 128 bytes per row and
-6.7 ms to read 100 entities (one HMGET each, pipelined), a JSON string per entity 96
-bytes and 0.88 ms (MGET), one hash per version 90 bytes and 0.61 ms (one HMGET); the
-single hash also lets a materialization be published by one RENAME and dropped by one
-UNLINK.
+machine with 100,000 rows of 8 small JSON-encoded features, a hash per entity cost 128
+bytes per row and 6.7 ms to read 100 entities (one HMGET each, pipelined), a string per
+entity 96 bytes and 0.88 ms (MGET), one hash per version 90 bytes and 0.61 ms (one
+HMGET); the single hash also lets a materialization be published by one RENAME and
+dropped by one UNLINK.
 
 Atomicity. Redis has no multi-command snapshot, but a MULTI/EXEC block runs whole, with
 no other client's command in between, and nothing of it if the client dies before EXEC.
@@ -51,6 +52,7 @@ from lab.config import build_section
 from lab.errors import ConfigError, LabError
 from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState
 from lab.features.views import FeatureView
+from plugins.redis_online.codec import RowDecoder, binary_format, check_feature_type, encode_batches
 
 META = b"\xff"  # the watermark field of a version's hash; no str key encodes to it
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -99,7 +101,7 @@ class RedisOnlineStore(OnlineStore):
             settings.url, socket_timeout=settings.socket_timeout_s,
             socket_connect_timeout=settings.connect_timeout_s, decode_responses=False)
         self._keys: dict[tuple[str, str], bytes] = {}
-        self._marks: dict[bytes, tuple[dt.datetime, str]] = {}  # watermark field -> parsed, for the hot path
+        self._marks: dict[tuple[bytes, bytes], tuple] = {}  # (hash, watermark field) -> parsed, for the hot path
 
     def __repr__(self) -> str:
         return f"RedisOnlineStore({self.settings.url!r}, key_prefix={self.settings.key_prefix!r})"
@@ -145,7 +147,7 @@ class RedisOnlineStore(OnlineStore):
             raise LabError(f"rows for view {view.name!r} have a null {view.entity}; every row needs a key")
         key_type = _key_type(view.entity, keys.type)
         for name in view.feature_names:
-            _check_feature_type(name, rows.schema.field(name).type)
+            check_feature_type(name, rows.schema.field(name).type)
         events = rows.column(EVENT_TIME) if EVENT_TIME in rows.column_names else None
         if events is not None and not pa.types.is_timestamp(events.type):
             raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, not {events.type}")
@@ -154,21 +156,25 @@ class RedisOnlineStore(OnlineStore):
                            "The previous rows are kept.")
         written_at = dt.datetime.now(dt.timezone.utc)
         newest = pc.max(events).as_py() if events is not None else None
+        fmt = binary_format(rows.schema, view.feature_names)
         summary = {"version": view.version, "watermark": watermark.isoformat(), "entity": view.entity,
-                   "key_type": key_type, "features": list(view.feature_names),
+                   "key_type": key_type, "format": fmt, "features": list(view.feature_names),
                    "newest_event": None, "written_at": written_at.isoformat(),
                    "definition": view.definition()}
-        hot = f"{watermark.isoformat()}\t{key_type}".encode()
-        batches = _encoded_batches(rows, view, events, _micros(written_at), self.settings.write_batch)
+
+        def batches(fmt: str):
+            return encode_batches(rows, view.entity, view.feature_names, events, _micros(written_at),
+                                  self.settings.write_batch, fmt)
+
         try:
             if upsert:
-                return self._upsert(view, batches, rows.num_rows, key_type, newest, summary, hot)
+                return self._upsert(view, batches, rows.num_rows, newest, summary)
             summary["newest_event"] = _iso(newest)
-            return self._replace(view, batches, rows.num_rows, summary, hot)
+            return self._replace(view, batches(fmt), rows.num_rows, summary)
         except redis.RedisError as exc:
             raise self._unavailable(exc, f"write view {view.name!r}") from None
 
-    def _replace(self, view: FeatureView, batches, count: int, summary: dict, hot: bytes) -> int:
+    def _replace(self, view: FeatureView, batches, count: int, summary: dict) -> int:
         client = self._client
         live = self._live(view)
         versions = self._view_key(view.name, "versions")
@@ -193,7 +199,7 @@ class RedisOnlineStore(OnlineStore):
                 if count:
                     pipe.rename(staging, live)
                     pipe.persist(live)
-                pipe.hset(live, META, hot)
+                pipe.hset(live, META, _hot(summary))
                 pipe.hset(versions, view.version, _encode(summary))
                 pipe.execute()
         except redis.WatchError:
@@ -206,9 +212,8 @@ class RedisOnlineStore(OnlineStore):
                 pass  # it expires after staging_ttl_s
         return count
 
-    def _upsert(self, view: FeatureView, batches, count: int, key_type: str, newest, summary: dict,
-                hot: bytes) -> int:
-        batches = list(batches)  # sent whole in one MULTI; an upsert is the changed keys only
+    def _upsert(self, view: FeatureView, batches, count: int, newest, summary: dict) -> int:
+        key_type = summary["key_type"]
         live = self._live(view)
         versions = self._view_key(view.name, "versions")
         self._client.sadd(self._views_key, view.name)
@@ -222,12 +227,18 @@ class RedisOnlineStore(OnlineStore):
                         raise LabError(f"view {view.name!r} is stored with {before['key_type']} keys, but these rows "
                                        f"have {key_type} keys; materialize it whole (not incrementally)")
                     summary["newest_event"] = _iso(_later(newest, before["newest_event"] if before else None))
+                    fmt = summary["format"]
+                    if before is not None and before.get("format", "") != fmt:
+                        fmt = summary["format"] = before.get("format", "")  # the version's rows keep theirs
+                        encoded = list(batches(""))  # these rows pack otherwise: JSON, readable beside them
+                    else:
+                        encoded = list(batches(fmt))  # sent whole in one MULTI; an upsert is the changed keys only
                     pipe.multi()
                     if before is None:
                         pipe.unlink(live)  # nothing of another materialization may stay mixed in
-                    for batch in batches:
+                    for batch in encoded:
                         pipe.hset(live, mapping=batch)
-                    pipe.hset(live, META, hot)
+                    pipe.hset(live, META, _hot(summary))
                     pipe.hset(versions, view.version, _encode(summary))
                     pipe.execute()
                     return count
@@ -238,18 +249,20 @@ class RedisOnlineStore(OnlineStore):
 
     # -- reading -------------------------------------------------------------------------
 
-    def _mark(self, raw: bytes) -> tuple[dt.datetime, str]:
-        found = self._marks.get(raw)
+    def _mark(self, view: FeatureView, live: bytes, raw: bytes) -> tuple[dt.datetime, str, RowDecoder]:
+        """The watermark field parsed: watermark, key type and the rows' decoder."""
+        found = self._marks.get((live, raw))
         if found is None:
-            text, key_type = raw.decode().split("\t")
+            text, key_type, fmt = raw.decode().split("\t")
             if len(self._marks) > 256:  # a long-lived server sees one per materialization
                 self._marks.clear()
-            found = self._marks[raw] = (dt.datetime.fromisoformat(text), key_type)
+            found = self._marks[(live, raw)] = (dt.datetime.fromisoformat(text), key_type,
+                                                RowDecoder(view.feature_names, fmt))
         return found
 
-    def _lookup(self, view: FeatureView, keys: list) -> tuple[list, dt.datetime | None]:
-        """``(stored value or None per key, watermark)`` from one HMGET (several in one
-        MULTI for many keys); ``([None]*n, None)`` when this version was never written."""
+    def _lookup(self, view: FeatureView, keys: list) -> tuple[list, dt.datetime | None, RowDecoder | None]:
+        """``(stored value or None per key, watermark, decoder)`` from one HMGET (several in
+        one MULTI for many keys); ``([None]*n, None, None)`` when this version was never written."""
         fields: list = [META]
         slots = []  # per key: index of its field as an integer key, and as a text key (-1: none)
         for key in keys:
@@ -282,54 +295,43 @@ class RedisOnlineStore(OnlineStore):
             raise self._unavailable(exc, f"read view {view.name!r}") from None
         if got[0] is None:
             self._refuse_other_version(view)
-            return [None] * len(keys), None
-        mark, key_type = self._mark(got[0])
+            return [None] * len(keys), None, None
+        mark, key_type, decoder = self._mark(view, live, got[0])
         pick = 0 if key_type == "INTEGER" else 1
-        return [got[s[pick]] if s[pick] >= 0 else None for s in slots], mark
+        return [got[s[pick]] if s[pick] >= 0 else None for s in slots], mark, decoder
 
     def read(self, view: FeatureView, keys: Sequence) -> list[dict | None]:
         """Each key's features (a dict by feature name), in order; None for an unknown key.
         Raises when another version of the view is stored but not this one."""
-        values, _ = self._lookup(view, list(keys))
-        names = view.feature_names
-        return [None if v is None else dict(zip(names, _decode(v))) for v in values]
+        values, _, decoder = self._lookup(view, list(keys))
+        return [None if v is None else decoder.features(v) for v in values]
 
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         """``(row, watermark)`` for one key from one HMGET (one round trip, one state)."""
         if type(key) is int:  # the server's common case, without the general conversions
+            live = self._live(view)
             try:
-                raw, value = self._client.execute_command("HMGET", self._live(view), META, str(key))
+                raw, value = self._client.execute_command("HMGET", live, META, str(key))
             except redis.RedisError as exc:
                 raise self._unavailable(exc, f"read view {view.name!r}") from None
             if raw is None:
                 self._refuse_other_version(view)
                 return None, None
-            mark = self._mark(raw)[0]  # str(key) is an int key's field for either key type
-            return (None if value is None else dict(zip(view.feature_names, _decode(value)))), mark
-        values, mark = self._lookup(view, [key])
-        return (None if values[0] is None else dict(zip(view.feature_names, _decode(values[0])))), mark
+            mark, _, decoder = self._mark(view, live, raw)  # str(key) is an int key's field for either key type
+            return (None if value is None else decoder.features(value)), mark
+        values, mark, decoder = self._lookup(view, [key])
+        return (None if values[0] is None else decoder.features(values[0])), mark
 
     def read_many_with_watermark(self, view: FeatureView, keys: Sequence) -> tuple[list, dt.datetime | None]:
         """``([row or None per key], watermark)`` from one HMGET: what ``read_with_watermark``
         gives for each key, for the server scoring several requests together."""
-        values, mark = self._lookup(view, list(keys))
-        names = view.feature_names
-        return [None if v is None else dict(zip(names, _decode(v))) for v in values], mark
+        values, mark, decoder = self._lookup(view, list(keys))
+        return [None if v is None else decoder.features(v) for v in values], mark
 
     def row_times(self, view: FeatureView, keys: Sequence) -> list[RowTimes | None]:
         """Each key's event time (of the newest source row behind it) and write time."""
-        values, _ = self._lookup(view, list(keys))
-        n = len(view.feature_names)
-        out: list[RowTimes | None] = []
-        for value in values:
-            if value is None:
-                out.append(None)
-                continue
-            cells = _decode(value)
-            event, written = cells[n], cells[n + 1]
-            out.append(RowTimes(None if event is None else dt.datetime.fromisoformat(event),
-                                _EPOCH + dt.timedelta(microseconds=written)))
-        return out
+        values, _, decoder = self._lookup(view, list(keys))
+        return [None if v is None else RowTimes(*decoder.times(v)) for v in values]
 
     def watermark(self, view: FeatureView) -> dt.datetime | None:
         """The ``as_of`` time of this view version's last materialization, or None."""
@@ -430,41 +432,9 @@ def _key_type(name: str, t: pa.DataType) -> str:
                    "strings or times")
 
 
-def _check_feature_type(name: str, t: pa.DataType) -> None:
-    if not (pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_floating(t)
-            or pa.types.is_decimal(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
-            or pa.types.is_temporal(t) or pa.types.is_null(t)):
-        raise LabError(f"column {name!r} has type {t}, which the Redis online store cannot hold; "
-                       "use numbers, strings or times")
-
-
-def _cells(column: pa.ChunkedArray | pa.Array) -> list:
-    """A column as the JSON-ready Python values the SQLite store would give back: booleans
-    as 0/1, decimals as floats, NaN as None, times as ISO text, durations as text."""
-    t = column.type
-    if pa.types.is_boolean(t):
-        return column.cast(pa.int8()).to_pylist()
-    if pa.types.is_decimal(t):
-        return column.cast(pa.float64()).to_pylist()
-    if pa.types.is_floating(t):  # SQLite keeps a NaN as NULL; so do we, for the same rows from either store
-        return pc.if_else(pc.is_nan(column), pa.scalar(None, t), column).to_pylist()
-    if pa.types.is_temporal(t):
-        if pa.types.is_duration(t):
-            return [None if v is None else str(v) for v in column.to_pylist()]
-        return [None if v is None else v.isoformat() for v in column.to_pylist()]
-    return column.to_pylist()
-
-
-def _encoded_batches(rows: pa.Table, view: FeatureView, events, written_us: int, size: int):
-    """``{key text: row JSON}`` dicts of at most ``size`` rows each."""
-    names = view.feature_names
-    for start in range(0, rows.num_rows, size):
-        part = rows.slice(start, size)
-        keys = [str(k) for k in _cells(part.column(view.entity))]
-        columns = [_cells(part.column(n)) for n in names]
-        columns.append(_cells(events.slice(start, size)) if events is not None else [None] * part.num_rows)
-        columns.append([written_us] * part.num_rows)
-        yield dict(zip(keys, map(_encode, zip(*columns))))
+def _hot(summary: dict) -> bytes:
+    """The watermark field of a version's hash: what a read needs beside the rows."""
+    return f"{summary['watermark']}\t{summary['key_type']}\t{summary['format']}".encode()
 
 
 def _micros(when: dt.datetime) -> int:
