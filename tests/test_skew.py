@@ -29,6 +29,7 @@ from lab.features.materialize import materialize
 from lab.monitoring.skew import REQUEST_TIME, SkewGateError, psi
 from lab.plugins import feature_views, get_plugin_manager
 from plugins.fraud.testing import build_tiny_lab
+from tests.conftest import REPO
 
 HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
 # (customer, terminal, amount) of the predicted transactions, one per customer and terminal
@@ -172,6 +173,11 @@ def test_corrupted_online_values_name_exactly_that_views_features(served, capsys
     assert captured.err.startswith("lab: error: training-serving skew in 6 feature(s)")
     assert all(name in captured.err for name in TERMINAL_FEATURES)
     assert _cli(tiny.root, "skew", "--no-gate") == 0
+    # a stage's parameters (config = ["skew"], so `lab run --set skew.max_psi=...`) override the table
+    loose = steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"), max_mismatch_share=0.6, max_psi=100)
+    assert loose["passed"] and loose["thresholds"]["max_psi"] == 100
+    with pytest.raises(LabError, match=r"unknown key\(s\) max_skew in \[tool.lab.skew\]"):
+        steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"), max_skew=1)
     # a looser declared threshold passes it: the gate reads [tool.lab.skew]
     pyproject = tiny.root / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + "\n[tool.lab.skew]\nmax_mismatch_share = 0.6\nmax_psi = 100.0\n")
@@ -188,6 +194,34 @@ def test_in_source_compares_only_the_events_a_training_set_would_hold(served):
     assert "customer_spending: " in str(caught.value) and "terminal_risk" not in str(caught.value)
     out = steps.skew(str(tiny.root), str(tiny.root / "runs" / "skew"), in_source=True)
     assert out["passed"] and out["rows"] == len(PREDICTED)
+
+
+PIPELINE = """
+[[stage]]
+name = "skew"
+notebook = "notebooks/09_skew.ipynb"
+config = ["skew"]
+inputs = ["data/ledger.db"]
+outputs = ["data/skew.json", "data/skew.txt"]
+"""
+
+
+def test_the_skew_stage_runs_in_the_pipeline_and_fails_it_on_skew(served, capsys):
+    tiny, requests = served
+    (tiny.root / "notebooks").mkdir()
+    shutil.copyfile(REPO / "notebooks" / "09_skew.ipynb", tiny.root / "notebooks" / "09_skew.ipynb")
+    (tiny.root / "notebooks" / "pipeline.toml").write_text(PIPELINE)
+    pyproject = tiny.root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + "\n[tool.lab.pipeline]\nretries = 0\n")
+    assert main(["--root", str(tiny.root), "run"]) == 0
+    assert json.loads((tiny.root / "data" / "skew.json").read_text())["passed"] is True
+    _corrupt_terminal_risk(tiny)
+    _predict(tiny, requests)  # the ledger changed: the stage runs again, and fails
+    capsys.readouterr()
+    assert main(["--root", str(tiny.root), "run", "--new"]) != 0
+    out = capsys.readouterr().out
+    assert "SkewGateError" in out and "terminal_risk" in out
+    assert json.loads((tiny.root / "data" / "skew.json").read_text())["failing_views"] == ["terminal_risk"]
 
 
 def test_logged_set_joins_only_the_labels_that_are_due(served, capsys):

@@ -5,6 +5,7 @@ logged-set``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from lab import events
 from lab.atomic import atomic_path, atomic_write_text
+from lab.config import SkewConfig, build_section
 from lab.errors import ConfigError, LabError
 from lab.pipeline.context import StageContext
 from lab.steps._common import DRIFT_HTML, DRIFT_JSON, SCORES, TRAINSET, spec_of, split, views_of, window
@@ -98,22 +100,26 @@ def _in_source(logged, spec, offline):
 
 
 def skew(root, run_dir, *, model: str | None = None, version: int | None = None, start=None, end=None,
-         limit: int | None = None, in_source: bool = False, gate: bool = True) -> dict:
+         limit: int | None = None, in_source: bool = False, gate: bool = True, **thresholds) -> dict:
     """Training-serving skew of the model's logged predictions: each logged feature against
     its offline recomputation as of the request's time (``lab.monitoring.skew``), judged
     by ``[tool.lab.skew]``; with ``in_source`` only the events the spec's source already
-    holds. Writes data/skew.json and data/skew.txt, then, with ``gate``, raises
+    holds. ``thresholds`` (``tolerance``, ``max_mismatch_share``, ``max_psi``,
+    ``psi_bins``: a stage's ``config = ["skew"]`` parameters) override the lab's table.
+    Writes data/skew.json and data/skew.txt, then, with ``gate``, raises
     ``SkewGateError`` naming the features above the thresholds."""
     from lab.monitoring.skew import recompute_features, skew_report  # polars only in the step that runs
 
     with StageContext.open(root, run_dir) as ctx:
+        settings = build_section(SkewConfig, {**dataclasses.asdict(ctx.config.skew), **thresholds},
+                                 "tool.lab.skew")
         spec = spec_of(ctx, model)
         views = views_of(ctx, spec)
         logged = load_logged(ctx.config, spec, version=version, start=start, end=end, limit=limit)
         if in_source:
             logged = _in_source(logged, spec, ctx.offline)
         report = skew_report(spec, views, logged, recompute_features(ctx.offline, views, spec, logged.requests),
-                             ctx.config.skew)
+                             settings)
         out = report.as_dict()
         ctx.write_json(SKEW_JSON, out)
         atomic_write_text(ctx.path(SKEW_TEXT), report.table() + "\n")
