@@ -103,7 +103,8 @@ def logged_predictions(spec: ModelSpec, rows: Sequence[dict]) -> LoggedPredictio
         try:
             requests[f.name] = pl.Series(f.name, values, dtype=_POLARS[f.type])
         except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
-            raise LabError(f"logged request field {f.name!r} does not hold {f.type} values: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LabError(f"logged request field {f.name!r} does not hold {f.type} values: {first}") from None
     features: dict[str, list] = {name: [] for name in spec.features}
     for row in rows:
         logged = row["features"]
@@ -260,6 +261,8 @@ class SkewReport:
         for item in out["features"]:
             item["mismatch_share"] = 1.0 - item["match_share"]
             item["failing"] = list(item["failing"])
+            if not math.isfinite(item["psi"]):  # no recomputed value at all: JSON has no infinity
+                item["psi"] = None
         return out
 
     def table(self) -> str:
