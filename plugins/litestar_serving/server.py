@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import math
 import os
@@ -233,6 +234,10 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     print(f"lab serve: {what} on http://{host}:{port} "
           f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level, **settings))
+    # The imports and the app (about 95,000 objects) leave the cyclic collector's scans: a
+    # full collection of them took about 100 ms, stalling every request in flight (the
+    # p99 of /predict under load). Refcounting still frees them; only cycles among them stay.
+    gc.freeze()
     server.run()
     return 0 if server.started else 1
 
@@ -268,4 +273,6 @@ def worker_app():
     settings = json.loads(os.environ[WORKER_SETTINGS])
     config = load_config(settings["root"])
     _set_threads(settings["threads"])
-    return create_app(config, get_plugin_manager(config), **settings["app"])
+    app = create_app(config, get_plugin_manager(config), **settings["app"])
+    gc.freeze()  # as lab serve does with one process
+    return app
