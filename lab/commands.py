@@ -78,11 +78,14 @@ COMMANDS: list[Command] = [
     _lazy("features load", "load a Parquet file into an offline source table", _FEATURES, "_load_args", "_load_run"),
     _lazy("features training-set", "write a point-in-time training set and record it in the registry",
           _FEATURES, "_training_args", "_training_run"),
-    _lazy("features materialize", "compute every entity's features as of a time into the online store",
+    _lazy("features materialize", "bring the online store up to a time: incrementally from each view's "
+          "watermark, whole (--full), or re-materialize a window (--backfill)",
           _FEATURES, "_materialize_args", "_materialize_run"),
     _lazy("features list", "list feature views with versions, entities and features",
           _FEATURES, "_list_args", "_list_run"),
     _lazy("features get", "look up one entity's features in the online store", _FEATURES, "_get_args", "_get_run"),
+    _lazy("features status", "per feature view: watermark, lag, freshness objective and breach rate (from the "
+          "ledger)", _FEATURES, "_status_args", "_status_run"),
     _lazy("features logged-set", "the ledger's logged features as a training set, with labels joined once due",
           "lab.steps.monitoring", "logged_set_args", "logged_set_run"),
     _lazy("features skew", "training-serving skew: logged features against their offline recomputation, per "

@@ -24,6 +24,7 @@ SHADOW_MET = "shadow.met"  # its exit criteria hold: the challenger may be promo
 SHADOW_EXPIRED = "shadow.expired"  # its deadline passed with the criteria unmet
 SHADOW_STOPPED = "shadow.stopped"
 MODEL_APPROVED = "model.approved"
+FEATURE_FRESHNESS_BREACHED = "feature.freshness_breached"  # served values older than the view's objective
 
 
 def current_actor() -> str:

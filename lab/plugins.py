@@ -149,8 +149,38 @@ def _by_name(batches, what: str) -> dict:
 
 
 def feature_views(pm, config) -> dict:
-    """Every plugin's feature views by name; a name defined twice is an error."""
-    return _by_name(pm.hook.lab_feature_views(config=config), "feature view")
+    """Every plugin's feature views by name; a name defined twice is an error. A view
+    named in ``[tool.lab.freshness]`` gets that freshness objective (its version stays)."""
+    views = _by_name(pm.hook.lab_feature_views(config=config), "feature view")
+    objectives = config.section("freshness") if config is not None else None
+    return _with_freshness(views, objectives) if objectives else views
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _with_freshness(views: dict, objectives: dict) -> dict:
+    """``views`` with the objectives of ``[tool.lab.freshness]`` (view = "15m", "2h", "1d"
+    or seconds) set; an unknown view or a bad duration is a ConfigError naming it."""
+    import dataclasses
+    import datetime as dt
+
+    out = dict(views)
+    for name, value in objectives.items():
+        if name not in views:
+            raise ConfigError(f"[tool.lab.freshness] names view {name!r}, which no loaded plugin defines; "
+                              f"views: {', '.join(sorted(views)) or 'none'}")
+        text = str(value).strip().lower()
+        unit = _SECONDS.get(text[-1:])
+        try:
+            seconds = float(text[:-1] if unit else text) * (unit or 1)
+        except ValueError:
+            seconds = float("nan")
+        if isinstance(value, bool) or not 0 < seconds < float("inf"):
+            raise ConfigError(f"[tool.lab.freshness] {name} = {value!r} is not a positive duration; write "
+                              "seconds or a number with s, m, h or d (\"15m\", \"2h\", \"1d\")")
+        out[name] = dataclasses.replace(views[name], freshness=dt.timedelta(seconds=seconds))
+    return out
 
 
 def model_flavor(pm, name: str):

@@ -108,7 +108,8 @@ def test_every_older_ledger_is_migrated_by_name_to_the_shape_of_a_new_one(tmp_pa
         conn = layer.connect(path)
         try:
             assert [(m["owner"], m["name"]) for m in layer.applied_migrations(conn)] == [
-                ("ledger", "0001_predictions"), ("ledger", "0002_event_id_and_flags"), ("ledger", "0003_fallback")]
+                ("ledger", "0001_predictions"), ("ledger", "0002_event_id_and_flags"), ("ledger", "0003_fallback"),
+                ("ledger", "0004_feature_ages")]
             assert layer.integrity_check(conn) == []
         finally:
             conn.close()

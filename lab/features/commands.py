@@ -229,7 +229,7 @@ def _list_run(args: argparse.Namespace, ctx: Context) -> int:
     rows = [
         {"name": v.name, "version": v.version, "entity": v.entity, "source": v.source,
          "label_delay_s": v.label_delay.total_seconds(), "ttl_s": v.ttl.total_seconds(),
-         "features": v.feature_names}
+         "freshness_s": v.freshness_s, "features": v.feature_names}
         for v in sorted(views(ctx).values(), key=lambda v: v.name)
     ]
     if args.json:
@@ -237,7 +237,8 @@ def _list_run(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     for r in rows:
         print(f"{r['name']:<22} {r['version']}  entity {r['entity']:<12} source {r['source']}  "
-              f"delay {r['label_delay_s'] / 86400:g} d  ttl {r['ttl_s'] / 86400:g} d")
+              f"delay {r['label_delay_s'] / 86400:g} d  ttl {r['ttl_s'] / 86400:g} d"
+              + (f"  freshness {r['freshness_s']:g} s" if r["freshness_s"] is not None else ""))
         for f in r["features"]:
             print(f"    {f}")
     return 0
@@ -263,4 +264,36 @@ def _get_run(args: argparse.Namespace, ctx: Context) -> int:
                        f"{watermark.isoformat()})")
     print(json.dumps({"view": view.name, "version": view.version, view.entity: args.key,
                       "as_of": watermark.isoformat(), "features": row}, indent=2))
+    return 0
+
+
+# -- lab features status ----------------------------------------------------------------
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--window", default="1d",
+                   help="breach rate over the predictions of this last span: seconds or 15m, 2h, 1d (default 1d)")
+    p.add_argument("--model", help="only the ledger's predictions of this model (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _status_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab.features.freshness import format_status, ledger_ages, view_status
+
+    window = duration(args.window, "--window")
+    now = dt.datetime.now(dt.timezone.utc)
+    known = sorted(views(ctx).values(), key=lambda v: v.name)
+    if not known:
+        raise LabError("no feature views are defined; load a plugin that implements lab_feature_views")
+    ages = ledger_ages(ctx.config.ledger_path, now - window, args.model)
+    online = online_store(ctx)
+    try:
+        rows = [view_status(view, online.state(view), ages.get(view.name, []), now) for view in known]
+    finally:
+        online.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(format_status(rows))
+    print(f"lag: now minus the newest event materialized; breaches: served requests of the last "
+          f"{args.window} older than the objective (from the ledger)")
     return 0

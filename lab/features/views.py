@@ -8,6 +8,13 @@ Visibility rule (point-in-time correctness), for a query at time ``t``:
   ``t - (e + label_delay) <= ttl`` (both ends inclusive, as Feast does).
 A windowed aggregation of width ``w`` at time ``t`` covers the visible rows with
 ``t - label_delay - w < e <= t - label_delay``: the window ``(t-d-w, t-d]``.
+
+Freshness objective (``freshness``, optional): the largest acceptable age of a view's
+values when they are served, the age being the request's time minus the view's
+watermark (the time it was materialized as of). A request that finds them older (or
+never materialized) is a *breach*: counted, logged in the ledger with its age, and
+announced by an event. The objective does not change what is computed, so it is not
+part of the definition's version.
 """
 
 from __future__ import annotations
@@ -71,6 +78,12 @@ class FeatureView:
     label_delay: dt.timedelta = dt.timedelta(0)
     description: str = ""
     tags: dict = field(default_factory=dict, hash=False, compare=False)
+    freshness: dt.timedelta | None = None  # the freshness objective: max age of served values
+
+    @property
+    def freshness_s(self) -> float | None:
+        """The freshness objective in seconds, or None when the view declares none."""
+        return None if self.freshness is None else self.freshness.total_seconds()
 
     def __post_init__(self) -> None:
         for kind, value in (("feature view", self.name), ("entity", self.entity),
@@ -86,6 +99,10 @@ class FeatureView:
             raise ConfigError(f"feature view {self.name!r}: ttl must be positive")
         if self.label_delay < dt.timedelta(0):
             raise ConfigError(f"feature view {self.name!r}: label_delay cannot be negative")
+        if self.freshness is not None and (not isinstance(self.freshness, dt.timedelta)
+                                           or self.freshness <= dt.timedelta(0)):
+            raise ConfigError(f"feature view {self.name!r}: freshness must be a positive timedelta "
+                              f"(the largest acceptable age of served values), or None; got {self.freshness!r}")
         names = self.feature_names
         if len(set(names)) != len(names):
             raise ConfigError(f"feature view {self.name!r}: duplicate output names {names}")
@@ -106,7 +123,8 @@ class FeatureView:
         return {a.name: empty[a.function](a) for a in self.aggregations}
 
     def definition(self) -> dict:
-        """A JSON-able description; its digest is the view's version."""
+        """A JSON-able description; its digest is the view's version. (The freshness
+        objective is left out: it changes no value, so no version.)"""
         return {
             "name": self.name,
             "entity": self.entity,

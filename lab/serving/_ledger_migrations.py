@@ -75,7 +75,7 @@ def event_id_and_flags(conn: sqlite3.Connection) -> None:
 
 # Columns added by the ordinary migrations after 0002; a reader of a file not yet
 # migrated reads them as None too.
-LATER_COLUMNS = (("fallback", "TEXT"),)
+LATER_COLUMNS = (("fallback", "TEXT"), ("feature_ages", "TEXT"))
 
 
 def fallback(conn: sqlite3.Connection) -> None:
@@ -85,8 +85,16 @@ def fallback(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE predictions ADD COLUMN fallback TEXT")
 
 
+def feature_ages(conn: sqlite3.Connection) -> None:
+    """``feature_ages``: JSON, feature view -> its values' age in seconds at the request's
+    time (request time minus the view's watermark; null when never materialized)."""
+    if "feature_ages" not in _columns(conn):
+        conn.execute("ALTER TABLE predictions ADD COLUMN feature_ages TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_predictions", predictions),
     Migration("0002_event_id_and_flags", event_id_and_flags),
     Migration("0003_fallback", fallback),
+    Migration("0004_feature_ages", feature_ages),
 )

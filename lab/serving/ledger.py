@@ -63,7 +63,8 @@ from lab.sqlite import connect, migrate, write_transaction
 log = logging.getLogger("lab.serving.ledger")
 
 _COLUMNS = ("at", "request_id", "event_id", "model_name", "model_version",
-            "request", "features", "defaults", "score", "latency_ms", "experiment", "variant", "fallback")
+            "request", "features", "defaults", "score", "latency_ms", "experiment", "variant", "fallback",
+            "feature_ages")
 _INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _JSON_COLUMNS = ("request", "features", "defaults")
 _COMMIT_RETRY_S = 5.0
@@ -79,7 +80,8 @@ class PredictionRecord:
     id field (None when there is none); ``request``, ``features`` and ``defaults`` must be
     JSON-able; ``at`` defaults to now (UTC) and ``request_id`` to a fresh uuid. ``fallback``
     is the reason ``score`` is the model's declared fallback, not a prediction (None: a
-    prediction)."""
+    prediction). ``feature_ages``: feature view -> the age of its values in seconds at the
+    request's time (``Freshness.age_seconds``; None for a view never materialized)."""
 
     event_id: int | str | None
     model_name: str
@@ -94,12 +96,14 @@ class PredictionRecord:
     experiment: str | None = None
     variant: str | None = None
     fallback: str | None = None
+    feature_ages: dict[str, float | None] | None = None
 
     def as_row(self) -> tuple:
         return (
             self.at, self.request_id, self.event_id, self.model_name, int(self.model_version),
             json.dumps(self.request, default=str), json.dumps(self.features), json.dumps(self.defaults),
             float(self.score), float(self.latency_ms), self.experiment, self.variant, self.fallback,
+            None if self.feature_ages is None else json.dumps(self.feature_ages),
         )
 
 
@@ -393,6 +397,8 @@ def _decode(row: dict) -> dict:
     out = dict(row)
     for name in _JSON_COLUMNS:
         out[name] = json.loads(out[name])
+    if out.get("feature_ages") is not None:  # null in rows from before ages were kept
+        out["feature_ages"] = json.loads(out["feature_ages"])
     return out
 
 

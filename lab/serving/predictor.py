@@ -113,6 +113,7 @@ def ledger_record(schema: RequestSchema, fields: dict[str, Any], sent: dt.dateti
         event_id=fields[schema.id], model_name=version.name, model_version=version.version,
         features=assembled.features, defaults=assembled.defaults, score=score, latency_ms=latency_ms,
         request=fields, request_id=request_id, experiment=experiment, variant=variant, fallback=fallback,
+        feature_ages={name: f.age_seconds for name, f in assembled.freshness.items()},
     )
 
 

@@ -62,12 +62,15 @@ class Freshness:
     materialized. ``future`` is True when the age is negative: the request is dated
     before the materialization, whose values may hold events after the request.
     ``usable`` is False in all those cases; the assembler then serves the defaults.
+    ``breached`` is True when the view declares a freshness objective
+    (``FeatureView.freshness``) and the age exceeds it, or the view was never materialized.
     """
 
     watermark: dt.datetime | None
     age_seconds: float | None
     stale: bool
     future: bool = False
+    breached: bool = False
 
     @property
     def usable(self) -> bool:
@@ -96,10 +99,12 @@ def _comparable(a: dt.datetime, b: dt.datetime) -> tuple[dt.datetime, dt.datetim
 def freshness(view: FeatureView, watermark: dt.datetime | None, when: dt.datetime) -> Freshness:
     """The ``Freshness`` of ``view`` materialized as of ``watermark``, for a request at ``when``."""
     if watermark is None:
-        return Freshness(None, None, True)
+        return Freshness(None, None, True, False, view.freshness is not None)
     at, mark = _comparable(when, watermark)
     age = at - mark
-    return Freshness(watermark, age.total_seconds(), age > view.ttl, age < dt.timedelta(0))
+    objective = view.freshness
+    return Freshness(watermark, age.total_seconds(), age > view.ttl, age < dt.timedelta(0),
+                     objective is not None and age > objective)
 
 
 class FeatureAssembler:

@@ -59,6 +59,7 @@ from litestar.params import JSONBody
 import lab
 from lab.errors import ConfigError, LabError
 from lab.experiments.routing import FlagRouter
+from lab.features.freshness import FreshnessWatch
 from lab.modelspec import ModelSpec
 from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
 from lab.registry import Registry
@@ -131,6 +132,7 @@ class ServingState:
     breakers: tuple[CircuitBreaker, CircuitBreaker] = field(  # (online store, model)
         default_factory=lambda: (CircuitBreaker("store", 0, 1.0), CircuitBreaker("model", 0, 1.0)))
     models: Any = None  # plugins.litestar_serving.models.ModelCache when other models are served beside this one
+    freshness_watch: FreshnessWatch | None = None  # freshness breaches by view; one event per view a minute
 
 
 def spec_views(spec: ModelSpec, views: dict) -> list:
@@ -222,6 +224,10 @@ def start_up(state: ServingState, config, pm) -> None:
         state.warnings = assembler.warnings()
         for warning in state.warnings:
             log.warning("%s", warning)
+        if state.freshness_watch is None:
+            state.freshness_watch = FreshnessWatch(views, _event_emitter(pm))
+        else:
+            state.freshness_watch.objectives.update({v.name: v.freshness_s for v in views})
         state.current, state.assembler = (version, model), assembler
         if state.stopping.is_set():  # shut down while we loaded: stay not ready
             return
@@ -346,6 +352,18 @@ def _unrecorded(state: ServingState) -> ServiceUnavailableException:
     return ServiceUnavailableException(
         detail="the prediction could not be committed to the ledger, and [tool.lab.serve] ledger_sync = true "
                "answers only committed ones; retry", headers={"Retry-After": "1"})
+
+
+def _event_emitter(pm):
+    """``emit(name, payload)`` handing the event to ``lab_on_event`` on a thread of its own,
+    so an observer's I/O (a webhook) never holds a request."""
+    from lab import events
+
+    def emit(name: str, payload: dict) -> None:
+        threading.Thread(target=events.emit, args=(pm, name), kwargs=payload, daemon=True,
+                         name=f"lab-event-{name}").start()
+
+    return emit
 
 
 @dataclass(frozen=True)
@@ -487,6 +505,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors, *, path: str =
             if serving.metrics is not None:
                 serving.metrics.prediction(version.name, version.version, variant)
                 serving.metrics.features(assembled.defaults, fresh)
+            if serving.freshness_watch is not None:
+                serving.freshness_watch.observe(fresh)
         return Prediction(
             request_id=request_id,
             **prediction_fields(event_id, version, assembled, score, latency_ms),

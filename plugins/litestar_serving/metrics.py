@@ -55,6 +55,10 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.007
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Seconds: a warm /predict takes a fraction of a millisecond, a cold or queued one seconds."""
 
+AGE_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0,
+               7 * 86400.0, 30 * 86400.0)
+"""Seconds: a view materialized every minute up to one a month old."""
+
 LEDGER_OUTCOMES = ("appended", "written", "dropped", "failed")
 SHADOW_OUTCOMES = (("mirrored", "mirrored"), ("dropped", "dropped"), ("written", "written"), ("failed", "failed"),
                    ("challenger_error", "errors"))
@@ -102,6 +106,12 @@ class ServerMetrics:
         self.future = Counter(
             "lab_feature_future", "Predictions that got a view's defaults because the request was dated "
             "before the view's materialization (back-dated)", ["view"], registry=registry)
+        self.breaches = Counter(
+            "lab_feature_freshness_breaches", "Predictions that found a view's values older than its freshness "
+            "objective (FeatureView.freshness), or the view never materialized", ["view"], registry=registry)
+        self.age = Histogram(
+            "lab_feature_age_seconds", "Age of each view's values when served: the request's time minus the "
+            "view's watermark (back-dated requests left out)", ["view"], buckets=AGE_BUCKETS, registry=registry)
         self.busy = Counter(
             "lab_rejected", "POST /predict answered 503 because the server was busy (queue_full: every "
             "scoring slot taken and the queue full; the answer carries Retry-After)", ["reason"],
@@ -126,6 +136,7 @@ class ServerMetrics:
             self.refused.labels(reason)
         self._views = {view: (self.defaults.labels(view), self.stale.labels(view), self.future.labels(view))
                        for view in views}
+        self._ages = {view: (self.age.labels(view), self.breaches.labels(view)) for view in views}
         # Label lookups cost more than the increments: resolve each series once.
         self._timers: dict[tuple[str, str], Any] = {}
         self._statuses: dict[tuple[str, str, int], Any] = {}
@@ -153,7 +164,17 @@ class ServerMetrics:
 
     def features(self, defaults: dict[str, bool], freshness: dict[str, Any]) -> None:
         """Count one prediction's views served defaults, stale or from its future
-        (``AssembledFeatures.defaults`` and ``.freshness``)."""
+        (``AssembledFeatures.defaults`` and ``.freshness``), each view's age and its
+        freshness breaches."""
+        for view, fresh in freshness.items():
+            series = self._ages.get(view)
+            if series is None:
+                series = self._ages[view] = (self.age.labels(view), self.breaches.labels(view))
+            age = fresh.age_seconds
+            if age is not None and age >= 0:
+                series[0].observe(age)
+            if fresh.breached:
+                series[1].inc()
         for view, defaulted in defaults.items():
             if not defaulted:
                 continue
