@@ -31,6 +31,7 @@ from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.models import MB, model_memory_bytes
 from tests.test_serving_server import LAB, free_port
+from tests.test_shadow import shadow_template  # noqa: F401 - a fixture
 
 PLUGIN = "multimodel_thermo_lab"
 THERMO_LAB = '''
@@ -398,3 +399,36 @@ def test_bad_settings_name_the_fix(lab):
             load_config(tiny.root)
     finally:
         pyproject.write_text(original)
+
+
+def test_metrics_show_the_shadow_as_stats_does(shadow_template, tmp_path):
+    """The shadow's counters in /metrics equal /stats' and the ledger's rows; agreement so
+    far is lab_shadow_agreed_total / lab_shadow_compared_total."""
+    import shutil
+    import sqlite3
+
+    from tests.test_shadow import mirror_of, ready, serve, start_shadow, wait_for
+
+    root = tmp_path / "lab"
+    shutil.copytree(shadow_template.root, root)
+    with serve(root) as client:
+        ready(client)
+        text = client.get("/metrics").text
+        assert metric(text, "lab_shadow_requests_total", outcome="mirrored") == 0
+        assert "lab_shadow_active{" not in text
+        shadow = start_shadow(root, 3, min_requests=12, min_agreement=0.5)
+        wait_for(lambda: mirror_of(client).stats()["challenger_version"] == 3, "the challenger to load")
+        for i in range(12):
+            assert client.post("/predict", json=shadow_template.transaction(i)).status_code == 200
+        assert mirror_of(client).flush()
+        text = client.get("/metrics").text
+        stats = client.get("/stats").json()["shadow"]
+    with sqlite3.connect(root / "data" / "ledger.db") as conn:
+        agreed = conn.execute("SELECT SUM(agree) FROM shadow_predictions").fetchone()[0]
+    for outcome, key in (("mirrored", "mirrored"), ("dropped", "dropped"), ("written", "written"),
+                         ("failed", "failed"), ("challenger_error", "errors")):
+        assert metric(text, "lab_shadow_requests_total", outcome=outcome) == stats[key]
+    assert stats["mirrored"] == stats["written"] == 12
+    assert metric(text, "lab_shadow_compared_total") == 12 and metric(text, "lab_shadow_agreed_total") == agreed
+    assert metric(text, "lab_shadow_active", shadow_id=str(shadow["id"]), challenger_version="3") == 1
+    assert metric(text, "lab_shadow_queue_depth") == 0
