@@ -78,6 +78,8 @@ COMMANDS: list[Command] = [
     _lazy("features load", "load a Parquet file into an offline source table", _FEATURES, "_load_args", "_load_run"),
     _lazy("features training-set", "write a point-in-time training set and record it in the registry",
           _FEATURES, "_training_args", "_training_run"),
+    _lazy("features audit", "a training set's leakage audit: feature age at label time per view, and rows "
+          "newer than their time minus the label delay", _FEATURES, "_audit_args", "_audit_run"),
     _lazy("features materialize", "bring the online store up to a time: incrementally from each view's "
           "watermark, whole (--full), or re-materialize a window (--backfill)",
           _FEATURES, "_materialize_args", "_materialize_run"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import sys
@@ -216,13 +217,18 @@ def test_lineage_walks_from_a_pipeline_model_to_its_source_window_and_views(tmp_
     (dataset,) = data["datasets"]
     assert dataset["kind"] == "training_set" and dataset["path"] == "data/trainset.parquet"
     assert dataset["rows"] == built["rows"] > 0
+    audit = (tmp_path / "data/trainset.audit.json").read_bytes()
     assert dataset["meta"] == {"model": "fraud", "start": "2018-04-08", "end": "2018-04-14", "source": "transactions",
-                               "source_digest": built["source_digest"], "views": views}
+                               "source_digest": built["source_digest"], "views": views,
+                               "leakage_audit": {"digest": hashlib.sha256(audit).hexdigest(),
+                                                 "path": "data/trainset.audit.json"}}
+    assert built["leakage_audit"]["digest"] == dataset["meta"]["leakage_audit"]["digest"]
     assert set(views) == {"customer_spending", "terminal_risk"} and all(views.values())
 
     assert lab(tmp_path, "lineage", "fraud", "1") == 0
     out = capsys.readouterr().out
     assert f"data     run.training_set {digest}" in out and "training_set fraud 2018-04-08..2018-04-14" in out
+    assert f"leakage audit {built['leakage_audit']['digest']} data/trainset.audit.json" in out
 
 
 def test_a_training_set_file_without_its_digest_names_the_stage_to_rerun(tmp_path):

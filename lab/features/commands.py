@@ -96,7 +96,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     import pyarrow.parquet as pq  # pyarrow and polars load only for the commands that use them
 
-    from lab.features.training import model_training_set  # polars, as above
+    from lab.features.audit import audit_path, audited_training_set, format_audit, write_audit  # polars
 
     start, end = _date(args.start, "--start"), _date(args.end, "--end")
     if start > end:
@@ -109,21 +109,79 @@ def _training_run(args: argparse.Namespace, ctx: Context) -> int:
     spec = model_spec(ctx.pm, config, args.model)
     spec_views = _spec_views(ctx, spec)
     offline = offline_store(ctx)
-    table, digest = model_training_set(offline, spec_views, spec, start, end)
+    table, digest, audit = audited_training_set(offline, spec_views, spec, start, end)
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
+    audit_file = audit_path(out)
+    audit_digest = write_audit(audit_file, audit)
     shown_path = str(out)
     meta = {
         "model": spec.name, "start": start.isoformat(), "end": end.isoformat(), "source": spec.source,
         "source_digest": offline.source_digest(spec.source),
         "views": {v.name: v.version for v in spec_views}, "feature_columns": list(spec.features),
+        "leakage_audit": {"digest": audit_digest, "path": str(audit_file)},
     }
     with Registry.open(config.registry_path, project_root=config.root) as reg:
         dataset_id = reg.record_dataset(kind="training_set", name=f"{spec.name}-{start}-{end}",
                                         digest=digest, path=shown_path, rows=table.num_rows, meta=meta)
     print(f"wrote {table.num_rows} rows to {shown_path}")
     print(f"digest {digest}  (dataset {dataset_id})")
+    print(f"leakage audit {audit_file}  digest {audit_digest}")
+    print(format_audit(audit))
     return 0
+
+
+# -- lab features audit ----------------------------------------------------------------
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", help="a training set's Parquet file (or its .audit.json); "
+                                           "default: the model's latest recorded training set")
+    p.add_argument("--model", help="the model whose latest training set to show (default: [tool.lab] "
+                                   "model_name, or the lab's only model)")
+    p.add_argument("--json", action="store_true", help="print the audit as JSON")
+
+
+def _audit_run(args: argparse.Namespace, ctx: Context) -> int:
+    from lab.features.audit import audit_path, format_audit, read_audit
+
+    config = ctx.config
+    with Registry.open(config.registry_path, project_root=config.root) as reg:
+        if args.path:
+            if args.model:
+                raise ConfigError("give a PATH or --model, not both")
+            path = Path(args.path).resolve()
+            target = path if path.name.endswith(".audit.json") else audit_path(path)
+            if path.suffix != ".parquet" and not path.name.endswith(".audit.json"):
+                raise ConfigError(f"{args.path!r} is neither a training set (.parquet) nor an audit (.audit.json)")
+            audit, digest = read_audit(target)
+            record = reg.get_dataset(audit["training_set_digest"]) if audit.get("training_set_digest") else None
+        else:
+            name = model_spec(ctx.pm, config, args.model).name
+            record = next((d for d in reg.list_datasets(kind="training_set", limit=1000)
+                           if d["meta"].get("model") == name), None)
+            if record is None:
+                raise NotFound(f"no training set of model {name!r} in the registry; build one "
+                               "(`lab features training-set` or `lab run features`)")
+            recorded = record["meta"].get("leakage_audit")
+            if not recorded:
+                raise NotFound(f"training set {record['name']} (dataset {record['id']}) was built without a "
+                               "leakage audit; rebuild it with `lab features training-set` or `lab run features`")
+            target = Path(recorded["path"])
+            if not target.is_absolute():
+                target = config.root / target
+            audit, digest = read_audit(target)
+    recorded = (record or {}).get("meta", {}).get("leakage_audit", {}).get("digest")
+    if recorded and recorded != digest:
+        raise LabError(f"{target} has digest {digest}, but the registry recorded {recorded} for training set "
+                       f"{record['name']}: the file changed since it was written; rebuild the training set")
+    if args.json:
+        print(json.dumps({**audit, "digest": digest, "path": str(target)}, indent=2, sort_keys=True))
+        return 0
+    print(f"leakage audit {target}")
+    print(f"digest {digest}" + (f"  (training set {record['name']}, dataset {record['id']})" if record else
+                                "  (not recorded in this registry)"))
+    print(format_audit(audit))
+    return 0 if audit["ok"] else 1
 
 
 def _spec_views(ctx: Context, spec) -> list:

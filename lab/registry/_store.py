@@ -289,6 +289,16 @@ class Registry(ModelCatalog, PromotionRecords, PipelineRecords, BaseRegistry):
             row = self._db.one("SELECT * FROM datasets WHERE digest = ? ORDER BY id DESC LIMIT 1", [digest])
         return self._dataset_dict(row) if row else None
 
+    def list_datasets(self, *, kind: str | None = None, limit: int = 50) -> list[dict]:
+        """The latest data sets (of ``kind``), newest first (a training set's ``meta`` holds
+        its leakage audit's digest and path under ``leakage_audit``)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"limit must be a whole number >= 1, got {limit!r}")
+        where, params = ("WHERE kind = ? ", [kind]) if kind is not None else ("", [])
+        with self._db.read():
+            rows = self._db.rows(f"SELECT * FROM datasets {where}ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [self._dataset_dict(r) for r in rows]
+
     def record_trial(self, run_id: str, *, number: int, params: dict, value: float | None, state: str) -> None:
         """Insert or update sweep trial ``number`` of a run."""
         params_json = dumps(require_dict(params, "trial params"), "trial params")

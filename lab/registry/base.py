@@ -102,6 +102,10 @@ class BaseRegistry(abc.ABC):
         """The latest data set recorded under ``digest``, or None."""
 
     @abc.abstractmethod
+    def list_datasets(self, *, kind: str | None = None, limit: int = 50) -> list[dict]:
+        """The latest data sets (of ``kind``), newest first, shaped like ``get_dataset``."""
+
+    @abc.abstractmethod
     def record_trial(self, run_id: str, *, number: int, params: dict, value: float | None, state: str) -> None:
         """Insert or update sweep trial ``number`` of a run."""
 

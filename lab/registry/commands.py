@@ -217,4 +217,7 @@ def _lineage_run(args: argparse.Namespace, ctx: Context) -> int:
         print(f"data     {item['name']} {item['digest']}")
         for ds in item["datasets"]:
             print(f"           {ds['kind']} {ds['name']} rows={ds['rows']} {ds['path']}")
+            audit = (ds.get("meta") or {}).get("leakage_audit")
+            if audit:  # a training set's leakage audit (lab features audit)
+                print(f"           leakage audit {audit.get('digest')} {audit.get('path')}")
     return 0
