@@ -127,6 +127,12 @@ def _sqlite_type(name: str, t: pa.DataType) -> str:
                    "use numbers, strings or times")
 
 
+def _cells(column) -> list:
+    """A column's values as SQLite stores them (only times need converting)."""
+    values = column.to_pylist()
+    return list(map(_to_cell, values)) if pa.types.is_temporal(column.type) else values
+
+
 def _to_cell(value):
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
@@ -206,11 +212,12 @@ class SQLiteOnlineStore(OnlineStore):
             if not pa.types.is_timestamp(events.type):
                 raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, not {events.type}")
             newest = pc.max(events).as_py()
-            event_cells = map(_to_cell, events.to_pylist())
+            # ISO text made by Arrow ("2024-03-10 12:00:00.000000", "...Z" when aware): one
+            # format per column, so SQL's max() is the latest; fromisoformat reads it back.
+            event_cells = pc.cast(pc.cast(events, pa.timestamp("us", tz=events.type.tz)), pa.string()).to_pylist()
         else:
             event_cells = itertools.repeat(None)
-        data = list(zip(*(map(_to_cell, rows.column(c).to_pylist()) for c in columns), event_cells,
-                        itertools.repeat(written_at)))
+        data = list(zip(*(_cells(rows.column(c)) for c in columns), event_cells, itertools.repeat(written_at)))
         name = _table_name(view.name, view.version)
         table = _q(name)
         ddl = "".join(f", {_q(c)} {types[c]}" for c in columns[1:])
