@@ -37,9 +37,17 @@ def _lower_offset_us(view: FeatureView, window: dt.timedelta) -> int:
 
 
 _GRID = 1 << 20  # float sums: a whole number of 2^-20 steps (exact) plus a small remainder
+_BIG = "18446744073709551616.0"  # 2^64: a float this large goes to the DOUBLE part g
 
 
-def _sum_parts(column: str, col_type: str) -> dict[str, str]:
+def special_sql(column: str) -> str:
+    """True when ``column`` holds a NaN, an infinity or a float of magnitude >= 2^64 (which
+    the exact HUGEINT part cannot hold): the view then needs ``_sum_parts(special=True)``."""
+    c = f"{q(column)}::DOUBLE"
+    return f"coalesce(bool_or(NOT isfinite({c}) OR abs({c}) >= {_BIG}), false)"
+
+
+def _sum_parts(column: str, col_type: str, special: bool = False) -> dict[str, str]:
     """How one event's values enter the running totals, by part name.
 
     Integers and booleans sum exactly as HUGEINT (``s``). A float ``x`` is split into
@@ -47,6 +55,13 @@ def _sum_parts(column: str, col_type: str) -> dict[str, str]:
     (``l``, summed as DOUBLE): the difference of two running totals is then as accurate
     as a direct sum, where a plain running DOUBLE sum would carry the rounding error of
     the whole history into every window. A column only counted (a string) has no parts.
+
+    A float column that holds NaN, infinities or magnitudes >= 2^64 (``special``) also
+    counts its NaN, +inf and -inf (``nan``, ``pinf``, ``ninf``) and sums the huge finite
+    values apart (``g``, DOUBLE); ``h`` and ``l`` then take only the ordinary values. A
+    window's sum is then what a direct sum gives: NaN if it holds a NaN or both
+    infinities, else the infinity it holds, else the finite parts (``g`` exactly 0 for a
+    window without huge values).
     """
     c = q(column)
     if col_type == "BOOLEAN":
@@ -54,8 +69,17 @@ def _sum_parts(column: str, col_type: str) -> dict[str, str]:
     if col_type in NUMERIC and col_type not in ("FLOAT", "DOUBLE"):
         return {"s": f"sum({c})"}
     if col_type in ("FLOAT", "DOUBLE") or col_type.startswith("DECIMAL"):
-        grid = f"floor({c}::DOUBLE * {_GRID}.0)"
-        return {"h": f"sum(CAST({grid} AS HUGEINT))", "l": f"sum({c}::DOUBLE - {grid} / {_GRID}.0)"}
+        x = f"{c}::DOUBLE"
+        grid = f"floor({x} * {_GRID}.0)"
+        if not special:
+            return {"h": f"sum(CAST({grid} AS HUGEINT))", "l": f"sum({x} - {grid} / {_GRID}.0)"}
+        ordinary = f"isfinite({x}) AND abs({x}) < {_BIG}"
+        return {"h": f"sum(CASE WHEN {ordinary} THEN CAST({grid} AS HUGEINT) END)",
+                "l": f"sum(CASE WHEN {ordinary} THEN {x} - {grid} / {_GRID}.0 END)",
+                "g": f"sum(CASE WHEN isfinite({x}) AND abs({x}) >= {_BIG} THEN {x} END)",
+                "nan": f"sum(CASE WHEN isnan({x}) THEN 1 ELSE 0 END)",
+                "pinf": f"sum(CASE WHEN {x} = 'inf'::DOUBLE THEN 1 ELSE 0 END)",
+                "ninf": f"sum(CASE WHEN {x} = '-inf'::DOUBLE THEN 1 ELSE 0 END)"}
     return {}
 
 
@@ -66,18 +90,25 @@ def _sum_expr(parts: dict[str, str], i: int, j: int) -> str:
     if "s" in parts:
         return f"CAST({diff('s')} AS DOUBLE)"
     if "h" in parts:
-        return f"(CAST({diff('h')} AS DOUBLE) / {_GRID}.0 + {diff('l')})"
+        finite = f"(CAST({diff('h')} AS DOUBLE) / {_GRID}.0 + {diff('l')})"
+        if "g" not in parts:
+            return finite
+        return (f"CASE WHEN {diff('nan')} > 0 OR ({diff('pinf')} > 0 AND {diff('ninf')} > 0) THEN 'NaN'::DOUBLE "
+                f"WHEN {diff('pinf')} > 0 THEN 'inf'::DOUBLE WHEN {diff('ninf')} > 0 THEN '-inf'::DOUBLE "
+                f"ELSE {finite} + {diff('g')} END")
     return "NULL::DOUBLE"
 
 
-def running_totals_sql(view: FeatureView, t_max: int | None, types: dict[str, str]) -> str:
-    """Per (entity, event time): running count and sum parts of every aggregated column."""
+def running_totals_sql(view: FeatureView, t_max: int | None, types: dict[str, str],
+                       special: frozenset[str] = frozenset()) -> str:
+    """Per (entity, event time): running count and sum parts of every aggregated column
+    (``special``: the float columns with NaN, infinities or huge values, see ``_sum_parts``)."""
     delay = us(view.label_delay)
     per_event, running = [], []
     for i, c in enumerate(sorted({a.column for a in view.aggregations})):
         per_event.append(f"count({q(c)}) AS n{i}")
         running.append(f"sum(n{i}) OVER w AS n{i}")
-        for part, expr in _sum_parts(c, types[c]).items():
+        for part, expr in _sum_parts(c, types[c], c in special).items():
             per_event.append(f"{expr} AS {part}{i}")
             running.append(f"sum({part}{i}) OVER w AS {part}{i}")
     # Rows after the latest entity time can never be visible; earlier rows all count,
@@ -92,7 +123,7 @@ def running_totals_sql(view: FeatureView, t_max: int | None, types: dict[str, st
     )
 
 
-def window_sql(view: FeatureView, types: dict[str, str]) -> str:
+def window_sql(view: FeatureView, types: dict[str, str], special: frozenset[str] = frozenset()) -> str:
     """Each probe's window totals: running total at the upper bound minus at the lower."""
     delay = us(view.label_delay)
     col_id = {c: i for i, c in enumerate(sorted({a.column for a in view.aggregations}))}
@@ -107,7 +138,7 @@ def window_sql(view: FeatureView, types: dict[str, str]) -> str:
     for a in view.aggregations:
         i, j = col_id[a.column], bound_id[_lower_offset_us(view, a.window)]
         n = f"(coalesce(r0.n{i}, 0) - coalesce(r{j}.n{i}, 0))"
-        s = _sum_expr(_sum_parts(a.column, types[a.column]), i, j)
+        s = _sum_expr(_sum_parts(a.column, types[a.column], a.column in special), i, j)
         if a.function == "count":
             expr = f"CAST({n} AS BIGINT)"
         elif a.function == "sum":

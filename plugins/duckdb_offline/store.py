@@ -33,7 +33,7 @@ from lab.errors import LabError, NotFound
 from lab.features.digest import canonical_digest
 from lab.features.stores import OfflineStore
 from lab.features.views import FeatureView
-from plugins.duckdb_offline.sql import NUMERIC, ROW, latest_sql, q, running_totals_sql, window_sql
+from plugins.duckdb_offline.sql import NUMERIC, ROW, latest_sql, q, running_totals_sql, special_sql, window_sql
 
 _META = "_lab_sources"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -244,8 +244,9 @@ class DuckDBOfflineStore(OfflineStore):
                 for view in views:
                     try:
                         if view.aggregations:
-                            con.execute(running_totals_sql(view, t_max, types[view.name]))
-                            result = con.sql(window_sql(view, types[view.name])).to_arrow_table()
+                            special = _special_columns(con, view, types[view.name])
+                            con.execute(running_totals_sql(view, t_max, types[view.name], special))
+                            result = con.sql(window_sql(view, types[view.name], special)).to_arrow_table()
                         else:
                             result = con.sql(latest_sql(view)).to_arrow_table()
                     except duckdb.Error as exc:
@@ -285,6 +286,17 @@ class DuckDBOfflineStore(OfflineStore):
                     f"column, but it is {col_type}"
                 )
         return have
+
+
+def _special_columns(con, view: FeatureView, types: dict[str, str]) -> frozenset[str]:
+    """The view's summed float columns that hold NaN, infinities or magnitudes >= 2^64
+    (one scan of those columns; most sources have none, and pay nothing more)."""
+    floats = sorted({a.column for a in view.aggregations if a.function != "count"
+                     and (types[a.column] in ("FLOAT", "DOUBLE") or types[a.column].startswith("DECIMAL"))})
+    if not floats:
+        return frozenset()
+    found = con.execute(f"SELECT {', '.join(special_sql(c) for c in floats)} FROM {q(view.source)}").fetchall()[0]
+    return frozenset(c for c, hit in zip(floats, found) if hit)
 
 
 def _check_entity_rows(entity_rows: pa.Table, views: list[FeatureView], ts: str) -> None:
