@@ -9,8 +9,9 @@ its plugin; ``notebooks/pipeline.toml`` wires them together.
 ============  ==============================================  ==============================
 step          does                                            writes
 ============  ==============================================  ==============================
-features      source Parquet -> offline store; point-in-time  data/trainset.parquet
-              training set over the train/delay/test window
+features      source Parquet -> offline store; point-in-time  data/trainset.parquet,
+              training set over the train/delay/test window,  trainset.audit.json
+              its leakage audit (fails on a violation)
 train         Optuna sweep of the spec's flavor               data/candidate, candidate.json
 evaluate      candidate and champion on the same test window  data/evaluation.json
               (gate on a point estimate or a bootstrap CI)
