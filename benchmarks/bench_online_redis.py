@@ -17,8 +17,12 @@ for 1 and 100 random existing ids per call:
 - ``sqlite raw``: sqlite3 ``SELECT ... WHERE entity_id IN (...)`` on the store's own
   table, rows turned into dicts.
 
-Rounds rotate the order of the targets; each round times ``--calls`` calls per target
-after a warm-up, and the p50 per target is the median over rounds of each round's p50.
+The targets take turns call by call (the same ids for each in a turn, in a random order
+each turn: a call right after another Redis call finds redis-server awake, one after a
+SQLite call does not, and a fixed order biased the ratios by up to 1.7x), so a burst of
+load on the shared machine hits them alike; each round times ``--calls``
+calls per target after a warm-up, and the p50 per target is the median over rounds of
+each round's p50.
 Ratios are store / raw of the same backend, and Redis store / SQLite store. A
 redis-server (``/usr/bin/redis-server``) is started on a free 127.0.0.1 port with no
 persistence and stopped by its PID, unless ``--url`` names one (then ``--key-prefix``
@@ -71,7 +75,8 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
         port = sock.getsockname()[1]
     proc = subprocess.Popen(["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own session, so its own CPU share, like a service
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + 15
@@ -93,10 +98,10 @@ def targets(redis_store: RedisOnlineStore, sqlite_store: SQLiteOnlineStore, url:
     live = redis_store._live(VIEW)  # the same hash the store reads
     names = VIEW.feature_names
     n = len(names)
-    unpack = struct.Struct(f"<B{(n + 2 + 7) // 8}s{n}dqq").unpack  # the store's packed row (codec.py)
+    unpack = struct.Struct(f"<{n}dqq{(n + 2 + 7) // 8}s").unpack_from  # the store's packed row (codec.py)
 
     def redis_raw(keys):
-        return [None if v is None else dict(zip(names, unpack(v)[2:2 + n]))
+        return [None if v is None else dict(zip(names, unpack(v, 1)))
                 for v in client.hmget(live, [str(k) for k in keys])]
 
     con = sqlite3.connect(db)
@@ -158,18 +163,18 @@ def main(argv: list[str] | None = None) -> int:
             names = [n for n in fns if batch == 1 or "read_with_watermark" not in n]
             per_round: dict[str, list[float]] = {n: [] for n in names}
             for r in range(args.rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
-                for name in order:
-                    fn = fns[name]
-                    keys = rng.integers(0, args.entities, size=(args.warmup + args.calls, batch)).tolist()
-                    for k in keys[:args.warmup]:
-                        fn(k)
-                    times = []
-                    for k in keys[args.warmup:]:
+                keys = rng.integers(0, args.entities, size=(args.warmup + args.calls, batch)).tolist()
+                times: dict[str, list[float]] = {n: [] for n in names}
+                for i, k in enumerate(keys):  # every target in turn, in a new random order each time
+                    for j in rng.permutation(len(names)):
+                        name = names[j]
+                        fn = fns[name]
                         t0 = time.perf_counter()
                         fn(k)
-                        times.append(time.perf_counter() - t0)
-                    per_round[name].append(statistics.median(times) * 1e6)
+                        if i >= args.warmup:
+                            times[name].append(time.perf_counter() - t0)
+                for name in names:
+                    per_round[name].append(statistics.median(times[name]) * 1e6)
             results[batch] = {n: statistics.median(v) for n, v in per_round.items()}
             results[batch]["_rounds"] = per_round
         close()

@@ -433,3 +433,15 @@ def test_unsigned_and_boolean_features_pack_exactly(online):
                      "OK": [True, None], "SMALL": pa.array([-3, 4], pa.int8())})
     online.write(view, rows, T0)
     assert online.read(view, [1, 2]) == [{"BIG": 2**64 - 1, "OK": 1, "SMALL": -3}, {"BIG": None, "OK": None, "SMALL": 4}]
+
+
+def test_a_read_of_more_keys_than_one_hmget_takes_is_one_multi(online, redis_url):
+    keys = list(range(25_000))
+    online.write(SPEND, spend_rows(keys, counts=keys), T0)
+    stats = redis.Redis.from_url(redis_url)
+    stats.config_resetstat()
+    got = online.read(SPEND, [*reversed(keys), -5])
+    assert [g["NB_1D"] for g in got[:-1]] == list(reversed(keys)) and got[-1] is None
+    calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.info("commandstats").items()}
+    stats.close()
+    assert calls == {"multi": 1, "hmget": 2, "exec": 1, "config|resetstat": 1}

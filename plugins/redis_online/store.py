@@ -213,7 +213,7 @@ class RedisOnlineStore(OnlineStore):
         return count
 
     def _upsert(self, view: FeatureView, batches, count: int, newest, summary: dict) -> int:
-        key_type = summary["key_type"]
+        key_type, wanted = summary["key_type"], summary["format"]
         live = self._live(view)
         versions = self._view_key(view.name, "versions")
         self._client.sadd(self._views_key, view.name)
@@ -227,12 +227,12 @@ class RedisOnlineStore(OnlineStore):
                         raise LabError(f"view {view.name!r} is stored with {before['key_type']} keys, but these rows "
                                        f"have {key_type} keys; materialize it whole (not incrementally)")
                     summary["newest_event"] = _iso(_later(newest, before["newest_event"] if before else None))
-                    fmt = summary["format"]
-                    if before is not None and before.get("format", "") != fmt:
-                        fmt = summary["format"] = before.get("format", "")  # the version's rows keep theirs
+                    if before is not None and before["format"] != wanted:
+                        summary["format"] = before["format"]  # the version's rows keep theirs
                         encoded = list(batches(""))  # these rows pack otherwise: JSON, readable beside them
                     else:
-                        encoded = list(batches(fmt))  # sent whole in one MULTI; an upsert is the changed keys only
+                        summary["format"] = wanted
+                        encoded = list(batches(wanted))  # sent whole in one MULTI; an upsert is the changed keys only
                     pipe.multi()
                     if before is None:
                         pipe.unlink(live)  # nothing of another materialization may stay mixed in
