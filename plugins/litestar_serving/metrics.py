@@ -478,6 +478,8 @@ class StateCollector(Collector):
             loaded = cache.describe()
             models_loaded.add_metric([], len(loaded))
             for name in cache.specs:
+                if name == state.model_name:
+                    continue  # the default is loaded at start and never evicted
                 model_loads.add_metric([name], cache.loads.get(name, 0))
                 evictions.add_metric([name], cache.evictions.get(name, 0))
             for (name, reason), count in sorted(cache.refusal_counts().items()):
