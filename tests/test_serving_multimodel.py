@@ -432,3 +432,41 @@ def test_metrics_show_the_shadow_as_stats_does(shadow_template, tmp_path):
     assert metric(text, "lab_shadow_compared_total") == 12 and metric(text, "lab_shadow_agreed_total") == agreed
     assert metric(text, "lab_shadow_active", shadow_id=str(shadow["id"]), challenger_version="3") == 1
     assert metric(text, "lab_shadow_queue_depth") == 0
+
+
+def test_a_model_of_another_schema_with_the_same_title_and_no_champion(lab):
+    """Two request schemas titled alike get two OpenAPI components; a model with no
+    champion is answered 503 naming the fix (and counted), the others unaffected."""
+    import dataclasses
+
+    from lab import hookimpl
+
+    tiny, _, plugin = lab
+    config = load_config(tiny.root)
+    pm = get_plugin_manager(config)
+    other = dataclasses.replace(plugin.READING, fields=tuple(
+        dataclasses.replace(f, max_length=4) if f.name == "READING_ID" else f for f in plugin.READING.fields))
+
+    class Unregistered:
+        @hookimpl
+        def lab_model_specs(self, config):
+            return [dataclasses.replace(plugin.spec("unregistered"), request=other)]
+
+    pm.register(Unregistered(), name="unregistered-lab")
+    with TestClient(create_app(config, pm, models=["thermo", "unregistered"]), base_url="http://127.0.0.1") as client:
+        wait_ready(client)
+        doc = client.get("/schema/openapi.json").json()
+        refs = {path: doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                for path in ("/models/thermo/predict", "/models/unregistered/predict")}
+        assert refs["/models/thermo/predict"] != refs["/models/unregistered/predict"]
+        component = doc["components"]["schemas"][refs["/models/unregistered/predict"].rsplit("/", 1)[-1]]
+        assert component["properties"]["READING_ID"]["maxLength"] == 4
+        too_long = client.post("/models/unregistered/predict", json=reading(12345))
+        assert too_long.status_code == 400 and too_long.json()["field"] == "READING_ID"
+        missing = client.post("/models/unregistered/predict", json=reading(1))
+        assert missing.status_code == 503 and "has no champion" in missing.json()["detail"]
+        assert "lab promote unregistered VERSION" in missing.json()["detail"] and missing.headers["retry-after"]
+        assert client.post("/models/thermo/predict", json=reading(1)).status_code == 200
+        text = client.get("/metrics").text
+    assert metric(text, "lab_model_refusals_total", model="unregistered", reason="load_failed") == 1
+    assert metric(text, "lab_not_ready_total", reason="model_unavailable") == 1
