@@ -79,9 +79,9 @@ def _percentile(sorted_values: np.ndarray, p: float) -> float:
 def _asof(probes: pl.DataFrame, right: pl.DataFrame, bound: str, suffix: str) -> pl.DataFrame:
     """For each probe, the right row of its key with the greatest ``e <= probes[bound]``;
     the right columns get ``suffix``; probes in their own order (``__row``)."""
-    renamed = right.rename({c: f"{c}{suffix}" for c in right.columns if c != "k"})
-    joined = probes.sort(bound).join_asof(renamed.sort(f"e{suffix}"), left_on=bound, right_on=f"e{suffix}",
-                                          by="k", strategy="backward", check_sortedness=False)
+    renamed = right.rename({c: f"{c}{suffix}" for c in right.columns if c != "__k"})
+    joined = probes.sort(bound).join_asof(renamed.sort(f"__e{suffix}"), left_on=bound, right_on=f"__e{suffix}",
+                                          by="__k", strategy="backward", check_sortedness=False)
     return joined.sort("__row")
 
 
@@ -116,21 +116,21 @@ def _audit_view(view: FeatureView, frame: pl.DataFrame, t_us: pl.Series, source:
         raise LabError(f"view {view.name!r}: the training set's {view.entity!r} ({frame.schema[view.entity]}) "
                        f"does not cast to the source's {key_type}") from None
     n = frame.height
-    probes = pl.DataFrame({"__row": np.arange(n, dtype=np.int64), "k": keys, "t": t_us})
-    probes = probes.with_columns((pl.col("t") - d).alias("b"))
+    probes = pl.DataFrame({"__row": np.arange(n, dtype=np.int64), "__k": keys, "__t": t_us})
+    probes = probes.with_columns((pl.col("__t") - d).alias("__b"))
     stamp = pl.col(view.timestamp)
     if source.schema[view.timestamp] == pl.Date:
         stamp = stamp.cast(pl.Datetime("us"))
     src = (source.with_row_index("__w")
            .filter(pl.col(view.entity).is_not_null() & pl.col(view.timestamp).is_not_null())
-           .with_columns(pl.col(view.entity).alias("k"), stamp.dt.epoch("us").alias("e")))
-    times = src.select("k", "e").unique()
-    newest = _asof(probes, times, "b", "_b").get_column("e_b")
-    at_t = _asof(probes, times, "t", "_t").get_column("e_t")
+           .with_columns(pl.col(view.entity).alias("__k"), stamp.dt.epoch("us").alias("__e")))
+    times = src.select("__k", "__e").unique()
+    newest = _asof(probes, times, "__b", "_b").get_column("__e_b")
+    at_t = _asof(probes, times, "__t", "_t").get_column("__e_t")
     reach = ttl + 1 if not view.aggregations else max(_lower_offset_us(view, a.window) for a in view.aggregations)
-    used = newest.is_not_null() & ((probes.get_column("b") - newest) < reach)
+    used = newest.is_not_null() & ((probes.get_column("__b") - newest) < reach)
     used = used.fill_null(False)
-    hidden = (at_t.is_not_null() & (at_t > probes.get_column("b"))).fill_null(False)
+    hidden = (at_t.is_not_null() & (at_t > probes.get_column("__b"))).fill_null(False)
 
     present = [f for f in view.feature_names if f in frame.columns]
     bad = pl.Series("bad", [False] * n)
@@ -142,11 +142,11 @@ def _audit_view(view: FeatureView, frame: pl.DataFrame, t_us: pl.Series, source:
             want, tol = expected[agg.name]
             bad = bad | ~_same(frame.get_column(agg.name), want, tol)
     elif present:
-        latest = (src.sort("k", "e", "__w").unique(subset=["k", "e"], keep="last", maintain_order=True)
-                  .select("k", "e", *present))
-        joined = _asof(probes, latest, "b", "_v")
-        within = (joined.get_column("e_v").is_not_null()
-                  & ((probes.get_column("b") - joined.get_column("e_v")) <= ttl)).fill_null(False)
+        latest = (src.sort("__k", "__e", "__w").unique(subset=["__k", "__e"], keep="last", maintain_order=True)
+                  .select("__k", "__e", *present))
+        joined = _asof(probes, latest, "__b", "_v")
+        within = (joined.get_column("__e_v").is_not_null()
+                  & ((probes.get_column("__b") - joined.get_column("__e_v")) <= ttl)).fill_null(False)
         for f in present:
             want = pl.select(pl.when(within).then(joined.get_column(f"{f}_v")).otherwise(None)).to_series()
             bad = bad | ~_same(frame.get_column(f), want, None)
@@ -180,14 +180,14 @@ def _windowed_values(view: FeatureView, probes: pl.DataFrame, src: pl.DataFrame)
     for i, c in enumerate(columns):
         x = pl.col(c).cast(pl.Float64)
         parts += [pl.col(c).count().alias(f"n{i}"), x.sum().alias(f"s{i}"), x.abs().sum().alias(f"a{i}")]
-    grouped = src.group_by("k", "e").agg(parts).sort("k", "e")
+    grouped = src.group_by("__k", "__e").agg(parts).sort("__k", "__e")
     running = grouped.with_columns(
-        [pl.col(f"{p}{i}").cum_sum().over("k") for i in range(len(columns)) for p in "nsa"])
-    totals = running.select("k", "e", *[f"{p}{i}" for i in range(len(columns)) for p in "nsa"])
+        [pl.col(f"{p}{i}").cum_sum().over("__k") for i in range(len(columns)) for p in "nsa"])
+    totals = running.select("__k", "__e", *[f"{p}{i}" for i in range(len(columns)) for p in "nsa"])
     offsets = sorted({_lower_offset_us(view, a.window) for a in view.aggregations})
-    at = {0: _asof(probes, totals, "b", "_0")}
+    at = {0: _asof(probes, totals, "__b", "_0")}
     for o in offsets:
-        at[o] = _asof(probes.with_columns((pl.col("b") - o).alias(f"b{o}")), totals, f"b{o}", f"_{o}")
+        at[o] = _asof(probes.with_columns((pl.col("__b") - o).alias(f"__b{o}")), totals, f"__b{o}", f"_{o}")
     out = {}
     for a in view.aggregations:
         i, o = columns.index(a.column), _lower_offset_us(view, a.window)
@@ -285,7 +285,8 @@ def read_audit(path: str | Path) -> tuple[dict, str]:
 
 def format_audit(audit: dict) -> str:
     """The audit as a table: one line per view."""
-    lines = [f"{audit['rows']} rows  {'ok: no value newer than its row time minus the label delay' if audit['ok'] else 'VIOLATIONS'}",
+    verdict = "ok: no value newer than its row time minus the label delay" if audit["ok"] else "VIOLATIONS"
+    lines = [f"{audit['rows']} rows  {verdict}",
              f"{'view':<22} {'delay':>9} {'p50 age':>10} {'p95':>10} {'p99':>10} {'max age':>10} "
              f"{'missing':>8} {'hidden':>7} {'violations':>10}"]
     for name, v in audit["views"].items():
