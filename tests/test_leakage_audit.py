@@ -253,3 +253,26 @@ def test_audit_command_errors_name_the_fix(lab_root, tmp_path, capsys):
     assert "neither a training set" in capsys.readouterr().err
     assert lab(lab_root, "features", "audit", str(out), "--model", "fraud") != 0
     assert "not both" in capsys.readouterr().err
+
+
+def test_the_delivery_lab_s_training_set_passes_its_audit(tmp_path):
+    """A second, regression lab made from its template: its own views, label delay and
+    spec, audited with nothing fraud-specific."""
+    import importlib.util
+
+    from lab.scaffold import available_templates, find_template, init_lab
+
+    lab_dir = init_lab(tmp_path / "eta", find_template("delivery", available_templates()))
+    spec_file = importlib.util.spec_from_file_location("delivery_lab_for_audit", lab_dir / "delivery_lab.py")
+    dl = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(dl)
+    orders = dl.simulate_orders(n_stores=8, n_couriers=12, orders_per_day=150, days=10, start_date="2024-03-01", seed=3)
+    store = DuckDBOfflineStore(tmp_path / "offline.duckdb")
+    store.write_source(dl.MODEL.source, orders.to_arrow())
+    table, digest, audit = audited_training_set(store, dl.VIEWS, dl.MODEL, dt.date(2024, 3, 4), dt.date(2024, 3, 8))
+    assert audit["ok"] and audit["rows"] == table.num_rows > 0 and set(audit["views"]) == {v.name for v in dl.VIEWS}
+    for view in dl.VIEWS:
+        got = audit["views"][view.name]
+        assert got["features_checked"] and got["violations"] == 0
+        if got["age_s"]:
+            assert got["age_s"]["min"] >= view.label_delay.total_seconds()
