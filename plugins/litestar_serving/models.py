@@ -161,12 +161,11 @@ def megabytes(nbytes: float) -> str:
 
 @dataclass
 class LoadedModel:
-    """One model the cache holds: its serving state and measured footprint."""
+    """One model the cache holds (never the pinned default): its serving state and measured footprint."""
 
     name: str
     serving: ServingState
     nbytes: int
-    pinned: bool = False
     seconds: float = 0.0  # the load took
 
 
