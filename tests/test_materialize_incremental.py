@@ -180,3 +180,85 @@ def test_materialize_command_refuses_bad_flags_naming_them(lab_root, capsys, arg
     assert lab(lab_root, "features", "materialize", *argv) != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+# -- versions: old models keep reading theirs -------------------------------------------
+
+
+def test_a_definition_round_trips_with_its_version():
+    from lab.features.views import FeatureView
+
+    for view in VIEWS:
+        again = FeatureView.from_definition(view.definition(), description=view.description)
+        assert again == view and again.version == view.version
+
+
+def test_pin_views_reads_the_version_a_model_was_trained_on_while_the_store_holds_it(offline, stores):
+    from lab.features.stores import pin_views
+
+    online, _ = stores
+    offline.write_source(SOURCE, random_events(n_users=10, n_items=5, nb_days=10, seed=8).to_arrow())
+    old = dataclasses.replace(LAST_AMOUNT, ttl=DAY)
+    materialize_view(offline, online, old, dt.datetime(2018, 4, 8))
+    current = dataclasses.replace(LAST_AMOUNT, freshness=HOUR)
+    (pinned,) = pin_views([current], {"last_amount": old.version}, online)
+    assert pinned.version == old.version and pinned.ttl == DAY and pinned.freshness == HOUR
+    assert pin_views([current], {"last_amount": "0123456789ab"}, online) == [current]  # not held: current
+    assert pin_views([current], None, online) == [current]
+
+
+def test_all_versions_brings_earlier_versions_up_to_date_too(lab_root, capsys):
+    from lab.config import load_config
+    from lab.plugins import feature_views, get_plugin_manager
+
+    config = load_config(lab_root)
+    view = feature_views(get_plugin_manager(config), config)["customer_spending"]
+    old = dataclasses.replace(view, ttl=view.ttl * 2)
+    offline = DuckDBOfflineStore(config.offline_store_path)
+    online = SQLiteOnlineStore(config.online_store_path)
+    try:
+        materialize_view(offline, online, old, dt.datetime(2018, 4, 12))
+        assert lab(lab_root, "features", "materialize", "--all-versions", "--view", "customer_spending",
+                   "--as-of", "2018-04-16T00:00:00") == 0
+        out = capsys.readouterr().out
+        assert f"customer_spending@{old.version}" in out
+        assert online.watermark(old) == online.watermark(view) == dt.datetime(2018, 4, 16)
+    finally:
+        online.close()
+
+
+def test_a_model_trained_on_an_earlier_view_version_keeps_reading_it(tmp_path):
+    """A model version whose lineage names an earlier version of a view reads that
+    version's rows; the model trained on the current definition reads the current ones."""
+    from lab import load_model
+    from lab.config import load_config
+    from lab.plugins import feature_views, get_plugin_manager
+    from lab.registry import Registry
+    from plugins.fraud.testing import build_tiny_lab
+
+    tiny = build_tiny_lab(tmp_path / "lab")
+    config = load_config(tiny.root)
+    pm = get_plugin_manager(config)
+    view = feature_views(pm, config)["customer_spending"]
+    old = dataclasses.replace(view, ttl=view.ttl * 2)
+    customer = tiny.customers[0]
+    store = pm.hook.lab_online_store(config=config)
+    store.write(old, pa.table({view.entity: [customer],
+                               **{n: [7] if "NB_TX" in n else [7.5] for n in view.feature_names}}), tiny.watermark)
+    store.close()
+    with Registry.open(config.registry_path, project_root=tiny.root) as registry:
+        first = registry.get_model_version("fraud", tiny.model_version)
+        trained_before = registry.register_model(
+            "fraud", run_id=None, flavor=first.flavor, artifact_path=first.artifact_path, metrics={},
+            lineage={"feature_views": {"customer_spending": old.version, "terminal_risk": "0123456789ab"}})
+    request = {view.entity: customer, "TERMINAL_ID": tiny.terminals[0]}
+    when = tiny.watermark + HOUR
+    for ref, wanted in ((f"fraud@{trained_before.version}", old.version), (f"fraud@{tiny.model_version}", view.version)):
+        predictor = load_model(ref, root=tiny.root, ledger=False)
+        try:
+            views = {v.name: v.version for v in predictor.assembler.views}
+            assert views["customer_spending"] == wanted
+            row = predictor.assembler.rows(request, when)[0]["customer_spending"]
+            assert (row["CUSTOMER_ID_NB_TX_1DAY_WINDOW"] == 7) == (wanted == old.version)
+        finally:
+            predictor.close()

@@ -224,6 +224,9 @@ def _materialize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookback", default="1h",
                    help="also recompute entities with rows known up to this long before the watermark "
                         "(late arrivals): seconds or 15m, 2h, 1d (default 1h)")
+    p.add_argument("--all-versions", action="store_true", dest="all_versions",
+                   help="also bring up to date the earlier versions of each view that the store holds "
+                        "(the ones models trained before a redefinition read)")
     p.add_argument("--backfill", action="store_true",
                    help="re-materialize the entities with events between --start and --end, as of each "
                         "view's watermark (or --as-of)")
@@ -255,13 +258,21 @@ def _materialize_run(args: argparse.Namespace, ctx: Context) -> int:
         as_of = _datetime(args.as_of, "--as-of") if args.as_of else None
         if as_of is None and not args.backfill:
             as_of = latest_event_time(offline, selected)
+        if args.all_versions:
+            from lab.features.views import FeatureView
+
+            selected = [each for view in selected for each in
+                        [view, *(FeatureView.from_definition(d, freshness=view.freshness)
+                                 for version, d in sorted(online.definitions(view.name).items())
+                                 if version != view.version)]]
         for view in selected:
             if args.backfill:
                 done = backfill(offline, online, view, start, end, as_of)
             else:
                 done = materialize_view(offline, online, view, as_of, full=args.full, lookback=lookback)
             since = f"  since {done.since.isoformat()}" if done.since is not None else ""
-            print(f"{done.view:<22} {done.mode:<11} {done.written:>8} rows written  {done.rows:>8} held  "
+            label = done.view if view is known.get(view.name) else f"{done.view}@{view.version}"  # an earlier one
+            print(f"{label:<22} {done.mode:<11} {done.written:>8} rows written  {done.rows:>8} held  "
                   f"as of {done.as_of.isoformat()}{since}")
     finally:
         online.close()

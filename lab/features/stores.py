@@ -150,6 +150,13 @@ class OnlineStore(abc.ABC):
         """The ``ViewState`` of this view version, or None if this version was never
         materialized (whether or not another version of the view was; never raises for that)."""
 
+    def definitions(self, view_name: str) -> dict[str, dict]:
+        """Optional: the ``FeatureView.definition()`` of every version of ``view_name`` the
+        store holds, by version. Serving uses it to read the version a model was trained
+        on (``pin_views``), and ``lab features materialize --all-versions`` to keep those
+        fresh. This default knows none."""
+        return {}
+
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         """``(row, watermark)`` for one entity ``key``: what ``read(view, [key])[0]`` and
         ``watermark(view)`` give, from one materialization. The model server calls this
@@ -172,3 +179,24 @@ class OnlineStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the connection."""
+
+
+def pin_views(views: Sequence[FeatureView], pins: dict | None, store: OnlineStore) -> list[FeatureView]:
+    """The views a model version reads: where ``pins`` (its lineage's ``feature_views``,
+    view name -> version) names another version of a view than its current definition,
+    and the store holds that version's definition, that version (with the current view's
+    freshness objective, description and tags); otherwise the current view. So a model
+    trained before a view was redefined keeps reading the values it was trained on."""
+    if not pins:
+        return list(views)
+    out = []
+    for view in views:
+        pinned = pins.get(view.name)
+        definition = store.definitions(view.name).get(pinned) if pinned and pinned != view.version else None
+        if definition is None:
+            out.append(view)
+            continue
+        old = FeatureView.from_definition(definition, freshness=view.freshness, description=view.description,
+                                          tags=view.tags)
+        out.append(old if old.version == pinned else view)
+    return out

@@ -140,6 +140,21 @@ class FeatureView:
             "label_delay_s": self.label_delay.total_seconds(),
         }
 
+    @classmethod
+    def from_definition(cls, definition: dict, **extra) -> "FeatureView":
+        """The view ``definition()`` describes (same version); ``extra`` sets what it
+        leaves out (``freshness``, ``description``, ``tags``)."""
+        try:
+            aggregations = tuple(
+                Aggregation(a["name"], a["column"], a["function"], dt.timedelta(seconds=a["window_s"]), a["fill"])
+                for a in definition["aggregations"])
+            return cls(name=definition["name"], entity=definition["entity"], source=definition["source"],
+                       timestamp=definition["timestamp"], aggregations=aggregations,
+                       features=tuple(definition["features"]), ttl=dt.timedelta(seconds=definition["ttl_s"]),
+                       label_delay=dt.timedelta(seconds=definition["label_delay_s"]), **extra)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"not a feature view definition (missing or bad {exc}): {definition!r}") from None
+
     @functools.cached_property
     def version(self) -> str:
         """Content digest of the definition: changes whenever the definition does.

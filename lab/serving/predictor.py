@@ -191,6 +191,7 @@ def load_model(ref: str, *, root=None, ledger: bool = True) -> Predictor:
     import numpy as np
 
     from lab.config import load_config
+    from lab.features.stores import pin_views
     from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
     from lab.registry import Registry
     from lab.serving.ledger import Ledger
@@ -226,6 +227,8 @@ def load_model(ref: str, *, root=None, ledger: bool = True) -> Predictor:
         raise LabError("no plugin answered lab_online_store; install or enable an online store plugin")
     opened = None
     try:
+        # the view versions this model version was trained on, where the store still holds them
+        views = pin_views(views, (version.lineage or {}).get("feature_views"), store)
         assembler = FeatureAssembler(store, views, spec.request_row, names)
         model.predict(np.zeros((1, len(names)), dtype=np.float32))  # warm, as the server does
         opened = Ledger.open(config.ledger_path) if ledger else None

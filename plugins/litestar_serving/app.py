@@ -60,6 +60,7 @@ import lab
 from lab.errors import ConfigError, LabError
 from lab.experiments.routing import FlagRouter
 from lab.features.freshness import FreshnessWatch
+from lab.features.stores import pin_views
 from lab.modelspec import ModelSpec
 from lab.plugins import feature_views, get_plugin_manager, model_flavor, model_spec
 from lab.registry import Registry
@@ -210,7 +211,9 @@ def start_up(state: ServingState, config, pm) -> None:
         if np.shape(score) != (1,):
             raise LabError(f"{where} returned shape {np.shape(score)} for one row; a flavor's predict "
                            "must return one score per row")
-        views = spec_views(state.spec, feature_views(pm, config))
+        # the view versions this model version was trained on, where the store still holds them
+        views = pin_views(spec_views(state.spec, feature_views(pm, config)),
+                          (version.lineage or {}).get("feature_views"), state.store)
         state.reason = "checking the online store"
         check_materialized(state.store, views, state.allow_empty_store)
         state.reason = f"warming up {where}"

@@ -486,6 +486,21 @@ class SQLiteOnlineStore(OnlineStore):
                                    "definition": json.loads(r[7]) if r[7] else None}
                 for r in rows}
 
+    def definitions(self, view_name: str) -> dict[str, dict]:
+        """The definition of every stored version of ``view_name`` (those written before
+        definitions were kept are left out)."""
+        con = self._con()
+        if con is None:
+            return {}
+        try:
+            rows = con.execute("SELECT version, definition FROM watermarks WHERE view = ? AND definition IS NOT NULL",
+                               (view_name,)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        return {version: json.loads(text) for version, text in rows}
+
     def drop_version(self, view_name: str, version: str) -> bool:
         """Delete one stored view version (its rows and watermark); False when absent."""
         con = self._con()
