@@ -26,7 +26,7 @@ from plugins.duckdb_offline import DuckDBOfflineStore
 S = dt.timedelta(seconds=1)
 # A write and a retrieval in one DuckDB file cost 40-200 ms an example (more on a busy
 # machine), so each example checks up to three view definitions at once, over copies of X.
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True, database=None,
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 COPIES = 3
 
@@ -186,7 +186,7 @@ def test_regression_nan_infinity_and_huge_floats_no_longer_fail_every_window(sto
 specials = st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e20, -2e20])
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(st.tuples(keys, offsets, st.one_of(values, specials)), max_size=14), probes=probe_rows,
        defs=configs())
