@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_serving_peers.py [--peers-dir /work/shared/peers]
         [--mlflow-python PEERS_ENV/mlflowvenv/bin/python] [--mlflow-work-dir DIR]
         [--root LAB] [--body FILE] [--rounds 3] [--duration 10] [--conns 1,16]
-        [--cold-starts 3] [--lab-args "--workers 2"] [--results out.json]
+        [--cold-starts 3] [--lab-workers 1,2] [--lab-args ARGS] [--results out.json]
 
 Three sides, each a server on 127.0.0.1 in its own process group (stopped by that group's
 id, always, and never alive past ``--max-seconds``):
@@ -133,6 +133,21 @@ class Side:
         self.stop()
         raise TimeoutError(f"{self.name} did not answer 200 within {max_wait:.0f} s")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of every process in this server's group (workers too)."""
+        total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if self.proc is not None and int(fields[2]) == self.proc.pid:  # pgrp
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -176,7 +191,8 @@ def fmt(value, spec=".3g"):
 
 # -- setting the sides up -----------------------------------------------------------------
 
-def lab_side(args, tmp: Path) -> Side:
+def lab_sides(args, tmp: Path) -> list[Side]:
+    """``lab serve`` once per ``--lab-workers`` count: ``lab`` (one worker), ``lab-w2``, ..."""
     if args.root:
         root = Path(args.root).resolve()
         body = Path(args.body).read_bytes() if args.body else json.dumps(README_BODY).encode()
@@ -189,9 +205,13 @@ def lab_side(args, tmp: Path) -> Side:
         body = Path(args.body).read_bytes() if args.body else json.dumps(tiny.transaction(1)).encode()
     body_file = tmp / "lab_body.json"
     body_file.write_bytes(body)
-    cmd = [str(LAB), "--root", str(root), "serve", "--port", "{port}", "--log-level", "warning",
-           *args.lab_args.split()]
-    return Side("lab", cmd, "/predict", body_file, ready_path="/readyz")
+    sides = []
+    for workers in (int(w) for w in args.lab_workers.split(",")):
+        cmd = [str(LAB), "--root", str(root), "serve", "--port", "{port}", "--log-level", "warning",
+               "--workers", str(workers), *args.lab_args.split()]
+        sides.append(Side("lab" if workers == 1 else f"lab-w{workers}", cmd, "/predict", body_file,
+                          ready_path="/readyz"))
+    return sides
 
 
 def bare_side(peers: Path, body_file: Path) -> Side:
@@ -254,11 +274,13 @@ def measure(args, sides: list[Side], peers: Path, log_dir: Path, deadline: float
                     if time.monotonic() + args.duration + 30 > deadline:
                         print("stopping early: --max-seconds reached", file=sys.stderr)
                         return res
+                    cpu = side.cpu_seconds()
                     out = run_wrk(peers, side, args.duration, c)
+                    out["server_cpu_us"] = (side.cpu_seconds() - cpu) / max(out["requests"], 1) * 1e6
                     out["round"] = r
                     res["load"][side.name][c].append(out)
                     print(f"round {r} {side.name:<6} c={c:<3} {out['rps']:9.0f} req/s  p50 {out['lat_ms_p50']:.3f} ms  "
-                          f"p99 {out['lat_ms_p99']:.3f} ms  non-2xx {out['non2xx']}", file=sys.stderr, flush=True)
+                          f"p99 {out['lat_ms_p99']:.3f} ms  CPU {out['server_cpu_us']:.0f} us/req  non-2xx {out['non2xx']}", file=sys.stderr, flush=True)
     finally:
         for side in sides:
             side.stop()
@@ -272,6 +294,7 @@ def summarize(res: dict, conns: list[int]) -> dict:
             out["sides"].setdefault(name, {})[c] = {
                 "rps": median([x["rps"] for x in runs]), "p50_ms": median([x["lat_ms_p50"] for x in runs]),
                 "p99_ms": median([x["lat_ms_p99"] for x in runs]), "rounds": len(runs),
+                "cpu_us": median([x.get("server_cpu_us") for x in runs]),
                 "non2xx": sum(x["non2xx"] for x in runs), "hit_count_cap": any(x["hit_count_cap"] for x in runs),
                 "rps_all": [round(x["rps"]) for x in runs]}
     for name, starts in res["cold_start"].items():
@@ -285,55 +308,57 @@ def summarize(res: dict, conns: list[int]) -> dict:
         runs_b = {x["round"]: x for x in res["load"].get(b, {}).get(c, [])}
         return median([fn(runs_a[r], runs_b[r]) for r in runs_a if r in runs_b])
 
-    for c in conns:
-        out["ratios"][c] = {
-            "lab_rps_over_mlflow": per_round("lab", "mlflow", c, lambda a, b: a["rps"] / b["rps"]),
-            "lab_rps_over_bare": per_round("lab", "bare", c, lambda a, b: a["rps"] / b["rps"]),
-            "mlflow_p50_over_lab": per_round("mlflow", "lab", c, lambda a, b: a["lat_ms_p50"] / b["lat_ms_p50"]),
-            "lab_p50_minus_bare_ms": per_round("lab", "bare", c, lambda a, b: a["lat_ms_p50"] - b["lat_ms_p50"]),
-            "lab_cpu_per_request_minus_bare_ms": per_round("lab", "bare", c,
-                                                           lambda a, b: 1000 / a["rps"] - 1000 / b["rps"]),
-            "lab_p99_over_p50": median([x["lat_ms_p99"] / x["lat_ms_p50"] for x in res["load"].get("lab", {}).get(c, [])]),
-        }
+    for lab in (name for name in res["load"] if name.startswith("lab")):
+        for c in conns:
+            out["ratios"].setdefault(lab, {})[c] = {
+                "rps_over_mlflow": per_round(lab, "mlflow", c, lambda a, b: a["rps"] / b["rps"]),
+                "rps_over_bare": per_round(lab, "bare", c, lambda a, b: a["rps"] / b["rps"]),
+                "mlflow_p50_over_lab": per_round("mlflow", lab, c, lambda a, b: a["lat_ms_p50"] / b["lat_ms_p50"]),
+                "p50_minus_bare_ms": per_round(lab, "bare", c, lambda a, b: a["lat_ms_p50"] - b["lat_ms_p50"]),
+                "cpu_minus_bare_ms": per_round(lab, "bare", c, lambda a, b: (a["server_cpu_us"] - b["server_cpu_us"])
+                                               / 1000),
+                "p99_over_p50": median([x["lat_ms_p99"] / x["lat_ms_p50"] for x in res["load"][lab].get(c, [])]),
+            }
     return out
 
 
 def report(summary: dict, conns: list[int]) -> None:
     sides = summary["sides"]
-    print(f"\n{'side':<8}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   rounds' req/s")
+    print(f"\n{'side':<8}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}   rounds' req/s")
     for name, by_c in sides.items():
         for c in conns:
             s = by_c.get(c)
             if s:
                 print(f"{name:<8}{c:>6}{fmt(s['rps'], '.0f'):>10}{fmt(s['p50_ms'], '.3f'):>9}{fmt(s['p99_ms'], '.3f'):>9}"
-                      f"   {s['rps_all']}" + (f"  non-2xx {s['non2xx']}" if s["non2xx"] else "")
+                      f"{fmt(s['cpu_us'], '.0f'):>12}   {s['rps_all']}" + (f"  non-2xx {s['non2xx']}" if s["non2xx"] else "")
                       + ("  (hit wrk's count cap: req/s under-reported)" if s["hit_count_cap"] else ""))
     print("\ncold start (Popen -> first 200, median):")
     for name, by_c in sides.items():
         cold = by_c.get("cold_start")
         if cold:
-            print(f"  {name:<8} ready {cold['ready_s']:.3f} s, first /predict 200 {cold['predict_s']:.3f} s  {cold['all']}")
-    print("\nlab beside its baselines (medians of per-round figures):")
-    for c in conns:
-        r = summary["ratios"][c]
-        lab, bare, mlflow = (sides.get(n, {}).get(c) for n in ("lab", "bare", "mlflow"))
-        if mlflow:
-            print(f"  c={c:<3} req/s   lab {fmt(lab['rps'], '.0f')} vs MLflow {fmt(mlflow['rps'], '.0f')}: "
-                  f"{fmt(r['lab_rps_over_mlflow'], '.2f')}x" + (f"  (goal >= {GOALS['rps_over_mlflow_c16']:g}x)"
-                                                                  if c == 16 else ""))
-            print(f"  c={c:<3} p50     lab {fmt(lab['p50_ms'], '.3f')} ms vs MLflow {fmt(mlflow['p50_ms'], '.3f')} ms: "
-                  f"MLflow {fmt(r['mlflow_p50_over_lab'], '.2f')}x slower")
-        if bare:
-            print(f"  c={c:<3} req/s   lab {fmt(lab['rps'], '.0f')} vs bare {fmt(bare['rps'], '.0f')}: "
-                  f"{fmt(r['lab_rps_over_bare'], '.2f')}x")
-            print(f"  c={c:<3} p50     lab {fmt(lab['p50_ms'], '.3f')} ms vs bare {fmt(bare['p50_ms'], '.3f')} ms: "
-                  f"+{fmt(r['lab_p50_minus_bare_ms'], '.3f')} ms"
-                  + (f"  (lab's own work per request; goal <= {GOALS['own_work_ms']} ms)" if c == 1 else ""))
-            print(f"  c={c:<3} CPU/req lab {fmt(1000 / lab['rps'] if lab['rps'] else None, '.3f')} ms vs bare "
-                  f"{fmt(1000 / bare['rps'] if bare['rps'] else None, '.3f')} ms: "
-                  f"+{fmt(r['lab_cpu_per_request_minus_bare_ms'], '.3f')} ms")
-        print(f"  c={c:<3} lab p99/p50 {fmt(r['lab_p99_over_p50'], '.2f')}"
-              + (f"  (goal <= {GOALS['p99_over_p50_c16']:g})" if c == 16 else ""))
+            print(f"  {name:<8} ready {cold['ready_s']:.3f} s, first /predict 200 {cold['predict_s']:.3f} s  {cold['all']}"
+                  + (f"  (goal <= {GOALS['cold_start_s']} s)" if name.startswith("lab") else ""))
+    for lab_name, by_c in summary["ratios"].items():
+        print(f"\n{lab_name} beside its baselines (medians of per-round figures):")
+        for c in conns:
+            r = by_c[c]
+            lab, bare, mlflow = (sides.get(n, {}).get(c) for n in (lab_name, "bare", "mlflow"))
+            if mlflow:
+                print(f"  c={c:<3} req/s    {fmt(lab['rps'], '.0f')} vs MLflow {fmt(mlflow['rps'], '.0f')}: "
+                      f"{fmt(r['rps_over_mlflow'], '.2f')}x" + (f"  (goal >= {GOALS['rps_over_mlflow_c16']:g}x)"
+                                                                if c == 16 else ""))
+                print(f"  c={c:<3} p50      {fmt(lab['p50_ms'], '.3f')} ms vs MLflow {fmt(mlflow['p50_ms'], '.3f')} ms: "
+                      f"MLflow {fmt(r['mlflow_p50_over_lab'], '.2f')}x slower")
+            if bare:
+                print(f"  c={c:<3} req/s    {fmt(lab['rps'], '.0f')} vs bare {fmt(bare['rps'], '.0f')}: "
+                      f"{fmt(r['rps_over_bare'], '.2f')}x")
+                print(f"  c={c:<3} p50      {fmt(lab['p50_ms'], '.3f')} ms vs bare {fmt(bare['p50_ms'], '.3f')} ms: "
+                      f"+{fmt(r['p50_minus_bare_ms'], '.3f')} ms"
+                      + (f"  (the lab's own work per request; goal <= {GOALS['own_work_ms']} ms)" if c == 1 else ""))
+                print(f"  c={c:<3} CPU/req  {fmt(lab['cpu_us'], '.0f')} us vs bare {fmt(bare['cpu_us'], '.0f')} us: "
+                      f"+{fmt(r['cpu_minus_bare_ms'], '.3f')} ms (the servers' processes, all threads)")
+            print(f"  c={c:<3} p99/p50  {fmt(r['p99_over_p50'], '.2f')}"
+                  + (f"  (goal <= {GOALS['p99_over_p50_c16']:g})" if c == 16 else ""))
 
 
 def main() -> int:
@@ -346,7 +371,9 @@ def main() -> int:
                         help="where the MLflow model is (or is logged once); default: a temporary folder")
     parser.add_argument("--root", help="serve this lab (default: the tiny lab, built in a temporary folder)")
     parser.add_argument("--body", help="request body file for the lab (default: README's, or the tiny lab's)")
-    parser.add_argument("--lab-args", default="", help="more `lab serve` arguments, e.g. \"--workers 2\"")
+    parser.add_argument("--lab-workers", default="1", help="comma-separated `lab serve --workers` counts, one "
+                        "lab side each (default 1; e.g. 1,2)")
+    parser.add_argument("--lab-args", default="", help="more `lab serve` arguments, e.g. \"--max-concurrency 2\"")
     parser.add_argument("--skip", default="", help="comma-separated sides to leave out (lab, bare, mlflow)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
@@ -371,9 +398,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp_name:
         tmp = Path(tmp_name)
         args.mlflow_work_dir = args.mlflow_work_dir or str(tmp / "mlflow_work")
-        lab = lab_side(args, tmp)
-        sides = [side for side in (lab, bare_side(peers, lab.body_file), None if "mlflow" in skip else mlflow_side(args, peers))
-                 if side is not None and side.name not in skip]
+        labs = lab_sides(args, tmp)
+        others = [bare_side(peers, labs[0].body_file), None if "mlflow" in skip else mlflow_side(args, peers)]
+        sides = [side for side in (*labs, *others) if side is not None and side.name not in skip]
         print(f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}; sides: "
               f"{', '.join(s.name for s in sides)}; {args.rounds} rounds of {args.duration:g} s per side and "
               f"connection count {args.conns}", file=sys.stderr, flush=True)
