@@ -302,40 +302,70 @@ def _answers(predictor, requests) -> list[dict]:
     return out
 
 
+def _redis_on(port: int, folder) -> subprocess.Popen:
+    """redis-server again on ``port`` (empty: no persistence), ready when it answers PING."""
+    proc = subprocess.Popen(["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 15
+    try:
+        while True:
+            try:
+                client.ping()
+                return proc
+            except redis.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not come back"
+                time.sleep(0.02)
+    finally:
+        client.close()
+
+
 @pytest.fixture
-def twin_labs(tmp_path, redis_url):
+def twin_labs(tmp_path):
     """One tiny lab materialized twice from the same offline data as of ``AS_OF``: into
-    SQLite (the lab as built), and into Redis (a copy configured with [tool.lab.redis_online],
-    its SQLite file deleted, so nothing can come from there)."""
+    SQLite (the lab as built), and into its own redis-server (a copy configured with
+    [tool.lab.redis_online], its SQLite file deleted, so nothing can come from there).
+    Gives both roots, requests for every customer and an unknown one, and the Redis
+    server (a one-item list: a test may replace it)."""
     from plugins.fraud.simulator import simulate
     from plugins.fraud.testing import build_tiny_lab
 
-    lab = build_tiny_lab(tmp_path / "sqlite_lab")
-    tx = simulate(n_customers=25, n_terminals=40, nb_days=10, seed=3)
-    tx.write_parquet(tmp_path / "tx.parquet")
-    _cli(lab.root, "features", "load", "transactions", str(tmp_path / "tx.parquet"))
-    redis_root = tmp_path / "redis_lab"
-    shutil.copytree(lab.root, redis_root)
-    (redis_root / "data" / "online.db").unlink()
-    with (redis_root / "pyproject.toml").open("a") as f:
-        f.write(f'\n[tool.lab.redis_online]\nurl = "{redis_url}"\n')
-    for root in (lab.root, redis_root):
-        _cli(root, "features", "materialize", "--as-of", AS_OF)
-    assert not (redis_root / "data" / "online.db").exists()
-    when = dt.datetime.fromisoformat(AS_OF) + dt.timedelta(hours=3)
-    customers = sorted(set(tx["CUSTOMER_ID"].to_list()))
-    terminals = sorted(set(tx["TERMINAL_ID"].to_list()))
-    requests = [lab.transaction(i, customer=c, terminal=terminals[i % len(terminals)], amount=5.0 + 7 * i,
-                                when=when + dt.timedelta(minutes=i))
-                for i, c in enumerate([*customers, 9999])]  # 9999: unknown, so the defaults
-    return lab.root, redis_root, requests
+    server, url = start_redis(tmp_path / "redis")
+    servers = [server]
+    try:
+        lab = build_tiny_lab(tmp_path / "sqlite_lab")
+        tx = simulate(n_customers=25, n_terminals=40, nb_days=10, seed=3)
+        tx.write_parquet(tmp_path / "tx.parquet")
+        _cli(lab.root, "features", "load", "transactions", str(tmp_path / "tx.parquet"))
+        redis_root = tmp_path / "redis_lab"
+        shutil.copytree(lab.root, redis_root)
+        (redis_root / "data" / "online.db").unlink()
+        with (redis_root / "pyproject.toml").open("a") as f:
+            f.write(f'\n[tool.lab.redis_online]\nurl = "{url}"\n')
+        for root in (lab.root, redis_root):
+            _cli(root, "features", "materialize", "--as-of", AS_OF)
+        assert not (redis_root / "data" / "online.db").exists()
+        when = dt.datetime.fromisoformat(AS_OF) + dt.timedelta(hours=3)
+        customers = sorted(set(tx["CUSTOMER_ID"].to_list()))
+        terminals = sorted(set(tx["TERMINAL_ID"].to_list()))
+        requests = [lab.transaction(i, customer=c, terminal=terminals[i % len(terminals)], amount=5.0 + 7 * i,
+                                    when=when + dt.timedelta(minutes=i))
+                    for i, c in enumerate([*customers, 9999])]  # 9999: unknown, so the defaults
+        yield lab.root, redis_root, requests, servers, url
+    finally:
+        for proc in servers:
+            _stop(proc)
+
+
+ANSWER = ("score", "features", "defaults", "feature_age_seconds")
 
 
 @pytest.mark.slow
-def test_a_lab_served_from_redis_answers_as_from_sqlite(twin_labs, redis_url, tmp_path):
+def test_a_lab_served_from_redis_answers_as_from_sqlite_and_rides_out_a_redis_restart(twin_labs, tmp_path):
     from lab.serving.predictor import load_model
 
-    sqlite_root, redis_root, requests = twin_labs
+    sqlite_root, redis_root, requests, servers, url = twin_labs
     with load_model("fraud", root=sqlite_root, ledger=False) as from_sqlite, \
             load_model("fraud", root=redis_root, ledger=False) as from_redis:
         assert isinstance(from_redis.store, RedisOnlineStore)
@@ -346,7 +376,7 @@ def test_a_lab_served_from_redis_answers_as_from_sqlite(twin_labs, redis_url, tm
     assert sum(not a["defaults"]["customer_spending"] for a in expected) == len(requests) - 1
     assert len({a["score"] for a in expected}) > 5  # the features really differ between requests
 
-    # and a real `lab serve` of the Redis lab answers the same over HTTP
+    # a real `lab serve` of the Redis lab answers the same over HTTP ...
     import httpx
 
     from tests.redis_server import _free_port
@@ -372,9 +402,24 @@ def test_a_lab_served_from_redis_answers_as_from_sqlite(twin_labs, redis_url, tm
             for request, want in zip(requests, expected):
                 got = http.post("/predict", json=request)
                 assert got.status_code == 200, got.text
-                body = got.json()
-                assert {k: body[k] for k in ("score", "features", "defaults", "feature_age_seconds")} == {
-                    k: want[k] for k in ("score", "features", "defaults", "feature_age_seconds")}
+                assert {k: got.json()[k] for k in ANSWER} == {k: want[k] for k in ANSWER}
+
+            # ... keeps answering without a 500 while Redis is down ...
+            _stop(servers.pop())
+            for request in requests[:3]:
+                down = http.post("/predict", json=request)
+                assert down.status_code in (200, 503), down.text
+                assert down.status_code == 503 or down.json()["fallback"] is True
+            # ... reconnects by itself when Redis is back (empty: nothing persisted, so defaults) ...
+            servers.append(_redis_on(int(url.rsplit(":", 1)[1].split("/")[0]), tmp_path / "redis"))
+            back = http.post("/predict", json=requests[0])
+            assert back.status_code == 200 and back.json()["defaults"] == {"customer_spending": True,
+                                                                           "terminal_risk": True}
+            # ... and serves the values again once the lab is materialized again.
+            _cli(redis_root, "features", "materialize", "--as-of", AS_OF)
+            for request, want in list(zip(requests, expected))[:5]:
+                got = http.post("/predict", json=request)
+                assert {k: got.json()[k] for k in ANSWER} == {k: want[k] for k in ANSWER}
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
@@ -384,6 +429,7 @@ def test_a_lab_served_from_redis_answers_as_from_sqlite(twin_labs, redis_url, tm
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         log.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
 # -- the row encoding (codec.py): packed numbers, JSON otherwise, both in one version ---------
