@@ -114,17 +114,32 @@ class _ShadowAction(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, ta
 Positive = Annotated[float, msgspec.Meta(gt=0, le=1e9)]
 
 
-class StartShadow(_ShadowAction, tag="start"):
-    """Mirror the served model's traffic to ``challenger``, with its exit criteria declared
-    now (defaults as ``lab shadow start``: 1000 requests, agreement 0.95, 7 days)."""
-
+class _StartShadow(_ShadowAction, tag="start"):
     challenger: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000, description="the version to shadow")]
     min_requests: Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)] | None = None
     min_agreement: Annotated[float, msgspec.Meta(gt=0, lt=1)] | None = None
     max_latency_ms: Positive | None = None
     days: Annotated[float, msgspec.Meta(gt=0, le=3650, description="days until it expires unmet")] | None = None
+
+
+class StartShadow(_StartShadow, tag="start"):
+    """Mirror the served classifier's traffic to ``challenger``, with its exit criteria
+    declared now (defaults as ``lab shadow start``: 1000 requests, agreement 0.95, 7 days);
+    the two agree when they decide alike at ``threshold`` (default 0.5)."""
+
     threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
-    tolerance: Positive | None = None
+
+    tolerance = None  # a classifier's shadow agrees at a threshold
+
+
+class StartRegressionShadow(_StartShadow, tag="start", kw_only=True):
+    """Mirror the served regression model's traffic to ``challenger``, with its exit
+    criteria declared now (defaults as ``lab shadow start``: 1000 requests, agreement 0.95,
+    7 days); the two agree when their predictions differ by at most ``tolerance``."""
+
+    tolerance: Positive
+
+    threshold = None  # a regression model's shadow agrees within a tolerance
 
 
 class StopShadow(_ShadowAction, tag="stop"):
@@ -132,10 +147,20 @@ class StopShadow(_ShadowAction, tag="stop"):
 
 
 ShadowChangeRequest = StartShadow | StopShadow
-"""The body of POST /admin/shadow, told apart by its ``action``."""
+"""The body of POST /admin/shadow for a served classifier, told apart by its ``action``
+(a regression model's is ``RegressionShadowChangeRequest``: a tolerance, no threshold)."""
+
+RegressionShadowChangeRequest = StartRegressionShadow | StopShadow
+
+
+def shadow_change_request(task: str):
+    """The body POST /admin/shadow takes for a served model of ``task``: the document
+    names only the agreement rule that task has."""
+    return RegressionShadowChangeRequest if task == "regression" else ShadowChangeRequest
+
 
 _ACTIONS = {StartFlag: "start", StopFlag: "stop", SetWeights: "set_weights", StartShadow: "start",
-            StopShadow: "stop"}
+            StartRegressionShadow: "start", StopShadow: "stop"}
 
 
 class AliasChange(msgspec.Struct):
@@ -246,8 +271,8 @@ class Admin:
     """What the admin routes share: the lab's config and plugins, the key file, and the
     model this server serves (the default ``model``)."""
 
-    def __init__(self, config, pm, keys: ServerKeys, model_name: str):
-        self.config, self.pm, self.keys, self.model_name = config, pm, keys, model_name
+    def __init__(self, config, pm, keys: ServerKeys, model_name: str, task: str = "classification"):
+        self.config, self.pm, self.keys, self.model_name, self.task = config, pm, keys, model_name, task
 
     def registry(self) -> Registry:
         path = self.config.registry_path
@@ -354,7 +379,7 @@ class Admin:
                           before=states[0], after=states[1], changed=changed)
 
 
-    def change_shadow(self, body: ShadowChangeRequest, key: ApiKey, request: Request,
+    def change_shadow(self, body: ShadowChangeRequest | RegressionShadowChangeRequest, key: ApiKey, request: Request,
                       request_id: str) -> ShadowChange:
         """Start or stop the served model's shadow, as ``lab shadow start|stop`` do."""
         from lab.plugins import model_spec
@@ -416,7 +441,8 @@ def admin_controllers(admin: Admin) -> list[type[Controller]]:
         "action": "one of start, stop, set_weights",
         "weights": "an object of variant name to weight from 0 to 1, naming every variant, summing to 1",
         "reason": "a string"})
-    shadow_errors = _errors(ShadowChangeRequest, {
+    shadow_request = shadow_change_request(admin.task)
+    shadow_errors = _errors(shadow_request, {
         "action": "start or stop", "challenger": "a registered version of the served model, not its champion",
         "min_requests": "a whole number >= 1", "min_agreement": "a share between 0 and 1",
         "max_latency_ms": "milliseconds above 0", "days": "days above 0", "threshold": "a score from 0 to 1",
@@ -450,7 +476,7 @@ def admin_controllers(admin: Admin) -> list[type[Controller]]:
         up within ``flag_refresh_s``. Audited."""
         return await _run(admin.change_shadow, data, request.state.api_key, request, _request_id(request))
 
-    change_shadow.__annotations__ = {**change_shadow.__annotations__, "data": JSONBody[ShadowChangeRequest]}
+    change_shadow.__annotations__ = {**change_shadow.__annotations__, "data": JSONBody[shadow_request]}
     promote.__annotations__ = {**promote.__annotations__, "data": JSONBody[PromoteRequest]}
     rollback.__annotations__ = {**rollback.__annotations__, "data": JSONBody[RollbackRequest]}
     change_flag.__annotations__ = {**change_flag.__annotations__, "data": JSONBody[FlagChangeRequest]}
@@ -479,7 +505,7 @@ def admin_controllers(admin: Admin) -> list[type[Controller]]:
 
 
 _REQUESTS = {s.__name__: s for s in (PromoteRequest, RollbackRequest, StartFlag, StopFlag, SetWeights,
-                                     StartShadow, StopShadow)}
+                                     StartShadow, StartRegressionShadow, StopShadow)}
 _BOUNDS = (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusive_minimum"), ("lt", "exclusive_maximum"))
 
 

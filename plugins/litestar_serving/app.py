@@ -67,13 +67,13 @@ from lab.registry import Registry
 from lab.serving.batch_predictions import batch_fallback_for, fallback_fields
 from lab.serving.keys import keys_path
 from lab.serving.ledger import Ledger
-from lab.serving.predictor import ledger_record, prediction_fields, request_time
+from lab.serving.predictor import STORE_UNAVAILABLE, ledger_record, prediction_fields, request_time
 from lab.serving.routing import Router
 from lab.serving.scoring import FeatureAssembler
 from lab.serving.shadow import ShadowMirror
 from plugins.litestar_serving import admin as admin_routes
 from plugins.litestar_serving.auth import ServerKeys, guard
-from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker
+from plugins.litestar_serving.breaker import CLOSED, CircuitBreaker, StoreAvailability
 from plugins.litestar_serving import fastpath
 from plugins.litestar_serving.batching import MicroBatcher
 from plugins.litestar_serving.errors import RequestErrors, host_guard
@@ -134,6 +134,7 @@ class ServingState:
         default_factory=lambda: (CircuitBreaker("store", 0, 1.0), CircuitBreaker("model", 0, 1.0)))
     models: Any = None  # plugins.litestar_serving.models.ModelCache when other models are served beside this one
     freshness_watch: FreshnessWatch | None = None  # freshness breaches by view; one event per view a minute
+    availability: StoreAvailability = field(default_factory=StoreAvailability)  # the online store's, as met
 
 
 def spec_views(spec: ModelSpec, views: dict) -> list:
@@ -397,6 +398,42 @@ def _record(breakers: tuple[CircuitBreaker, CircuitBreaker], miss: Unscored | No
         model.failure(miss.detail)
 
 
+def _store_read(availability: StoreAvailability, miss: Unscored | None) -> None:
+    """Count how a request's online store read went for ``lab_online_store_availability``:
+    answered (``miss`` None, or the model failed after it), failed, too slow, or kept
+    from the store by its open breaker. A request that never reached it is not a read."""
+    if miss is None:
+        availability.record("ok")
+    elif miss.dependency == "store":
+        availability.record(miss.reason)
+    elif miss.dependency == "model" and miss.reason != "model_circuit_open":
+        availability.record("ok")
+
+
+def _on_feature_defaults(serving: ServingState, miss: Unscored, model, fields: dict, what: str):
+    """``(assembled, score)`` scored by ``model`` on every view's declared defaults, when
+    the spec opts in (``on_store_outage = "feature_defaults"``) and ``miss`` is the online
+    store's (failed, too slow, circuit open); counted per view. None otherwise, or when
+    the model cannot score them (its breaker not closed, or it raises): then the
+    whole-prediction fallback. Runs on the event loop: the model's predict, no store."""
+    if miss.dependency != "store" or serving.spec.on_store_outage != "feature_defaults":
+        return None
+    if serving.breakers[1].state != CLOSED or serving.assembler is None:
+        return None
+    try:
+        assembled = serving.assembler.without_store(fields)
+        score = float(model.predict(assembled.vector)[0])
+    except Exception as exc:  # noqa: BLE001 - then the declared fallback, as for any model failure
+        log.warning("cannot score %s on feature defaults: %s", what, exc)
+        return None
+    log.warning("feature defaults for %s (%s): %s", what, miss.reason, miss.detail)
+    serving.fallbacks[STORE_UNAVAILABLE] = serving.fallbacks.get(STORE_UNAVAILABLE, 0) + 1
+    if serving.metrics is not None:
+        serving.metrics.fallback(STORE_UNAVAILABLE)
+        serving.metrics.feature_fallbacks(assembled.defaults, miss.reason)
+    return assembled, score
+
+
 def _unscored(serving: ServingState, miss: Unscored, what: str, request: dict) -> tuple[str, Any]:
     """The fallback reason for ``miss``, counted and logged, with the request entity's latest
     batch prediction when ``[tool.lab.serve] batch_fallback`` finds one (None: the declared
@@ -470,6 +507,7 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors, *, path: str =
             else:
                 assembled, score = score_inline(assemble, predict_one)
             _record(serving.breakers, None)
+            _store_read(serving.availability, None)
         except Busy as exc:
             if serving.metrics is not None:
                 serving.metrics.rejected("queue_full")
@@ -489,8 +527,13 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors, *, path: str =
             if variant is not None:
                 serving.router.count(variant, failed=True)
             _record(serving.breakers, miss)
-            fallback, batch = _unscored(serving, miss, f"{schema.title} {event_id}", fields)
-            assembled, score = miss.assembled or _NOTHING, batch.score if batch else serving.spec.fallback
+            _store_read(serving.availability, miss)
+            defaulted = _on_feature_defaults(serving, miss, model, fields, f"{schema.title} {event_id}")
+            if defaulted is not None:  # the model's score on the views' declared defaults
+                fallback, (assembled, score) = STORE_UNAVAILABLE, defaulted
+            else:
+                fallback, batch = _unscored(serving, miss, f"{schema.title} {event_id}", fields)
+                assembled, score = miss.assembled or _NOTHING, batch.score if batch else serving.spec.fallback
         latency_ms = (time.perf_counter() - started) * 1000.0
         if variant is not None and fallback is None:
             serving.router.count(variant, failed=False)
@@ -517,7 +560,8 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors, *, path: str =
             variant=variant,
             fallback=fallback is not None,
             fallback_reason=fallback,
-            **fallback_fields(fallback, batch),
+            **({"fallback_source": "feature_defaults"} if fallback == STORE_UNAVAILABLE
+               else fallback_fields(fallback, batch)),
         )
 
     predict.__doc__ = f"""Score one {schema.title} with the served model version.
@@ -779,7 +823,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     keys = ServerKeys(keys_path(config))  # API keys: the admin routes', and /predict's when predict_auth = "key"
     predict = prediction_controller(spec, errors)
     predict.guards = [guard(keys, "predict")] if config.serve.predict_auth == "key" else []
-    admin = admin_routes.admin_controllers(admin_routes.Admin(config, pm, keys, spec.name))
+    admin = admin_routes.admin_controllers(admin_routes.Admin(config, pm, keys, spec.name, spec.task))
     lifespans, served = [_lifespan(config, pm, refresh_s, guardrail_s)], []
     if [name for name in models if name != spec.name]:  # several models: /models/NAME/predict and the LRU
         from plugins.litestar_serving.models import serve_models
