@@ -46,6 +46,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -55,6 +56,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+import msgspec
 
 from lab.errors import ConfigError, LabError, NotFound
 from lab.serving._ledger_migrations import ADDED_COLUMNS, LATER_COLUMNS, MIGRATIONS, OWNER, RENAMED_COLUMNS
@@ -101,10 +104,29 @@ class PredictionRecord:
     def as_row(self) -> tuple:
         return (
             self.at, self.request_id, self.event_id, self.model_name, int(self.model_version),
-            json.dumps(self.request, default=str), json.dumps(self.features), json.dumps(self.defaults),
+            _encode(self.request), _encode_numbers(self.features), _encode(self.defaults),
             float(self.score), float(self.latency_ms), self.experiment, self.variant, self.fallback,
-            None if self.feature_ages is None else json.dumps(self.feature_ages),
+            None if self.feature_ages is None else _encode_numbers(self.feature_ages),
         )
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=str)  # ~1 us a field map, where json.dumps took ~15 us
+
+
+def _encode(value: dict) -> str:
+    """``value`` as JSON text (date-times in ISO 8601, anything else unknown as ``str``)."""
+    return _ENCODER.encode(value).decode()
+
+
+def _encode_numbers(values: dict) -> str:
+    """A map of numbers as JSON text; NaN and infinities kept as ``json`` writes them
+    (msgspec would write null), so they read back as they were."""
+    try:
+        if all(v is None or math.isfinite(v) for v in values.values()):
+            return _ENCODER.encode(values).decode()
+    except TypeError:  # not all numbers: as before
+        pass
+    return json.dumps(values, default=str)
 
 
 class _Flush:

@@ -1,0 +1,32 @@
+"""The ledger's JSON columns read back what was logged: date-times, NaN and infinities."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from lab.serving.ledger import Ledger, PredictionRecord, read_predictions
+
+
+def test_logged_fields_read_back_as_written(tmp_path):
+    when = dt.datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=dt.timezone.utc)
+    path = tmp_path / "ledger.db"
+    ledger = Ledger.open(path)
+    try:
+        ledger.append(PredictionRecord(
+            "e1", "m", 1, {"A": 1.25, "B": float("nan"), "C": float("inf"), "D": None}, {"view": True}, 0.5, 1.0,
+            request={"id": "e1", "at": when, "n": 3, "text": "é"}, feature_ages={"view": 12.5, "other": None}))
+        ledger.append(PredictionRecord("e2", "m", 1, {"A": 2.0}, {}, 0.25, 1.0, request={"at": when.replace(tzinfo=None)},
+                                       feature_ages={"view": float("inf")}))
+        assert ledger.flush()
+    finally:
+        ledger.close()
+    first, second = read_predictions(path)
+    assert first["features"]["A"] == 1.25 and math.isnan(first["features"]["B"])
+    assert first["features"]["C"] == math.inf and first["features"]["D"] is None
+    assert first["defaults"] == {"view": True}
+    assert first["feature_ages"] == {"view": 12.5, "other": None}
+    assert first["request"]["n"] == 3 and first["request"]["text"] == "é"
+    assert dt.datetime.fromisoformat(first["request"]["at"]) == when
+    assert dt.datetime.fromisoformat(second["request"]["at"]) == when.replace(tzinfo=None)
+    assert second["feature_ages"] == {"view": math.inf}
