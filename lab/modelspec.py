@@ -150,6 +150,10 @@ class SplitWindow:
         return self.train_start + dt.timedelta(days=self.delta_train + self.delta_delay + self.delta_test - 1)
 
 
+STORE_OUTAGE = ("fallback_prediction", "feature_defaults")
+"""``ModelSpec.on_store_outage``: the whole-prediction fallback, or a score on the views' defaults."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything the platform needs to know about one model of a lab.
@@ -167,6 +171,13 @@ class ModelSpec:
     out, failed, or its circuit is open): a constant the lab declares, for example a
     classification model's base rate. None (the default) declares no fallback: such a
     request is answered 503. A fallback is never an implicit zero.
+
+    ``on_store_outage`` says what a request gets when the online store fails, is slower
+    than ``[tool.lab.serve] store_timeout_ms`` or its circuit is open:
+    ``"fallback_prediction"`` (the default) the whole-prediction ``fallback`` above;
+    ``"feature_defaults"`` the model's own score on each view's declared defaults (what
+    the feature plugin gives an unknown entity, ``FeatureView.defaults``), flagged
+    ``fallback_reason: "store_unavailable"`` with every view in ``defaults``.
     """
 
     name: str
@@ -186,6 +197,7 @@ class ModelSpec:
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
     fallback: float | None = None
+    on_store_outage: str = "fallback_prediction"
 
     def __post_init__(self) -> None:
         for name in ("features", "views", "carry"):
@@ -207,6 +219,9 @@ class ModelSpec:
                                   f"flagged, when the model cannot score in time) or None for no fallback, "
                                   f"got {value!r}")
             object.__setattr__(self, "fallback", float(value))
+        if self.on_store_outage not in STORE_OUTAGE:
+            raise ConfigError(f"model {self.name!r}: on_store_outage must be one of {', '.join(STORE_OUTAGE)}, "
+                              f"got {self.on_store_outage!r}")
         for fn in ("request_frame", "request_row"):
             if not callable(getattr(self, fn)):
                 raise ConfigError(f"model {self.name!r}: {fn} must be callable")

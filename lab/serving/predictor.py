@@ -25,6 +25,10 @@ from lab.errors import LabError
 from lab.modelspec import ModelSpec, RequestField, RequestSchema
 
 
+STORE_UNAVAILABLE = "store_unavailable"
+"""The fallback reason of a score on the views' declared defaults (``ModelSpec.on_store_outage``)."""
+
+
 def parse_ref(ref: str) -> tuple[str, str | int]:
     """``"MODEL@ALIAS"`` -> (model, alias); ``"MODEL@3"`` -> (model, 3); ``"MODEL"`` -> champion."""
     if not isinstance(ref, str) or not ref.strip():
@@ -143,21 +147,33 @@ class Predictor:
         self.assembler, self.store, self.ledger = assembler, store, ledger
 
     def predict(self, request: Mapping[str, Any], *, request_id: str | None = None) -> dict[str, Any]:
-        """Score ``request`` (a dict of the spec's request fields); the server's fields."""
+        """Score ``request`` (a dict of the spec's request fields); the server's fields.
+        With ``ModelSpec.on_store_outage = "feature_defaults"`` a store that raises gives
+        every view its declared defaults and the answer adds ``fallback: True``,
+        ``fallback_reason: "store_unavailable"``, ``fallback_source: "feature_defaults"``
+        (the ledger row's ``fallback`` too); otherwise the store's error is raised."""
         started = time.perf_counter()
         schema = self.spec.request
         fields = validate_request(schema, request)
         sent = fields[schema.timestamp]
         when = fields[schema.timestamp] = request_time(sent)
-        assembled = self.assembler.assemble(fields, when)
+        fallback = None
+        if self.spec.on_store_outage == "feature_defaults":
+            # As the server: a store that raises gives every view its declared defaults, flagged.
+            assembled, outage = self.assembler.assemble_or_defaults(fields, when)
+            fallback = None if outage is None else STORE_UNAVAILABLE
+        else:
+            assembled = self.assembler.assemble(fields, when)
         score = float(self.model.predict(assembled.vector)[0])
         latency_ms = (time.perf_counter() - started) * 1000.0
         request_id = request_id or uuid.uuid4().hex
         if self.ledger is not None:
             self.ledger.append(ledger_record(schema, fields, sent, self.version, assembled, score, latency_ms,
-                                             request_id))
+                                             request_id, fallback=fallback))
+        flags = {} if fallback is None else {"fallback": True, "fallback_reason": fallback,
+                                             "fallback_source": "feature_defaults"}
         return {"request_id": request_id,
-                **prediction_fields(fields[schema.id], self.version, assembled, score, latency_ms)}
+                **prediction_fields(fields[schema.id], self.version, assembled, score, latency_ms), **flags}
 
     def predict_many(self, requests: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """``predict`` for each request, in order."""

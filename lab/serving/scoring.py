@@ -221,6 +221,33 @@ class FeatureAssembler:
                 self._counts["stale"] += stale
                 self._counts["future"] += future
 
+    def without_store(self, request: Mapping[str, Any]) -> AssembledFeatures:
+        """The features for ``request`` with no online store call: every view's row None,
+        so the feature plugin's ``RowBuilder`` serves each view's declared defaults (what
+        it gives an unknown entity: ``FeatureView.defaults``, the point-in-time join's
+        answer for an entity with no visible rows), and request-time features as usual.
+        Every view is flagged in ``defaults``; its ``Freshness`` has no watermark or age
+        (unknown, not stale). For a store that is unavailable or slower than its budget,
+        when the model spec opts in (``ModelSpec.on_store_outage = "feature_defaults"``).
+        Not counted in ``counts()``. Raises ``FeatureAssemblyError`` as ``assemble`` does."""
+        rows = {view.name: None for view in self.views}
+        defaults = {view.name: True for view in self.views}
+        unknown = Freshness(None, None, False)
+        return self._build(request, rows, defaults, {view.name: unknown for view in self.views})
+
+    def assemble_or_defaults(self, request: Mapping[str, Any],
+                             when: dt.datetime) -> tuple[AssembledFeatures, BaseException | None]:
+        """``(assembled, None)`` as ``assemble`` gives; or, when a store read raises,
+        ``(without_store(request), the error)``. A bad feature the builder makes still
+        raises ``FeatureAssemblyError``: that is a definition problem, not an outage."""
+        try:
+            read = self.rows(request, when)
+        except Exception as exc:  # noqa: BLE001 - whatever a store raises, it is unavailable
+            return self.without_store(request), exc
+        assembled = self._build(request, *read)
+        self.count(assembled)
+        return assembled, None
+
     def _assemble(self, request: Mapping[str, Any], when: dt.datetime) -> AssembledFeatures:
         return self._build(request, *self.rows(request, when))
 

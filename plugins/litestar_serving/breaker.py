@@ -100,3 +100,48 @@ class CircuitBreaker:
         if state == HALF_OPEN:
             return f"the circuit breaker of {what} is half-open: the next request probes it{why}"
         return f"the circuit breaker of {what} is closed"
+
+
+STORE_READS = ("ok", "store_error", "store_timeout", "store_circuit_open")
+"""``lab_online_store_reads_total``'s outcomes: answered, failed, too slow, not called (open breaker)."""
+
+
+class StoreAvailability:
+    """The online store's availability as the requests met it: the share of store reads
+    that answered among the last ``window_s`` seconds' reads, at most the last ``last``
+    of them (a request its open breaker kept from the store counts as a failed read: the
+    store was not available to it). 1.0 when no read is in the window. Counts every
+    outcome since start (``STORE_READS``). Recorded from the event loop; read at a scrape
+    (a worker's publisher thread too), hence the lock."""
+
+    def __init__(self, window_s: float = 60.0, last: int = 100, clock: Callable[[], float] = time.monotonic):
+        import threading
+        from collections import deque
+
+        self.window_s, self.clock = float(window_s), clock
+        self._lock = threading.Lock()
+        self._reads: deque[tuple[float, bool]] = deque(maxlen=last)
+        self.counts = dict.fromkeys(STORE_READS, 0)
+
+    def record(self, outcome: str) -> None:
+        """One request's store read: ``ok`` or its failure reason (``STORE_READS``)."""
+        with self._lock:
+            self.counts[outcome] = self.counts.get(outcome, 0) + 1
+            self._reads.append((self.clock(), outcome == "ok"))
+
+    def rate(self) -> float:
+        """Successful reads / reads in the window (1.0 with none)."""
+        since = self.clock() - self.window_s
+        with self._lock:
+            reads = self._reads
+            while reads and reads[0][0] < since:
+                reads.popleft()
+            if not reads:
+                return 1.0
+            return sum(ok for _, ok in reads) / len(reads)
+
+    def snapshot(self) -> tuple[float, dict[str, int]]:
+        """``(rate(), counts)`` at once."""
+        rate = self.rate()
+        with self._lock:
+            return rate, dict(self.counts)

@@ -120,7 +120,13 @@ class ServerMetrics:
         self.fallbacks = Counter(
             "lab_fallbacks", "POST /predict answered the model's declared fallback score (flagged in the "
             "response and the ledger), by reason: store_timeout, model_timeout, store_error, model_error, "
-            "queue_timeout, store_circuit_open, model_circuit_open", ["reason"], registry=registry)
+            "queue_timeout, store_circuit_open, model_circuit_open; store_unavailable: the model's score on "
+            "the views' declared defaults (ModelSpec.on_store_outage = feature_defaults)", ["reason"],
+            registry=registry)
+        self.view_fallbacks = Counter(
+            "lab_feature_fallbacks", "Predictions that scored a view's declared defaults because the online "
+            "store was unavailable (on_store_outage = feature_defaults), by view and the store's failure: "
+            "store_error, store_timeout, store_circuit_open", ["view", "reason"], registry=registry)
         self.state_collector = StateCollector(state)
         # process_resident_memory_bytes and friends (Linux /proc)
         process = ProcessCollector(registry=None)
@@ -161,6 +167,12 @@ class ServerMetrics:
 
     def fallback(self, reason: str) -> None:
         self.fallbacks.labels(reason).inc()
+
+    def feature_fallbacks(self, defaults: dict[str, bool], reason: str) -> None:
+        """Count one prediction's views scored on their declared defaults in a store outage."""
+        for view, defaulted in defaults.items():
+            if defaulted:
+                self.view_fallbacks.labels(view, reason).inc()
 
     def features(self, defaults: dict[str, bool], freshness: dict[str, Any]) -> None:
         """Count one prediction's views served defaults, stale or from its future
@@ -266,9 +278,10 @@ class Publisher:
 
     MODES = {"lab_ready": "livemin", "lab_model_info": "livemax", "lab_circuit_state": "livemax",
              "process_start_time_seconds": "livemin", "process_max_fds": "livemax",
-             "lab_model_memory_limit_bytes": "livemax", "lab_shadow_active": "livemax"}
+             "lab_model_memory_limit_bytes": "livemax", "lab_shadow_active": "livemax",
+             "lab_online_store_availability": "livemin"}
     """Gauges not summed: ready only when every worker is, the versions any worker serves,
-    a breaker state any worker is in, the oldest start."""
+    a breaker state any worker is in, the oldest start, the worst store availability."""
 
     def __init__(self, collectors: list, state: Any, folder: str, interval_s: float = 1.0):
         self.collectors = collectors
@@ -393,6 +406,12 @@ class StateCollector(Collector):
                               labels=["dependency", "state"]),
             CounterMetricFamily("lab_circuit_opened", "Times each dependency's circuit breaker opened",
                                 labels=["dependency"]),
+            GaugeMetricFamily("lab_online_store_availability", "Share of the online store reads of the last 60 s "
+                              "(at most the last 100) that answered; a read its open breaker skipped counts as "
+                              "failed; 1 with none"),
+            CounterMetricFamily("lab_online_store_reads", "Online store reads by requests: ok, store_error, "
+                                "store_timeout, store_circuit_open (not called: its breaker was open)",
+                                labels=["outcome"]),
             CounterMetricFamily("lab_batch_fallback_lookups", "Lookups of the latest batch prediction for a "
                                 "request that could not be scored ([tool.lab.serve] batch_fallback): hit "
                                 "(answered with it) or miss (the declared fallback, or 503)", labels=["outcome"]),
@@ -429,7 +448,8 @@ class StateCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, batch_lookups, batches,
+        (ready, info, records, commits, depth, lag, scoring, queued, circuit, opened, availability, store_reads,
+         batch_lookups, batches,
          batched, models_loaded, model_loads, evictions, refusals, model_memory, memory_limit, shadow_requests,
          shadow_depth, compared, agreed, shadow_active, allocated, reserved) = self._families()
         state = self.state
@@ -457,6 +477,13 @@ class StateCollector(Collector):
                     circuit.add_metric([breaker.name, name], 1.0 if name == now else 0.0)
                 opened.add_metric([breaker.name], breaker.opened)
             yield from (circuit, opened)
+        store = getattr(state, "availability", None)
+        if store is not None:
+            rate, counts = store.snapshot()
+            availability.add_metric([], rate)
+            for outcome, count in counts.items():
+                store_reads.add_metric([outcome], count)
+            yield from (availability, store_reads)
         ledger = state.ledger
         if ledger is not None:
             stats = ledger.stats()

@@ -344,7 +344,7 @@ class ModelCache:
             current=(version, model), assembler=assembler, store=default.store, ledger=default.ledger,
             warnings=assembler.warnings(), shadow=_NO_SHADOW, allow_empty_store=default.allow_empty_store,
             batch=batch, metrics=default.metrics, limit=default.limit, batcher=default.batcher,
-            budget=default.budget,
+            budget=default.budget, availability=default.availability,  # one store: its breaker and availability
             breakers=(default.breakers[0], CircuitBreaker("model", serve.breaker_failures, serve.breaker_open_s)))
         return LoadedModel(name, state, model_memory_bytes(model), seconds=time.perf_counter() - started)
 
