@@ -155,3 +155,49 @@ def test_store_availability_is_a_sliding_window():
 def test_on_store_outage_is_checked():
     with pytest.raises(ConfigError, match="on_store_outage must be one of fallback_prediction, feature_defaults"):
         dataclasses.replace(METER, on_store_outage="zeros")
+
+
+class SlowStore:
+    """The real SQLite store, with reads that take ``delay[0]`` seconds: a store slower than its budget."""
+
+    def __init__(self, store, delay: list):
+        self._store, self._delay = store, delay
+
+    def read_with_watermark(self, view, key):
+        time.sleep(self._delay[0])
+        return self._store.read_with_watermark(view, key)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_store_slower_than_its_timeout_gets_view_defaults_flagged(meter_lab):
+    from litestar.testing import TestClient
+
+    from lab import hookimpl
+    from plugins.litestar_serving import create_app
+
+    delay = [0.0]
+
+    class Slow:
+        @hookimpl(tryfirst=True)
+        def lab_online_store(self, config):
+            from plugins.sqlite_online import SQLiteOnlineStore
+
+            return SlowStore(SQLiteOnlineStore(config.online_store_path), delay)
+
+    config = load_config(meter_lab)
+    pm = meter_pm(config, ON_DEFAULTS)
+    pm.register(Slow(), name="slow-store")
+    app = create_app(config, pm, max_concurrency=2, store_timeout_ms=50)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        wait_ready(client)
+        delay[0] = 0.3
+        answer = client.post("/predict", json=reading(1)).json()
+        assert answer["fallback_reason"] == "store_unavailable" and answer["defaults"] == {"meter_daily": True}
+        assert answer["features"]["METER_MEAN_1D"] == FILL
+        samples = scrape(client)
+        assert samples[("lab_feature_fallbacks_total", (("reason", "store_timeout"), ("view", "meter_daily")))] == 1
+        assert samples[("lab_online_store_reads_total", (("outcome", "store_timeout"),))] == 1
+        delay[0] = 0.0
+        assert client.post("/predict", json=reading(2)).json()["fallback"] is False
