@@ -491,3 +491,40 @@ def test_a_read_of_more_keys_than_one_hmget_takes_is_one_multi(online, redis_url
     calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in stats.info("commandstats").items()}
     stats.close()
     assert calls == {"multi": 1, "hmget": 2, "exec": 1, "config|resetstat": 1}
+
+
+KILLED = textwrap.dedent("""
+    import sys
+    from lab.testing.stores import SPEND, T0, SECOND, spend_rows
+    from plugins.redis_online.store import RedisOnlineSettings, RedisOnlineStore
+    store = RedisOnlineStore(RedisOnlineSettings(url=sys.argv[1], write_batch=100))
+    keys = list(range(3000))
+    g = int(sys.argv[2])
+    while True:  # generation g: every key's NB_1D is g, as of T0 + g seconds; replaced whole or upserted
+        g += 1
+        store.write(SPEND, spend_rows(keys, counts=[g] * len(keys)), T0 + g * SECOND, upsert=g % 2 == 0)
+        print("wrote", g, flush=True)
+""")
+
+
+def test_kill_9_at_random_moments_of_writes_and_upserts_leaves_one_consistent_generation(online, redis_url):
+    import random
+
+    chance = random.Random(9)
+    g = 0
+    online.write(SPEND, spend_rows(list(range(3000)), counts=[0] * 3000), T0)
+    for _ in range(5):
+        writer = subprocess.Popen([sys.executable, "-c", KILLED, redis_url, str(g)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(chance.randint(1, 3)):  # let it finish a few writes (each about 50 ms) ...
+                assert writer.stdout.readline().startswith("wrote"), writer.stderr.read()
+            time.sleep(chance.uniform(0.0, 0.08))  # ... then kill it at a random moment of the next
+        finally:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait(10)
+        rows, mark = online.read_many_with_watermark(SPEND, list(range(3000)))
+        g = round((mark - T0) / SECOND)
+        assert {r["NB_1D"] for r in rows} == {g}, g  # every row of the generation the watermark names
+        assert online.state(SPEND).rows == 3000
+    assert g >= 5  # the writes went on from kill to kill
