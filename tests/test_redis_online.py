@@ -1,7 +1,8 @@
 """The Redis online store (plugins/redis_online) on a real redis-server: the same contract
 suite as SQLite, the hook choosing it by config, one command per batch read, readers in
-another process never seeing a mix, a writer killed mid-write leaving the old rows, and
-a lab served from Redis answering as the same lab served from SQLite."""
+another process never seeing a mix, writers killed mid-write leaving one consistent
+generation, the row encoding, and a lab served from Redis (load_model and a real
+`lab serve`) answering as the same lab served from SQLite, through a Redis restart."""
 
 from __future__ import annotations
 
