@@ -115,6 +115,24 @@ def test_two_prefixes_in_one_database_are_two_stores(redis_url):
         b.close()
 
 
+def test_materialized_lists_every_version_and_drop_version_removes_one(online):
+    from lab.testing.stores import SPEND_V2
+
+    online.write(SPEND, spend_rows([1, 2]), T0)
+    online.write(SPEND_V2, spend_rows([1]), T0 + SECOND)
+    listed = online.materialized()
+    assert list(listed) == [f"spend@{SPEND.version}", f"spend@{SPEND_V2.version}"]
+    assert listed[f"spend@{SPEND.version}"] | {"written_at": None, "definition": None} == {
+        "view": "spend", "version": SPEND.version, "watermark": T0.isoformat(), "entity": "USER_ID", "rows": 2,
+        "newest_event": None, "written_at": None, "definition": None}
+    assert listed[f"spend@{SPEND_V2.version}"]["definition"] == SPEND_V2.definition()
+    assert online.drop_version("spend", SPEND.version) is True
+    assert online.drop_version("spend", SPEND.version) is False
+    assert list(online.materialized()) == [f"spend@{SPEND_V2.version}"]
+    with pytest.raises(LabError, match="materialize"):  # the old definition now finds only the new version
+        online.read(SPEND, [1])
+
+
 # -- keys and values ----------------------------------------------------------------------
 
 
