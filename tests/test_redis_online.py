@@ -133,6 +133,17 @@ def test_materialized_lists_every_version_and_drop_version_removes_one(online):
         online.read(SPEND, [1])
 
 
+def test_a_command_against_an_unreachable_redis_is_one_error_line_naming_the_fix(tmp_path, capsys):
+    from lab.cli import main
+    from tests.redis_server import _free_port
+
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    _lab(tmp_path, f'model_name = "fraud"\n\n[tool.lab.fraud]\n\n[tool.lab.redis_online]\nurl = "{url}"\n')
+    assert main(["--root", str(tmp_path), "features", "get", "customer_spending", "1"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("lab: error:") and url in err and "redis-server" in err and "Traceback" not in err
+
+
 # -- keys and values ----------------------------------------------------------------------
 
 
