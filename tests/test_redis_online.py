@@ -115,7 +115,7 @@ def test_two_prefixes_in_one_database_are_two_stores(redis_url):
         b.close()
 
 
-def test_materialized_lists_every_version_and_drop_version_removes_one(online):
+def test_materialized_and_definitions_list_every_version_and_drop_version_removes_one(online):
     from lab.testing.stores import SPEND_V2
 
     online.write(SPEND, spend_rows([1, 2]), T0)
@@ -126,6 +126,11 @@ def test_materialized_lists_every_version_and_drop_version_removes_one(online):
         "view": "spend", "version": SPEND.version, "watermark": T0.isoformat(), "entity": "USER_ID", "rows": 2,
         "newest_event": None, "written_at": None, "definition": None}
     assert listed[f"spend@{SPEND_V2.version}"]["definition"] == SPEND_V2.definition()
+    assert online.definitions("spend") == {SPEND.version: SPEND.definition(), SPEND_V2.version: SPEND_V2.definition()}
+    assert online.definitions("nothing") == {}
+    from lab.features.stores import pin_views  # a model trained on SPEND keeps reading it after SPEND_V2
+    (pinned,) = pin_views([SPEND_V2], {"spend": SPEND.version}, online)
+    assert pinned.version == SPEND.version and online.read(pinned, [2]) == [{"NB_1D": 2, "AVG_1D": 3.0}]
     assert online.drop_version("spend", SPEND.version) is True
     assert online.drop_version("spend", SPEND.version) is False
     assert list(online.materialized()) == [f"spend@{SPEND_V2.version}"]

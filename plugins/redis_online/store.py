@@ -390,6 +390,16 @@ class RedisOnlineStore(OnlineStore):
                                             "definition": s.get("definition")}
                 for (name, s), length in found}
 
+    def definitions(self, view_name: str) -> dict[str, dict]:
+        """The definition of every stored version of ``view_name``, by version (serving
+        reads the version a model was trained on: ``lab.features.stores.pin_views``)."""
+        try:
+            stored = self._client.hgetall(self._view_key(view_name, "versions"))
+        except redis.RedisError as exc:
+            raise self._unavailable(exc, f"read the versions of view {view_name!r}") from None
+        return {version.decode(): summary["definition"] for version, summary in
+                ((v, _decode(raw)) for v, raw in stored.items()) if summary.get("definition")}
+
     def drop_version(self, view_name: str, version: str) -> bool:
         """Delete one stored view version (its rows and watermark); False when absent."""
         try:
