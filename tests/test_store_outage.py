@@ -10,6 +10,7 @@ overwriting it and restored by writing its bytes back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,14 +43,59 @@ def availability(client) -> float:
     return scrape(client)[("lab_online_store_availability", ())]
 
 
-def test_a_store_outage_under_load_scores_on_view_defaults_flagged_and_availability_recovers(meter_lab):
+@contextlib.contextmanager
+def running(root: Path, how: str, spec, **options):
+    """``(client, app)``: the app for ``root`` in process (Litestar's TestClient), or a
+    real uvicorn server in a thread on a free port of 127.0.0.1 with an httpx client."""
+    if how == "in_process":
+        with serve(root, spec, **options) as client:
+            wait_ready(client)
+            yield client, client.app
+        return
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from plugins.litestar_serving import create_app
+    from plugins.litestar_serving.server import UVICORN_SETTINGS
+
+    config = load_config(root)
+    app = create_app(config, meter_pm(config, spec), **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_SETTINGS))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not get ready"
+                time.sleep(0.02)
+            yield client, app
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("how", ["in_process", "uvicorn"])
+def test_a_store_outage_under_load_scores_on_view_defaults_flagged_and_availability_recovers(meter_lab, how):
     text = (meter_lab / "pyproject.toml").read_text()
     (meter_lab / "pyproject.toml").write_text(text + "\n[tool.lab.serve]\nbreaker_failures = 2\n"
                                               "breaker_open_s = 0.3\n")
     store = meter_lab / "data" / "online.db"
     good = store.read_bytes()
-    with serve(meter_lab, ON_DEFAULTS, max_concurrency=2, max_queue=64, latency_budget_ms=1000) as client:
-        wait_ready(client)
+    with running(meter_lab, how, ON_DEFAULTS, max_concurrency=2, max_queue=64, latency_budget_ms=1000) as (client,
+                                                                                                         app):
         first = client.post("/predict", json=reading(0)).json()
         assert first["fallback"] is False and first["features"]["METER_MEAN_1D"] == 80.0
         assert availability(client) == 1.0
@@ -95,7 +141,7 @@ def test_a_store_outage_under_load_scores_on_view_defaults_flagged_and_availabil
             assert client.post("/predict", json=reading(i)).json()["fallback"] is False
             seen.append(availability(client))
         assert seen[-1] == 1.0 and seen == sorted(seen)  # it climbs back, never down, while the store answers
-        assert client.app.state.serving.ledger.flush()
+        assert app.state.serving.ledger.flush()
     rows = read_predictions(meter_lab / "data" / "ledger.db", include_fallbacks=True)
     outage = {f"m-{j}" for j in range(1, n + 1)}
     assert sorted(r["fallback"] or "" for r in rows if r["event_id"] in outage) == ["store_unavailable"] * n
@@ -201,3 +247,12 @@ def test_a_store_slower_than_its_timeout_gets_view_defaults_flagged(meter_lab):
         assert samples[("lab_online_store_reads_total", (("outcome", "store_timeout"),))] == 1
         delay[0] = 0.0
         assert client.post("/predict", json=reading(2)).json()["fallback"] is False
+
+
+def test_on_the_event_loop_too_a_store_error_gets_view_defaults(meter_lab):
+    with serve(meter_lab, ON_DEFAULTS) as client:  # max_concurrency 0: inline scoring
+        wait_ready(client)
+        break_store(meter_lab / "data" / "online.db")
+        answer = client.post("/predict", json=reading(1)).json()
+        assert answer["fallback_reason"] == "store_unavailable" and answer["features"]["METER_MEAN_1D"] == FILL
+        assert scrape(client)[("lab_feature_fallbacks_total", (("reason", "store_error"), ("view", "meter_daily")))] == 1
