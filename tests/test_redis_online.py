@@ -191,6 +191,13 @@ def test_values_come_back_as_the_sqlite_store_gives_them(online, tmp_path):
         sqlite.close()
 
 
+def test_a_full_write_of_no_rows_empties_the_version_and_moves_its_watermark(online):
+    online.write(SPEND, spend_rows([1, 2]), T0)
+    assert online.write(SPEND, spend_rows([]), T0 + SECOND) == 0
+    assert online.read_with_watermark(SPEND, 1) == (None, T0 + SECOND)
+    assert online.state(SPEND).rows == 0
+
+
 def test_aware_watermark_round_trips(online):
     when = dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     online.write(SPEND, spend_rows([1]), when)
