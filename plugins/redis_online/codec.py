@@ -110,7 +110,7 @@ def _binary(part: pa.Table, names: Sequence[str], events, written_us: int, fmt: 
     if events is not None:
         nulls[:, n] = events.is_null().to_numpy(zero_copy_only=False)
         nulls[:, n + 1] = events.type.tz is not None
-        micros = pc.fill_null(events.cast(pa.timestamp("us", events.type.tz)).cast(pa.int64()), 0)
+        micros = pc.fill_null(events.cast(pa.timestamp("us", events.type.tz), safe=False).cast(pa.int64()), 0)
         out["event"] = micros.to_numpy(zero_copy_only=False)
     else:
         nulls[:, n] = True
