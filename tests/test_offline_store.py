@@ -125,3 +125,59 @@ def test_table_digest_ignores_layout_but_not_content():
     assert table_digest(base.set_column(1, "I", pa.array([1, None, 3, 5]))) != table_digest(base)
     assert table_digest(base.rename_columns(["S", "J"])) != table_digest(base)
     assert table_digest(base.set_column(1, "I", base.column("I").cast(pa.int32()))) != table_digest(base)
+
+
+def _latest_view(ttl_days: int = 10):
+    import datetime as dt
+
+    from lab.features.views import FeatureView
+    return FeatureView(name="last", entity="k", source="src", timestamp="e", features=("v",),
+                       ttl=dt.timedelta(days=ttl_days))
+
+
+def _probe_rows(keys, times):
+    return pa.table({"k": pa.array(keys, pa.int64()), "t": pa.array(times, pa.timestamp("us"))})
+
+
+def test_unique_keys_skip_the_tie_break_with_the_same_values(tmp_path, monkeypatch):
+    """A source without two rows per (entity, time) takes the plain ASOF join; its values
+    equal those of the tie-breaking join, in the input row order."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    keys = rng.integers(0, 50, n)
+    secs = rng.permutation(10 * n)[:n]  # distinct times: (k, e) unique
+    src = pa.table({"k": pa.array(keys, pa.int64()),
+                    "e": pa.array(secs * 1_000_000, pa.timestamp("us")),
+                    "v": pa.array(rng.standard_normal(n))})
+    store = DuckDBOfflineStore(tmp_path / "offline.duckdb")
+    store.write_source("src", src)
+    view = _latest_view()
+    probes = _probe_rows(rng.integers(0, 60, 2000), rng.integers(0, 10 * n, 2000) * 1_000_000)
+    with store._connect() as con:
+        assert store._unique_keys(con, view)
+    fast = store.get_historical_features(probes, [view], "t")
+    monkeypatch.setattr(DuckDBOfflineStore, "_unique_keys", lambda self, con, view: False)
+    slow = store.get_historical_features(probes, [view], "t")
+    assert fast.equals(slow)
+    assert fast.select(["k", "t"]).equals(probes)
+    assert fast.column("v").null_count < 2000  # most probes found a row
+
+
+def test_a_rewrite_that_adds_a_tie_is_seen_despite_the_remembered_check(tmp_path):
+    """The uniqueness check is remembered per source version: writing the source again
+    with two rows at one (entity, time) brings the tie-break back (the row written last wins)."""
+    store = DuckDBOfflineStore(tmp_path / "offline.duckdb")
+    view = _latest_view()
+    probes = _probe_rows([1], [5_000_000])
+    store.write_source("src", pa.table({"k": pa.array([1], pa.int64()),
+                                        "e": pa.array([1_000_000], pa.timestamp("us")), "v": [1.0]}))
+    assert store.get_historical_features(probes, [view], "t").column("v").to_pylist() == [1.0]
+    store.write_source("src", pa.table({"k": pa.array([1, 1, 1], pa.int64()),
+                                        "e": pa.array([1_000_000, 2_000_000, 2_000_000], pa.timestamp("us")),
+                                        "v": [1.0, 2.0, 3.0]}))
+    for _ in range(3):
+        assert store.get_historical_features(probes, [view], "t").column("v").to_pylist() == [3.0]
+    with store._connect() as con:
+        assert not store._unique_keys(con, view)

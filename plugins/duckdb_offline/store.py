@@ -33,7 +33,8 @@ from lab.errors import LabError, NotFound
 from lab.features.digest import canonical_digest
 from lab.features.stores import OfflineStore
 from lab.features.views import FeatureView
-from plugins.duckdb_offline.sql import NUMERIC, ROW, latest_sql, q, running_totals_sql, special_sql, window_sql
+from plugins.duckdb_offline.sql import (NUMERIC, ROW, latest_sql, q, running_totals_sql, special_sql, ties_sql,
+                                        window_sql)
 
 _META = "_lab_sources"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -240,7 +241,9 @@ class DuckDBOfflineStore(OfflineStore):
                     + "".join(f"{q(k)}, " for k in keys)
                     + f"{t_expr} AS t FROM __lab_entity_rows"
                 )
-                t_max = con.execute("SELECT max(t) FROM __lab_probes").fetchall()[0][0]
+                t_max = None
+                if any(view.aggregations for view in views):
+                    t_max = con.execute("SELECT max(t) FROM __lab_probes").fetchall()[0][0]
                 for view in views:
                     try:
                         if view.aggregations:
@@ -248,7 +251,8 @@ class DuckDBOfflineStore(OfflineStore):
                             con.execute(running_totals_sql(view, t_max, types[view.name], special))
                             result = con.sql(window_sql(view, types[view.name], special)).to_arrow_table()
                         else:
-                            result = con.sql(latest_sql(view)).to_arrow_table()
+                            unique = self._unique_keys(con, view)
+                            result = con.sql(latest_sql(view, unique)).to_arrow_table()
                     except duckdb.Error as exc:
                         raise LabError(f"feature view {view.name!r}: retrieval failed: {exc}") from None
                     if result.num_rows != entity_rows.num_rows:  # pragma: no cover - a bug, not input
@@ -259,6 +263,27 @@ class DuckDBOfflineStore(OfflineStore):
             finally:
                 con.unregister("__lab_entity_rows")
         return out
+
+    def _unique_keys(self, con, view: FeatureView) -> bool:
+        """True when no two rows of the view's source share an entity and event time, so
+        the latest-value join needs no tie-break key. Remembered per file, source
+        (recorded digest and row count), entity and time column: one GROUP BY per source
+        version and process."""
+        recorded = None
+        if _META in self._tables(con):
+            found = con.execute(f"SELECT digest, rows FROM {_META} WHERE name = ?", [view.source]).fetchall()
+            recorded = found[0] if found else None
+        if recorded is not None:
+            rows = con.execute(f"SELECT count(*) FROM {q(view.source)}").fetchall()[0][0]
+            key = (str(self.path.resolve()), view.source, *recorded, rows, view.entity, view.timestamp)
+            if rows == recorded[1] and key in _UNIQUE:
+                return _UNIQUE[key]
+        unique = not con.execute(ties_sql(view)).fetchall()[0][0]
+        if recorded is not None and rows == recorded[1]:
+            if len(_UNIQUE) > 256:
+                _UNIQUE.clear()
+            _UNIQUE[key] = unique
+        return unique
 
     def _check_view(self, con, view: FeatureView) -> dict[str, str]:
         """Check the view against its source; return the source's column types."""
@@ -286,6 +311,9 @@ class DuckDBOfflineStore(OfflineStore):
                     f"column, but it is {col_type}"
                 )
         return have
+
+
+_UNIQUE: dict[tuple, bool] = {}  # see DuckDBOfflineStore._unique_keys
 
 
 def _special_columns(con, view: FeatureView, types: dict[str, str]) -> frozenset[str]:

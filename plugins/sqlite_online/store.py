@@ -133,6 +133,16 @@ def _cells(column) -> list:
     return list(map(_to_cell, values)) if pa.types.is_temporal(column.type) else values
 
 
+def _iso_text(times) -> pa.ChunkedArray:
+    """Timestamps as Arrow's ISO text in microseconds (``...Z`` when UTC). Arrow formats a
+    UTC column ~10x faster as naive times with the ``Z`` appended than through its time
+    zone, with the same text; other zones take the general path."""
+    if times.type.tz in ("UTC", "+00:00", "Z"):
+        naive = pc.cast(pc.cast(times, pa.timestamp("us", tz=times.type.tz)), pa.timestamp("us"))
+        return pc.binary_join_element_wise(pc.cast(naive, pa.string()), "Z", "")
+    return pc.cast(pc.cast(times, pa.timestamp("us", tz=times.type.tz)), pa.string())
+
+
 def _to_cell(value):
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
@@ -214,7 +224,7 @@ class SQLiteOnlineStore(OnlineStore):
             newest = pc.max(events).as_py()
             # ISO text made by Arrow ("2024-03-10 12:00:00.000000", "...Z" when aware): one
             # format per column, so SQL's max() is the latest; fromisoformat reads it back.
-            event_cells = pc.cast(pc.cast(events, pa.timestamp("us", tz=events.type.tz)), pa.string()).to_pylist()
+            event_cells = _iso_text(events).to_pylist()
         else:
             event_cells = itertools.repeat(None)
         data = list(zip(*(_cells(rows.column(c)) for c in columns), event_cells, itertools.repeat(written_at)))
