@@ -110,7 +110,11 @@ class Prediction(msgspec.Struct):
     assembled, if the store answered, else nothing. ``fallback_source`` says where the
     score came from: ``batch`` (the entity's latest batch prediction, with
     ``[tool.lab.serve] batch_fallback``; ``batch_model_version``, ``batch_scored_at`` and
-    ``batch_age_seconds`` describe it) or ``declared`` (the model's declared fallback)."""
+    ``batch_age_seconds`` describe it) or ``declared`` (the model's declared fallback).
+    With ``ModelSpec.on_store_outage = "feature_defaults"`` a store that failed, timed out
+    or whose circuit is open gives instead ``fallback_reason`` ``store_unavailable`` and
+    ``fallback_source`` ``feature_defaults``: ``score`` is the model's on every view's
+    declared defaults (``features``; every view true in ``defaults``)."""
 
     request_id: str
     event_id: int | str
