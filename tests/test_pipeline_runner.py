@@ -280,7 +280,7 @@ def test_stage_records_from_before_output_digests_rerun_once(toy_lab):
     pm = make_plugin_manager()
     pm.register(InProcess())
     with Registry.open(config.registry_path) as reg:
-        assert reg.migrations()[-1]["name"] == "0005_stage_output_digests"
+        assert "0005_stage_output_digests" in [m["name"] for m in reg.migrations()]
         assert reg.find_stage_cache("make", key)["output_digests"] is None
     assert [s.status for s in run_pipeline(config, pm, log=lambda m: None).stages] == ["finished"]
     assert (toy_lab / "data/a.txt").read_text() == "hello"

@@ -117,12 +117,13 @@ def improvement_interval(spec: ModelSpec, metric: str, candidate: Any, champion:
 
 
 def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, metric=None,
-             min_delta=0.0, model: str | None = None, require_ci: bool | None = None) -> dict:
+             min_delta=0.0, model: str | None = None, require_ci: bool | None = None,
+             confidence: float | None = None, bootstrap_samples: int | None = None) -> dict:
     """Score the candidate and the current champion on the same test window and apply the
-    gate on ``metric`` (default: the spec's metric). With ``require_ci`` (default
-    [tool.lab.gate] require_ci) the gate is judged on the lower bound of a paired-bootstrap
-    interval of the improvement ([tool.lab.gate] confidence, bootstrap_samples), which
-    the register step stores as the version's offline evidence."""
+    gate on ``metric`` (default: the spec's metric). With ``require_ci`` the gate is judged
+    on the lower bound of a paired-bootstrap interval of the improvement at ``confidence``
+    over ``bootstrap_samples`` resamples, which the register step stores as the version's
+    offline evidence (each None: its [tool.lab.gate] value)."""
     import polars as pl  # data libraries load only in the step that runs
 
     with StageContext.open(root, run_dir) as ctx:
@@ -130,6 +131,8 @@ def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
         metric = metric or spec.metric
         settings = ctx.config.gate
         require_ci = settings.require_ci if require_ci is None else require_ci
+        confidence = settings.confidence if confidence is None else confidence
+        bootstrap_samples = settings.bootstrap_samples if bootstrap_samples is None else bootstrap_samples
         info = ctx.read_json(CANDIDATE_JSON)
         frame = pl.read_parquet(ctx.path(TRAINSET))
         _, test_df = split(spec, frame, window(train_start, delta_train, delta_delay, delta_test))
@@ -142,7 +145,7 @@ def evaluate(root, run_dir, *, train_start, delta_train, delta_delay, delta_test
             champ = {"version": champion.version, "metrics": score_metrics(spec, champ_model, test_df)}
             if require_ci:
                 interval = improvement_interval(spec, metric, candidate, champ_model, test_df,
-                                                samples=settings.bootstrap_samples, confidence=settings.confidence,
+                                                samples=bootstrap_samples, confidence=confidence,
                                                 seed=ctx.config.train.seed)
         verdict = gate(metric, cand_metrics, champ["metrics"] if champ else None, min_delta, interval=interval)
         evaluation = {"model": spec.name, "candidate": {"metrics": cand_metrics, "run_id": info["run_id"]},
