@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lab run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
 
 serve: $(STAMP)
 	$(VENV)/bin/lab serve --host 127.0.0.1 --port 8000
