@@ -200,3 +200,28 @@ def pin_views(views: Sequence[FeatureView], pins: dict | None, store: OnlineStor
                                           tags=view.tags)
         out.append(old if old.version == pinned else view)
     return out
+
+
+def checked_rows(view: FeatureView, rows, watermark: dt.datetime):
+    """``rows`` for ``OnlineStore.write`` of ``view`` as a ``pyarrow.Table`` (a polars
+    frame is converted), checked the same way by every store: ``LabError`` naming the fix
+    for a watermark that is not a datetime, a missing entity or feature column, a null
+    key, or an ``EVENT_TIME`` column that does not hold timestamps."""
+    import pyarrow as pa  # the stores' own dependency; the core does not load it
+
+    if hasattr(rows, "to_arrow") and not isinstance(rows, pa.Table):
+        rows = rows.to_arrow()
+    if not isinstance(rows, pa.Table):
+        raise LabError(f"rows must be a pyarrow.Table, got {type(rows).__name__}")
+    if not isinstance(watermark, dt.datetime):
+        raise LabError(f"watermark must be a datetime, got {watermark!r}")
+    missing = [c for c in (view.entity, *view.feature_names) if c not in rows.column_names]
+    if missing:
+        raise LabError(f"rows for view {view.name!r} lack column(s) {', '.join(missing)}; "
+                       f"they have {', '.join(rows.column_names)}")
+    if rows.column(view.entity).null_count:
+        raise LabError(f"rows for view {view.name!r} have a null {view.entity}; every row needs a key")
+    if EVENT_TIME in rows.column_names and not pa.types.is_timestamp(rows.column(EVENT_TIME).type):
+        raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, "
+                       f"not {rows.column(EVENT_TIME).type}")
+    return rows

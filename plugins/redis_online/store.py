@@ -50,7 +50,7 @@ import redis
 
 from lab.config import build_section
 from lab.errors import ConfigError, LabError
-from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState
+from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState, checked_rows
 from lab.features.views import FeatureView
 from plugins.redis_online.codec import RowDecoder, binary_format, check_feature_type, encode_batches
 
@@ -134,23 +134,12 @@ class RedisOnlineStore(OnlineStore):
     def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime, *, upsert: bool = False) -> int:
         """Replace ``view``'s rows (or, with ``upsert``, the rows of the keys given) and its
         watermark, atomically (see the module docstring); return the number of rows written."""
-        rows = _as_table(rows)
-        if not isinstance(watermark, dt.datetime):
-            raise LabError(f"watermark must be a datetime, got {watermark!r}")
-        columns = [view.entity, *view.feature_names]
-        missing = [c for c in columns if c not in rows.column_names]
-        if missing:
-            raise LabError(f"rows for view {view.name!r} lack column(s) {', '.join(missing)}; "
-                           f"they have {', '.join(rows.column_names)}")
+        rows = checked_rows(view, rows, watermark)
         keys = rows.column(view.entity)
-        if keys.null_count:
-            raise LabError(f"rows for view {view.name!r} have a null {view.entity}; every row needs a key")
         key_type = _key_type(view.entity, keys.type)
         for name in view.feature_names:
             check_feature_type(name, rows.schema.field(name).type)
         events = rows.column(EVENT_TIME) if EVENT_TIME in rows.column_names else None
-        if events is not None and not pa.types.is_timestamp(events.type):
-            raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, not {events.type}")
         if pc.count_distinct(keys).as_py() != rows.num_rows:
             raise LabError(f"rows for view {view.name!r} repeat an entity key; give one row per key. "
                            "The previous rows are kept.")
@@ -424,14 +413,6 @@ class RedisOnlineStore(OnlineStore):
 
 
 # -- encoding ---------------------------------------------------------------------------
-
-def _as_table(rows) -> pa.Table:
-    if hasattr(rows, "to_arrow") and not isinstance(rows, pa.Table):
-        rows = rows.to_arrow()
-    if not isinstance(rows, pa.Table):
-        raise LabError(f"rows must be a pyarrow.Table, got {type(rows).__name__}")
-    return rows
-
 
 def _key_type(name: str, t: pa.DataType) -> str:
     if pa.types.is_integer(t) or pa.types.is_boolean(t):

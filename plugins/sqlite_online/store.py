@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lab.errors import LabError, NotFound
-from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState
+from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState, checked_rows
 from lab.features.views import FeatureView
 from lab.sqlite import Migration, connect, migrate, read_transaction, write_transaction
 
@@ -198,19 +198,8 @@ class SQLiteOnlineStore(OnlineStore):
     def write(self, view: FeatureView, rows: pa.Table, watermark: dt.datetime, *, upsert: bool = False) -> int:
         """Replace ``view``'s rows (or, with ``upsert``, the rows of the keys given) and its
         watermark in one transaction; return the number of rows written."""
-        if hasattr(rows, "to_arrow") and not isinstance(rows, pa.Table):
-            rows = rows.to_arrow()
-        if not isinstance(rows, pa.Table):
-            raise LabError(f"rows must be a pyarrow.Table, got {type(rows).__name__}")
-        if not isinstance(watermark, dt.datetime):
-            raise LabError(f"watermark must be a datetime, got {watermark!r}")
+        rows = checked_rows(view, rows, watermark)
         columns = [view.entity, *view.feature_names]
-        missing = [c for c in columns if c not in rows.column_names]
-        if missing:
-            raise LabError(f"rows for view {view.name!r} lack column(s) {', '.join(missing)}; "
-                           f"they have {', '.join(rows.column_names)}")
-        if rows.column(view.entity).null_count:
-            raise LabError(f"rows for view {view.name!r} have a null {view.entity}; every row needs a key")
         if upsert and pc.count_distinct(rows.column(view.entity)).as_py() != rows.num_rows:
             raise LabError(f"rows for view {view.name!r} repeat an entity key; give one row per key. "
                            "The previous rows are kept.")
@@ -219,8 +208,6 @@ class SQLiteOnlineStore(OnlineStore):
         newest = None
         if EVENT_TIME in rows.column_names:
             events = rows.column(EVENT_TIME)
-            if not pa.types.is_timestamp(events.type):
-                raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, not {events.type}")
             newest = pc.max(events).as_py()
             # ISO text made by Arrow ("2024-03-10 12:00:00.000000", "...Z" when aware): one
             # format per column, so SQL's max() is the latest; fromisoformat reads it back.
