@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
@@ -86,3 +87,48 @@ def bare_lab(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LAB_HOME", raising=False)
     return tmp_path
+
+
+@contextlib.contextmanager
+def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90):
+    """A real ``lab serve`` of the lab at ``root`` on a free 127.0.0.1 port, its output in
+    ``log_path``: yields ``(base URL, process)`` once ``/readyz`` answers 200, and stops
+    the process by its PID at the end (SIGTERM, then SIGKILL), whatever happened."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = log_path.open("w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "lab"), "serve", "--port", str(port),
+                             "--root", str(root), *args], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "LAB_HOME": ""})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"server not ready in {ready_s:.0f} s:\n" + log_path.read_text()
+            time.sleep(0.05)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        log.close()

@@ -421,25 +421,9 @@ def test_a_lab_served_from_redis_answers_as_from_sqlite_and_rides_out_a_redis_re
     # a real `lab serve` of the Redis lab answers the same over HTTP ...
     import httpx
 
-    from tests.redis_server import _free_port
+    from tests.conftest import lab_server
 
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(os.path.join(os.path.dirname(sys.executable), "lab")), "serve", "--port", str(port),
-                             "--root", str(redis_root)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "LAB_HOME": ""})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.05)
+    with lab_server(redis_root, tmp_path / "serve.log", ready_s=60) as (base, proc):
         with httpx.Client(base_url=base, timeout=10) as http:
             for request, want in zip(requests, expected):
                 got = http.post("/predict", json=request)
@@ -462,15 +446,6 @@ def test_a_lab_served_from_redis_answers_as_from_sqlite_and_rides_out_a_redis_re
             for request, want in list(zip(requests, expected))[:5]:
                 got = http.post("/predict", json=request)
                 assert {k: got.json()[k] for k in ANSWER} == {k: want[k] for k in ANSWER}
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
+from tests.conftest import lab_server
 
 LAB = Path(sys.executable).parent / "lab"
 
@@ -36,28 +37,8 @@ def served_lab(tmp_path, request):
     lab = build_tiny_lab(tmp_path / "lab")
     for name in remove:
         (lab.root / name).unlink()
-    port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([str(LAB), "serve", "--port", str(port), "--root", str(lab.root), *args],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LAB_HOME": ""})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 90 s:\n" + (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
+    with lab_server(lab.root, tmp_path / "serve.log", *args) as (base, proc):
         yield lab, base, proc, tmp_path / "serve.log"
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
 
 
 @pytest.mark.slow

@@ -225,3 +225,23 @@ def checked_rows(view: FeatureView, rows, watermark: dt.datetime):
         raise LabError(f"column {EVENT_TIME} of view {view.name!r} must hold timestamps, "
                        f"not {rows.column(EVENT_TIME).type}")
     return rows
+
+
+def normalize_key(key, key_type: str):
+    """A request's entity key as an online store holds keys of ``key_type`` (``INTEGER``
+    or ``TEXT``): ``"42"`` or ``numpy.int64(42)`` finds the integer key 42; None when it
+    cannot be a key of that type (so: an unknown entity)."""
+    if key is None:
+        return None
+    if key_type == "INTEGER":
+        if isinstance(key, str):
+            try:
+                return int(key.strip())
+            except ValueError:
+                return None
+        try:
+            as_int = int(key)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return as_int if as_int == key else None  # 3.5 is no integer key
+    return key if isinstance(key, str) else str(key)

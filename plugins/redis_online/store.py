@@ -50,7 +50,7 @@ import redis
 
 from lab.config import build_section
 from lab.errors import ConfigError, LabError
-from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState, checked_rows
+from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState, checked_rows, normalize_key
 from lab.features.views import FeatureView
 from plugins.redis_online.codec import RowDecoder, binary_format, check_feature_type, encode_batches
 
@@ -259,7 +259,7 @@ class RedisOnlineStore(OnlineStore):
                 slots.append((len(fields), len(fields)))
                 fields.append(str(key))
                 continue
-            as_int, as_text = _normalize_key(key, "INTEGER"), _normalize_key(key, "TEXT")
+            as_int, as_text = normalize_key(key, "INTEGER"), normalize_key(key, "TEXT")
             i = t = -1
             if as_int is not None:
                 i = len(fields)
@@ -450,21 +450,3 @@ def _later(new: dt.datetime | None, old_text: str | None) -> dt.datetime | None:
     except TypeError:  # one naive, one aware: the new rows speak for the source as it is now
         return new
 
-
-def _normalize_key(key, key_type: str):
-    """A request's key as the store holds it: ``"42"`` or ``numpy.int64(42)`` finds the
-    integer key 42; None when it cannot be a key of that type (so: unknown)."""
-    if key is None:
-        return None
-    if key_type == "INTEGER":
-        if isinstance(key, str):
-            try:
-                return int(key.strip())
-            except ValueError:
-                return None
-        try:
-            as_int = int(key)
-        except (TypeError, ValueError, OverflowError):
-            return None
-        return as_int if as_int == key else None  # 3.5 is no integer key
-    return key if isinstance(key, str) else str(key)

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lab.errors import LabError, NotFound
-from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState, checked_rows
+from lab.features.stores import EVENT_TIME, OnlineStore, RowTimes, ViewState, checked_rows, normalize_key
 from lab.features.views import FeatureView
 from lab.sqlite import Migration, connect, migrate, read_transaction, write_transaction
 
@@ -320,7 +320,7 @@ class SQLiteOnlineStore(OnlineStore):
             if state is None:
                 return None
             key_type = state[1]
-            wanted = [_normalize_key(k, key_type) for k in keys]
+            wanted = [normalize_key(k, key_type) for k in keys]
             selected = ", ".join(_q(c) for c in columns)
             table = _q(_table_name(view.name, view.version))
             rows: list = []
@@ -344,7 +344,7 @@ class SQLiteOnlineStore(OnlineStore):
         if type(key) is int:  # the common case, without the general conversions
             keys = (view.name, key, str(key))
         else:
-            keys = (view.name, _normalize_key(key, "INTEGER"), _normalize_key(key, "TEXT"))
+            keys = (view.name, normalize_key(key, "INTEGER"), normalize_key(key, "TEXT"))
         try:
             found = con.execute(sql, keys).fetchone()
         except sqlite3.OperationalError as exc:
@@ -378,7 +378,7 @@ class SQLiteOnlineStore(OnlineStore):
             if type(key) is int:
                 bound += (key, str(key))
             else:
-                bound += (_normalize_key(key, "INTEGER"), _normalize_key(key, "TEXT"))
+                bound += (normalize_key(key, "INTEGER"), normalize_key(key, "TEXT"))
         bound.append(view.name)
         try:
             found = con.execute(sql, bound).fetchall()
@@ -528,20 +528,3 @@ def _redefined(view: FeatureView, version: str, watermark: str) -> LabError:
 def _parse(text: str | None) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(text)
 
-
-def _normalize_key(key, key_type: str):
-    """Keys as the table stores them: ``"42"`` or ``numpy.int64(42)`` finds INTEGER 42."""
-    if key is None:
-        return None
-    if key_type == "INTEGER":
-        if isinstance(key, str):
-            try:
-                return int(key.strip())
-            except ValueError:
-                return None  # not a possible key: unknown
-        try:
-            as_int = int(key)
-        except (TypeError, ValueError):
-            return None
-        return as_int if as_int == key else None  # 3.5 is no integer key
-    return key if isinstance(key, str) else str(key)
