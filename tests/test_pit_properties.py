@@ -41,9 +41,13 @@ delays = st.integers(0, 6).map(lambda n: n * S)
 fills = st.one_of(st.none(), st.just(-1.0))
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return DuckDBOfflineStore(tmp_path_factory.mktemp("pit") / "offline.duckdb")
+@pytest.fixture(scope="module", params=["search", "sql"])
+def store(request, tmp_path_factory):
+    """Both latest-value paths: the in-memory binary search and DuckDB's ASOF join."""
+    store = DuckDBOfflineStore(tmp_path_factory.mktemp("pit") / "offline.duckdb")
+    if request.param == "sql":
+        store.in_memory_join_cells = 0
+    return store
 
 
 def src_table(rows) -> pa.Table:

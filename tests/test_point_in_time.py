@@ -31,6 +31,15 @@ class TestDuckDBPointInTime(PointInTimeContract):
         return offline
 
 
+class TestDuckDBPointInTimeSQLJoin(PointInTimeContract):
+    """The same contract with every latest-value view sent to DuckDB's ASOF join."""
+
+    @pytest.fixture
+    def store(self, offline):
+        offline.in_memory_join_cells = 0
+        return offline
+
+
 def test_aware_entity_times_are_compared_in_utc_with_naive_source_times(offline):
     offline.write_source("ev", source((1, T0, 1.0), (1, T0 + SECOND, 10.0)))
     paris = dt.timezone(dt.timedelta(hours=1))

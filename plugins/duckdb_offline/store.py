@@ -9,8 +9,10 @@ For a windowed view, the source is grouped per (entity, event time) and turned i
 running totals per entity (count and sum of each aggregated column, accumulated in
 event-time order). The total over a window ``(lo, hi]`` is then
 ``running(hi) - running(lo)``, where ``running(b)`` is the last running total at an
-event time ``<= b``: one DuckDB ASOF join per distinct bound. A latest-value view is one
-ASOF join at ``t - label_delay`` (ties: the row written last), then the ttl bound. Integer columns
+event time ``<= b``: one DuckDB ASOF join per distinct bound. A latest-value view takes
+each entity row's newest source row at ``t - label_delay`` (ties: the row written last),
+then the ttl bound: a binary search over the source sorted once (``asof``), or, for keys
+it does not take and sources past ``in_memory_join_cells``, one DuckDB ASOF join. Integer columns
 sum exactly; float sums keep their whole 2^-20 steps exact (see ``sql._sum_parts``), so a
 window's sum matches a direct sum to the last bit or two, and the running totals start at
 the first event, so two calls on the same source table give identical values.
@@ -33,6 +35,7 @@ from lab.errors import LabError, NotFound
 from lab.features.digest import canonical_digest
 from lab.features.stores import OfflineStore
 from lab.features.views import FeatureView
+from plugins.duckdb_offline.asof import MAX_CELLS, epoch_us, latest_values
 from plugins.duckdb_offline.sql import (NUMERIC, ROW, latest_sql, q, running_totals_sql, special_sql, ties_sql,
                                         window_sql)
 
@@ -52,6 +55,10 @@ class DuckDBOfflineStore(OfflineStore):
     """The built-in offline store: one DuckDB file at ``path`` (created on first write)."""
 
     lock_wait_s = 10.0  # how long to wait for another process that holds the file
+    # Latest-value views whose source holds at most this many cells (rows x (features + 2))
+    # are joined in memory by ``asof.latest_values``; larger ones, by DuckDB's ASOF join,
+    # which can spill to disk. 0 sends every view to the SQL join.
+    in_memory_join_cells = MAX_CELLS
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -223,36 +230,41 @@ class DuckDBOfflineStore(OfflineStore):
         views = list(views)
         _check_entity_rows(entity_rows, views, timestamp_column)
         keys = sorted({v.entity for v in views})
-        probes = pa.table(
-            [pa.array(np.arange(entity_rows.num_rows, dtype=np.int64))]
-            + [entity_rows.column(k) for k in keys]
-            + [entity_rows.column(timestamp_column)],
-            names=[ROW, *keys, "__lab_t"],
-        )
-        ts_type = entity_rows.schema.field(timestamp_column).type
-        t_expr = "epoch_us(CAST(__lab_t AS TIMESTAMP))" if pa.types.is_date(ts_type) else "epoch_us(__lab_t)"
+        t_us = epoch_us(entity_rows.column(timestamp_column))
         out = entity_rows
+        registered = False
         with self._connect() as con:
             types = {view.name: self._check_view(con, view) for view in views}
-            con.register("__lab_entity_rows", probes)
+
+            def probes() -> None:  # the SQL joins' probe table, made when one needs it
+                nonlocal registered
+                if registered:
+                    return
+                table = pa.table([pa.array(np.arange(entity_rows.num_rows, dtype=np.int64))]
+                                 + [entity_rows.column(k) for k in keys] + [pa.array(t_us)],
+                                 names=[ROW, *keys, "t"])
+                con.register("__lab_entity_rows", table)
+                registered = True
+                con.execute("CREATE TEMP TABLE __lab_probes AS SELECT * FROM __lab_entity_rows")
+
             try:
-                con.execute(
-                    f"CREATE TEMP TABLE __lab_probes AS SELECT {ROW}, "
-                    + "".join(f"{q(k)}, " for k in keys)
-                    + f"{t_expr} AS t FROM __lab_entity_rows"
-                )
-                t_max = None
-                if any(view.aggregations for view in views):
-                    t_max = con.execute("SELECT max(t) FROM __lab_probes").fetchall()[0][0]
                 for view in views:
                     try:
+                        result = None
                         if view.aggregations:
+                            probes()
                             special = _special_columns(con, view, types[view.name])
+                            t_max = int(t_us.max()) if len(t_us) else None
                             con.execute(running_totals_sql(view, t_max, types[view.name], special))
                             result = con.sql(window_sql(view, types[view.name], special)).to_arrow_table()
                         else:
-                            unique = self._unique_keys(con, view)
-                            result = con.sql(latest_sql(view, unique)).to_arrow_table()
+                            result = latest_values(con, view, types[view.name][view.entity],
+                                                   entity_rows.column(view.entity), t_us,
+                                                   self.in_memory_join_cells)
+                            if result is None:
+                                probes()
+                                unique = self._unique_keys(con, view)
+                                result = con.sql(latest_sql(view, unique)).to_arrow_table()
                     except duckdb.Error as exc:
                         raise LabError(f"feature view {view.name!r}: retrieval failed: {exc}") from None
                     if result.num_rows != entity_rows.num_rows:  # pragma: no cover - a bug, not input
@@ -261,7 +273,8 @@ class DuckDBOfflineStore(OfflineStore):
                     for name in view.feature_names:
                         out = out.append_column(name, result.column(name))
             finally:
-                con.unregister("__lab_entity_rows")
+                if registered:
+                    con.unregister("__lab_entity_rows")
         return out
 
     def _unique_keys(self, con, view: FeatureView) -> bool:

@@ -1,0 +1,177 @@
+"""Latest-value retrieval as a binary search over the source, sorted once per call.
+
+The ASOF join in SQL sorts the probes as well as the source, and the probes then have to be
+sorted back into their input order. Here DuckDB sorts only the source, by
+``(entity, event time, rowid)``; every entity gets a dense code (its rank among the
+source's distinct entities) and every source row the integer key ``code * span + offset``,
+which grows along the sorted rows. A probe ``(entity, b = t - label_delay)`` gets the key
+of the same form, and ``searchsorted(..., side="right") - 1`` lands on the last source row
+at or below it: the newest row of that entity with event time ``<= b``, and among rows
+with equal times the one written last (the largest rowid sorts last). A row that belongs
+to another entity, or is older than the ttl, means no value. The answer is already in the
+probes' order, so nothing is sorted back.
+
+The rule is the one of ``sql.latest_sql``, and the tests hold both to one brute-force
+oracle. This path takes integer and text keys of sources that fit in memory
+(``max_cells``); anything else goes to the SQL join (``latest_values`` returns None).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lab.features.views import FeatureView
+from plugins.duckdb_offline.sql import q, us
+
+_KEY_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+              "VARCHAR"}
+_US_PER = {"s": 1_000_000, "ms": 1_000, "us": 1}
+MAX_CELLS = 1 << 28  # source rows x (features + 2) read into memory at most (~2 GiB of 8-byte values)
+
+
+def epoch_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Integer epoch microseconds of a timestamp or date column without nulls (naive = UTC),
+    rounded down as DuckDB's ``epoch_us`` does."""
+    kind = column.type
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_date32(kind):
+        return column.view(pa.int32()).to_numpy().astype(np.int64) * 86_400_000_000
+    if pa.types.is_date64(kind):
+        return column.view(pa.int64()).to_numpy() * 1_000
+    raw = column.view(pa.int64()).to_numpy()
+    if kind.unit == "ns":
+        return np.floor_divide(raw, 1_000)
+    return raw * _US_PER[kind.unit] if kind.unit != "us" else raw
+
+
+def _probe_codes(probe_keys: pa.ChunkedArray, entities: pa.Array) -> np.ndarray | None:
+    """Each probe's entity code (its index among ``entities``, which are sorted and
+    distinct), -1 where unknown; None when the probe keys cannot be compared with the
+    source's without SQL's casts. Integer keys in a dense range are looked up in a table
+    indexed by key; others are hashed (``index_in``)."""
+    if pa.types.is_integer(entities.type) != pa.types.is_integer(probe_keys.type):
+        return None
+    if not (pa.types.is_integer(probe_keys.type) or pa.types.is_string(probe_keys.type)
+            or pa.types.is_large_string(probe_keys.type)):
+        return None
+    if pa.types.is_integer(entities.type):
+        try:
+            entities = entities.cast(pa.int64())
+            probe_keys = probe_keys.cast(pa.int64())
+        except pa.ArrowInvalid:  # an unsigned key past int64: SQL compares it
+            return None
+        known = entities.to_numpy()
+        low, high = int(known[0]), int(known[-1])
+        if high - low < 4 * len(known) + 1024 and low > np.iinfo(np.int64).min:
+            table = np.full(high - low + 2, -1, dtype=np.int64)  # the last slot: outside the range
+            table[known - low] = np.arange(len(known))
+            keys = pc.fill_null(probe_keys, low - 1).to_numpy()
+            keys = keys.astype(np.int64) if keys.dtype != np.int64 else keys
+            return table[np.where((keys >= low) & (keys <= high), keys - low, high - low + 1)]
+    elif probe_keys.type != entities.type:
+        probe_keys = probe_keys.cast(entities.type)
+    found = pc.index_in(probe_keys, value_set=entities)
+    return pc.fill_null(found, -1).to_numpy().astype(np.int64)
+
+
+_BLOCK = 1 << 20  # probes per unit of work: the search's arrays of one block stay in cache
+THREADS = max(1, min(4, os.cpu_count() or 1))
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _each(fn, units: list) -> None:
+    """``fn(unit)`` for every unit, on a few threads when there are several units (numpy
+    releases the GIL in the searches and gathers)."""
+    global _POOL
+    if len(units) < 2 or THREADS == 1:
+        for unit in units:
+            fn(unit)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=THREADS,
+                                   thread_name_prefix="lab-asof")
+    for _ in _POOL.map(fn, units):
+        pass
+
+
+def latest_values(con, view: FeatureView, key_type: str, probe_keys: pa.ChunkedArray, t_us: np.ndarray,
+                  max_cells: int = MAX_CELLS) -> pa.Table | None:
+    """The view's features for every probe, in probe order; None when this path does not
+    apply (see the module docstring). ``con`` is an open connection."""
+    if key_type not in _KEY_TYPES:
+        return None
+    src, k, ts = q(view.source), q(view.entity), q(view.timestamp)
+    rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]
+    if rows * (len(view.features) + 2) > max_cells:
+        return None
+    # The source sorted by key, time and rowid, as rowids; the features read apart in
+    # rowid order (a plain scan keeps it), which is cheaper than sorting them along.
+    order = con.sql(f"SELECT {k} AS k, epoch_us({ts}) AS e, rowid AS r FROM {src} "
+                    f"WHERE {k} IS NOT NULL AND {ts} IS NOT NULL ORDER BY k, e, rowid").to_arrow_table()
+    values = con.sql(f"SELECT {', '.join(q(f) for f in view.features)} FROM {src}").to_arrow_table()
+    n, probes = order.num_rows, len(t_us)
+    if n == 0:
+        return pa.table([pa.nulls(probes, values.schema.field(f).type) for f in view.features],
+                        names=list(view.features))
+    if con.execute(f"SELECT max(rowid) FROM {src}").fetchall()[0][0] != values.num_rows - 1:
+        return None  # rowids with gaps (rows deleted by hand): positions are not rowids
+    keys = order.column("k").combine_chunks()
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    codes = _probe_codes(probe_keys, keys.filter(pa.array(starts)))
+    if codes is None:
+        return None
+    # Entity c's rows run from first[c] up to (not including) ends[c]; code -1 (unknown)
+    # reads the last entry, an empty run at n.
+    first = np.append(np.flatnonzero(starts), n)
+    ends = np.append(first[1:], n)
+    steps = int((ends - first).max()).bit_length()
+    padded = np.empty(n + 1, dtype=np.int64)  # the event times, and e[n] = max for searches ended at n
+    padded[n] = np.iinfo(np.int64).max
+    at = 0
+    for chunk in order.column("e").chunks:
+        padded[at:at + len(chunk)] = chunk.to_numpy()
+        at += len(chunk)
+    rowid = order.column("r").to_numpy()
+    b = t_us - us(view.label_delay)
+    ttl = us(view.ttl)
+    picks = np.empty(probes, dtype=np.int64)  # the rowid of each probe's row (0 when none)
+    hits = np.empty(probes, dtype=bool)
+    blocks = [slice(i, min(i + _BLOCK, probes)) for i in range(0, probes, _BLOCK)]
+
+    def search(block: slice) -> None:  # every probe of the block at once, each in its entity's rows
+        code, bound = codes[block], b[block]
+        lo, hi = first[code], ends[code]
+        begin = lo.copy()
+        for _ in range(steps):
+            mid = (lo + hi) >> 1
+            right = (padded[mid] <= bound) & (lo < hi)
+            np.copyto(lo, mid + 1, where=right)
+            np.copyto(hi, mid, where=~right)  # a finished search has lo == hi == mid: unchanged
+        found = lo - 1  # the entity's newest row at or before b (equal times: the largest rowid)
+        hit = (found >= begin) & (bound - padded[found] <= ttl)
+        hits[block] = hit
+        picks[block] = np.where(hit, rowid[np.maximum(found, 0)], 0)
+
+    _each(search, blocks)
+    misses = probes - int(np.count_nonzero(hits))
+    validity = pa.array(hits).buffers()[1] if misses else None  # one bitmap, shared by every column
+    out, gathers = [], []
+    for f in view.features:
+        column = values.column(f).combine_chunks()
+        if column.null_count == 0 and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            source = column.to_numpy()
+            target = np.empty(probes, dtype=source.dtype)
+            gathers += [(source, target, block) for block in blocks]
+            out.append(pa.Array.from_buffers(column.type, probes, [validity, pa.py_buffer(target)], misses))
+        else:  # nulls, text, booleans...: Arrow's take, then the misses nulled
+            taken = column.take(pa.array(picks))
+            out.append(pc.if_else(pa.array(hits), taken, pa.scalar(None, column.type)) if misses else taken)
+    _each(lambda job: np.take(job[0], picks[job[2]], out=job[1][job[2]]), gathers)
+    return pa.table(out, names=list(view.features))
