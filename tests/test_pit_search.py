@@ -132,3 +132,36 @@ def test_rows_deleted_by_hand_leave_rowid_gaps_and_the_sql_join_answers(tmp_path
     fv = view(ttl=dt.timedelta(seconds=10))
     got = store.get_historical_features(probes, [fv], "t")
     assert got.select(["x", "s"]).to_pylist() == reference_features({"ev": left}, probes, [fv], "t")
+
+
+class _Generic(DuckDBOfflineStore):
+    """The same store without ``latest_rows``: materialization's generic path."""
+
+    def latest_rows(self, view, as_of):
+        return None
+
+
+@pytest.mark.parametrize("zone", [None, "UTC"])
+def test_latest_rows_equal_the_generic_materialization_rows(tmp_path, zone):
+    from lab.features.materialize import view_rows_at
+
+    rng = random.Random(6)
+    t0 = dt.datetime(2024, 5, 1)
+    source = random_rows(rng, [1, 2, 3, 4, 5, 6], 200, t0, 60)
+    times = source.column("ts").to_pylist()
+    times[:5] = [None] * 5
+    source = source.set_column(1, "ts", pa.array(times, pa.timestamp("us", zone)))
+    source = pa.concat_tables([source, pa.table({"k": [9, None], "ts": pa.array([None, t0], pa.timestamp("us", zone)),
+                                                 "x": [1.0, 2.0], "s": ["only a null time", "no key"]})])
+    fast, generic = DuckDBOfflineStore(tmp_path / "a.duckdb"), _Generic(tmp_path / "b.duckdb")
+    fast.write_source("ev", source)
+    generic.write_source("ev", source)
+    for fv in (view(ttl=dt.timedelta(seconds=9), delay=dt.timedelta(seconds=3)), view(ttl=dt.timedelta(days=1))):
+        for as_of in (t0 - dt.timedelta(seconds=1), t0 + dt.timedelta(seconds=20),
+                      (t0 + dt.timedelta(seconds=70)).replace(tzinfo=UTC)):
+            got = fast.latest_rows(fv, as_of)
+            assert got is not None
+            want = view_rows_at(generic, fv, as_of)
+            order = [("k", "ascending")]
+            assert got.sort_by(order).equals(want.sort_by(order)), (fv, as_of)
+            assert 9 in got.column("k").to_pylist()

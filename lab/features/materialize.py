@@ -35,6 +35,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -59,9 +60,10 @@ class Materialized:
 
 
 def _as_of_array(as_of: dt.datetime, n: int) -> pa.Array:
-    if as_of.tzinfo is None:
-        return pa.array([as_of] * n, type=pa.timestamp("us"))
-    return pa.array([as_of.astimezone(dt.timezone.utc)] * n, type=pa.timestamp("us", tz="UTC"))
+    """``as_of`` ``n`` times (naive stays naive; aware becomes UTC), without n Python objects."""
+    kind = pa.timestamp("us") if as_of.tzinfo is None else pa.timestamp("us", tz="UTC")
+    value = pa.scalar(as_of if as_of.tzinfo is None else as_of.astimezone(dt.timezone.utc), kind)
+    return pa.array(np.full(n, value.value, dtype=np.int64)).view(kind)
 
 
 def _scalar(when: dt.datetime, type_: pa.DataType) -> pa.Scalar:
@@ -125,7 +127,13 @@ def _rows_for(offline: OfflineStore, view: FeatureView, keys: pa.Table, source: 
 
 
 def view_rows_at(offline: OfflineStore, view: FeatureView, as_of: dt.datetime) -> pa.Table:
-    """The entity column, the view's features and ``EVENT_TIME`` for every entity, as of ``as_of``."""
+    """The entity column, the view's features and ``EVENT_TIME`` for every entity, as of
+    ``as_of``: the store's own ``latest_rows`` when it has it for this view, else computed
+    here from the interface's reads."""
+    if not view.aggregations:
+        rows = offline.latest_rows(view, as_of)
+        if rows is not None:
+            return rows
     source = offline.read_source(view.source, [view.entity, view.timestamp])
     keys = _keys_table(view, pc.unique(source.column(view.entity)), as_of)
     return _rows_for(offline, view, keys, source, as_of)

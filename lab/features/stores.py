@@ -53,6 +53,16 @@ class OfflineStore(abc.ABC):
         aggregation's ``fill`` (counts and sums: 0) or null.
         """
 
+    def latest_rows(self, view: FeatureView, as_of: dt.datetime) -> pa.Table | None:
+        """Optional, for speed: every distinct non-null entity of a latest-value view's
+        source with its features at ``as_of`` and ``EVENT_TIME`` (the event time of the
+        row read, as ``timestamp[us]``, UTC where the source column is zoned; null where
+        none), in one pass. ``None`` (this default) leaves materialization to the generic
+        path, which computes the same table from ``read_source`` and
+        ``get_historical_features``; a store that answers must answer the same (the
+        materialization tests compare them)."""
+        return None
+
     def scan_source(self, name: str, *, time_column: str, start: dt.date, end: dt.date,
                     columns: Sequence[str] | None = None, batch_rows: int = 50_000) -> Iterator[pa.Table]:
         """The rows of ``name`` whose ``time_column`` falls on the days ``start`` through

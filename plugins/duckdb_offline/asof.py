@@ -100,78 +100,117 @@ def _each(fn, units: list) -> None:
         pass
 
 
+class SortedSource:
+    """One view's source, sorted by (entity, event time, rowid), ready to be searched.
+
+    ``entities`` are the distinct non-null keys in sorted order (an entity's code is its
+    index); entity c's rows are ``first[c]`` up to, not including, ``first[c + 1]``.
+    """
+
+    def __init__(self, view: FeatureView, order: pa.Table, values: pa.Table):
+        self.view, self.values = view, values
+        self.n = n = order.num_rows
+        keys = order.column("k").combine_chunks()
+        starts = np.ones(n, dtype=bool)
+        starts[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        self.entities = keys.filter(pa.array(starts))
+        # Code -1 (unknown) reads the last entry: an empty run at n.
+        self.first = np.append(np.flatnonzero(starts), n)
+        self.ends = np.append(self.first[1:], n)
+        self.steps = int((self.ends - self.first).max()).bit_length()
+        self.padded = np.empty(n + 1, dtype=np.int64)  # event times; e[n] = max, read by searches ended at n
+        self.padded[n] = np.iinfo(np.int64).max
+        at = 0
+        for chunk in order.column("e").chunks:
+            self.padded[at:at + len(chunk)] = chunk.to_numpy()
+            at += len(chunk)
+        self.rowid = order.column("r").to_numpy()
+
+    @classmethod
+    def read(cls, con, view: FeatureView, key_type: str, max_cells: int = MAX_CELLS) -> "SortedSource | None":
+        """The view's source from an open connection, or None where this path does not
+        apply: a key type it does not take, a source past ``max_cells``, no rows with a
+        key and a time, or rowids with gaps (rows deleted by hand)."""
+        if key_type not in _KEY_TYPES:
+            return None
+        src, k, ts = q(view.source), q(view.entity), q(view.timestamp)
+        rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]
+        if rows * (len(view.features) + 2) > max_cells:
+            return None
+        # Sorted as rowids; the features read apart in rowid order (a plain scan keeps it),
+        # which is cheaper than sorting them along.
+        order = con.sql(f"SELECT {k} AS k, epoch_us({ts}) AS e, rowid AS r FROM {src} "
+                        f"WHERE {k} IS NOT NULL AND {ts} IS NOT NULL ORDER BY k, e, rowid").to_arrow_table()
+        if order.num_rows == 0:
+            return None
+        values = con.sql(f"SELECT {', '.join(q(f) for f in view.features)} FROM {src}").to_arrow_table()
+        if con.execute(f"SELECT max(rowid) FROM {src}").fetchall()[0][0] != values.num_rows - 1:
+            return None
+        return cls(view, order, values)
+
+    def codes(self, probe_keys: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+        return _probe_codes(probe_keys, self.entities)
+
+    def lookup(self, codes: np.ndarray, t_us: np.ndarray, event_times: bool = False):
+        """For probes (entity code, time): the row each reads as ``(rowids, hits)``, a
+        rowid where ``hits``, and with ``event_times`` also that row's event time (epoch µs)."""
+        view, first, ends, padded, rowid, steps = self.view, self.first, self.ends, self.padded, self.rowid, self.steps
+        b = t_us - us(view.label_delay)
+        ttl = us(view.ttl)
+        probes = len(codes)
+        picks = np.empty(probes, dtype=np.int64)  # 0 where no row
+        hits = np.empty(probes, dtype=bool)
+        times = np.empty(probes, dtype=np.int64) if event_times else None
+        blocks = [slice(i, min(i + _BLOCK, probes)) for i in range(0, probes, _BLOCK)]
+
+        def search(block: slice) -> None:  # every probe of the block at once, each in its entity's rows
+            code, bound = codes[block], b[block]
+            lo, hi = first[code], ends[code]
+            begin = lo.copy()
+            for _ in range(steps):
+                mid = (lo + hi) >> 1
+                right = (padded[mid] <= bound) & (lo < hi)
+                np.copyto(lo, mid + 1, where=right)
+                np.copyto(hi, mid, where=~right)  # a finished search has lo == hi == mid: unchanged
+            found = lo - 1  # the entity's newest row at or before b (equal times: the largest rowid)
+            hit = (found >= begin) & (bound - padded[found] <= ttl)
+            hits[block] = hit
+            picks[block] = np.where(hit, rowid[np.maximum(found, 0)], 0)
+            if times is not None:
+                times[block] = padded[found]
+
+        _each(search, blocks)
+        return (picks, hits, times) if event_times else (picks, hits)
+
+    def gather(self, picks: np.ndarray, hits: np.ndarray) -> list[pa.Array]:
+        """The features of rows ``picks``, null where not ``hits``."""
+        probes = len(picks)
+        blocks = [slice(i, min(i + _BLOCK, probes)) for i in range(0, probes, _BLOCK)]
+        misses = probes - int(np.count_nonzero(hits))
+        validity = pa.array(hits).buffers()[1] if misses else None  # one bitmap, shared by every column
+        out, gathers = [], []
+        for f in self.view.features:
+            column = self.values.column(f).combine_chunks()
+            if column.null_count == 0 and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+                source = column.to_numpy()
+                target = np.empty(probes, dtype=source.dtype)
+                gathers += [(source, target, block) for block in blocks]
+                out.append(pa.Array.from_buffers(column.type, probes, [validity, pa.py_buffer(target)], misses))
+            else:  # nulls, text, booleans...: Arrow's take, then the misses nulled
+                taken = column.take(pa.array(picks))
+                out.append(pc.if_else(pa.array(hits), taken, pa.scalar(None, column.type)) if misses else taken)
+        _each(lambda job: np.take(job[0], picks[job[2]], out=job[1][job[2]]), gathers)
+        return out
+
+
 def latest_values(con, view: FeatureView, key_type: str, probe_keys: pa.ChunkedArray, t_us: np.ndarray,
                   max_cells: int = MAX_CELLS) -> pa.Table | None:
     """The view's features for every probe, in probe order; None when this path does not
     apply (see the module docstring). ``con`` is an open connection."""
-    if key_type not in _KEY_TYPES:
+    source = SortedSource.read(con, view, key_type, max_cells)
+    if source is None:
         return None
-    src, k, ts = q(view.source), q(view.entity), q(view.timestamp)
-    rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]
-    if rows * (len(view.features) + 2) > max_cells:
-        return None
-    # The source sorted by key, time and rowid, as rowids; the features read apart in
-    # rowid order (a plain scan keeps it), which is cheaper than sorting them along.
-    order = con.sql(f"SELECT {k} AS k, epoch_us({ts}) AS e, rowid AS r FROM {src} "
-                    f"WHERE {k} IS NOT NULL AND {ts} IS NOT NULL ORDER BY k, e, rowid").to_arrow_table()
-    values = con.sql(f"SELECT {', '.join(q(f) for f in view.features)} FROM {src}").to_arrow_table()
-    n, probes = order.num_rows, len(t_us)
-    if n == 0:
-        return pa.table([pa.nulls(probes, values.schema.field(f).type) for f in view.features],
-                        names=list(view.features))
-    if con.execute(f"SELECT max(rowid) FROM {src}").fetchall()[0][0] != values.num_rows - 1:
-        return None  # rowids with gaps (rows deleted by hand): positions are not rowids
-    keys = order.column("k").combine_chunks()
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    codes = _probe_codes(probe_keys, keys.filter(pa.array(starts)))
+    codes = source.codes(probe_keys)
     if codes is None:
         return None
-    # Entity c's rows run from first[c] up to (not including) ends[c]; code -1 (unknown)
-    # reads the last entry, an empty run at n.
-    first = np.append(np.flatnonzero(starts), n)
-    ends = np.append(first[1:], n)
-    steps = int((ends - first).max()).bit_length()
-    padded = np.empty(n + 1, dtype=np.int64)  # the event times, and e[n] = max for searches ended at n
-    padded[n] = np.iinfo(np.int64).max
-    at = 0
-    for chunk in order.column("e").chunks:
-        padded[at:at + len(chunk)] = chunk.to_numpy()
-        at += len(chunk)
-    rowid = order.column("r").to_numpy()
-    b = t_us - us(view.label_delay)
-    ttl = us(view.ttl)
-    picks = np.empty(probes, dtype=np.int64)  # the rowid of each probe's row (0 when none)
-    hits = np.empty(probes, dtype=bool)
-    blocks = [slice(i, min(i + _BLOCK, probes)) for i in range(0, probes, _BLOCK)]
-
-    def search(block: slice) -> None:  # every probe of the block at once, each in its entity's rows
-        code, bound = codes[block], b[block]
-        lo, hi = first[code], ends[code]
-        begin = lo.copy()
-        for _ in range(steps):
-            mid = (lo + hi) >> 1
-            right = (padded[mid] <= bound) & (lo < hi)
-            np.copyto(lo, mid + 1, where=right)
-            np.copyto(hi, mid, where=~right)  # a finished search has lo == hi == mid: unchanged
-        found = lo - 1  # the entity's newest row at or before b (equal times: the largest rowid)
-        hit = (found >= begin) & (bound - padded[found] <= ttl)
-        hits[block] = hit
-        picks[block] = np.where(hit, rowid[np.maximum(found, 0)], 0)
-
-    _each(search, blocks)
-    misses = probes - int(np.count_nonzero(hits))
-    validity = pa.array(hits).buffers()[1] if misses else None  # one bitmap, shared by every column
-    out, gathers = [], []
-    for f in view.features:
-        column = values.column(f).combine_chunks()
-        if column.null_count == 0 and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            source = column.to_numpy()
-            target = np.empty(probes, dtype=source.dtype)
-            gathers += [(source, target, block) for block in blocks]
-            out.append(pa.Array.from_buffers(column.type, probes, [validity, pa.py_buffer(target)], misses))
-        else:  # nulls, text, booleans...: Arrow's take, then the misses nulled
-            taken = column.take(pa.array(picks))
-            out.append(pc.if_else(pa.array(hits), taken, pa.scalar(None, column.type)) if misses else taken)
-    _each(lambda job: np.take(job[0], picks[job[2]], out=job[1][job[2]]), gathers)
-    return pa.table(out, names=list(view.features))
+    return pa.table(source.gather(*source.lookup(codes, t_us)), names=list(view.features))

@@ -30,12 +30,13 @@ from typing import Iterator, Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lab.errors import LabError, NotFound
 from lab.features.digest import canonical_digest
-from lab.features.stores import OfflineStore
+from lab.features.stores import EVENT_TIME, OfflineStore
 from lab.features.views import FeatureView
-from plugins.duckdb_offline.asof import MAX_CELLS, epoch_us, latest_values
+from plugins.duckdb_offline.asof import MAX_CELLS, SortedSource, epoch_us, latest_values
 from plugins.duckdb_offline.sql import (NUMERIC, ROW, latest_sql, q, running_totals_sql, special_sql, ties_sql,
                                         window_sql)
 
@@ -276,6 +277,36 @@ class DuckDBOfflineStore(OfflineStore):
                 if registered:
                     con.unregister("__lab_entity_rows")
         return out
+
+    def latest_rows(self, view: FeatureView, as_of: dt.datetime) -> pa.Table | None:
+        """Every entity's latest-value features and event time at ``as_of`` from one sorted
+        read of the source (``asof.SortedSource``); None where that path does not apply."""
+        if view.aggregations:
+            return None
+        with self._connect() as con:
+            have = self._check_view(con, view)
+            zone = {"TIMESTAMP": None, "TIMESTAMP WITH TIME ZONE": "UTC"}
+            if have[view.timestamp] not in zone:
+                return None
+            try:
+                source = SortedSource.read(con, view, have[view.entity], self.in_memory_join_cells)
+                if source is None:
+                    return None
+                k, ts = q(view.entity), q(view.timestamp)
+                timeless = con.sql(f"SELECT DISTINCT {k} FROM {q(view.source)} WHERE {k} IS NOT NULL AND {ts} IS NULL"
+                                   ).to_arrow_table().column(0)
+            except duckdb.Error as exc:
+                raise LabError(f"feature view {view.name!r}: materialization read failed: {exc}") from None
+        keys = source.entities
+        extra = pc.filter(timeless, pc.invert(pc.is_in(timeless, value_set=keys))) if len(timeless) else timeless
+        codes = np.concatenate([np.arange(len(keys), dtype=np.int64), np.full(len(extra), -1, dtype=np.int64)])
+        at = epoch_us(pa.array([as_of], pa.timestamp("us", "UTC") if as_of.tzinfo else pa.timestamp("us")))
+        picks, hits, times = source.lookup(codes, np.full(len(codes), at[0], dtype=np.int64), event_times=True)
+        kind = pa.timestamp("us", zone[have[view.timestamp]])
+        event = pa.array(times, mask=~hits).view(kind) if len(codes) else pa.array([], kind)
+        entity = pa.concat_arrays([keys, extra.combine_chunks().cast(keys.type)]) if len(extra) else keys
+        return pa.table([entity, *source.gather(picks, hits), event],
+                        names=[view.entity, *view.features, EVENT_TIME])
 
     def _unique_keys(self, con, view: FeatureView) -> bool:
         """True when no two rows of the view's source share an entity and event time, so
