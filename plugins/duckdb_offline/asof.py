@@ -80,7 +80,7 @@ def _probe_codes(probe_keys: pa.ChunkedArray, entities: pa.Array) -> np.ndarray 
     return pc.fill_null(found, -1).to_numpy().astype(np.int64)
 
 
-_BLOCK = 1 << 20  # probes per unit of work: the search's arrays of one block stay in cache
+_BLOCK = 1 << 18  # probes per unit of work: one block's search arrays stay in cache; threads share blocks
 THREADS = max(1, min(4, os.cpu_count() or 1))
 _POOL: ThreadPoolExecutor | None = None
 
