@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar._asgi.routing_trie.mapping import build_route_middleware_stack
-from litestar._asgi.utils import is_valid_host, wrap_in_exception_handler
+from litestar._asgi.utils import is_valid_host
 from litestar.connection import Request
 from litestar.exceptions import ClientException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
@@ -175,31 +175,23 @@ def install(app: Litestar, errors: RequestErrors, path: str = "/predict") -> str
             await after_response(request)
 
     stack = build_route_middleware_stack(app, _Route(handle), handler)
-
-    async def routed(scope, receive, send) -> None:
-        # What Litestar's router does for a matched route, less the lookup.
-        try:
-            host = next((value for name, value in scope["headers"] if name == b"host"), None)
-            if host is not None and not is_valid_host(host):
-                raise ClientException("Invalid host header")
-        except ClientException:
-            ScopeState.from_scope(scope).exception_handlers = app.asgi_router._app_exception_handlers
-            raise
-        ScopeState.from_scope(scope).exception_handlers = exception_handlers
-        scope["route_handler"] = handler
-        scope["path_template"] = path
-        await stack(scope, receive, send)
-
-    lean = wrap_in_exception_handler(app=routed)
     generic = app.asgi_handler
 
     async def dispatch(scope, receive, send) -> None:
+        # What Litestar's router does for a matched route, less the lookup. A Host header
+        # that is not a valid host name goes to Litestar, which answers it as it always
+        # does; the route's own stack handles every other error (its exception handlers).
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == path \
                 and not scope.get("root_path"):
-            scope.setdefault("path_params", {})
-            await lean(scope, receive, send)
-        else:
-            await generic(scope, receive, send)
+            host = next((value for name, value in scope["headers"] if name == b"host"), None)
+            if host is None or is_valid_host(host):
+                scope.setdefault("path_params", {})
+                ScopeState.from_scope(scope).exception_handlers = exception_handlers
+                scope["route_handler"] = handler
+                scope["path_template"] = path
+                await stack(scope, receive, send)
+                return
+        await generic(scope, receive, send)
 
     app.asgi_handler = dispatch
     return None
