@@ -365,7 +365,7 @@ def profile(root: Path, bodies: list[str], n: int, top: int = 25) -> None:
                     cumulative += ct
         print(f"  {label:<46} {cumulative / total:6.1%}  ({cumulative / n * 1e6:6.1f} us per request)")
     print()
-    stats.sort_stats(os.environ.get("LAB_PROFILE_SORT", "tottime")).print_stats(top)
+    stats.sort_stats(os.environ.get("LAB_PROFILE_SORT", "tottime")).print_stats(int(os.environ.get("LAB_PROFILE_TOP", top)))
 
 
 def main() -> None:

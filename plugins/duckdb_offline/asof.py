@@ -165,14 +165,16 @@ class SortedSource:
 
         def search(block: slice) -> None:  # every probe of the block at once, each in its entity's rows
             code, bound = codes[block], b[block]
-            lo, hi = first[code], ends[code]
-            begin = lo.copy()
-            for _ in range(steps):
-                mid = (lo + hi) >> 1
-                right = (padded[mid] <= bound) & (lo < hi)
-                np.copyto(lo, mid + 1, where=right)
-                np.copyto(hi, mid, where=~right)  # a finished search has lo == hi == mid: unchanged
-            found = lo - 1  # the entity's newest row at or before b (equal times: the largest rowid)
+            begin = first[code]
+            last = ends[code] - 1
+            found = begin - 1  # the last row known to be at or before b; none yet
+            # Steps of 2^(k-1) ... 1 (their sum covers the longest run): a step's row is
+            # taken when at or before b; a step past the run tests its last row instead,
+            # which is taken only if every row of the run is at or before b.
+            for step in (1 << np.arange(steps - 1, -1, -1)).tolist():
+                candidate = np.minimum(found + step, last)
+                np.copyto(found, candidate, where=padded[candidate] <= bound)
+            # found: the entity's newest row at or before b (equal times: the largest rowid)
             hit = (found >= begin) & (bound - padded[found] <= ttl)
             hits[block] = hit
             picks[block] = np.where(hit, rowid[np.maximum(found, 0)], 0)
