@@ -134,9 +134,9 @@ class SortedSource:
         if key_type not in _KEY_TYPES:
             return None
         src, k, ts = q(view.source), q(view.entity), q(view.timestamp)
-        rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]
-        if rows * (len(view.features) + 2) > max_cells:
-            return None
+        rows, top = con.execute(f"SELECT count(*), max(rowid) FROM {src}").fetchall()[0]
+        if rows * (len(view.features) + 2) > max_cells or (rows and top != rows - 1):
+            return None  # too large, or rowids with gaps: positions would not be rowids
         # Sorted as rowids; the features read apart in rowid order (a plain scan keeps it),
         # which is cheaper than sorting them along.
         order = con.sql(f"SELECT {k} AS k, epoch_us({ts}) AS e, rowid AS r FROM {src} "
@@ -144,7 +144,7 @@ class SortedSource:
         if order.num_rows == 0:
             return None
         values = con.sql(f"SELECT {', '.join(q(f) for f in view.features)} FROM {src}").to_arrow_table()
-        if con.execute(f"SELECT max(rowid) FROM {src}").fetchall()[0][0] != values.num_rows - 1:
+        if values.num_rows != rows:  # written to between the reads
             return None
         return cls(view, order, values)
 
