@@ -89,24 +89,31 @@ def bare_lab(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at the moment of asking."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
-def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90):
+def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90, append: bool = False):
     """A real ``lab serve`` of the lab at ``root`` on a free 127.0.0.1 port, its output in
-    ``log_path``: yields ``(base URL, process)`` once ``/readyz`` answers 200, and stops
-    the process by its PID at the end (SIGTERM, then SIGKILL), whatever happened."""
+    ``log_path`` (added to it with ``append``): yields ``(base URL, process)`` once
+    ``/readyz`` answers 200, and stops the process by its PID at the end (SIGTERM, then
+    SIGKILL), whatever happened; a test may stop it itself before (then nothing is sent)."""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = log_path.open("w")
+    port = free_port()
+    log = log_path.open("a" if append else "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "lab"), "serve", "--port", str(port),
                              "--root", str(root), *args], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "LAB_HOME": ""})
@@ -132,3 +139,4 @@ def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90):
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         log.close()
+

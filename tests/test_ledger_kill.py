@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,26 +23,7 @@ import pytest
 
 from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
-from tests.test_serving_server import free_port
-
-LAB = Path(sys.executable).parent / "lab"
-
-
-def start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([str(LAB), "serve", "--port", str(port), "--root", str(root)],
-                            stdout=log.open("a"), stderr=subprocess.STDOUT, env={**os.environ, "LAB_HOME": ""})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server not ready in 60 s:\n" + log.read_text()
-        time.sleep(0.05)
+from tests.conftest import lab_server
 
 
 def kill_9(proc: subprocess.Popen) -> None:
@@ -64,7 +44,6 @@ def test_kill_9_loses_no_promised_ledger_row_and_the_restarted_server_is_ready(t
 
     # 1. ledger_sync: killed under load from 4 clients; every answered request is kept.
     set_serve(lab.root, "ledger_sync = true\n")
-    proc, base = start_server(lab.root, log)
     acknowledged: list[str] = []
     lock, enough = threading.Lock(), threading.Event()
 
@@ -84,13 +63,14 @@ def test_kill_9_loses_no_promised_ledger_row_and_the_restarted_server_is_ready(t
                     if len(acknowledged) >= 200:
                         enough.set()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    assert enough.wait(60), "the load never reached 200 answered requests"
-    kill_9(proc)  # the clients are still sending: some requests are in flight
-    for thread in threads:
-        thread.join(30)
+    with lab_server(lab.root, log, ready_s=60, append=True) as (base, proc):
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        assert enough.wait(60), "the load never reached 200 answered requests"
+        kill_9(proc)  # the clients are still sending: some requests are in flight
+        for thread in threads:
+            thread.join(30)
     with lock:
         answered = set(acknowledged)
     assert 200 <= len(answered) < 600
@@ -99,8 +79,7 @@ def test_kill_9_loses_no_promised_ledger_row_and_the_restarted_server_is_ready(t
 
     # 2. The restarted server opens the same ledger and is ready; by default it does not wait for rows.
     set_serve(lab.root, "")
-    proc, base = start_server(lab.root, log)
-    try:
+    with lab_server(lab.root, log, ready_s=60, append=True) as (base, proc):
         with httpx.Client(base_url=base, timeout=10) as http:
             assert http.get("/readyz").json()["ready"] is True
             ids = [http.post("/predict", json=lab.transaction(10_000 + i)).json()["request_id"] for i in range(100)]
@@ -112,7 +91,6 @@ def test_kill_9_loses_no_promised_ledger_row_and_the_restarted_server_is_ready(t
                    if line.startswith("lab_ledger_lag_records ")]
         assert stats["appended"] == stats["written"] == 100 and stats["dropped"] == stats["failed"] == 0
         assert lag == ["lab_ledger_lag_records 0.0"]
-    finally:
         kill_9(proc)
     kept = {row["request_id"] for row in read_predictions(ledger, include_fallbacks=True)}
     assert set(ids) <= kept and answered <= kept

@@ -9,11 +9,7 @@ are checked on the app in-process; the admin routes are fuzzed with a valid key.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,15 +25,9 @@ from lab.registry import Registry
 from lab.serving.keys import KeyStore
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 from plugins.litestar_serving import create_app
+from tests.conftest import lab_server
 
-LAB = Path(sys.executable).parent / "lab"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check, what: str, timeout: float = 20.0):
@@ -65,32 +55,8 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("admin")
     lab = build_tiny_lab(tmp / "lab")
     add_version(lab.root, lab.model_name)
-    port = free_port()
-    log_path = tmp / "serve.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([str(LAB), "serve", "--port", str(port), "--root", str(lab.root)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LAB_HOME": ""})
-    base = f"http://127.0.0.1:{port}"
-
-    def ready():
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(ready, "the server to be ready", timeout=90)
-        yield lab, base, log_path
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        log.close()
+    with lab_server(lab.root, tmp / "serve.log") as (base, _):
+        yield lab, base, tmp / "serve.log"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import datetime as dt
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -30,7 +29,7 @@ from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.models import MB, model_memory_bytes
-from tests.test_serving_server import LAB, free_port
+from tests.conftest import lab_server
 from tests.test_shadow import shadow_template  # noqa: F401 - a fixture
 
 PLUGIN = "multimodel_thermo_lab"
@@ -339,23 +338,8 @@ def test_real_lab_serve_with_all_models(lab, tmp_path):
                         base_url="http://127.0.0.1") as alone:
             wait_ready(alone)
             thermo2_alone = alone.post("/predict", json=reading(7)).json()
-        port = free_port()
         log_path = tmp_path / "serve.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen([str(LAB), "serve", "--port", str(port), "--root", str(tiny.root), "--all-models"],
-                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LAB_HOME": ""})
-        try:
-            base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "not ready in 60 s:\n" + log_path.read_text()
-                time.sleep(0.05)
+        with lab_server(tiny.root, log_path, "--all-models", ready_s=60) as (base, proc):
             with httpx.Client(base_url=base, timeout=10) as http:
                 assert http.post("/predict", json=tiny.transaction(1)).json()["model"] == "fraud"
                 thermo = http.post("/models/thermo/predict", json=reading(7)).json()
@@ -371,7 +355,6 @@ def test_real_lab_serve_with_all_models(lab, tmp_path):
             assert metric(text, "lab_model_evictions_total", model="thermo") >= 1
             assert metric(text, "lab_model_refusals_total", model="bigthermo", reason="too_big") == 1
             assert metric(text, "lab_predictions_total", model="thermo2", version="1", variant="") == 1
-        finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
             assert proc.wait(30) in (0, -signal.SIGTERM)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,9 @@ import pytest
 
 from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
-from tests.conftest import lab_server
+from tests.conftest import free_port, lab_server
 
 LAB = Path(sys.executable).parent / "lab"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

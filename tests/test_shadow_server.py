@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,14 +18,7 @@ from lab.config import load_config
 from lab.registry import Registry
 from lab.serving.shadow_report import shadow_counts
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
-
-LAB = Path(sys.executable).parent / "lab"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import lab_server
 
 
 def wait_for(condition, what: str, log: Path, timeout: float = 30.0):
@@ -48,26 +38,13 @@ def test_a_real_server_mirrors_to_the_challenger_and_promotion_waits_for_the_cri
     with Registry.open(config.registry_path, project_root=lab.root) as reg:
         reg.register_model("fraud", run_id=None, flavor="lightning_mlp", artifact_path=MODEL_ARTIFACT, metrics={},
                            lineage={"note": "the champion's files: a challenger that agrees"})
-    port = free_port()
     log_path = tmp_path / "serve.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([str(LAB), "serve", "--port", str(port), "--root", str(lab.root)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "LAB_HOME": ""})
-    base = f"http://127.0.0.1:{port}"
 
     def cli(*args) -> int:
         return main(["--root", str(lab.root), *args])
 
-    try:
+    with lab_server(lab.root, log_path) as (base, proc):
         with httpx.Client(base_url=base, timeout=10) as http:
-            def is_ready():
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    return http.get("/readyz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(is_ready, "the server to be ready", log_path, 90)
             assert cli("shadow", "start", "fraud", "--challenger", "2", "--min-requests", "80",
                        "--min-agreement", "0.9", "--max-latency-ms", "1000", "--days", "1") == 0
             capsys.readouterr()
@@ -104,11 +81,6 @@ def test_a_real_server_mirrors_to_the_challenger_and_promotion_waits_for_the_cri
             wait_for(lambda: http.get("/readyz").json()["model_version"] == 2, "the server to follow", log_path)
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
     text = log_path.read_text()
     assert "shadow #1: mirroring 'fraud' requests to challenger v2" in text and "Traceback" not in text
     # Every mirrored request is a row keyed by the champion's request id.
