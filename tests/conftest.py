@@ -140,3 +140,40 @@ def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90, appe
                 proc.wait(10)
         log.close()
 
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app, *, ready_s: float = 60):
+    """A real uvicorn server (the settings of `lab serve`) for ``app``, in a thread of this
+    process on a free 127.0.0.1 port: yields its base URL once ``/readyz`` answers 200;
+    stopped at the end (its lifespan ends, so the ledger closes) and the thread joined."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from plugins.litestar_serving.server import UVICORN_SETTINGS
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_SETTINGS))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the in-thread server was not ready in {ready_s:.0f} s"
+            time.sleep(0.02)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive()

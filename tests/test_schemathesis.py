@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import collections
 import re
-import socket
-import threading
 import time
 
 import httpx
 import pytest
 import requests
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
@@ -39,7 +36,7 @@ from lab.config import load_config
 from lab.plugins import get_plugin_manager
 from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
-from plugins.litestar_serving.server import UVICORN_SETTINGS
+from tests.conftest import uvicorn_in_thread
 
 ADMIN_LABELS = ["GET /admin/flags", "POST /admin/flags", "POST /admin/promote", "POST /admin/rollback",
                 "POST /admin/shadow"]
@@ -52,30 +49,8 @@ def served(tmp_path_factory):
     """``(base URL, tiny lab)`` of a real server, ready; stopped (ledger closed) after the module."""
     lab = build_tiny_lab(tmp_path_factory.mktemp("fuzzed-lab"))
     config = load_config(lab.root)
-    app = create_app(config, get_plugin_manager(config))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_SETTINGS))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ready = httpx.get(f"{base}/readyz")
-                if ready.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not get ready"
-            time.sleep(0.05)
+    with uvicorn_in_thread(create_app(config, get_plugin_manager(config))) as base:
         yield base, lab
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-    assert not thread.is_alive()
 
 
 FUZZED_EXAMPLES = 500  # per operation with inputs and per mode (valid, invalid)

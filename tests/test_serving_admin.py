@@ -9,8 +9,6 @@ are checked on the app in-process; the admin routes are fuzzed with a valid key.
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from lab.registry import Registry
 from lab.serving.keys import KeyStore
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 from plugins.litestar_serving import create_app
-from tests.conftest import lab_server
+from tests.conftest import lab_server, uvicorn_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -278,44 +276,14 @@ def keyed_lab(tmp_path_factory):
 
 def serve_in_thread(root: Path, **serve):
     """A real uvicorn server for ``root`` in a thread on a free port, ``serve`` overriding
-    [tool.lab.serve]: ``(base URL, stop)``."""
-    import uvicorn
-
-    from plugins.litestar_serving.server import UVICORN_SETTINGS
-
+    [tool.lab.serve]: yields its base URL; stopped at the end."""
     config = load_config(root, serve=serve)
-    app = create_app(config, get_plugin_manager(config))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_SETTINGS))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-
-    def ready():
-        try:
-            return httpx.get(f"{base}/readyz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop():
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-        assert not thread.is_alive()
-
-    try:
-        wait_for(ready, "the in-thread server to be ready", timeout=60)
-    except BaseException:
-        stop()
-        raise
-    return base, stop
+    return uvicorn_in_thread(create_app(config, get_plugin_manager(config)))
 
 
 def test_predict_needs_a_key_with_the_predict_scope_when_configured(keyed_lab):
     lab, made = keyed_lab
-    base, stop = serve_in_thread(lab.root)
-    try:
+    with serve_in_thread(lab.root) as base:
         with httpx.Client(base_url=base, timeout=10) as http:
             anonymous = http.post("/predict", json=lab.transaction(1))
             assert anonymous.status_code == 401 and "scope 'predict'" in anonymous.json()["detail"]
@@ -336,15 +304,12 @@ def test_predict_needs_a_key_with_the_predict_scope_when_configured(keyed_lab):
                                  ("/admin/flags", "post"), ("/admin/shadow", "post")]:
                 operation = document["paths"][path][method]
                 assert operation["security"] == predict["security"] and {"401", "403"} <= set(operation["responses"])
-    finally:
-        stop()
 
 
 def test_admin_promotion_to_champion_passes_the_gate_of_lab_promote(keyed_lab):
     """[tool.lab.gate] require_approval: the admin route is no way around it."""
     lab, made = keyed_lab
-    base, stop = serve_in_thread(lab.root)
-    try:
+    with serve_in_thread(lab.root) as base:
         with httpx.Client(base_url=base, timeout=10, headers=bearer(made["ops"])) as http:
             refused = http.post("/admin/promote", json={"version": 2})
             assert refused.status_code == 409 and "cannot become champion" in refused.json()["detail"]
@@ -354,8 +319,6 @@ def test_admin_promotion_to_champion_passes_the_gate_of_lab_promote(keyed_lab):
                 registry.approve(lab.model_name, 2, approver="carol")
             passed = http.post("/admin/promote", json={"version": 2})
             assert passed.status_code == 200 and passed.json()["after"] == 2, passed.text
-    finally:
-        stop()
     row = admin_events(lab.root, "admin.promote")[-1]
     evidence = row["payload"]["evidence"]
     assert evidence["criteria"] and all(c["passed"] for c in evidence["criteria"]) and not evidence["forced"]
@@ -374,9 +337,8 @@ def test_admin_routes_fuzzed_with_a_valid_key_get_no_5xx(keyed_lab):
     from tests.test_schemathesis import CHECKS
 
     lab, made = keyed_lab
-    base, stop = serve_in_thread(lab.root, max_body_bytes=16384)  # a 413 is not a status schemathesis expects for bad data
     statuses: dict[int, int] = {}
-    try:
+    with serve_in_thread(lab.root, max_body_bytes=16384) as base:  # a 413 is not a status schemathesis expects for bad data
         schema = schemathesis.openapi.from_url(f"{base}/schema/openapi.json")
         session = requests.Session()
         headers = bearer(made["ops"])
@@ -393,7 +355,5 @@ def test_admin_routes_fuzzed_with_a_valid_key_get_no_5xx(keyed_lab):
                     statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
                 fuzz()
-    finally:
-        stop()
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses.get(400, 0) > 0 and sum(statuses.values()) >= 150, statuses  # refused bad bodies, not only 401s

@@ -52,39 +52,15 @@ def running(root: Path, how: str, spec, **options):
             wait_ready(client)
             yield client, client.app
         return
-    import socket
-    import threading
-
     import httpx
-    import uvicorn
 
     from plugins.litestar_serving import create_app
-    from plugins.litestar_serving.server import UVICORN_SETTINGS
+    from tests.conftest import uvicorn_in_thread
 
     config = load_config(root)
     app = create_app(config, meter_pm(config, spec), **options)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **UVICORN_SETTINGS))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=10) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not get ready"
-                time.sleep(0.02)
-            yield client, app
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-    assert not thread.is_alive()
+    with uvicorn_in_thread(app, ready_s=20) as base, httpx.Client(base_url=base, timeout=10) as client:
+        yield client, app
 
 
 @pytest.mark.parametrize("how", ["in_process", "uvicorn"])
