@@ -30,7 +30,6 @@ import pyarrow.dataset as ds
 import pytest
 from litestar.testing import TestClient
 
-from lab import hookimpl
 from lab.cli import main as lab_main
 from lab.config import load_config
 from lab.features.training import model_training_set
@@ -41,6 +40,7 @@ from lab.registry import Registry
 from lab.serving.batch import predictions_dir, score_window, training_window
 from lab.serving.batch_predictions import latest_path, read_latest
 from lab.testing.flavors import FixedModelFlavor
+from tests._helpers import DeclaredLab, plugin_manager_with, wait_ready
 from tests.conftest import REPO, write_pyproject
 
 DAY = dt.timedelta(days=1)
@@ -104,27 +104,8 @@ class LinearFlavor(FixedModelFlavor):
         return LinearModel()
 
 
-class SensorLab:
-    def __init__(self, spec: ModelSpec = SENSOR):
-        self.spec = spec
-
-    @hookimpl
-    def lab_feature_views(self, config):
-        return [SENSOR_DAILY, SITE_INFO]
-
-    @hookimpl
-    def lab_model_specs(self, config):
-        return [self.spec]
-
-    @hookimpl
-    def lab_model_flavors(self):
-        return [LinearFlavor()]
-
-
 def sensor_pm(config, spec: ModelSpec = SENSOR):
-    pm = get_plugin_manager(config)
-    pm.register(SensorLab(spec), name="sensor-lab")
-    return pm
+    return plugin_manager_with(config, DeclaredLab([SENSOR_DAILY, SITE_INFO], [spec], [LinearFlavor()]), "sensor-lab")
 
 
 START = dt.datetime(2024, 3, 1)
@@ -419,14 +400,6 @@ def serve(root: Path, spec: ModelSpec = SENSOR, **options) -> TestClient:
 
     config = load_config(root)
     return TestClient(create_app(config, sensor_pm(config, spec), **options), base_url="http://127.0.0.1")
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 20
-    while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
-        assert "failed" not in (ready.json()["reason"] or ""), ready.text
-        time.sleep(0.02)
-    assert ready.status_code == 200, ready.text
 
 
 def reading(i: int, sensor: int, site: str = "a") -> dict:

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -29,6 +28,7 @@ from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.models import MB, model_memory_bytes
+from tests._helpers import wait_ready
 from tests.conftest import lab_server
 from tests.test_shadow import shadow_template  # noqa: F401 - a fixture
 
@@ -164,14 +164,6 @@ def lab(tmp_path_factory):
     return tiny, sizes, plugin
 
 
-def wait_ready(client) -> None:
-    deadline = time.monotonic() + 30
-    while (ready := client.get("/readyz")).status_code != 200:
-        assert "failed" not in (ready.json()["reason"] or ""), ready.text
-        assert time.monotonic() < deadline, ready.text
-        time.sleep(0.02)
-
-
 def same(answer: dict) -> dict:
     """An answer less what differs between two servers (its id and timing)."""
     return {k: v for k, v in answer.items() if k not in ("request_id", "latency_ms")}
@@ -199,15 +191,15 @@ def test_two_models_of_two_specs_answer_as_one_model_servers(lab):
     bodies = [tiny.transaction(i) for i in range(1, 6)]
     readings = [reading(i, sensor=1 + i % 3) for i in range(6)]  # sensor 3 unknown: defaults
     with TestClient(create_app(config, pm), base_url="http://127.0.0.1") as alone:
-        wait_ready(alone)
+        wait_ready(alone, timeout=30)
         fraud_alone = [alone.post("/predict", json=b).json() for b in bodies]
     with TestClient(create_app(config, pm, model_name="thermo"), base_url="http://127.0.0.1") as alone:
-        wait_ready(alone)
+        wait_ready(alone, timeout=30)
         thermo_alone = [alone.post("/predict", json=r).json() for r in readings]
     assert fraud_alone[0]["model"] == "fraud" and thermo_alone[0]["model"] == "thermo"
 
     with TestClient(create_app(config, pm, models=["thermo"]), base_url="http://127.0.0.1") as client:
-        wait_ready(client)
+        wait_ready(client, timeout=30)
         assert [m["name"] for m in client.get("/readyz").json()["models"]] == ["fraud"]  # thermo: on first use
         assert [same(client.post("/predict", json=b).json()) for b in bodies] == [same(a) for a in fraud_alone]
         assert [same(client.post("/models/fraud/predict", json=b).json()) for b in bodies] == [
@@ -261,7 +253,7 @@ def test_the_lru_evicts_within_the_bound_reloads_and_refuses_a_model_too_big(lab
     app = create_app(config, get_plugin_manager(config), models=["thermo", "thermo2", "bigthermo"],
                      max_model_memory_mb=mb)
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        wait_ready(client)
+        wait_ready(client, timeout=30)
         first = client.post("/models/thermo/predict", json=reading(1)).json()
         other = client.post("/models/thermo2/predict", json=reading(1)).json()  # evicts thermo
         assert other["model"] == "thermo2" and other["score"] != first["score"]
@@ -336,7 +328,7 @@ def test_real_lab_serve_with_all_models(lab, tmp_path):
         config = load_config(tiny.root)
         with TestClient(create_app(config, get_plugin_manager(config), model_name="thermo2"),
                         base_url="http://127.0.0.1") as alone:
-            wait_ready(alone)
+            wait_ready(alone, timeout=30)
             thermo2_alone = alone.post("/predict", json=reading(7)).json()
         log_path = tmp_path / "serve.log"
         with lab_server(tiny.root, log_path, "--all-models", ready_s=60) as (base, proc):
@@ -437,7 +429,7 @@ def test_a_model_of_another_schema_with_the_same_title_and_no_champion(lab):
 
     pm.register(Unregistered(), name="unregistered-lab")
     with TestClient(create_app(config, pm, models=["thermo", "unregistered"]), base_url="http://127.0.0.1") as client:
-        wait_ready(client)
+        wait_ready(client, timeout=30)
         doc = client.get("/schema/openapi.json").json()
         refs = {path: doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
                 for path in ("/models/thermo/predict", "/models/unregistered/predict")}

@@ -24,18 +24,17 @@ import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab import hookimpl
 from lab.config import load_config
 from lab.errors import ConfigError
 from lab.features.views import Aggregation, FeatureView
 from lab.modelspec import ModelSpec, RequestField, RequestSchema
-from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from lab.serving.ledger import read_predictions
 from lab.testing.flavors import FixedModelFlavor
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.breaker import CircuitBreaker
 from plugins.litestar_serving.limits import Busy, ScoringLimit
+from tests._helpers import DeclaredLab, plugin_manager_with, wait_ready
 from tests.conftest import write_pyproject
 
 WATERMARK = dt.datetime(2024, 3, 1, 0, 0)
@@ -96,23 +95,6 @@ class SleepyFlavor(FixedModelFlavor):
         return SleepyModel()
 
 
-class MeterLab:
-    def __init__(self, spec: ModelSpec = METER):
-        self.spec = spec
-
-    @hookimpl
-    def lab_feature_views(self, config):
-        return [METER_DAILY]
-
-    @hookimpl
-    def lab_model_specs(self, config):
-        return [self.spec]
-
-    @hookimpl
-    def lab_model_flavors(self):
-        return [SleepyFlavor()]
-
-
 @pytest.fixture(autouse=True)
 def fast_model():
     SLOW.update(model_s=0.0, fail=False)
@@ -151,22 +133,12 @@ def meter_lab(meter_template, tmp_path):
 
 
 def meter_pm(config, spec: ModelSpec = METER):
-    pm = get_plugin_manager(config)
-    pm.register(MeterLab(spec), name="meter-lab")
-    return pm
+    return plugin_manager_with(config, DeclaredLab([METER_DAILY], [spec], [SleepyFlavor()]), "meter-lab")
 
 
 def serve(root: Path, spec: ModelSpec = METER, **options) -> TestClient:
     config = load_config(root)
     return TestClient(create_app(config, meter_pm(config, spec), **options), base_url="http://127.0.0.1")
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 20
-    while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
-        assert "failed" not in (ready.json()["reason"] or ""), ready.text
-        time.sleep(0.02)
-    assert ready.status_code == 200, ready.text
 
 
 def reading(i: int, meter: int = 1) -> dict:

@@ -1,0 +1,46 @@
+"""Helpers shared by test modules that are not fixtures (those live in conftest.py)."""
+
+from __future__ import annotations
+
+from lab import hookimpl
+from lab.plugins import get_plugin_manager
+
+
+class DeclaredLab:
+    """A project plugin declared by a test: its feature views, its model specs and the
+    flavors of its test-only models."""
+
+    def __init__(self, views, specs, flavors=()):
+        self.views, self.specs, self.flavors = list(views), list(specs), list(flavors)
+
+    @hookimpl
+    def lab_feature_views(self, config):
+        return list(self.views)
+
+    @hookimpl
+    def lab_model_specs(self, config):
+        return list(self.specs)
+
+    @hookimpl
+    def lab_model_flavors(self):
+        return list(self.flavors)
+
+
+def plugin_manager_with(config, plugin, name: str):
+    """The lab's plugin manager for ``config`` with ``plugin`` registered as ``name``."""
+    pm = get_plugin_manager(config)
+    pm.register(plugin, name=name)
+    return pm
+
+
+def wait_ready(client, timeout: float = 20.0) -> None:
+    """Poll ``/readyz`` until it answers 200: fail at once on a reason saying something
+    failed, or with the last answer after ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
+        assert "failed" not in (ready.json()["reason"] or ""), ready.text
+        time.sleep(0.02)
+    assert ready.status_code == 200, ready.text
+
