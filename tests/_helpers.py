@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from lab import hookimpl
 from lab.plugins import get_plugin_manager
 
@@ -44,3 +46,22 @@ def wait_ready(client, timeout: float = 20.0) -> None:
         time.sleep(0.02)
     assert ready.status_code == 200, ready.text
 
+
+@contextlib.asynccontextmanager
+async def started_app_client(app):
+    """The app started (its lifespan runs) and ready, with an httpx client that sends to
+    it in process; stopped at the end."""
+    import asyncio
+
+    import httpx
+
+    async with app.lifespan():
+        state = app.state.serving
+        for _ in range(3000):
+            if state.ready:
+                break
+            assert "failed" not in (state.reason or ""), state.reason
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield client

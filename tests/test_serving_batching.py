@@ -22,6 +22,7 @@ from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.batching import MicroBatcher
 from plugins.litestar_serving.limits import Unscored
+from tests._helpers import started_app_client
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +92,10 @@ def test_assembling_many_equals_assembling_each(lab_template):
 
 
 async def concurrently(app, bodies: list[dict]) -> list[httpx.Response]:
-    async with app.lifespan():
-        state = app.state.serving
-        for _ in range(3000):
-            if state.ready:
-                break
-            assert "failed" not in (state.reason or ""), state.reason
-            await asyncio.sleep(0.01)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-            answers = await asyncio.gather(*(client.post("/predict", json=b, headers={"x-request-id": f"r{i}"})
-                                             for i, b in enumerate(bodies)))
-            return answers, (await client.get("/metrics")).text
+    async with started_app_client(app) as client:
+        answers = await asyncio.gather(*(client.post("/predict", json=b, headers={"x-request-id": f"r{i}"})
+                                         for i, b in enumerate(bodies)))
+        return answers, (await client.get("/metrics")).text
 
 
 def test_concurrent_requests_are_scored_together_and_answered_as_alone(labs):

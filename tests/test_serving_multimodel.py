@@ -28,7 +28,7 @@ from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
 from plugins.litestar_serving import create_app
 from plugins.litestar_serving.models import MB, model_memory_bytes
-from tests._helpers import wait_ready
+from tests._helpers import started_app_client, wait_ready
 from tests.conftest import lab_server
 from tests.test_shadow import shadow_template  # noqa: F401 - a fixture
 
@@ -287,29 +287,21 @@ def test_a_slow_load_holds_up_no_other_model_and_concurrent_first_requests_load_
     app = create_app(config, get_plugin_manager(config), models=["thermo", "slow"])
 
     async def scenario():
-        async with app.lifespan():
-            state = app.state.serving
-            for _ in range(3000):
-                if state.ready:
-                    break
-                assert "failed" not in (state.reason or ""), state.reason
-                await asyncio.sleep(0.01)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
-                plugin.GATE.clear()
-                plugin.LOADING.clear()
-                try:
-                    slow = [asyncio.ensure_future(client.post("/models/slow/predict", json=reading(i)))
-                            for i in range(8)]
-                    assert await asyncio.to_thread(plugin.LOADING.wait, 20), "the slow load never started"
-                    # While it loads: the default and another model (loaded now) answer.
-                    others = [await client.post("/predict", json=tiny.transaction(1)),
-                              await client.post("/models/thermo/predict", json=reading(1))]
-                    assert not any(task.done() for task in slow)
-                finally:
-                    plugin.GATE.set()
-                answers = await asyncio.gather(*slow)
-                return others, answers, (await client.get("/metrics")).text
+        async with started_app_client(app) as client:
+            plugin.GATE.clear()
+            plugin.LOADING.clear()
+            try:
+                slow = [asyncio.ensure_future(client.post("/models/slow/predict", json=reading(i)))
+                        for i in range(8)]
+                assert await asyncio.to_thread(plugin.LOADING.wait, 20), "the slow load never started"
+                # While it loads: the default and another model (loaded now) answer.
+                others = [await client.post("/predict", json=tiny.transaction(1)),
+                          await client.post("/models/thermo/predict", json=reading(1))]
+                assert not any(task.done() for task in slow)
+            finally:
+                plugin.GATE.set()
+            answers = await asyncio.gather(*slow)
+            return others, answers, (await client.get("/metrics")).text
 
     others, answers, text = asyncio.run(scenario())
     assert [a.status_code for a in others] == [200, 200]
