@@ -165,3 +165,29 @@ def test_latest_rows_equal_the_generic_materialization_rows(tmp_path, zone):
             order = [("k", "ascending")]
             assert got.sort_by(order).equals(want.sort_by(order)), (fv, as_of)
             assert 9 in got.column("k").to_pylist()
+
+
+def test_numeric_columns_without_nulls_keep_their_types(tmp_path):
+    """Numeric features without nulls are read and gathered through numpy: the widths
+    (int8 to uint64, float32) come out as DuckDB's Arrow export gives them."""
+    rng = random.Random(7)
+    t0 = dt.datetime(2024, 5, 1)
+    n = 120
+    source = pa.table({"k": [rng.choice([1, 2, 3]) for _ in range(n)],
+                       "ts": pa.array([t0 + dt.timedelta(seconds=rng.randrange(40)) for _ in range(n)], pa.timestamp("us")),
+                       "a": pa.array([rng.randrange(-100, 100) for _ in range(n)], pa.int8()),
+                       "b": pa.array([rng.randrange(0, 2**40) for _ in range(n)], pa.uint64()),
+                       "c": pa.array([rng.random() for _ in range(n)], pa.float32()),
+                       "d": pa.array([rng.randrange(-2**31, 2**31) for _ in range(n)], pa.int32())})
+    probes = probe_rows(rng, [1, 2, 3, 4], 50, t0, 40)
+    fv = FeatureView(name="v", entity="k", source="ev", timestamp="ts", features=("a", "b", "c", "d"),
+                     ttl=dt.timedelta(seconds=8))
+    store = DuckDBOfflineStore(tmp_path / "offline.duckdb")
+    store.write_source("ev", source)
+    searched = store.get_historical_features(probes, [fv], "t")
+    store.in_memory_join_cells = 0
+    joined = store.get_historical_features(probes, [fv], "t")
+    assert searched.equals(joined)
+    assert [searched.schema.field(f).type for f in "abcd"] == [pa.int8(), pa.uint64(), pa.float32(), pa.int32()]
+    assert searched.select(list("abcd")).to_pylist() == reference_features({"ev": source}, probes, [fv], "t")
+    assert 0 < searched.column("a").null_count < searched.num_rows

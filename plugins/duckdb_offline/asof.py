@@ -30,6 +30,8 @@ from plugins.duckdb_offline.sql import q, us
 
 _KEY_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
               "VARCHAR"}
+_NUMPY_TYPES = {"DOUBLE", "FLOAT", "BIGINT", "INTEGER", "SMALLINT", "TINYINT", "UBIGINT", "UINTEGER", "USMALLINT",
+                "UTINYINT"}  # read with fetchnumpy: a plain array of the same width as Arrow's
 _US_PER = {"s": 1_000_000, "ms": 1_000, "us": 1}
 MAX_CELLS = 1 << 28  # source rows x (features + 2) read into memory at most (~2 GiB of 8-byte values)
 
@@ -107,8 +109,9 @@ class SortedSource:
     index); entity c's rows are ``first[c]`` up to, not including, ``first[c + 1]``.
     """
 
-    def __init__(self, view: FeatureView, order: pa.Table, values: pa.Table):
-        self.view, self.values = view, values
+    def __init__(self, view: FeatureView, order: pa.Table, arrays: dict[str, np.ndarray], values: pa.Table | None):
+        # Numeric feature columns without nulls as numpy arrays; the others as Arrow.
+        self.view, self.arrays, self.values = view, arrays, values
         self.n = n = order.num_rows
         keys = order.column("k").combine_chunks()
         starts = np.ones(n, dtype=bool)
@@ -127,11 +130,12 @@ class SortedSource:
         self.rowid = order.column("r").to_numpy()
 
     @classmethod
-    def read(cls, con, view: FeatureView, key_type: str, max_cells: int = MAX_CELLS) -> "SortedSource | None":
+    def read(cls, con, view: FeatureView, types: dict[str, str], max_cells: int = MAX_CELLS) -> "SortedSource | None":
         """The view's source from an open connection, or None where this path does not
         apply: a key type it does not take, a source past ``max_cells``, no rows with a
-        key and a time, or rowids with gaps (rows deleted by hand)."""
-        if key_type not in _KEY_TYPES:
+        key and a time, or rowids with gaps (rows deleted by hand). ``types``: the source's
+        DuckDB column types."""
+        if types[view.entity] not in _KEY_TYPES:
             return None
         src, k, ts = q(view.source), q(view.entity), q(view.timestamp)
         rows, top = con.execute(f"SELECT count(*), max(rowid) FROM {src}").fetchall()[0]
@@ -143,10 +147,17 @@ class SortedSource:
                         f"WHERE {k} IS NOT NULL AND {ts} IS NOT NULL ORDER BY k, e, rowid").to_arrow_table()
         if order.num_rows == 0:
             return None
-        values = con.sql(f"SELECT {', '.join(q(f) for f in view.features)} FROM {src}").to_arrow_table()
-        if values.num_rows != rows:  # written to between the reads
-            return None
-        return cls(view, order, values)
+        # Numeric columns straight into numpy (one copy, where Arrow then combining its
+        # chunks took two); a column that turns out to hold nulls, and any other type,
+        # as Arrow.
+        numeric = [f for f in view.features if types.get(f) in _NUMPY_TYPES]
+        arrays = con.sql(f"SELECT {', '.join(q(f) for f in numeric)} FROM {src}").fetchnumpy() if numeric else {}
+        arrays = {f: a for f, a in arrays.items() if not isinstance(a, np.ma.MaskedArray)}
+        rest = [f for f in view.features if f not in arrays]
+        values = con.sql(f"SELECT {', '.join(q(f) for f in rest)} FROM {src}").to_arrow_table() if rest else None
+        if any(len(a) != rows for a in arrays.values()) or (values is not None and values.num_rows != rows):
+            return None  # written to between the reads
+        return cls(view, order, arrays, values)
 
     def codes(self, probe_keys: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
         return _probe_codes(probe_keys, self.entities)
@@ -192,24 +203,25 @@ class SortedSource:
         validity = pa.array(hits).buffers()[1] if misses else None  # one bitmap, shared by every column
         out, gathers = [], []
         for f in self.view.features:
-            column = self.values.column(f).combine_chunks()
-            if column.null_count == 0 and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-                source = column.to_numpy()
+            source = self.arrays.get(f)
+            if source is not None:
                 target = np.empty(probes, dtype=source.dtype)
                 gathers += [(source, target, block) for block in blocks]
-                out.append(pa.Array.from_buffers(column.type, probes, [validity, pa.py_buffer(target)], misses))
-            else:  # nulls, text, booleans...: Arrow's take, then the misses nulled
-                taken = column.take(pa.array(picks))
-                out.append(pc.if_else(pa.array(hits), taken, pa.scalar(None, column.type)) if misses else taken)
+                out.append(pa.Array.from_buffers(pa.from_numpy_dtype(source.dtype), probes,
+                                                 [validity, pa.py_buffer(target)], misses))
+                continue
+            column = self.values.column(f).combine_chunks()
+            taken = column.take(pa.array(picks))  # nulls, text, booleans...: Arrow's take, the misses nulled
+            out.append(pc.if_else(pa.array(hits), taken, pa.scalar(None, column.type)) if misses else taken)
         _each(lambda job: np.take(job[0], picks[job[2]], out=job[1][job[2]]), gathers)
         return out
 
 
-def latest_values(con, view: FeatureView, key_type: str, probe_keys: pa.ChunkedArray, t_us: np.ndarray,
+def latest_values(con, view: FeatureView, types: dict[str, str], probe_keys: pa.ChunkedArray, t_us: np.ndarray,
                   max_cells: int = MAX_CELLS) -> pa.Table | None:
     """The view's features for every probe, in probe order; None when this path does not
     apply (see the module docstring). ``con`` is an open connection."""
-    source = SortedSource.read(con, view, key_type, max_cells)
+    source = SortedSource.read(con, view, types, max_cells)
     if source is None:
         return None
     codes = source.codes(probe_keys)

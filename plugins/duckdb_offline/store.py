@@ -259,7 +259,7 @@ class DuckDBOfflineStore(OfflineStore):
                             con.execute(running_totals_sql(view, t_max, types[view.name], special))
                             result = con.sql(window_sql(view, types[view.name], special)).to_arrow_table()
                         else:
-                            result = latest_values(con, view, types[view.name][view.entity],
+                            result = latest_values(con, view, types[view.name],
                                                    entity_rows.column(view.entity), t_us,
                                                    self.in_memory_join_cells)
                             if result is None:
@@ -289,7 +289,7 @@ class DuckDBOfflineStore(OfflineStore):
             if have[view.timestamp] not in zone:
                 return None
             try:
-                source = SortedSource.read(con, view, have[view.entity], self.in_memory_join_cells)
+                source = SortedSource.read(con, view, have, self.in_memory_join_cells)
                 if source is None:
                     return None
                 k, ts = q(view.entity), q(view.timestamp)
