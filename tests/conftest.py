@@ -80,6 +80,19 @@ def write_pyproject(folder: Path, body: str = "") -> Path:
     return path
 
 
+def fraud_lab_with_transactions(root: Path, *, n_customers: int, n_terminals: int, nb_days: int, seed: int) -> Path:
+    """A fraud lab in ``root`` whose simulated transactions (``root/tx.parquet``) are loaded
+    by `lab features load transactions`."""
+    from lab.cli import main
+    from plugins.fraud.simulator import simulate
+
+    write_pyproject(root, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
+    simulate(n_customers=n_customers, n_terminals=n_terminals, nb_days=nb_days, seed=seed).write_parquet(
+        root / "tx.parquet")
+    assert main(["--root", str(root), "features", "load", "transactions", str(root / "tx.parquet")]) == 0
+    return root
+
+
 @pytest.fixture
 def bare_lab(tmp_path, monkeypatch) -> Path:
     """An empty lab folder (a pyproject.toml with an empty [tool.lab]); cwd is set to it."""

@@ -12,17 +12,13 @@ import pytest
 from lab.cli import main
 from lab.features.digest import table_digest
 from lab.registry import Registry
-from plugins.fraud.simulator import simulate
-from tests.conftest import write_pyproject
+from tests.conftest import fraud_lab_with_transactions
 
 
 @pytest.fixture(scope="module")
 def lab_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lab")
-    write_pyproject(root, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
-    simulate(n_customers=40, n_terminals=60, nb_days=30, seed=1).write_parquet(root / "tx.parquet")
-    assert main(["--root", str(root), "features", "load", "transactions", str(root / "tx.parquet")]) == 0
-    return root
+    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"),
+                                       n_customers=40, n_terminals=60, nb_days=30, seed=1)
 
 
 def lab(root, *argv) -> int:

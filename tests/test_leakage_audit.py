@@ -28,6 +28,7 @@ from lab.registry import Registry
 from lab.testing.events import EVENT_VIEWS, SOURCE, random_events
 from lab.testing.reference import reference_features
 from plugins.duckdb_offline import DuckDBOfflineStore
+from tests.conftest import fraud_lab_with_transactions
 from tests.test_pit_properties import latest_view, probe_table, src_table, windowed_view
 
 DAY, S = dt.timedelta(days=1), dt.timedelta(seconds=1)
@@ -196,14 +197,8 @@ def test_property_the_audit_flags_exactly_the_rows_a_leak_changes(tmp_path, rows
 
 @pytest.fixture(scope="module")
 def lab_root(tmp_path_factory):
-    from plugins.fraud.simulator import simulate
-    from tests.conftest import write_pyproject
-
-    root = tmp_path_factory.mktemp("lab")
-    write_pyproject(root, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
-    simulate(n_customers=40, n_terminals=60, nb_days=30, seed=1).write_parquet(root / "tx.parquet")
-    assert main(["--root", str(root), "features", "load", "transactions", str(root / "tx.parquet")]) == 0
-    return root
+    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"),
+                                       n_customers=40, n_terminals=60, nb_days=30, seed=1)
 
 
 def lab(root, *argv) -> int:

@@ -20,6 +20,7 @@ from lab.features.views import FeatureView
 from lab.testing.events import EVENT_VIEWS, SOURCE, random_events
 from plugins.duckdb_offline import DuckDBOfflineStore
 from plugins.sqlite_online import SQLiteOnlineStore
+from tests.conftest import fraud_lab_with_transactions
 
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
@@ -139,14 +140,8 @@ def test_going_back_in_time_or_full_rewrites_the_view(offline, stores):
 
 @pytest.fixture(scope="module")
 def lab_root(tmp_path_factory):
-    from plugins.fraud.simulator import simulate
-    from tests.conftest import write_pyproject
-
-    root = tmp_path_factory.mktemp("lab")
-    write_pyproject(root, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
-    simulate(n_customers=30, n_terminals=40, nb_days=20, seed=2).write_parquet(root / "tx.parquet")
-    assert main(["--root", str(root), "features", "load", "transactions", str(root / "tx.parquet")]) == 0
-    return root
+    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"),
+                                       n_customers=30, n_terminals=40, nb_days=20, seed=2)
 
 
 def lab(root, *argv) -> int:

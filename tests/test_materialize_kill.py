@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from lab.cli import main
 from lab.config import load_config
 from lab.features.materialize import materialize_views
 from lab.features.stores import EVENT_TIME
 from lab.plugins import feature_views, get_plugin_manager
 from plugins.duckdb_offline import DuckDBOfflineStore
 from plugins.sqlite_online import SQLiteOnlineStore
+from tests.conftest import fraud_lab_with_transactions
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 20
@@ -31,14 +31,8 @@ START = dt.datetime(2018, 4, 10, 0, 0)
 
 @pytest.fixture(scope="module")
 def small_lab(tmp_path_factory):
-    from plugins.fraud.simulator import simulate
-    from tests.conftest import write_pyproject
-
-    root = tmp_path_factory.mktemp("lab")
-    write_pyproject(root, 'model_name = "fraud"\n\n[tool.lab.fraud]\n')
-    simulate(n_customers=60, n_terminals=100, nb_days=16, seed=7).write_parquet(root / "tx.parquet")
-    assert main(["--root", str(root), "features", "load", "transactions", str(root / "tx.parquet")]) == 0
-    return root
+    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"),
+                                       n_customers=60, n_terminals=100, nb_days=16, seed=7)
 
 
 def command(root: Path, as_of: dt.datetime, *extra: str) -> list[str]:
