@@ -65,3 +65,24 @@ async def started_app_client(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             yield client
+
+
+def run_at_once(target, n: int, *args) -> tuple[list[str], list[int | None]]:
+    """``target(*args, start, errors)`` in ``n`` spawned processes, released together by the
+    ``start`` event: what they put on the ``errors`` queue, and their exit codes."""
+    import multiprocessing
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    start, errors = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, start, errors)) for _ in range(n)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    start.set()
+    for w in workers:
+        w.join(timeout=60)
+    problems = []
+    while not errors.empty():
+        problems.append(errors.get())
+    return problems, [w.exitcode for w in workers]

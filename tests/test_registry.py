@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import multiprocessing
 import sqlite3
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -18,6 +16,7 @@ from lab import sqlite as layer
 from lab.experiments import ExperimentStore
 from lab.registry import MIGRATIONS, BaseRegistry, ModelVersion, Registry
 from lab.registry._db import utc_now
+from tests._helpers import run_at_once
 
 TABLES = ("runs", "run_params", "run_metrics", "run_artifacts", "run_data", "datasets", "trials",
           "model_versions", "alias_events", "drift", "stage_records", "events")
@@ -376,7 +375,7 @@ def test_unknown_model_or_version_names_what_exists(fresh_registry):
         fresh_registry.get_model_version("frod", 1)
 
 
-def _register_many(path: str, start, count: int, errors) -> None:
+def _register_many(path: str, count: int, start, errors) -> None:
     try:
         with Registry.open(path) as reg:
             start.wait(timeout=30)
@@ -389,19 +388,9 @@ def _register_many(path: str, start, count: int, errors) -> None:
 def test_two_processes_registering_at_once_get_distinct_versions(project):
     path = str(project / "registry.db")
     Registry.open(path).close()  # migrations done, so the race is on registration alone
-    ctx = multiprocessing.get_context("spawn")
-    start, errors, count = ctx.Event(), ctx.Queue(), 25
-    workers = [ctx.Process(target=_register_many, args=(path, start, count, errors)) for _ in range(2)]
-    for w in workers:
-        w.start()
-    time.sleep(0.5)
-    start.set()
-    for w in workers:
-        w.join(timeout=60)
-    problems = []
-    while not errors.empty():
-        problems.append(errors.get())
-    assert problems == [] and [w.exitcode for w in workers] == [0, 0]
+    count = 25
+    problems, exitcodes = run_at_once(_register_many, 2, path, count)
+    assert problems == [] and exitcodes == [0, 0]
     with Registry.open(path) as reg:
         versions = [v.version for v in reg.list_model_versions("fraud")]
     assert versions == list(range(1, 2 * count + 1))

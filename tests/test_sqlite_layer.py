@@ -4,7 +4,6 @@ files in tmp_path."""
 
 from __future__ import annotations
 
-import multiprocessing
 import sqlite3
 import threading
 import time
@@ -13,6 +12,7 @@ import pytest
 
 from lab import sqlite as db
 from lab.errors import ConfigError, LabError, NotFound
+from tests._helpers import run_at_once
 
 
 def create(table: str):
@@ -272,19 +272,8 @@ def _open_and_migrate(path, start, errors):
 
 def test_processes_opening_a_new_file_at_once_apply_each_migration_once(tmp_path):
     path = tmp_path / "new.db"
-    ctx = multiprocessing.get_context("spawn")
-    start, errors = ctx.Event(), ctx.Queue()
-    workers = [ctx.Process(target=_open_and_migrate, args=(path, start, errors)) for _ in range(4)]
-    for w in workers:
-        w.start()
-    time.sleep(0.5)
-    start.set()
-    for w in workers:
-        w.join(timeout=60)
-    problems = []
-    while not errors.empty():
-        problems.append(errors.get())
-    assert problems == [] and [w.exitcode for w in workers] == [0] * 4
+    problems, exitcodes = run_at_once(_open_and_migrate, 4, path)
+    assert problems == [] and exitcodes == [0] * 4
     conn = db.connect(path)
     try:
         assert conn.execute("SELECT n FROM counter").fetchall() == [{"n": 2}]
