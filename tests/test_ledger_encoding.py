@@ -30,3 +30,26 @@ def test_logged_fields_read_back_as_written(tmp_path):
     assert dt.datetime.fromisoformat(first["request"]["at"]) == when
     assert dt.datetime.fromisoformat(second["request"]["at"]) == when.replace(tzinfo=None)
     assert second["feature_ages"] == {"view": math.inf}
+
+
+def test_batches_of_every_size_are_written_whole_and_in_order(tmp_path):
+    """The writer inserts a batch with a few multi-row statements (256, 64, 16, 4, 1 rows):
+    batches of every size land whole, in append order, each row its own."""
+    from lab.serving.ledger import _insert
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger.open(path)
+    try:
+        sizes = [1, 3, 4, 5, 17, 63, 64, 65, 255, 256, 341, 600]
+        rows = []
+        for size in sizes:
+            batch = [PredictionRecord(f"e{len(rows) + i}", "m", 1, {"x": float(len(rows) + i)}, {}, 0.5, 1.0,
+                                      request_id=f"r{len(rows) + i}").as_row() for i in range(size)]
+            _insert(ledger._conn, batch)
+            rows += batch
+    finally:
+        ledger.close()
+    back = read_predictions(path)
+    assert [r["request_id"] for r in back] == [f"r{i}" for i in range(sum(sizes))]
+    assert [r["features"]["x"] for r in back] == [float(i) for i in range(sum(sizes))]
+    assert [r["event_id"] for r in back] == [f"e{i}" for i in range(sum(sizes))]

@@ -68,8 +68,27 @@ log = logging.getLogger("lab.serving.ledger")
 _COLUMNS = ("at", "request_id", "event_id", "model_name", "model_version",
             "request", "features", "defaults", "score", "latency_ms", "experiment", "variant", "fallback",
             "feature_ages")
-_INSERT = f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _JSON_COLUMNS = ("request", "features", "defaults")
+_CHUNKS = (256, 64, 16, 4, 1)  # rows per INSERT statement: five statement shapes, each prepared once
+
+
+def _insert_sql(rows: int) -> str:
+    one = f"({', '.join('?' * len(_COLUMNS))})"
+    return f"INSERT INTO predictions ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)}"
+
+
+_INSERTS = {n: _insert_sql(n) for n in _CHUNKS}
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Insert ``rows``, in order, with a few multi-row statements. ``executemany`` steps
+    once a row, and each step lets the serving thread and this one trade the GIL; in
+    process this cut the ledger's cost to a request by 15-25 µs (docs/serving.md)."""
+    at = 0
+    while at < len(rows):
+        size = next(n for n in _CHUNKS if len(rows) - at >= n)
+        conn.execute(_INSERTS[size], [value for row in rows[at:at + size] for value in row])
+        at += size
 _COMMIT_RETRY_S = 5.0
 
 
@@ -393,7 +412,7 @@ class Ledger(BaseLedger):
             # Retried while another process holds the lock, for as long again as the busy
             # timeout; meanwhile appends queue up (and are dropped, counted, once it is full).
             with write_transaction(self._conn, doing="write to the prediction ledger", retry_s=_COMMIT_RETRY_S):
-                self._conn.executemany(_INSERT, rows)
+                _insert(self._conn, rows)
         except (sqlite3.Error, LabError) as exc:
             log.error("ledger could not write %d prediction(s) to %s: %s", len(rows), self.path, exc)
             with self._lock:
