@@ -11,6 +11,21 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _lab_logger_as_before():
+    """An app built in process (``create_app``) gives the ``lab`` logger Litestar's queue
+    handler, whose stream is the stderr pytest captured for that test and closes after
+    it; a later test's log line then hit a closed file ("Logging error"). Each test
+    leaves the logger as it found it."""
+    import logging
+
+    logger = logging.getLogger("lab")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
+
+
 # A lab small enough for the whole notebook pipeline to run in a test (about 40 s).
 SMALL_LAB = """
 model_name = "fraud"
