@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import socket
+import subprocess
 
 from lab import hookimpl
 from lab.plugins import get_plugin_manager
@@ -86,3 +90,29 @@ def run_at_once(target, n: int, *args) -> tuple[list[str], list[int | None]]:
     while not errors.empty():
         problems.append(errors.get())
     return problems, [w.exitcode for w in workers]
+
+
+def run_lab(root, *argv: str) -> int:
+    """``lab --root ROOT ARGV...`` in process; its exit code."""
+    from lab.cli import main
+
+    return main(["--root", str(root), *argv])
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 at the moment of asking."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, wait_s: float = 20) -> None:
+    """Stop a process this test started, by its PID: SIGTERM, then SIGKILL after
+    ``wait_s``; nothing when it has already exited."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import free_port, stop_process  # noqa: F401 - free_port: imported from here by tests
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -69,7 +71,6 @@ def tiny_fraud_data(n: int, seed: int = 0):
 def kill_when_marked(code: str, args: list[str], marker: Path, *, what: str, timeout: float = 120) -> None:
     """Run ``python -c code *args`` and SIGKILL it as soon as it creates ``marker``, as a crash would."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -108,6 +109,14 @@ def fraud_lab_with_transactions(root: Path, *, n_customers: int, n_terminals: in
     return root
 
 
+@pytest.fixture(scope="module")
+def small_fraud_lab(tmp_path_factory) -> Path:
+    """A fraud lab with 40 customers, 60 terminals and 30 days of transactions loaded
+    (seed 1), shared by a module's tests."""
+    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"), n_customers=40, n_terminals=60,
+                                       nb_days=30, seed=1)
+
+
 @pytest.fixture
 def bare_lab(tmp_path, monkeypatch) -> Path:
     """An empty lab folder (a pyproject.toml with an empty [tool.lab]); cwd is set to it."""
@@ -117,15 +126,6 @@ def bare_lab(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 at the moment of asking."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90, append: bool = False):
     """A real ``lab serve`` of the lab at ``root`` on a free 127.0.0.1 port, its output in
@@ -133,7 +133,6 @@ def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90, appe
     ``/readyz`` answers 200, and stops the process by its PID at the end (SIGTERM, then
     SIGKILL), whatever happened; a test may stop it itself before (then nothing is sent)."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -159,13 +158,7 @@ def lab_server(root: Path, log_path: Path, *args: str, ready_s: float = 90, appe
             time.sleep(0.05)
         yield base, proc
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_process(proc)
         log.close()
 
 

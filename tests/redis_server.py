@@ -7,10 +7,7 @@ Use the ``redis_url`` fixture (import it into the test module)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,23 +15,13 @@ from typing import Iterator
 
 import pytest
 
+from tests._helpers import free_port, stop_process
+
 REDIS_SERVER = Path("/usr/bin/redis-server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
@@ -45,7 +32,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
         pytest.skip(f"{REDIS_SERVER} is not installed (apt-get install -y redis-server; .ci/run does it)")
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # another process may take the free port between our look and redis's bind
-        port = _free_port()
+        port = free_port()
         log = folder / f"redis-{port}.log"
         proc = subprocess.Popen(
             [str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -63,7 +50,7 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
                     time.sleep(0.02)
         finally:
             client.close()
-        _stop(proc)
+        stop_process(proc, 10)
     raise AssertionError(f"redis-server did not answer PING; see {log}:\n"
                          + (log.read_text()[-2000:] if log.exists() else ""))
 
@@ -75,5 +62,5 @@ def redis_url(tmp_path) -> Iterator[str]:
     try:
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc, 10)
         shutil.rmtree(tmp_path / "redis", ignore_errors=True)

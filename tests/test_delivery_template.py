@@ -9,7 +9,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from lab.plugins import make_plugin_manager
 from lab.scaffold import available_templates, find_template, init_lab
 from lab.testing.modelspec import ModelSpecContract
 from lab.testing.reference import reference_features
+from tests._helpers import free_port
 
 LAB = Path(sys.executable).parent / "lab"
 SMALL = dict(n_stores=8, n_couriers=12, orders_per_day=150, days=10, start_date="2024-03-01", seed=3)
@@ -268,10 +268,6 @@ def test_the_label_is_learnable_from_the_features(dl, small_trainset):
 
 # ---------------------------------------------------------------------------- the whole lab
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -9,32 +9,21 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from lab.cli import main
 from lab.features.digest import table_digest
 from lab.registry import Registry
-from tests.conftest import fraud_lab_with_transactions
+from tests._helpers import run_lab as lab
 
 
-@pytest.fixture(scope="module")
-def lab_root(tmp_path_factory):
-    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"),
-                                       n_customers=40, n_terminals=60, nb_days=30, seed=1)
-
-
-def lab(root, *argv) -> int:
-    return main(["--root", str(root), *argv])
-
-
-def test_training_set_is_written_atomically_and_recorded(lab_root, capsys):
-    out = lab_root / "sets" / "train.parquet"
-    assert lab(lab_root, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-16",
+def test_training_set_is_written_atomically_and_recorded(small_fraud_lab, capsys):
+    out = small_fraud_lab / "sets" / "train.parquet"
+    assert lab(small_fraud_lab, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-16",
                "--out", str(out)) == 0
     printed = capsys.readouterr().out
     table = pq.read_table(out)
     digest = table_digest(table)
     assert f"wrote {table.num_rows} rows" in printed and digest in printed
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
-    with Registry.open(lab_root / "registry.db", project_root=lab_root) as reg:
+    with Registry.open(small_fraud_lab / "registry.db", project_root=small_fraud_lab) as reg:
         record = reg.get_dataset(digest)
     assert record["kind"] == "training_set" and record["rows"] == table.num_rows
     assert record["path"] == str(out.resolve())
@@ -47,55 +36,55 @@ def test_training_set_is_written_atomically_and_recorded(lab_root, capsys):
     assert table.column_names[4:] == [*meta["feature_columns"], "TX_FRAUD", "TX_TIME_DAYS"]
 
 
-def test_training_set_for_a_model_named_with_model(lab_root, capsys):
-    out = lab_root / "sets" / "named.parquet"
-    assert lab(lab_root, "features", "training-set", "--model", "fraud", "--start", "2018-04-10",
+def test_training_set_for_a_model_named_with_model(small_fraud_lab, capsys):
+    out = small_fraud_lab / "sets" / "named.parquet"
+    assert lab(small_fraud_lab, "features", "training-set", "--model", "fraud", "--start", "2018-04-10",
                "--end", "2018-04-12", "--out", str(out)) == 0
     assert pq.read_table(out).num_rows > 0
     capsys.readouterr()
-    assert lab(lab_root, "features", "training-set", "--model", "churn", "--start", "2018-04-10",
+    assert lab(small_fraud_lab, "features", "training-set", "--model", "churn", "--start", "2018-04-10",
                "--end", "2018-04-12", "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert err.startswith("lab: error:") and "'churn'" in err and "declared: fraud" in err
 
 
-def test_training_set_records_the_absolute_path_of_a_relative_out(lab_root, monkeypatch, capsys):
+def test_training_set_records_the_absolute_path_of_a_relative_out(small_fraud_lab, monkeypatch, capsys):
     """``--out`` is relative to the working directory, here inside the lab root; the
     registry keeps the absolute resolved path, so any process can find the file."""
-    here = lab_root / "work" / "here"
+    here = small_fraud_lab / "work" / "here"
     here.mkdir(parents=True)
     monkeypatch.chdir(here)
-    assert lab(lab_root, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-11",
+    assert lab(small_fraud_lab, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-11",
                "--out", "../ts.parquet") == 0
-    written = (lab_root / "work" / "ts.parquet").resolve()
+    written = (small_fraud_lab / "work" / "ts.parquet").resolve()
     assert str(written) in capsys.readouterr().out
-    with Registry.open(lab_root / "registry.db", project_root=lab_root) as reg:
+    with Registry.open(small_fraud_lab / "registry.db", project_root=small_fraud_lab) as reg:
         record = reg.get_dataset(table_digest(pq.read_table(written)))
     assert record["path"] == str(written)
 
 
-def test_materialize_then_get_one_customer(lab_root, capsys):
-    assert lab(lab_root, "features", "materialize", "--as-of", "2018-04-20T12:00:00") == 0
+def test_materialize_then_get_one_customer(small_fraud_lab, capsys):
+    assert lab(small_fraud_lab, "features", "materialize", "--as-of", "2018-04-20T12:00:00") == 0
     assert "customer_spending" in capsys.readouterr().out
-    customer = str(pq.read_table(lab_root / "tx.parquet").column("CUSTOMER_ID")[0])
-    assert lab(lab_root, "features", "get", "customer_spending", customer) == 0
+    customer = str(pq.read_table(small_fraud_lab / "tx.parquet").column("CUSTOMER_ID")[0])
+    assert lab(small_fraud_lab, "features", "get", "customer_spending", customer) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["as_of"] == "2018-04-20T12:00:00"
     assert set(shown["features"]) == {f"CUSTOMER_ID_{k}_{n}DAY_WINDOW" for k in ("NB_TX", "AVG_AMOUNT")
                                       for n in (1, 7, 30)}
-    assert lab(lab_root, "features", "get", "customer_spending", "999999") == 2
+    assert lab(small_fraud_lab, "features", "get", "customer_spending", "999999") == 2
     assert "999999" in capsys.readouterr().err
-    assert lab(lab_root, "features", "get", "no_such_view", "1") == 2
+    assert lab(small_fraud_lab, "features", "get", "no_such_view", "1") == 2
     assert "customer_spending" in capsys.readouterr().err  # the error lists the views
 
 
-def test_materialize_defaults_to_the_latest_event(lab_root, capsys):
-    assert lab(lab_root, "features", "materialize") == 0
+def test_materialize_defaults_to_the_latest_event(small_fraud_lab, capsys):
+    assert lab(small_fraud_lab, "features", "materialize") == 0
     assert "as of 2018-04-30" in capsys.readouterr().out
 
 
-def test_list_shows_views_with_versions(lab_root, capsys):
-    assert lab(lab_root, "features", "list", "--json") == 0
+def test_list_shows_views_with_versions(small_fraud_lab, capsys):
+    assert lab(small_fraud_lab, "features", "list", "--json") == 0
     listed = {v["name"]: v for v in json.loads(capsys.readouterr().out)}
     assert listed["terminal_risk"]["label_delay_s"] == 7 * 86400
     assert len(listed["customer_spending"]["version"]) == 12
@@ -107,7 +96,7 @@ def test_list_shows_views_with_versions(lab_root, capsys):
     (["training-set", "--start", "2018-04-10", "--end", "2018-04-16", "--out", "x.csv"], "--out"),
     (["materialize", "--as-of", "noon"], "--as-of"),
 ])
-def test_bad_flags_are_named_without_a_traceback(lab_root, capsys, argv, flag):
-    assert lab(lab_root, "features", *argv) == 2
+def test_bad_flags_are_named_without_a_traceback(small_fraud_lab, capsys, argv, flag):
+    assert lab(small_fraud_lab, "features", *argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("lab: error:") and flag in err and "Traceback" not in err

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lab.cli import main
 from lab.features.audit import (LeakageError, audit_path, audit_training_set, audited_training_set, check_audit,
                                 read_audit, write_audit)
 from lab.features.training import training_set
@@ -28,7 +27,7 @@ from lab.registry import Registry
 from lab.testing.events import EVENT_VIEWS, SOURCE, random_events
 from lab.testing.reference import reference_features
 from plugins.duckdb_offline import DuckDBOfflineStore
-from tests.conftest import fraud_lab_with_transactions
+from tests._helpers import run_lab as lab
 from tests.test_pit_properties import latest_view, probe_table, src_table, windowed_view
 
 DAY, S = dt.timedelta(days=1), dt.timedelta(seconds=1)
@@ -195,28 +194,18 @@ def test_property_the_audit_flags_exactly_the_rows_a_leak_changes(tmp_path, rows
 
 # -- the command line, on a small fraud lab ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def lab_root(tmp_path_factory):
-    return fraud_lab_with_transactions(tmp_path_factory.mktemp("lab"),
-                                       n_customers=40, n_terminals=60, nb_days=30, seed=1)
-
-
-def lab(root, *argv) -> int:
-    return main(["--root", str(root), *argv])
-
-
-def test_training_set_command_writes_the_audit_and_records_its_digest(lab_root, capsys):
-    out = lab_root / "sets" / "train.parquet"
-    assert lab(lab_root, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-16",
+def test_training_set_command_writes_the_audit_and_records_its_digest(small_fraud_lab, capsys):
+    out = small_fraud_lab / "sets" / "train.parquet"
+    assert lab(small_fraud_lab, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-16",
                "--out", str(out)) == 0
     printed = capsys.readouterr().out
-    target = lab_root / "sets" / "train.audit.json"
+    target = small_fraud_lab / "sets" / "train.audit.json"
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     assert f"leakage audit {target}  digest {digest}" in printed
     assert "customer_spending" in printed and "terminal_risk" in printed
     audit = json.loads(target.read_text())
     table = pq.read_table(out)
-    with Registry.open(lab_root / "registry.db", project_root=lab_root) as reg:
+    with Registry.open(small_fraud_lab / "registry.db", project_root=small_fraud_lab) as reg:
         record = reg.get_dataset(audit["training_set_digest"])
         assert reg.list_datasets(kind="training_set", limit=1)[0]["id"] == record["id"]
     assert record["meta"]["leakage_audit"] == {"digest": digest, "path": str(target)}
@@ -225,28 +214,28 @@ def test_training_set_command_writes_the_audit_and_records_its_digest(lab_root, 
     assert audit["views"]["terminal_risk"]["age_s"]["min"] >= audit["views"]["terminal_risk"]["label_delay_s"] > 0
 
     for argv in ((str(out),), (str(target),), ("--model", "fraud"), ()):
-        assert lab(lab_root, "features", "audit", *argv) == 0, argv
+        assert lab(small_fraud_lab, "features", "audit", *argv) == 0, argv
         shown = capsys.readouterr().out
         assert f"digest {digest}" in shown and f"dataset {record['id']}" in shown and "terminal_risk" in shown
-    assert lab(lab_root, "features", "audit", str(out), "--json") == 0
+    assert lab(small_fraud_lab, "features", "audit", str(out), "--json") == 0
     assert json.loads(capsys.readouterr().out) == {**audit, "digest": digest, "path": str(target)}
 
 
-def test_audit_command_errors_name_the_fix(lab_root, tmp_path, capsys):
-    out = lab_root / "sets" / "tampered.parquet"
-    assert lab(lab_root, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-11",
+def test_audit_command_errors_name_the_fix(small_fraud_lab, tmp_path, capsys):
+    out = small_fraud_lab / "sets" / "tampered.parquet"
+    assert lab(small_fraud_lab, "features", "training-set", "--start", "2018-04-10", "--end", "2018-04-11",
                "--out", str(out)) == 0
     target = audit_path(out)
     target.write_text(target.read_text().replace('"ok": true', '"ok": true '))
     capsys.readouterr()
-    assert lab(lab_root, "features", "audit", str(out)) != 0
+    assert lab(small_fraud_lab, "features", "audit", str(out)) != 0
     err = capsys.readouterr().err
     assert "changed since it was written" in err and "Traceback" not in err
-    assert lab(lab_root, "features", "audit", str(tmp_path / "none.parquet")) != 0
+    assert lab(small_fraud_lab, "features", "audit", str(tmp_path / "none.parquet")) != 0
     assert "no leakage audit at" in capsys.readouterr().err
-    assert lab(lab_root, "features", "audit", str(tmp_path / "x.csv")) != 0
+    assert lab(small_fraud_lab, "features", "audit", str(tmp_path / "x.csv")) != 0
     assert "neither a training set" in capsys.readouterr().err
-    assert lab(lab_root, "features", "audit", str(out), "--model", "fraud") != 0
+    assert lab(small_fraud_lab, "features", "audit", str(out), "--model", "fraud") != 0
     assert "not both" in capsys.readouterr().err
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 SECTION = "After the demo"
 DEMO_TIMEOUT_S = 1200  # `lab run` on the exact dataset: about 2 minutes on a quiet 2-core machine
@@ -57,10 +59,6 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def as_script(block: str, lab_bin: str, ports: dict[int, int], pid_file: Path) -> str:

@@ -22,7 +22,8 @@ from lab.config import load_config
 from lab.errors import ConfigError, LabError
 from lab.plugins import get_plugin_manager
 from lab.testing.stores import PROFILE, SECOND, SPEND, T0, OnlineStoreContract, spend_rows
-from tests.redis_server import _stop, start_redis
+from tests._helpers import stop_process
+from tests.redis_server import start_redis
 
 redis = pytest.importorskip("redis")
 
@@ -39,7 +40,7 @@ def redis_server(tmp_path_factory):
     try:
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc, 10)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -140,9 +141,9 @@ def test_materialized_and_definitions_list_every_version_and_drop_version_remove
 
 def test_a_command_against_an_unreachable_redis_is_one_error_line_naming_the_fix(tmp_path, capsys):
     from lab.cli import main
-    from tests.redis_server import _free_port
+    from tests._helpers import free_port
 
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     _lab(tmp_path, f'model_name = "fraud"\n\n[tool.lab.fraud]\n\n[tool.lab.redis_online]\nurl = "{url}"\n')
     assert main(["--root", str(tmp_path), "features", "get", "customer_spending", "1"]) != 0
     err = capsys.readouterr().err
@@ -308,9 +309,9 @@ def test_a_writer_killed_mid_write_leaves_the_old_rows_and_its_staging_expires(o
 
 
 def test_an_unreachable_redis_is_a_lab_error_naming_the_url(redis_url):
-    from tests.redis_server import _free_port
+    from tests._helpers import free_port
 
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     store = RedisOnlineStore(RedisOnlineSettings(url=url, connect_timeout_s=0.5))
     try:
         started = time.monotonic()
@@ -397,7 +398,7 @@ def twin_labs(tmp_path):
         yield lab.root, redis_root, requests, servers, url
     finally:
         for proc in servers:
-            _stop(proc)
+            stop_process(proc, 10)
 
 
 ANSWER = ("score", "features", "defaults", "feature_age_seconds")
@@ -431,7 +432,7 @@ def test_a_lab_served_from_redis_answers_as_from_sqlite_and_rides_out_a_redis_re
                 assert {k: got.json()[k] for k in ANSWER} == {k: want[k] for k in ANSWER}
 
             # ... keeps answering without a 500 while Redis is down ...
-            _stop(servers.pop())
+            stop_process(servers.pop(), 10)
             for request in requests[:3]:
                 down = http.post("/predict", json=request)
                 assert down.status_code in (200, 503), down.text

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lab.serving.ledger import read_predictions
 from plugins.fraud.testing import build_tiny_lab
+from tests._helpers import free_port
 
 LAB = Path(sys.executable).parent / "lab"
 REQUESTS = 60
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

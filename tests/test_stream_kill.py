@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from plugins.fraud.testing import build_tiny_lab
+from tests._helpers import free_port
 from tests.redis_server import redis_url  # noqa: F401  (a fixture)
 
 LAB = Path(sys.executable).parent / "lab"
@@ -66,10 +66,6 @@ def tiny_lab_template(tmp_path_factory):
     return build_tiny_lab(tmp_path_factory.mktemp("tiny-lab-stream-kill"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _lab(template, folder: Path, extra: str = ""):
@@ -155,7 +151,7 @@ def test_a_consumer_killed_mid_batch_and_restarted_makes_every_side_effect_once(
 
     # Restarted (under another name for Redis: the dead consumer's pending entries are taken over
     # with XAUTOCLAIM), with metrics; it catches up and its lag gauge comes back to 0.
-    port, second_log = _free_port(), tmp_path / "second.log"
+    port, second_log = free_port(), tmp_path / "second.log"
     second = _start(lab, second_log, "--consumer", "c2", "--metrics-port", str(port))
     try:
         scored = EVENTS - len(BAD) - 7

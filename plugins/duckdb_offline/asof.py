@@ -1,15 +1,13 @@
-"""Latest-value retrieval as a binary search over the source, sorted once per call.
+"""Latest-value retrieval as a search over the source, sorted once per call.
 
 The ASOF join in SQL sorts the probes as well as the source, and the probes then have to be
 sorted back into their input order. Here DuckDB sorts only the source, by
-``(entity, event time, rowid)``; every entity gets a dense code (its rank among the
-source's distinct entities) and every source row the integer key ``code * span + offset``,
-which grows along the sorted rows. A probe ``(entity, b = t - label_delay)`` gets the key
-of the same form, and ``searchsorted(..., side="right") - 1`` lands on the last source row
-at or below it: the newest row of that entity with event time ``<= b``, and among rows
-with equal times the one written last (the largest rowid sorts last). A row that belongs
-to another entity, or is older than the ttl, means no value. The answer is already in the
-probes' order, so nothing is sorted back.
+``(entity, event time, rowid)``, so each entity's rows are one run, oldest first and,
+among equal times, the row written last at the end. Every entity gets a dense code (its
+index among the source's distinct entities); a probe ``(entity, b = t - label_delay)``
+searches its entity's run for the last row with event time ``<= b``, by steps of
+descending powers of two, all probes at once in numpy. No row, or a row older than the
+ttl, means no value. The answers come out in the probes' order: nothing is sorted back.
 
 The rule is the one of ``sql.latest_sql``, and the tests hold both to one brute-force
 oracle. This path takes integer and text keys of sources that fit in memory
@@ -112,7 +110,7 @@ class SortedSource:
     def __init__(self, view: FeatureView, order: pa.Table, arrays: dict[str, np.ndarray], values: pa.Table | None):
         # Numeric feature columns without nulls as numpy arrays; the others as Arrow.
         self.view, self.arrays, self.values = view, arrays, values
-        self.n = n = order.num_rows
+        n = order.num_rows
         keys = order.column("k").combine_chunks()
         starts = np.ones(n, dtype=bool)
         starts[1:] = pc.not_equal(keys.slice(1), keys.slice(0, n - 1)).to_numpy(zero_copy_only=False)
@@ -121,7 +119,8 @@ class SortedSource:
         self.first = np.append(np.flatnonzero(starts), n)
         self.ends = np.append(self.first[1:], n)
         self.steps = int((self.ends - self.first).max()).bit_length()
-        self.padded = np.empty(n + 1, dtype=np.int64)  # event times; e[n] = max, read by searches ended at n
+        # The event times, and one more: found = -1 (no row, the first entity) reads it.
+        self.padded = np.empty(n + 1, dtype=np.int64)
         self.padded[n] = np.iinfo(np.int64).max
         at = 0
         for chunk in order.column("e").chunks:
@@ -155,8 +154,6 @@ class SortedSource:
         arrays = {f: a for f, a in arrays.items() if not isinstance(a, np.ma.MaskedArray)}
         rest = [f for f in view.features if f not in arrays]
         values = con.sql(f"SELECT {', '.join(q(f) for f in rest)} FROM {src}").to_arrow_table() if rest else None
-        if any(len(a) != rows for a in arrays.values()) or (values is not None and values.num_rows != rows):
-            return None  # written to between the reads
         return cls(view, order, arrays, values)
 
     def codes(self, probe_keys: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
