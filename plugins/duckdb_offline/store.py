@@ -232,6 +232,7 @@ class DuckDBOfflineStore(OfflineStore):
         _check_entity_rows(entity_rows, views, timestamp_column)
         keys = sorted({v.entity for v in views})
         t_us = epoch_us(entity_rows.column(timestamp_column))
+        t_max = int(t_us.max()) if len(t_us) else None  # the windows' running totals stop there
         out = entity_rows
         registered = False
         with self._connect() as con:
@@ -251,11 +252,9 @@ class DuckDBOfflineStore(OfflineStore):
             try:
                 for view in views:
                     try:
-                        result = None
                         if view.aggregations:
                             probes()
                             special = _special_columns(con, view, types[view.name])
-                            t_max = int(t_us.max()) if len(t_us) else None
                             con.execute(running_totals_sql(view, t_max, types[view.name], special))
                             result = con.sql(window_sql(view, types[view.name], special)).to_arrow_table()
                         else:
