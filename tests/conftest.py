@@ -71,6 +71,7 @@ def tiny_fraud_data(n: int, seed: int = 0):
 def kill_when_marked(code: str, args: list[str], marker: Path, *, what: str, timeout: float = 120) -> None:
     """Run ``python -c code *args`` and SIGKILL it as soon as it creates ``marker``, as a crash would."""
     import os
+    import signal
     import subprocess
     import sys
     import time

@@ -40,7 +40,6 @@ import msgspec
 from litestar import Litestar
 from litestar._asgi.routing_trie.mapping import build_route_middleware_stack
 from litestar._asgi.utils import is_valid_host
-from litestar.connection import Request
 from litestar.exceptions import ClientException, InternalServerException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.routes import HTTPRoute
