@@ -92,6 +92,14 @@ COMMANDS: list[Command] = [
           "lab.steps.monitoring", "logged_set_args", "logged_set_run"),
     _lazy("features skew", "training-serving skew: logged features against their offline recomputation, per "
           "feature; fails (exit 3) above [tool.lab.skew]", "lab.steps.monitoring", "skew_args", "skew_run"),
+    # data validation before training
+    _lazy("data validate", "check the model's data against the lab's expectations (lab_expectations), as the "
+          "train step does before training; exit 3 when a check fails", "lab.steps.training", "validate_args",
+          "validate_run"),
+    # monitoring
+    _lazy("monitor quality", "live quality per model version from the ledger and late labels: window metrics, "
+          "early signals, a sequential test of degradation (exit 3 when degraded)",
+          "lab.monitoring.quality_commands", "quality_args", "quality_run"),
     # streaming inference
     _lazy("stream run", "consume a stream: score each event as the server does, call the sinks, commit; "
           "side effects once per idempotency key", _STREAM, "run_args", "run_run"),

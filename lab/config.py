@@ -141,6 +141,21 @@ class SkewConfig:
 
 
 @dataclass(frozen=True)
+class ValidationConfig:
+    """Data validation before training (``lab.monitoring.validation``; docs/monitoring.md)."""
+
+    enabled: bool = True  # the train step checks the lab's lab_expectations first; false: it trains on anything
+    skip: tuple[str, ...] = ()  # check kinds left out, e.g. ["drift", "label_rate"]
+    max_drift: float = 0.0  # above 0: replaces every declared drift threshold; 0: as declared
+    reference_rows: int = 20000  # rows kept of a passed training set as the next one's drift reference; 0: all
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.max_drift) or self.max_drift < 0 or self.reference_rows < 0:
+            raise ConfigError("[tool.lab.validation] max_drift and reference_rows must be 0 or more, got "
+                              f"{self.max_drift} and {self.reference_rows}")
+
+
+@dataclass(frozen=True)
 class LabConfig:
     root: Path
     registry: str = "registry.db"
@@ -155,6 +170,7 @@ class LabConfig:
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     skew: SkewConfig = field(default_factory=SkewConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
 
@@ -204,6 +220,7 @@ _SECTIONS = {
     "experiments": ExperimentsConfig,
     "stream": StreamConfig,
     "skew": SkewConfig,
+    "validation": ValidationConfig,
 }
 
 

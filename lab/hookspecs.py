@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lab.features.stores import OfflineStore, OnlineStore
     from lab.features.views import FeatureView
     from lab.modelspec import ModelSpec
+    from lab.monitoring.validation import Expectations
     from lab.scaffold import Template
     from lab.pipeline.stage import StageExecutor
     from lab.streaming.log import EventLog
@@ -128,6 +129,27 @@ def lab_model_specs(config: "LabConfig") -> "list[ModelSpec] | None":
             return [ModelSpec(name="delivery_time", task="regression", label="MINUTES", source="orders",
                               features=("DISTANCE_KM", "STORE_AVG_MINUTES_7D"), views=("store_prep",),
                               request=schema, request_frame=add_request_columns, request_row=one_request)]
+    """
+
+
+@hookspec
+def lab_expectations(config: "LabConfig") -> "list[Expectations] | None":
+    """Return what this plugin's lab expects of its data (``lab.monitoring.validation.Expectations``).
+
+    Called by the train step before it trains (the validation gate) and by ``lab data
+    validate``. Results from all plugins are concatenated; each declaration names its
+    target, an offline source or a feature view. The gate checks a model's source against
+    the source rows its training set was built from and each view it reads against the
+    training set's columns of that view; a failed check stops the step with
+    ``ValidationFailed`` (``[tool.lab.validation]`` can switch checks off). A declaration
+    that leaves ``time_column`` or ``label`` unset gets the model spec's. A domain plugin
+    installed for several labs should answer only for labs that configure it. Example::
+
+        @hookimpl
+        def lab_expectations(config):
+            return [Expectations(target="orders", schema={"ORDER_ID": "int", "DISTANCE_KM": "float"},
+                                 ranges={"DISTANCE_KM": (0.0, 30.0)}, max_null_share={"DISTANCE_KM": 0.0},
+                                 unique=["ORDER_ID"], per_day_vs_median=(0.5, 1.6))]
     """
 
 

@@ -1,16 +1,36 @@
-"""The train step: an Optuna sweep of the spec's flavor; the best trial is the candidate."""
+"""The train step: validate the data, then an Optuna sweep of the spec's flavor; the best
+trial is the candidate.
+
+The validation gate (``validate_trainset``) checks the lab's declared expectations
+(``lab_expectations``, ``lab.monitoring.validation``) on the source rows the training
+set was built from and on the training set's view columns, before anything is trained; a
+failing batch raises ``ValidationFailed`` with the report beside the training set
+(``data/trainset.validation.json``), so the pipeline stops there. ``lab data validate``
+runs the same checks from the command line.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lab import events
 from lab.atomic import atomic_write_text
-from lab.errors import LabError
+from lab.errors import ConfigError, LabError
+from lab.modelspec import ModelSpec, SplitWindow
 from lab.pipeline.context import StageContext
-from lab.plugins import model_flavor
-from lab.steps._common import CANDIDATE, CANDIDATE_JSON, TRAINSET, spec_of, split, window, xy
+from lab.plugins import model_flavor, model_specs
+from lab.steps._common import CANDIDATE, CANDIDATE_JSON, TRAINSET, spec_of, split, views_of, window, xy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+VALIDATION_JSON = "data/trainset.validation.json"  # lab.monitoring.validation.validation_path(TRAINSET)
+REFERENCES = "data/validation"  # samples of passed training sets: the next set's drift reference
+REFERENCE_KIND = "validation_reference"  # their kind in the registry's datasets
 
 
 def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n_trials, max_epochs, seed,
@@ -25,13 +45,16 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
         spec = spec_of(ctx, model)
         columns = list(spec.features)
         frame = pl.read_parquet(ctx.path(TRAINSET))
-        train_df, _ = split(spec, frame, window(train_start, delta_train, delta_delay, delta_test))
-        day = pl.col(spec.time_column).dt.date()
-        cut = train_df.select(day.max()).item() - dt.timedelta(days=valid_days - 1)
-        fit_df, valid_df = train_df.filter(day < cut), train_df.filter(day >= cut)
+        win = window(train_start, delta_train, delta_delay, delta_test)
         # The digest the features step recorded the training set under (its source digest,
         # window and view versions), so lineage walks run -> data set -> source.
         trainset_digest = ctx.dataset_digest(TRAINSET)
+        # The gate: a batch that fails the lab's expectations stops here, before any run.
+        validation = validate_trainset(ctx, spec, frame, win, trainset_digest)
+        train_df, _ = split(spec, frame, win)
+        day = pl.col(spec.time_column).dt.date()
+        cut = train_df.select(day.max()).item() - dt.timedelta(days=valid_days - 1)
+        fit_df, valid_df = train_df.filter(day < cut), train_df.filter(day >= cut)
 
         workdir = ctx.run_dir / "train"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -39,6 +62,9 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
                                                        "max_epochs": max_epochs, "train_start": str(train_start),
                                                        "valid_days": valid_days}, seed=seed)
         ctx.registry.log_data(run_id, "training_set", trainset_digest)
+        if validation is not None:
+            ctx.registry.log_artifact(run_id, "validation_report", validation["path"])
+            ctx.registry.log_params(run_id, {"validation_report_digest": validation["digest"]})
         flavor = model_flavor(ctx.pm, spec.flavor)
         study = f"{spec.name}-{ctx.run_dir.name}"
         storage = ctx.pm.hook.lab_sweep_storage(config=ctx.config, study_name=study)
@@ -69,7 +95,7 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
         info = {"run_id": run_id, "model": spec.name, "flavor": flavor.name, "task": spec.task,
                 "params": result.best_params, "metric": spec.metric, f"valid_{spec.metric}": result.best_value,
                 "best_trial": result.best_number, "features": columns, "trainset_digest": trainset_digest,
-                "seed": seed}
+                "seed": seed, "validation": validation}
         ctx.write_json(CANDIDATE_JSON, info)
         return info
 
@@ -88,3 +114,171 @@ def _resumable_run(ctx: StageContext, workdir: Path, *, params: dict, seed: int)
                                     parent_run_id=ctx.run_dir.name)
     atomic_write_text(marker, run_id)
     return run_id
+
+
+# -- the validation gate -----------------------------------------------------------------------
+
+def validate_trainset(ctx: StageContext, spec: ModelSpec, frame: "pl.DataFrame", win: SplitWindow,
+                      trainset_digest: str) -> dict | None:
+    """Validate what the model is about to be trained on; raise ``ValidationFailed`` when
+    the batch fails, after writing the report and emitting ``data.validation_failed``.
+
+    Checked: every ``lab_expectations`` declaration of the spec's source, against the
+    source rows dated in the training window (the rows the training set was built from),
+    and of each view the model reads, against the training set's columns of that view.
+    Drift is scored against a sample of the last training set of this model that passed
+    (kept under ``data/validation/`` and recorded in the registry as a
+    ``validation_reference`` data set); a set that passes becomes the next reference.
+    Returns None when ``[tool.lab.validation] enabled`` is false or nothing is declared,
+    else the report's path and digest and the skipped checks.
+    """
+    from lab.monitoring.validation import VALIDATION_FAILED, ValidationFailed
+
+    settings = ctx.config.validation
+    if not settings.enabled:
+        return None
+    report = _report(ctx, spec, win, frame, trainset_digest)
+    if report is None:
+        return None
+    digest = report.write(ctx.path(VALIDATION_JSON))
+    if not report.passed:
+        events.emit(ctx.pm, VALIDATION_FAILED, model=spec.name, checks=report.failed_names,
+                    targets=sorted({c.target for c in report.failed}), report=VALIDATION_JSON,
+                    training_set=trainset_digest)
+        raise ValidationFailed(f"model {spec.name!r} was not trained: " + report.failure_message(VALIDATION_JSON),
+                               report)
+    _keep_reference(ctx, spec, frame, win, trainset_digest, settings.reference_rows)
+    return {"path": VALIDATION_JSON, "digest": digest, "checks": len(report.checks),
+            "skipped": [f"{c.target} {c.name}" for c in report.skipped]}
+
+
+def _report(ctx: StageContext, spec: ModelSpec, win: SplitWindow, frame: "pl.DataFrame | None",
+            trainset_digest: str | None, *, targets: list[str] | None = None, batch: "pl.DataFrame | None" = None):
+    """The validation report of the model's data, or None when nothing is declared for it.
+    ``frame`` is the training set (None: view declarations cannot be checked), ``batch``
+    the source rows to check (default: the offline source's rows in the window)."""
+    import polars as pl  # data libraries load only in the step that runs
+
+    from lab.monitoring.validation import declared_expectations, validate_training_data
+
+    declared = declared_expectations(ctx.pm, ctx.config)
+    views = views_of(ctx, spec)
+    known = {spec.source, *ctx.views, *(v.source for v in ctx.views.values()),
+             *(s.source for s in model_specs(ctx.pm, ctx.config).values())}
+    if targets:
+        unknown = sorted(set(targets) - known)
+        if unknown:
+            raise ConfigError(f"--target {', '.join(unknown)}: no source or feature view has that name; targets "
+                              f"are {', '.join(sorted(known))}")
+        declared = [e for e in declared if e.target in targets]
+    read = {spec.source, *(v.name for v in views)}
+    if not any(e.target in read for e in declared):
+        return None
+    if frame is None and any(e.target in read - {spec.source} for e in declared):
+        raise LabError(f"no training set at {TRAINSET} to check the views' expectations on; build it "
+                       "(`lab run features`) or pass --target with the source's name")
+    if batch is None and any(e.target == spec.source for e in declared):
+        raw = pl.from_arrow(ctx.offline.read_source(spec.source))
+        if spec.time_column not in raw.columns:
+            raise LabError(f"source {spec.source!r} has no {spec.time_column!r} column (the model's event time); "
+                           f"it has {', '.join(raw.columns)}")
+        batch = raw.filter(pl.col(spec.time_column).dt.date().is_between(win.train_start, win.end))
+    reference, reference_name, note = _last_reference(ctx, spec, trainset_digest)
+    settings = ctx.config.validation
+    report = validate_training_data(
+        spec, views, batch if batch is not None else pl.DataFrame(), frame if frame is not None else pl.DataFrame(),
+        declared, known_targets=sorted(known), reference=reference, reference_name=reference_name,
+        no_reference=note or "", skip=settings.skip, max_drift=settings.max_drift,
+        drift_config=getattr(ctx.config, "drift", None))
+    report.meta.update(what=f"model {spec.name}, the {spec.source} rows and the training set of "
+                            f"{win.train_start}..{win.end}", window=[str(win.train_start), str(win.end)],
+                       training_set=trainset_digest, reference=reference_name if reference is not None else None)
+    return report
+
+
+def _last_reference(ctx: StageContext, spec: ModelSpec, trainset_digest: str | None):
+    """``(frame or None, name, note)``: the kept sample of the last training set of this
+    model that passed validation, other than ``trainset_digest``; the note says why none."""
+    import polars as pl  # data libraries load only in the step that runs
+
+    for record in ctx.registry.list_datasets(kind=REFERENCE_KIND, limit=200):
+        meta = record["meta"]
+        if meta.get("model") != spec.name or meta.get("training_set") == trainset_digest:
+            continue
+        name = f"the last training set ({record['name']}, {str(meta.get('training_set'))[:12]})"
+        path = ctx.path(record["path"])
+        if not path.exists():
+            return None, name, f"the kept sample of {name}, {record['path']}, is gone"
+        return pl.read_parquet(path), name, None
+    return None, "the last training set", (f"no earlier training set of model {spec.name!r} passed validation "
+                                           "(this one becomes the reference of the next)")
+
+
+def _keep_reference(ctx: StageContext, spec: ModelSpec, frame: "pl.DataFrame", win: SplitWindow,
+                    trainset_digest: str, rows: int) -> None:
+    """Keep every k-th row of a passed training set (at most ``rows``; 0: all) as the next
+    set's drift reference, and record it in the registry."""
+    from lab.features.digest import table_digest  # pyarrow
+
+    step = max(1, math.ceil(frame.height / rows)) if rows else 1
+    sample = frame.gather_every(step)
+    digest = table_digest(sample.to_arrow())
+    rel = f"{REFERENCES}/{trainset_digest[:16]}.parquet"
+    if not ctx.path(rel).exists():
+        ctx.write_dataset(rel, sample, digest=digest)
+    ctx.registry.record_dataset(kind=REFERENCE_KIND, name=f"{spec.name} {win.train_start}..{win.end}", digest=digest,
+                                path=rel, rows=sample.height,
+                                meta={"model": spec.name, "training_set": trainset_digest, "every": step,
+                                      "of_rows": frame.height})
+
+
+# -- lab data validate -------------------------------------------------------------------------
+
+VALIDATION_FAILED_EXIT = 3
+
+
+def validate_args(p) -> None:
+    p.add_argument("--model", help="the model whose data to check (default: [tool.lab] model_name)")
+    p.add_argument("--target", action="append",
+                   help="only the declarations of this source or feature view (repeatable)")
+    p.add_argument("--file", help="check this Parquet file as the model's source batch (e.g. before loading it) "
+                                  "instead of the offline source's rows in the training window")
+    p.add_argument("--out", default=VALIDATION_JSON,
+                   help=f"the JSON report (default {VALIDATION_JSON}); its HTML page goes beside it")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+
+
+def validate_run(args, ctx) -> int:
+    """``lab data validate``: the train step's checks, without training; exit 3 when they fail."""
+    import json
+    import sys
+
+    import polars as pl  # data libraries load only in the command that runs
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {args.out!r} must end in .json")
+    train = ctx.config.train
+    with StageContext(root=ctx.config.root, run_dir=ctx.config.runs_path) as stage:  # no run folder made
+        spec = spec_of(stage, args.model)
+        win = window(train.train_start, train.delta_train, train.delta_delay, train.delta_test)
+        trainset = stage.path(TRAINSET)
+        frame, digest = (pl.read_parquet(trainset), stage.dataset_digest(TRAINSET)) if trainset.exists() else (None, None)
+        batch = None
+        if args.file:
+            path = Path(args.file)
+            if not path.exists():
+                raise LabError(f"--file {args.file}: no such file")
+            batch = pl.read_parquet(path)
+        report = _report(stage, spec, win, frame, digest, targets=args.target, batch=batch)
+        if report is None:
+            print(f"nothing to check: no lab_expectations declaration for model {spec.name!r}'s source or views"
+                  + (f" among {', '.join(args.target)}" if args.target else ""))
+            return 0
+        report.write(out if out.is_absolute() else stage.path(str(out)))
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.text())
+    print(f"report: {out}")
+    if not report.passed:
+        print(f"lab: error: {report.failure_message(str(out))}", file=sys.stderr)
+        return VALIDATION_FAILED_EXIT
+    return 0

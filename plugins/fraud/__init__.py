@@ -6,6 +6,8 @@ It contributes, through public hooks only, to labs whose pyproject has a
 - ``lab_feature_views``: ``customer_spending`` and ``terminal_risk`` over ``transactions``;
 - ``lab_model_specs``: the ``fraud`` model (``spec.py``): its request, request-time
   features, the handbook's split and card precision@100;
+- ``lab_expectations``: what its data must look like before a model trains on it
+  (``expectations.py``);
 - ``lab_templates``: the ``fraud`` template for ``lab init`` (this repository's lab).
 
 Its modules: ``simulator`` (exact and vectorized modes), ``features`` (views and the
@@ -50,6 +52,16 @@ def lab_model_specs(config):
     from plugins.fraud.spec import fraud_spec  # polars stays off `lab --help`'s import path
 
     return [fraud_spec()]
+
+
+@hookimpl
+def lab_expectations(config):
+    """The transactions' and both views' expectations, from the simulator's spec."""
+    if not _enabled(config):
+        return None
+    from plugins.fraud.expectations import expectations  # polars stays off `lab --help`'s import path
+
+    return expectations(config)
 
 
 @hookimpl

@@ -9,6 +9,8 @@ It is a plugin of this lab (``[tool.lab] plugins``) and uses public hooks only:
 - two feature views over the ``orders`` source, known only once an order is delivered
   (``label_delay``): ``store_prep`` (how long the store took lately, and how busy it was)
   and ``courier_pace`` (the courier's minutes per km lately);
+- ``lab_expectations``: what the orders and both views must look like before a model
+  trains on them (the train step checks them first; ``lab data validate`` on demand);
 - ``MODEL``, the ``delivery_time`` model: a regression of ``DELIVERY_MINUTES`` judged by
   MAE, its request schema, and the request-time features (hour, rush hour, weekend)
   written once in ``CALENDAR_RULES`` and applied to a frame (``request_frame``: training,
@@ -307,3 +309,29 @@ def lab_feature_views(config):
 def lab_model_specs(config):
     """The ``delivery_time`` model."""
     return [MODEL]
+
+
+@hookimpl
+def lab_expectations(config):
+    """What the orders and both views must look like before a model trains on them: the
+    simulator's columns and bounds, one row per order, each day's orders near the median
+    day's (a day loaded twice fails), and drift against the last training set."""
+    from lab.monitoring.validation import Expectations  # polars, only when data is checked
+
+    columns = {"ORDER_ID": "int", "ORDERED_AT": "datetime", "STORE_ID": "int", "COURIER_ID": "int",
+               "DISTANCE_KM": "float", "N_ITEMS": "int", "PREP_MINUTES": "float", "MIN_PER_KM": "float",
+               LABEL: "float"}
+    orders = Expectations(
+        target=SOURCE, schema=columns, max_null_share={c: 0.0 for c in columns},
+        ranges={"STORE_ID": (1, None), "COURIER_ID": (1, None), "DISTANCE_KM": (0.0, 30.0), "N_ITEMS": (1, 50),
+                "PREP_MINUTES": (0.0, None), "MIN_PER_KM": (0.0, None), LABEL: (0.0, MAX_MINUTES)},
+        medians={LABEL: (10.0, 60.0)},  # minutes: hours or seconds fail
+        rows=(1, None), per_day_vs_median=(0.5, 1.6), unique=["ORDER_ID"],
+        max_drift={"DISTANCE_KM": 0.3, LABEL: 0.3})
+    views = [Expectations(target=view.name,
+                          max_null_share={a.name: 0.0 for a in view.aggregations},
+                          ranges={a.name: (0, None) if a.function == "count" else (0.0, None)
+                                  for a in view.aggregations},
+                          max_drift=0.3)
+             for view in VIEWS]
+    return [orders, *views]
