@@ -298,9 +298,9 @@ def test_read_with_watermark_checks_the_version_and_never_creates_the_file(tmp_p
         store.close()
 
 
-def test_assembling_a_request_costs_one_query_per_view(online):
-    """The per-request path: one SQL statement per view (its row and watermark together),
-    none for the watermark on its own."""
+def test_assembling_a_request_costs_one_query_for_all_its_views(online):
+    """The per-request path: one SQL statement for every view (each view's row and
+    watermark together), none for a watermark on its own."""
     from lab.serving.scoring import FeatureAssembler
     from lab.testing.stores import PROFILE
 
@@ -316,4 +316,4 @@ def test_assembling_a_request_costs_one_query_per_view(online):
     assembled = assembler.assemble(request, T0 + SECOND)
     assert assembled.features == {"NB": 1.0, "OSLO": 1.0}
     assert {name: f.age_seconds for name, f in assembled.freshness.items()} == {"spend": 1.0, "profile": 1.0}
-    assert len(statements) == 2, statements
+    assert len(statements) == 1, statements

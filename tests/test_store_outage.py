@@ -189,6 +189,10 @@ class SlowStore:
         time.sleep(self._delay[0])
         return self._store.read_with_watermark(view, key)
 
+    def read_views_with_watermark(self, pairs):
+        time.sleep(self._delay[0])
+        return self._store.read_views_with_watermark(pairs)
+
     def __getattr__(self, name):
         return getattr(self._store, name)
 

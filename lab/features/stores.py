@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from lab.errors import LabError
 from lab.features.views import FeatureView
@@ -166,6 +166,13 @@ class OnlineStore(abc.ABC):
         on (``pin_views``), and ``lab features materialize --all-versions`` to keep those
         fresh. This default knows none."""
         return {}
+
+    def read_views_with_watermark(self, pairs: Sequence[tuple[FeatureView, Any]]) -> list[tuple[dict | None, dt.datetime | None]]:
+        """``read_with_watermark(view, key)`` for each ``(view, key)`` pair, in order: what
+        the model server asks once per request for all the views it reads. This default
+        reads the pairs one by one; a store that can read them in one trip (one query,
+        one round trip) should override it, with the same answers and errors."""
+        return [self.read_with_watermark(view, key) for view, key in pairs]
 
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         """``(row, watermark)`` for one entity ``key``: what ``read(view, [key])[0]`` and

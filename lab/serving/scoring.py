@@ -151,12 +151,11 @@ class FeatureAssembler:
         rows: dict[str, dict | None] = {}
         defaults: dict[str, bool] = {}
         fresh: dict[str, Freshness] = {}
-        read = self.store.read_with_watermark
-        for view in self.views:
-            # One store call per view: the row and the watermark of one materialization.
-            # Read even when unusable: a store problem (a view redefined since it was
-            # materialized) must show at start-up (``check``), whatever the sample's time.
-            row, watermark = read(view, request[view.entity])
+        # One store call for all the views: each view's row with the watermark of its
+        # materialization. Read even when unusable: a store problem (a view redefined
+        # since it was materialized) must show at start-up (``check``), whatever the time.
+        found = self.store.read_views_with_watermark([(view, request[view.entity]) for view in self.views])
+        for view, (row, watermark) in zip(self.views, found):
             state = freshness(view, watermark, when)
             if not state.usable:
                 row = None

@@ -222,6 +222,22 @@ class OnlineStoreContract:
         assert store.read_with_watermark(SPEND, 1) == (None, T0 + SECOND)
         assert store.read_with_watermark(SPEND, 3) == ({"NB_1D": 7, "AVG_1D": 1.5}, T0 + SECOND)
 
+    def test_read_views_with_watermark_answers_as_one_view_at_a_time(self, store):
+        # The server's per-request read: every pair as read_with_watermark answers it,
+        # whichever views are materialized, for known and unknown keys.
+        pairs = [(SPEND, 2), (PROFILE, "oslo"), (SPEND, 3)]
+        assert store.read_views_with_watermark(pairs) == [(None, None)] * 3
+        store.write(SPEND, spend_rows([1, 2]), T0)
+        assert store.read_views_with_watermark(pairs) == [({"NB_1D": 2, "AVG_1D": 3.0}, T0), (None, None),
+                                                          (None, T0)]
+        store.write(PROFILE, pa.table({"CITY": ["oslo"], "NAME": ["Oslo"]}), T0 + SECOND)
+        for pairs in ([(SPEND, 1), (PROFILE, "oslo")], [(PROFILE, "bergen"), (SPEND, 2)], [(SPEND, 9)], []):
+            assert store.read_views_with_watermark(pairs) == [store.read_with_watermark(v, k) for v, k in pairs]
+        assert store.read_views_with_watermark([(SPEND, 1), (PROFILE, "oslo")])[1] == ({"NAME": "Oslo"},
+                                                                                       T0 + SECOND)
+        with pytest.raises(LabError, match="materialize"):  # a version never written beside another
+            store.read_views_with_watermark([(PROFILE, "oslo"), (SPEND_V2, 1)])
+
     def test_missing_feature_column_is_refused_naming_it(self, store):
         with pytest.raises(LabError, match="AVG_1D"):
             store.write(SPEND, spend_rows([1]).drop_columns(["AVG_1D"]), T0)

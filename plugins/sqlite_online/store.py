@@ -30,7 +30,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -363,6 +363,75 @@ class SQLiteOnlineStore(OnlineStore):
                 self._marks.clear()
                 self._marks[watermark] = mark
         return (dict(zip(names, found[2:])) if found[1] else None), mark
+
+    def read_views_with_watermark(self, pairs: Sequence[tuple[FeatureView, Any]]) -> list[tuple[dict | None, dt.datetime | None]]:
+        """``read_with_watermark(view, key)`` for each ``(view, key)`` pair, in order, in
+        one query: the server reads every view a request needs with one statement (one
+        snapshot, one trip through SQLite) instead of one per view. When some view has no
+        watermark row (never materialized, or another version) or a table is missing,
+        the one statement cannot say which, and each pair is read on its own, with
+        ``read_with_watermark``'s answers and errors."""
+        if len(pairs) < 2:
+            return [self.read_with_watermark(view, key) for view, key in pairs]
+        con = self._con()
+        if con is None:
+            return [(None, None)] * len(pairs)
+        views = tuple(view for view, _ in pairs)
+        sql, widths = self._views_query(views)
+        bound: list = []
+        for view, key in pairs:
+            if type(key) is int:
+                bound += (view.name, key, str(key))
+            else:
+                bound += (view.name, normalize_key(key, "INTEGER"), normalize_key(key, "TEXT"))
+        try:
+            found = con.execute(sql, bound).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            found = None
+        if found is None:
+            return [self.read_with_watermark(view, key) for view, key in pairs]
+        out: list = []
+        at = 0
+        marks = self._marks
+        for names, width in widths:
+            watermark = found[at]
+            mark = marks.get(watermark)
+            if mark is None:
+                mark = marks[watermark] = dt.datetime.fromisoformat(watermark)
+                if len(marks) > 256:
+                    marks.clear()
+                    marks[watermark] = mark
+            out.append(((dict(zip(names, found[at + 2:at + width])) if found[at + 1] else None), mark))
+            at += width
+        return out
+
+    def _views_query(self, views: tuple[FeatureView, ...]) -> tuple[str, tuple[tuple[tuple[str, ...], int], ...]]:
+        """``_point_query`` of several views as one statement: each view's watermark row
+        and the entity's row side by side in one result row (``?3i+1`` the view's name,
+        ``?3i+2`` and ``?3i+3`` its key as an integer and as text), and per view its
+        feature names and the number of columns it takes."""
+        cache_key = tuple((view.name, view.version) for view in views)
+        query = self._queries.get(cache_key)
+        if query is None:
+            selected, joins, where, widths = [], [], [], []
+            for i, view in enumerate(views):
+                names = tuple(view.feature_names)
+                entity = _q(view.entity)
+                selected.append(f"w{i}.watermark, v{i}.{entity} IS NOT NULL"
+                                + "".join(f", v{i}.{_q(n)}" for n in names))
+                joins.append(f"{'' if i == 0 else 'JOIN '}watermarks AS w{i}"
+                             f" LEFT JOIN {_q(_table_name(view.name, view.version))} AS v{i}"
+                             f" ON v{i}.{entity} = (CASE w{i}.key_type WHEN 'INTEGER' THEN ?{3 * i + 2}"
+                             f" ELSE ?{3 * i + 3} END)")
+                where.append(f"w{i}.view = ?{3 * i + 1} AND w{i}.version = '{view.version}'")
+                widths.append((names, len(names) + 2))
+            sql = f"SELECT {', '.join(selected)} FROM {' '.join(joins)} WHERE {' AND '.join(where)}"
+            if len(self._queries) > 512:
+                self._queries.clear()
+            query = self._queries[cache_key] = (sql, tuple(widths))
+        return query
 
     def read_many_with_watermark(self, view: FeatureView, keys: Sequence) -> tuple[list, dt.datetime | None]:
         """``([row or None per key], watermark)`` in one query, so from one snapshot: what
