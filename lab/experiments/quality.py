@@ -32,35 +32,56 @@ from lab.experiments.outcomes import as_naive_utc, describe, read_table
 from lab.serving.ledger import read_predictions
 from lab.training.metrics import average_precision, roc_auc
 
-def _labels(labels: Any, wanted: set, id_column: str, label_column: str, time_column: str | None,
-            as_of: dt.datetime | None, label_delay: dt.timedelta) -> tuple[dict, set]:
-    """``{event id: label}`` for the ``wanted`` events whose label is known by ``as_of``,
-    and the ids whose label exists but was not known yet."""
+KNOWN_AT = "known_at"
+"""``label_frame``'s column: when a label became known (its event time plus the label delay)."""
+
+
+def label_frame(labels: Any, wanted: set, *, id_column: str, label_column: str, time_column: str | None = None,
+                as_of: dt.datetime | None = None, label_delay: dt.timedelta = dt.timedelta(0),
+                binary: bool = True) -> tuple[pl.DataFrame, set]:
+    """The labels of the ``wanted`` events known by ``as_of``, and the ids whose label
+    exists but was not known yet.
+
+    Shared by online quality per variant (here) and live quality per model version
+    (``lab.monitoring.quality``). ``labels`` is a Parquet/CSV path, polars frame or pyarrow
+    table. Only the rows of ``wanted`` events are read past the column checks (a label
+    table can hold millions of rows, and only those rows' problems matter). Returns a
+    frame with ``id_column``, ``label_column`` (Int64 0/1 when ``binary``, else Float64)
+    and, when ``time_column`` is given, ``known_at`` (naive UTC: the event time plus
+    ``label_delay``), one row per event; and the pending ids. With ``as_of``, a label
+    counts only if its ``known_at`` is at or before it. Raises LabError naming the fix
+    for missing columns, ids that are not whole numbers or text, labels that are not
+    0/1 (``binary``) or not numbers, or two different labels for one event.
+    """
     source = describe(labels)
     frame = read_table(labels, "labels")
     if as_of is not None and time_column is None:
         raise LabError("labels_as_of needs the labels' event-time column; pass time_column")
-    need = [id_column, label_column] + ([time_column] if as_of is not None else [])
+    need = [id_column, label_column] + ([time_column] if time_column is not None else [])
     missing = [c for c in need if c not in frame.columns]
     if missing:
-        why = f" (labels_as_of needs the event time {time_column})" if time_column in missing else ""
+        why = ""
+        if time_column in missing:
+            why = (f" (labels_as_of needs the event time {time_column})" if as_of is not None else
+                   f" (the event time {time_column}: a label counts once it plus the label delay has passed)")
         raise LabError(f"labels {source} lack column(s) {', '.join(missing)}{why}; they have: "
                        f"{', '.join(frame.columns)}. Give the model's event id {id_column} and its label "
-                       f"{label_column}")
+                       f"{label_column}" + (f", with its event time {time_column}" if time_column else ""))
     ids = frame[id_column].dtype
     if not (ids.is_integer() or ids in (pl.String, pl.Categorical)):
         raise LabError(f"{id_column} in {source} is {ids}; an event id is a whole number or text, as the "
                        "requests sent it")
     if not (frame[label_column].dtype.is_numeric() or frame[label_column].dtype == pl.Boolean):
-        raise LabError(f"{label_column} in {source} is {frame[label_column].dtype}; it must be 0 or 1")
+        what = "it must be 0 or 1" if binary else "it must hold numbers"
+        raise LabError(f"{label_column} in {source} is {frame[label_column].dtype}; {what}")
     if ids == pl.Categorical:
         frame = frame.with_columns(pl.col(id_column).cast(pl.String))
     # only the ledger's events: a label table can hold millions of rows
     kind = int if ids.is_integer() else str
     wanted_here = sorted(w for w in wanted if isinstance(w, kind) and not isinstance(w, bool))
     frame = frame.filter(pl.col(id_column).is_in(wanted_here) & pl.col(label_column).is_not_null())
-    pending: set = set()
-    if as_of is not None:
+    columns = [pl.col(id_column), pl.col(label_column).cast(pl.Int64 if binary else pl.Float64)]
+    if time_column is not None:
         times = frame[time_column]
         if times.dtype == pl.Date:
             times = times.cast(pl.Datetime("us"))
@@ -68,18 +89,38 @@ def _labels(labels: Any, wanted: set, id_column: str, label_column: str, time_co
             raise LabError(f"{time_column} in {source} is {times.dtype}; labels_as_of needs event times")
         if times.dtype.time_zone is not None:
             times = times.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-        known = (times + label_delay) <= as_of
+        frame = frame.with_columns((times.cast(pl.Datetime("us")) + label_delay).alias(KNOWN_AT))
+        columns.append(pl.col(KNOWN_AT))
+    pending: set = set()
+    if as_of is not None:
+        known = pl.col(KNOWN_AT) <= as_of
         pending = set(frame.filter(~known)[id_column].to_list())
         frame = frame.filter(known)
     values = frame[label_column].cast(pl.Float64).to_numpy()
-    if not np.isin(values, (0.0, 1.0)).all():
+    if binary and not np.isin(values, (0.0, 1.0)).all():
         raise LabError(f"{label_column} in {source} must be 0 or 1; found other values")
-    pairs = frame.select(id_column, pl.col(label_column).cast(pl.Int64)).unique()
+    if not np.isfinite(values).all():
+        raise LabError(f"{label_column} in {source} holds NaN or infinity; drop those rows (a label not known "
+                       "yet is null)")
+    pairs = frame.select(columns)
+    if time_column is not None:  # the same label given twice: known from its first row
+        pairs = pairs.group_by(id_column, label_column, maintain_order=True).agg(pl.col(KNOWN_AT).min())
+    else:
+        pairs = pairs.unique(maintain_order=True)
     if pairs.height != pairs[id_column].n_unique():
         raise LabError(f"labels {source} give two different {label_column} values for one {id_column}; "
                        "keep one label per event")
-    known_labels = dict(zip(pairs[id_column].to_list(), pairs[label_column].to_list()))
-    return known_labels, pending - set(known_labels)
+    return pairs, pending - set(pairs[id_column].to_list())
+
+
+def _labels(labels: Any, wanted: set, id_column: str, label_column: str, time_column: str | None,
+            as_of: dt.datetime | None, label_delay: dt.timedelta) -> tuple[dict, set]:
+    """``{event id: label}`` for the ``wanted`` events whose label is known by ``as_of``,
+    and the ids whose label exists but was not known yet."""
+    frame, pending = label_frame(labels, wanted, id_column=id_column, label_column=label_column,
+                                 time_column=time_column if as_of is not None else None, as_of=as_of,
+                                 label_delay=label_delay)
+    return dict(zip(frame[id_column].to_list(), frame[label_column].to_list())), pending
 
 
 def _metrics(y: np.ndarray, scores: np.ndarray) -> tuple[float | None, float | None, str]:
