@@ -141,6 +141,36 @@ class SkewConfig:
 
 
 @dataclass(frozen=True)
+class ResourcesConfig:
+    """The model server's memory watch (``lab.monitoring.resources``; docs/monitoring.md)."""
+
+    sample_interval_s: float = 1.0  # the server samples its RSS (and CUDA memory) this often; 0: no sampling
+    window: int = 300  # samples kept and judged, the latest (5 minutes at 1 s)
+    min_samples: int = 30  # samples past the warm-up before any verdict
+    warmup_s: float = 60.0  # seconds after the server is ready that are never judged (allocators and caches grow)
+    warmup_requests: int = 1000  # ... nor before this many requests are answered
+    alpha: float = 0.01  # an upward trend when the Mann-Kendall test's one-sided p is below this
+    min_bytes_per_request: float = 4096.0  # ... and it grows at least this much per request
+    min_mib_per_hour: float = 64.0  # ... or at least this much per hour
+    min_growth_mib: float = 16.0  # ... and at least this much over the judged samples
+    restart_on_leak: bool = False  # a flagged server drains and restarts (lab serve runs it under a supervisor)
+    drain_timeout_s: float = 30.0  # how long a draining server waits for its requests in flight
+
+    def __post_init__(self) -> None:
+        numbers = (self.sample_interval_s, self.warmup_s, self.min_bytes_per_request, self.min_mib_per_hour,
+                   self.min_growth_mib, self.drain_timeout_s)
+        if any(not math.isfinite(v) or v < 0 for v in numbers) or self.warmup_requests < 0:
+            raise ConfigError("[tool.lab.resources] sample_interval_s, warmup_s, warmup_requests, "
+                              "min_bytes_per_request, min_mib_per_hour, min_growth_mib and drain_timeout_s must be "
+                              "0 or more")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"[tool.lab.resources] alpha must be between 0 and 1, got {self.alpha}")
+        if self.min_samples < 4 or self.window < self.min_samples:
+            raise ConfigError(f"[tool.lab.resources] min_samples must be 4 or more and window at least min_samples, "
+                              f"got min_samples = {self.min_samples}, window = {self.window}")
+
+
+@dataclass(frozen=True)
 class ValidationConfig:
     """Data validation before training (``lab.monitoring.validation``; docs/monitoring.md)."""
 
@@ -170,6 +200,7 @@ class LabConfig:
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     skew: SkewConfig = field(default_factory=SkewConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
@@ -221,6 +252,7 @@ _SECTIONS = {
     "stream": StreamConfig,
     "skew": SkewConfig,
     "validation": ValidationConfig,
+    "resources": ResourcesConfig,
 }
 
 

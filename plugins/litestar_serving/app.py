@@ -80,6 +80,7 @@ from plugins.litestar_serving.errors import RequestErrors, host_guard
 from plugins.litestar_serving.limits import Budget, Busy, ScoringLimit, Unscored, score_bounded, score_inline
 from plugins.litestar_serving.metrics import MEDIA_TYPE as METRICS_MEDIA_TYPE
 from plugins.litestar_serving.metrics import ServerMetrics
+from plugins.litestar_serving.resources import ResourceWatch
 from plugins.litestar_serving.schemas import (
     ErrorBody,
     Health,
@@ -135,6 +136,7 @@ class ServingState:
     models: Any = None  # plugins.litestar_serving.models.ModelCache when other models are served beside this one
     freshness_watch: FreshnessWatch | None = None  # freshness breaches by view; one event per view a minute
     availability: StoreAvailability = field(default_factory=StoreAvailability)  # the online store's, as met
+    resources: ResourceWatch | None = None  # the process's memory, sampled off the request path; leak verdicts
 
 
 def spec_views(spec: ModelSpec, views: dict) -> list:
@@ -315,11 +317,13 @@ def _lifespan(config, pm, refresh_s: float, guardrail_s: float):
         loader = asyncio.ensure_future(asyncio.to_thread(start_up, state, config, pm))
         follower = asyncio.ensure_future(follow_changes(state, config, pm, refresh_s, guardrail_s))
         state.shadow = ShadowMirror(config, pm, state.model_name, lambda: state.current, refresh_s=refresh_s).start()
+        state.resources.start()
         try:
             yield
         finally:
             state.ready, state.reason = False, "shutting down"
             state.stopping.set()
+            state.resources.stop()
             state.limit.close()
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
@@ -820,6 +824,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
                            (f.name for f in spec.request.fields if f.type == "datetime"))
     names = _host_names(host)
     state.metrics = ServerMetrics(state, spec.views)
+    state.resources = ResourceWatch(state, config.resources, pm)
     keys = ServerKeys(keys_path(config))  # API keys: the admin routes', and /predict's when predict_auth = "key"
     predict = prediction_controller(spec, errors)
     predict.guards = [guard(keys, "predict")] if config.serve.predict_auth == "key" else []

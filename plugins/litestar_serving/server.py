@@ -30,6 +30,7 @@ from lab.registry import Registry
 from plugins.litestar_serving.app import create_app, is_loopback
 from plugins.litestar_serving.metrics import WORKERS_ENV
 from plugins.litestar_serving.models import check_names
+from plugins.litestar_serving.resources import SUPERVISED_ENV, run_supervised
 
 UVICORN_SETTINGS = {
     "loop": "uvloop",
@@ -226,8 +227,8 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
                     max_queue=args.max_queue, latency_budget_ms=args.latency_budget_ms,
                     max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, models=others)
     settings = {**UVICORN_SETTINGS, "access_log": args.access_log}
-    if args.workers > 1:
-        print(f"lab serve: {what} on http://{host}:{port} with {args.workers} workers "
+    if args.workers > 1 or config.resources.restart_on_leak:  # a supervisor that starts a worker again
+        print(f"lab serve: {what} on http://{host}:{port} with {args.workers} worker{'s' if args.workers > 1 else ''} "
               f"- POST /predict, GET /readyz, OpenAPI at /schema", flush=True)
         return _run_workers(config, app_args, args.workers, args.threads, host, port, args.log_level, settings)
     app = create_app(config, ctx.pm, **app_args)
@@ -257,9 +258,14 @@ def _run_workers(config, app_args: dict, workers: int, threads: int, host: str, 
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus-client
     os.environ[WORKER_SETTINGS] = json.dumps({"root": str(config.root), "threads": threads, "app": app_args})
     os.environ[WORKERS_ENV] = str(workers)  # /readyz is 200 once this many workers are ready
+    os.environ[SUPERVISED_ENV] = "1"  # a worker flagged for a leak may drain and exit: it is started again
     try:
-        uvicorn.run("plugins.litestar_serving.server:worker_app", factory=True, workers=workers, host=host,
-                    port=port, log_level=log_level, **settings)
+        if workers == 1:  # restart_on_leak with one process (uvicorn.run supervises only two or more)
+            run_supervised("plugins.litestar_serving.server:worker_app", host=host, port=port, log_level=log_level,
+                           **settings)
+        else:
+            uvicorn.run("plugins.litestar_serving.server:worker_app", factory=True, workers=workers, host=host,
+                        port=port, log_level=log_level, **settings)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
