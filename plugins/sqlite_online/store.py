@@ -166,6 +166,7 @@ class SQLiteOnlineStore(OnlineStore):
         self._lock = threading.Lock()
         self._queries: dict[tuple, tuple[str, tuple[str, ...]]] = {}  # by (view, version[, keys])
         self._marks: dict[str, dt.datetime] = {}  # watermark text -> parsed, for the hot path
+        self._last_views: tuple[list, tuple] = ([], ("", ()))  # read_views_with_watermark's last views and query
 
     def __repr__(self) -> str:
         return f"SQLiteOnlineStore({str(self.path)!r})"
@@ -376,8 +377,14 @@ class SQLiteOnlineStore(OnlineStore):
         con = self._con()
         if con is None:
             return [(None, None)] * len(pairs)
-        views = tuple(view for view, _ in pairs)
-        sql, widths = self._views_query(views)
+        views = [view for view, _ in pairs]
+        last = self._last_views  # the server asks for the same view objects every time
+        if len(last[0]) == len(views) and all(a is b for a, b in zip(last[0], views)):
+            sql, widths = last[1]
+        else:
+            query = self._views_query(tuple(views))
+            self._last_views = (views, query)
+            sql, widths = query
         bound: list = []
         for view, key in pairs:
             if type(key) is int:
