@@ -144,15 +144,15 @@ class SkewConfig:
 class ResourcesConfig:
     """The model server's memory watch (``lab.monitoring.resources``; docs/monitoring.md)."""
 
-    sample_interval_s: float = 1.0  # the server samples its RSS (and CUDA memory) this often; 0: no sampling
-    window: int = 300  # samples kept and judged, the latest (5 minutes at 1 s)
-    min_samples: int = 30  # samples past the warm-up before any verdict
+    sample_interval_s: float = 2.0  # the server samples its RSS (and CUDA memory) this often; 0: no sampling
+    window: int = 300  # samples kept and judged, the latest (10 minutes at 2 s)
+    min_samples: int = 30  # samples past the warm-up before any verdict (1 minute at 2 s)
     warmup_s: float = 60.0  # seconds after the server is ready that are never judged (allocators and caches grow)
     warmup_requests: int = 1000  # ... nor before this many requests are answered
     alpha: float = 0.01  # an upward trend when the Mann-Kendall test's one-sided p is below this
     min_bytes_per_request: float = 4096.0  # ... and it grows at least this much per request
     min_mib_per_hour: float = 64.0  # ... or at least this much per hour
-    min_growth_mib: float = 16.0  # ... and at least this much over the judged samples
+    min_growth_mib: float = 8.0  # ... and at least this much over the judged samples (64 MiB/hour: 10.7 in 10 min)
     restart_on_leak: bool = False  # a flagged server drains and restarts (lab serve runs it under a supervisor)
     drain_timeout_s: float = 30.0  # how long a draining server waits for its requests in flight
 
