@@ -410,6 +410,15 @@ def test_the_command(lab_copy, capsys):
         assert len(registry.list_runs(kind="live_quality")) == 2
     assert run_lab(lab_copy, *args, "--baseline", "nope") == 2
     assert "--baseline 'nope' must be early, registry or a mean loss" in capsys.readouterr().err
+    # without --labels: the model's offline source ("events"), once it holds the labels
+    assert run_lab(lab_copy, "monitor", "quality", "--as-of", "2024-03-31T00:00:00") == 2
+    assert "declares 2 models (eta, scorer); set [tool.lab] model_name" in capsys.readouterr().err
+    assert run_lab(lab_copy, "monitor", "quality", "--model", "scorer", "--as-of", "2024-03-31T00:00:00") == 2
+    assert "the model's source 'events' cannot give them" in capsys.readouterr().err
+    assert run_lab(lab_copy, "features", "load", "events", str(lab_copy / "labels.parquet")) == 0
+    assert run_lab(lab_copy, "monitor", "quality", "--model", "scorer", "--as-of", "2024-03-31T00:00:00",
+                   "--no-record", "--json") == 3
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["labels"] == "source 'events'"
 
 
 # -- bad input ------------------------------------------------------------------------------

@@ -199,8 +199,9 @@ class QualityTest:
     """The sequential test of one version's mean loss against its baseline, as of the
     last look, for one segment of its live rows: the one that alarmed, else the latest.
     ``excess`` is that segment's ``live mean - (1 + tolerance)·baseline mean`` (loss
-    units); ``ci_lower``/``ci_upper`` its always-valid confidence sequence at the
-    segment's level ``segment_alpha``; ``p_value`` the always-valid p-value of "no
+    units); ``ci_lower``/``ci_upper`` its always-valid confidence sequence's interval at
+    the last look (``excess`` ± its radius; infinite before a decision), at the segment's
+    level ``segment_alpha``; ``p_value`` the always-valid p-value of "no
     segment degraded" (against ``alpha``); ``detected_at`` the look (a time labels became
     known) a segment's sequence first lay above 0, and ``detected_after`` how many of its
     live labelled rows it had then. ``status``: ``degraded``, ``ok``, ``waiting`` (too few
@@ -302,13 +303,15 @@ class LiveQuality:
             lines.append(head)
             if t.degraded:
                 lines.append(f"  DEGRADED since {t.detected_at:%Y-%m-%d %H:%M} (after {t.detected_after} labelled "
-                             f"live row(s))")
+                             f"row(s) of the segment from {t.segment_start:%Y-%m-%d %H:%M})")
             else:
                 lines.append(f"  {t.status}" + (f": {t.note}" if t.note else ""))
             keys = ("roc_auc", "average_precision", "precision_at_k", "brier") if self.task == "classification" \
                 else ("mae", "rmse", "mean_error")
+            heads = {"roc_auc": "AUC", "average_precision": "AP", "precision_at_k": "P@k", "brier": "Brier",
+                     "mae": "MAE", "rmse": "RMSE", "mean_error": "bias"}
             fmt = "%Y-%m-%d" if days >= 1 and days.is_integer() else "%Y-%m-%d %H:%M"
-            lines.append("  " + f"{'window':<16} {'preds':>6} {'labelled':>8} " + " ".join(f"{k[:9]:>9}" for k in keys)
+            lines.append("  " + f"{'window':<16} {'preds':>6} {'labelled':>8} " + " ".join(f"{heads[k]:>9}" for k in keys)
                          + f" {'score p50':>9} {'>thr':>6} {'PSI':>6}")
             for w in q.windows[-last:]:
                 s = w.signals
@@ -620,8 +623,7 @@ def _test(rows: _Version, known: np.ndarray, windows: np.ndarray, loss: str, bas
                        "decision yet")
     result, counts = watched.results[position], watched.counts[position]
     excess = float(result.effect[-1])
-    if result.ci_lower[-1] > result.ci_upper[-1]:
-        note = "the confidence sequence is empty: the loss changed within the segment (its rows share no one mean)"
+    radius = float(result.boundary[-1])  # the sequence's interval at the last look (inf before a decision)
     return QualityTest(
         baseline=label, baseline_mean=mean, baseline_n=base_n, status=status, note=note, tau=result.tau,
         looks=int(looks.size), segment=watched.segments[position],
@@ -629,7 +631,7 @@ def _test(rows: _Version, known: np.ndarray, windows: np.ndarray, loss: str, bas
         else _start_of(live_from, window_us), segment_alpha=watched.alphas[position],
         live_n=int(counts[-1]), live_mean=excess + (1 + settings.tolerance) * mean if counts[-1] else None,
         excess=excess if counts[-1] else None, p_value=watched.p_value,
-        ci_lower=float(result.ci_lower[-1]), ci_upper=float(result.ci_upper[-1]),
+        ci_lower=excess - radius if counts[-1] else None, ci_upper=excess + radius if counts[-1] else None,
         detected_at=looks[hit].astype(dt.datetime) if hit >= 0 else None,
         detected_after=int(counts[hit]) if hit >= 0 else None, **common)
 
@@ -645,13 +647,14 @@ def _version_quality(version: int, rows: _Version, task: str, loss: str, baselin
     first = int(windows.min())
     reference = rows.score[windows < first + settings.baseline_windows]
     out = []
-    for index in np.unique(windows):
-        here = windows == index
-        sel = here & known
+    order = np.argsort(windows, kind="stable")  # each window's rows, in ledger order, by one sort
+    indexes, starts = np.unique(windows[order], return_index=True)
+    for index, here in zip(indexes, np.split(order, starts[1:])):
+        sel = here[known[here]]
         metrics, note = _labelled_metrics(task, rows.label[sel], rows.score[sel], settings)
         out.append(WindowQuality(index=int(index), start=_start_of(index, window_us),
-                                 n_predictions=int(here.sum()), n_labelled=int(sel.sum()),
-                                 n_pending=int((here & pending).sum()), metrics=metrics,
+                                 n_predictions=int(here.size), n_labelled=int(sel.size),
+                                 n_pending=int(pending[here].sum()), metrics=metrics,
                                  signals=_signals(rows.score[here], reference, task, settings), note=note))
     metrics, _ = _labelled_metrics(task, rows.label[known], rows.score[known], settings)
     test = _test(rows, known, windows, loss, baseline, version, as_of, window_us, delay, settings, registry_metrics)
