@@ -185,6 +185,49 @@ class ValidationConfig:
                               f"{self.max_drift} and {self.reference_rows}")
 
 
+DRIFT_EFFECTS = {"numeric": ("wasserstein", "psi", "jensen_shannon"), "categorical": ("jensen_shannon", "psi")}
+"""The effect sizes ``[tool.lab.drift]`` may judge each kind of column by (docs/monitoring.md)."""
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Native drift statistics (``lab.monitoring.drift``; docs/monitoring.md). A column is
+    flagged when its test's Benjamini-Hochberg q-value is below ``alpha`` and its effect
+    size reaches the threshold."""
+
+    alpha: float = 0.05  # false discovery rate across a report's columns (Benjamini-Hochberg)
+    numeric_effect: str = "wasserstein"  # "wasserstein" (normed by the reference's std), "psi", "jensen_shannon"
+    numeric_threshold: float = 0.1  # ... flagged at or above this (Evidently's default for normed Wasserstein)
+    categorical_effect: str = "jensen_shannon"  # "jensen_shannon" (distance, natural log), "psi"
+    categorical_threshold: float = 0.1  # ... flagged at or above this (Evidently's default for Jensen-Shannon)
+    nulls: str = "compare"  # "compare": a column's null share is tested too (Cohen's h); "ignore"
+    null_threshold: float = 0.1  # Cohen's h between the null shares flagged at or above this
+    min_power: float = 0.8  # below this power to detect the threshold, a column not flagged is reported underpowered
+    psi_bins: int = 10  # quantile bins of the reference for PSI and a numeric Jensen-Shannon
+    sketch_bins: int = 1000  # quantile grid of a reference sketch (KS error at most ~2/sketch_bins)
+    html: bool = True  # the drift step also writes Evidently's page (lab_drift_report); it never decides
+    html_max_rows: int = 100000  # rows of each window the page is drawn from (a seeded sample); 0: all
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1 or not 0 <= self.min_power <= 1:
+            raise ConfigError(f"[tool.lab.drift] alpha must be between 0 and 1 and min_power between 0 and 1, "
+                              f"got {self.alpha} and {self.min_power}")
+        for kind in ("numeric", "categorical"):
+            effect = getattr(self, f"{kind}_effect")
+            if effect not in DRIFT_EFFECTS[kind]:
+                raise ConfigError(f"[tool.lab.drift] {kind}_effect must be one of "
+                                  f"{', '.join(map(repr, DRIFT_EFFECTS[kind]))}, got {effect!r}")
+        thresholds = (self.numeric_threshold, self.categorical_threshold, self.null_threshold)
+        if any(not math.isfinite(t) or t < 0 for t in thresholds):
+            raise ConfigError("[tool.lab.drift] numeric_threshold, categorical_threshold and null_threshold must be "
+                              f"0 or more, got {thresholds}")
+        if self.nulls not in ("compare", "ignore"):
+            raise ConfigError(f"[tool.lab.drift] nulls must be 'compare' or 'ignore', got {self.nulls!r}")
+        if self.psi_bins < 2 or self.sketch_bins < 10 or self.html_max_rows < 0:
+            raise ConfigError(f"[tool.lab.drift] psi_bins must be 2 or more, sketch_bins 10 or more and "
+                              f"html_max_rows 0 or more, got {self.psi_bins}, {self.sketch_bins}, {self.html_max_rows}")
+
+
 @dataclass(frozen=True)
 class LabConfig:
     root: Path
@@ -199,6 +242,7 @@ class LabConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     skew: SkewConfig = field(default_factory=SkewConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -250,6 +294,7 @@ _SECTIONS = {
     "serve": ServeConfig,
     "experiments": ExperimentsConfig,
     "stream": StreamConfig,
+    "drift": DriftConfig,
     "skew": SkewConfig,
     "validation": ValidationConfig,
     "resources": ResourcesConfig,

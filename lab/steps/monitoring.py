@@ -13,41 +13,92 @@ from pathlib import Path
 
 from lab import events
 from lab.atomic import atomic_path, atomic_write_text
-from lab.config import SkewConfig, build_section
+from lab.config import DriftConfig, SkewConfig, build_section
 from lab.errors import ConfigError, LabError
 from lab.pipeline.context import StageContext
 from lab.steps._common import DRIFT_HTML, DRIFT_JSON, SCORES, TRAINSET, spec_of, split, views_of, window
 
 
-def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, model: str | None = None) -> dict:
-    """Compare the model's inputs in the batch-scored window with the training days through
-    ``lab_drift_report``; record each column's score in the registry; emit
-    ``drift.detected`` naming the drifted columns."""
+def drift(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, model: str | None = None,
+          **settings) -> dict:
+    """Compare the model's inputs in the batch-scored window with the training days, column
+    by column, with the native statistics (``lab.monitoring.drift``: a KS test and the
+    normed Wasserstein distance per column, Benjamini-Hochberg across columns, judged by
+    ``[tool.lab.drift]``; ``settings`` override its keys for this call). The native report
+    decides: each column's effect size and flag are recorded in the registry, and
+    ``drift.detected`` names the flagged columns. The training window's
+    ``ReferenceSketch`` is saved beside the report (data/drift_reference.json) for later
+    checks; Evidently's page (``lab_drift_report``, on a sample of at most
+    ``html_max_rows`` rows per window) is drawn when ``html`` is on, for reading only."""
     import polars as pl  # data libraries load only in the step that runs
 
+    from lab.monitoring.drift import ReferenceSketch, compare
+
     with StageContext.open(root, run_dir) as ctx:
+        config = build_section(DriftConfig, {**dataclasses.asdict(ctx.config.drift), **settings}, "tool.lab.drift")
         spec = spec_of(ctx, model)
         columns = list(spec.features)
         frame = pl.read_parquet(ctx.path(TRAINSET))
         train_df, _ = split(spec, frame, window(train_start, delta_train, delta_delay, delta_test))
         scores = pl.read_parquet(ctx.path(SCORES))
+        reference, current = train_df.select(columns), scores.select(columns)
+        native = compare(reference, current, columns, config=config)
+        times = scores[spec.time_column]
+        described = {"reference": f"train {train_start} +{delta_train}d",
+                     "current": f"scores {times.min()}..{times.max()}"}
+        sketch = ReferenceSketch.from_frame(reference, columns, bins=config.sketch_bins,
+                                            meta={"model": spec.name, "window": described["reference"]})
+        sketch.save(ctx.path(DRIFT_SKETCH))
         report = ctx.run_dir / "drift.html"
-        result = ctx.pm.hook.lab_drift_report(
-            config=ctx.config, reference=train_df.select(columns).to_pandas(),
-            current=scores.select(columns).to_pandas(), columns=columns, html_path=str(report))
+        evidently = _drift_page(ctx, config, reference, current, columns, report, native)
         with atomic_path(ctx.path(DRIFT_HTML)) as tmp:
             shutil.copyfile(report, tmp)
         version = int(scores["model_version"][0]) if scores.height else None
-        times = scores[spec.time_column]
         ctx.registry.record_drift(ctx.run_dir.name, model_name=spec.name, model_version=version,
-                                  reference=f"train {train_start} +{delta_train}d",
-                                  current=f"scores {times.min()}..{times.max()}", scores=result)
-        drifted = sorted(c for c, r in result.items() if r["drifted"])
+                                  scores=native.scores(), **described)
+        drifted = native.flagged
         if drifted:
             events.emit(ctx.pm, events.DRIFT_DETECTED, model=spec.name, columns=drifted)
-        out = {"model": spec.name, "columns": result, "drifted": drifted, "report": str(report)}
+        out = {"model": spec.name, "columns": native.scores(), "drifted": drifted, "report": str(report),
+               "underpowered": native.underpowered, "native": native.to_dict(),
+               "reference_sketch": str(ctx.path(DRIFT_SKETCH)), "evidently": evidently, **described}
         ctx.write_json(DRIFT_JSON, out)
         return out
+
+
+DRIFT_SKETCH = "data/drift_reference.json"
+"""The drift step's reference: the training window's ``ReferenceSketch``, beside the report."""
+
+
+def _drift_page(ctx, config, reference, current, columns, target: Path, native) -> dict | None:
+    """Write the drift page at ``target``: Evidently's (through ``lab_drift_report``, on a
+    seeded sample of at most ``html_max_rows`` rows per window) when ``html`` is on and a
+    plugin answers, else the native table as a plain page. Returns Evidently's own
+    per-column scores (shown, never deciding), or None."""
+    import html
+
+    if config.html:
+        def sample(frame):
+            rows = config.html_max_rows
+            return frame if rows == 0 or frame.height <= rows else frame.sample(n=rows, seed=0)
+
+        try:
+            result = ctx.pm.hook.lab_drift_report(
+                config=ctx.config, reference=sample(reference).to_pandas(), current=sample(current).to_pandas(),
+                columns=columns, html_path=str(target))
+        except ImportError as exc:  # the rich page is optional: no Evidently, the native page
+            result = None
+            note = f"no drift page plugin could run ({exc}); the native table follows"
+        else:
+            note = "no plugin answered lab_drift_report; the native table follows"
+        if result is not None and target.exists():
+            return result
+    else:
+        note = "[tool.lab.drift] html = false; the native table follows"
+    body = html.escape(native.table())
+    atomic_write_text(target, f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>drift</title></head>"
+                              f"<body><p>{html.escape(note)}</p><pre>{body}</pre></body></html>\n")
+    return None
 
 
 # -- training-serving skew (lab.monitoring.skew) -----------------------------------------
