@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 
@@ -20,12 +21,14 @@ from lab.config import TrainConfig, load_config
 from lab.errors import ConfigError, LabError
 from lab.monitoring.validation import (
     CHECK_KINDS,
+    Check,
     Expectations,
     ValidationFailed,
     ValidationReport,
     declared_expectations,
     validate,
     validate_training_data,
+    with_max_drift,
 )
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
@@ -98,6 +101,7 @@ def test_ranges_are_inclusive_open_sided_and_count_nan_outside():
     check = one(report, "range:AMOUNT")
     assert not check.passed and check.observed["outside"] == 2 and 250.0 in check.observed["examples"]
     assert validate(data, Expectations("events", ranges={"AMOUNT": (None, 99.0)})).failed[0].observed["outside"] == 2
+    assert validate(bad, Expectations("events", ranges={"AMOUNT": (1.0, None)})).failed[0].observed["outside"] == 1
 
 
 def test_a_median_moves_with_a_unit_change():
@@ -166,6 +170,43 @@ def test_drift_is_skipped_with_a_note_without_a_reference():
     report = validate(frame(), Expectations("events", max_drift=0.1), no_reference="no earlier training set")
     (check,) = report.checks
     assert check.skipped and check.passed and report.passed and check.message == "not checked: no earlier training set"
+
+
+def drift_frames(n: int = 3000):
+    """A reference and a current frame of the same distributions (two seeds): an id, a
+    normal, an exponential and a 0/1 flag."""
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        return pl.DataFrame({"ID": np.arange(n), "X": rng.normal(50.0, 10.0, n), "Y": rng.exponential(1.0, n),
+                             "FLAG": rng.random(n) < 0.3})
+    return draw(1), draw(2)
+
+
+def test_drift_against_a_reference_passes_the_same_distribution_and_fails_a_shift():
+    reference, current = drift_frames()
+    exp = Expectations("events", max_drift=0.3, unique=["ID"])
+    report = validate(current, exp, reference=reference, reference_name="the last training set")
+    # a float threshold covers every numeric column but the keys
+    assert report.passed and {c.name for c in report.checks} == {"unique:ID", "drift:X", "drift:Y", "drift:FLAG"}
+    assert all(c.observed["size"] < 0.1 and c.observed["effect"] == "wasserstein"
+               for c in report.checks if c.kind == "drift")
+    shifted = validate(current.with_columns(pl.col("X") + 5.0), exp, reference=reference,
+                       reference_name="the last training set")  # half a standard deviation
+    check = one(shifted, "drift:X")
+    assert names(shifted) == {"drift:X"} and 0.4 < check.observed["size"] < 0.6 and check.expected == 0.3
+    assert "against the last training set" in check.message
+    # a mapping names its columns and thresholds; a column the reference lacks is skipped with a note
+    mapped = validate(current.with_columns(pl.col("X") + 5.0, pl.lit(1.0).alias("NEW")),
+                      Expectations("events", max_drift={"X": 0.6, "NEW": 0.1}), reference=reference)
+    assert mapped.passed and one(mapped, "drift:X").observed["size"] > 0.4
+    assert one(mapped, "drift:NEW").skipped and "has no column NEW" in one(mapped, "drift:NEW").message
+
+
+def test_the_settings_drift_threshold_replaces_the_declared_ones():
+    assert with_max_drift(Expectations("e", max_drift={"X": 0.3, "Y": 0.2}), 0.9).max_drift == {"X": 0.9, "Y": 0.9}
+    assert with_max_drift(Expectations("e", max_drift=0.3), 0.9).max_drift == 0.9
+    assert with_max_drift(Expectations("e", max_drift=0.3), 0.0).max_drift == 0.3
+    assert with_max_drift(Expectations("e", rows=(1, None)), 0.9).max_drift is None
 
 
 def test_skipped_kinds_are_left_out():
@@ -449,3 +490,40 @@ def test_lab_data_validate_reports_and_fails_with_exit_3(fraud_lab, capsys):
     assert "transactions range:TX_AMOUNT" in report["failed"] and "transactions range:TX_AMOUNT" in captured.err
     assert (fraud_lab / "data" / "cents.html").exists()
     assert run_lab(fraud_lab, "data", "validate", "--target", "nowhere") == 2
+
+
+def test_the_next_training_set_is_checked_for_drift_against_the_last_one(fraud_lab):
+    """A passed set becomes the reference; the next window's is compared with it (and
+    passes); amounts in cents in that window drift far past the threshold."""
+    clean = pl.read_parquet(fraud_lab / "clean.parquet")
+    first = gate(fraud_lab, clean, WINDOW)
+    later = {**WINDOW, "train_start": "2018-04-18"}
+    second = gate(fraud_lab, clean, later)
+    assert second.passed and not [c for c in second.skipped if c.kind == "drift"]
+    assert second.meta["reference"].startswith("the last training set (fraud 2018-04-15..2018-05-05")
+    assert first.meta["training_set"] != second.meta["training_set"]
+    assert all(c.observed["size"] < 0.3 for c in second.checks if c.kind == "drift")
+    with pytest.raises(ValidationFailed) as caught:
+        gate(fraud_lab, amounts_in_cents(clean), later)
+    drift = caught.value.report.check("transactions", "drift:TX_AMOUNT")
+    assert not drift.passed and drift.observed["size"] > 10
+    assert "fraud 2018-04-18..2018-05-08" in drift.message  # against the second set, the last that passed
+
+
+def gate(root: Path, batch: pl.DataFrame, window: dict) -> ValidationReport:
+    """Build the training set of ``window`` from ``batch`` and run the train step's gate on it."""
+    from lab.pipeline.context import StageContext
+    from lab.steps._common import spec_of
+    from lab.steps._common import window as split_window
+    from lab.steps.training import validate_trainset
+
+    batch.write_parquet(root / "tx.parquet")
+    steps.features(root, run_dir(root), source_path="tx.parquet", **window)
+    with StageContext.open(root, run_dir(root)) as ctx:
+        spec = spec_of(ctx, None)
+        digest = ctx.dataset_digest("data/trainset.parquet")
+        validate_trainset(ctx, spec, pl.read_parquet(root / "data" / "trainset.parquet"),
+                          split_window(**window), digest)
+    data = json.loads((root / "data" / "trainset.validation.json").read_text())
+    checks = [Check(**c) for c in data["checks"]]
+    return ValidationReport(checks, data["meta"])

@@ -189,7 +189,7 @@ def _report(ctx: StageContext, spec: ModelSpec, win: SplitWindow, frame: "pl.Dat
         spec, views, batch if batch is not None else pl.DataFrame(), frame if frame is not None else pl.DataFrame(),
         declared, known_targets=sorted(known), reference=reference, reference_name=reference_name,
         no_reference=note or "", skip=settings.skip, max_drift=settings.max_drift,
-        drift_config=getattr(ctx.config, "drift", None))
+        drift_config=ctx.config.drift)
     report.meta.update(what=f"model {spec.name}, the {spec.source} rows and the training set of "
                             f"{win.train_start}..{win.end}", window=[str(win.train_start), str(win.end)],
                        training_set=trainset_digest, reference=reference_name if reference is not None else None)
