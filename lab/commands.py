@@ -97,6 +97,9 @@ COMMANDS: list[Command] = [
           "train step does before training; exit 3 when a check fails", "lab.steps.training", "validate_args",
           "validate_run"),
     # monitoring
+    _lazy("monitor run", "every check of the served model over a window of days: input and score drift, "
+          "freshness, live quality, volume; an HTML report and a JSON summary (exit 3 on a breach)",
+          "lab.monitoring.monitor_commands", "run_args", "run_run"),
     _lazy("monitor quality", "live quality per model version from the ledger and late labels: window metrics, "
           "early signals, a sequential test of degradation (exit 3 when degraded)",
           "lab.monitoring.quality_commands", "quality_args", "quality_run"),
@@ -126,6 +129,9 @@ COMMANDS: list[Command] = [
           _EXPERIMENTS, "_report_args", "_report_run"),
     _lazy("experiment check", "check the platform guardrails on the prediction ledger; a breach stops it "
           "(exit 3)", _EXPERIMENTS, "_check_args", "_check_run"),
+    _lazy("experiment bandit-update", "count new outcomes once into the Thompson bandit, serve its allocation "
+          "(every arm above its floor), report exploration, coverage and diversity", "lab.steps.bandit",
+          "bandit_update_args", "bandit_update_run"),
     # the model server's API keys and its admin audit log
     _lazy("keys create", "create an API key with scopes for the model server (shown once; only its hash is kept)",
           _KEYS, "_create_args", "_create_run"),
