@@ -57,21 +57,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import os
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import polars as pl
 
 from lab.config import LabConfig, build_section, load_config
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import emit
 from lab.experiments.outcomes import as_naive_utc, describe
-from lab.experiments.quality import KNOWN_AT, label_frame
+from lab.experiments.quality import label_frame
 from lab.modelspec import ModelSpec
+from lab.monitoring._quality_data import VersionRows, join, labels_from_source, ledger_rows, ledger_state, predictions
+from lab.monitoring._quality_result import LiveQuality, QualityTest, VersionQuality, WindowQuality, json_safe
 from lab.monitoring._quality_stats import (
     LOSSES,
     REGISTRY_METRIC,
@@ -81,7 +80,11 @@ from lab.monitoring._quality_stats import (
     watch,
 )
 from lab.monitoring.skew import psi
-from lab.serving.ledger import read_predictions
+from lab.plugins import feature_views, get_plugin_manager, model_spec
+from lab.registry import Registry
+
+__all__ = ["QUALITY_DEGRADED", "RUN_KIND", "LiveQuality", "QualityConfig", "QualityMonitor", "QualityTest",
+           "VersionQuality", "WindowQuality", "duration", "live_quality", "record_quality"]
 
 QUALITY_DEGRADED = "quality.degraded"
 """The event ``QualityMonitor`` emits once per breach (``lab_on_event``), also kept in the
@@ -172,189 +175,6 @@ class QualityConfig:
         return duration(self.window, "window")
 
 
-# -- the result -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WindowQuality:
-    """One window of one version's requests: counts, quality metrics of its labelled rows
-    (None where not computable, ``note`` says why) and its early signals (``signals``:
-    ``score_mean``, ``score_p50``, ``above_threshold``, ``psi``, ``psi_flagged``)."""
-
-    index: int  # windows since 1970-01-01 (the registry's step)
-    start: dt.datetime
-    n_predictions: int
-    n_labelled: int
-    n_pending: int
-    metrics: dict
-    signals: dict
-    note: str = ""
-
-    @property
-    def n_unlabelled(self) -> int:
-        return self.n_predictions - self.n_labelled
-
-
-@dataclass(frozen=True)
-class QualityTest:
-    """The sequential test of one version's mean loss against its baseline, as of the
-    last look, for one segment of its live rows: the one that alarmed, else the latest.
-    ``excess`` is that segment's ``live mean - (1 + tolerance)·baseline mean`` (loss
-    units); ``ci_lower``/``ci_upper`` its always-valid confidence sequence's interval at
-    the last look (``excess`` ± its radius; infinite before a decision), at the segment's
-    level ``segment_alpha``; ``p_value`` the always-valid p-value of "no
-    segment degraded" (against ``alpha``); ``detected_at`` the look (a time labels became
-    known) a segment's sequence first lay above 0, and ``detected_after`` how many of its
-    live labelled rows it had then. ``status``: ``degraded``, ``ok``, ``waiting`` (too few
-    labelled rows yet), ``baseline pending`` or ``no test`` (``note`` says why)."""
-
-    loss: str
-    baseline: str
-    baseline_mean: float | None
-    baseline_n: int | None
-    tolerance: float
-    min_effect: float
-    alpha: float
-    status: str
-    note: str = ""
-    tau: float | None = None
-    looks: int = 0
-    segment: int | None = None
-    segment_start: dt.datetime | None = None
-    segment_alpha: float | None = None
-    live_n: int = 0
-    live_mean: float | None = None
-    excess: float | None = None
-    p_value: float | None = None
-    ci_lower: float | None = None
-    ci_upper: float | None = None
-    detected_at: dt.datetime | None = None
-    detected_after: int | None = None
-
-    @property
-    def degraded(self) -> bool:
-        return self.status == "degraded"
-
-
-@dataclass(frozen=True)
-class VersionQuality:
-    """One version: totals, metrics over all its labelled rows, its windows (oldest
-    first), the test, and the windows whose score PSI is above ``max_psi``."""
-
-    version: int
-    n_predictions: int
-    n_labelled: int
-    n_pending: int
-    first_request: dt.datetime
-    last_request: dt.datetime
-    metrics: dict
-    windows: tuple[WindowQuality, ...]
-    test: QualityTest
-    psi_flagged: tuple[dt.datetime, ...] = ()
-
-
-@dataclass(frozen=True)
-class LiveQuality:
-    """Live quality of one model as of a moment, per version (``versions``)."""
-
-    model: str
-    task: str
-    as_of: dt.datetime
-    window: dt.timedelta
-    label_delay: dt.timedelta
-    settings: QualityConfig
-    versions: dict[int, VersionQuality]
-    labels: str = ""
-    run_id: str | None = None  # the registry run the check was recorded as
-
-    @property
-    def degraded(self) -> list[int]:
-        """The versions whose loss is significantly above their tolerated baseline."""
-        return [v for v, q in self.versions.items() if q.test.degraded]
-
-    def to_dict(self) -> dict:
-        """Everything as JSON-safe values (times as ISO text, NaN and infinities as None)."""
-        out = {
-            "model": self.model, "task": self.task, "as_of": self.as_of, "window_s": self.window.total_seconds(),
-            "label_delay_s": self.label_delay.total_seconds(), "settings": dataclasses.asdict(self.settings),
-            "labels": self.labels, "run_id": self.run_id, "degraded": self.degraded,
-            "versions": {str(v): {**dataclasses.asdict(q), "windows": [
-                {**dataclasses.asdict(w), "n_unlabelled": w.n_unlabelled} for w in q.windows],
-                "test": {**dataclasses.asdict(q.test), "degraded": q.test.degraded}}
-                for v, q in self.versions.items()},
-        }
-        return _json_safe(out)
-
-    def table(self, last: int = 10) -> str:
-        """A short text rendering: per version the test's verdict and its last ``last`` windows."""
-        days = self.window.total_seconds() / 86400
-        lines = [f"live quality of {self.model} ({self.task}) as of {self.as_of.isoformat(sep=' ')}; window "
-                 f"{_span(self.window)}, label delay {_span(self.label_delay)}, alpha {self.settings.alpha:g}"]
-        for q in self.versions.values():
-            t = q.test
-            lines.append(f"version {q.version}: {q.n_predictions} prediction(s), {q.n_labelled} labelled, "
-                         f"{q.n_pending} pending; requests {q.first_request:%Y-%m-%d %H:%M} .. "
-                         f"{q.last_request:%Y-%m-%d %H:%M}")
-            base = "-" if t.baseline_mean is None else f"{t.baseline_mean:.4g}"
-            head = f"  {t.loss}: baseline {t.baseline} {base}"
-            if t.live_mean is not None and t.p_value is not None:
-                head += (f", live {t.live_mean:.4g} over {t.live_n} row(s); excess over x{1 + t.tolerance:g} "
-                         f"baseline {t.excess:+.4g}, CS [{_num(t.ci_lower)}, {_num(t.ci_upper)}], "
-                         f"always-valid p {t.p_value:.3g}")
-            lines.append(head)
-            if t.degraded:
-                lines.append(f"  DEGRADED since {t.detected_at:%Y-%m-%d %H:%M} (after {t.detected_after} labelled "
-                             f"row(s) of the segment from {t.segment_start:%Y-%m-%d %H:%M})")
-            else:
-                lines.append(f"  {t.status}" + (f": {t.note}" if t.note else ""))
-            keys = ("roc_auc", "average_precision", "precision_at_k", "brier") if self.task == "classification" \
-                else ("mae", "rmse", "mean_error")
-            heads = {"roc_auc": "AUC", "average_precision": "AP", "precision_at_k": "P@k", "brier": "Brier",
-                     "mae": "MAE", "rmse": "RMSE", "mean_error": "bias"}
-            fmt = "%Y-%m-%d" if days >= 1 and days.is_integer() else "%Y-%m-%d %H:%M"
-            lines.append("  " + f"{'window':<16} {'preds':>6} {'labelled':>8} " + " ".join(f"{heads[k]:>9}" for k in keys)
-                         + f" {'score p50':>9} {'>thr':>6} {'PSI':>6}")
-            for w in q.windows[-last:]:
-                s = w.signals
-                above = "-" if s["above_threshold"] is None else f"{s['above_threshold']:.1%}"
-                flag = " !" if s["psi_flagged"] else ""
-                lines.append("  " + f"{w.start.strftime(fmt):<16} {w.n_predictions:>6} {w.n_labelled:>8} "
-                             + " ".join(f"{_num(w.metrics.get(k)):>9}" for k in keys)
-                             + f" {_num(s['score_p50']):>9} {above:>6} {_num(s['psi']):>6}{flag}")
-            if len(q.windows) > last:
-                lines.append(f"  ... {len(q.windows) - last} earlier window(s) in the JSON")
-        return "\n".join(lines)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4g}"
-
-
-def _span(delta: dt.timedelta) -> str:
-    seconds = delta.total_seconds()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and (seconds / size).is_integer():
-            return f"{int(seconds / size)}{unit}"
-    return f"{seconds:g}s"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 # -- reading ----------------------------------------------------------------------------------
 
 def _resolve(config_or_root: Any, spec: Any, pm: Any):
@@ -363,8 +183,6 @@ def _resolve(config_or_root: Any, spec: Any, pm: Any):
         return config, spec, pm
     if spec is not None and not isinstance(spec, str):
         raise ConfigError(f"spec must be a ModelSpec or a model's name, got {type(spec).__name__}")
-    from lab.plugins import get_plugin_manager, model_spec  # the plugins only when a name must be resolved
-
     pm = pm if pm is not None else get_plugin_manager(config)
     return config, model_spec(pm, config, spec), pm
 
@@ -374,143 +192,10 @@ def _label_delay(config: LabConfig, spec: ModelSpec, settings: QualityConfig, pm
     (as online quality per variant reads it); else ``[tool.lab.train] delta_delay`` days."""
     if settings.label_delay is not None:
         return duration(settings.label_delay, "[tool.lab.quality] label_delay")
-    from lab.plugins import feature_views, get_plugin_manager
-
     pm = pm if pm is not None else get_plugin_manager(config)
     views = feature_views(pm, config)
     delays = [views[name].label_delay for name in spec.views if name in views]
     return max(delays) if delays else dt.timedelta(days=config.train.delta_delay)
-
-
-def _labels_from_source(config: LabConfig, spec: ModelSpec, pm: Any) -> pl.DataFrame:
-    from lab.plugins import get_plugin_manager
-
-    pm = pm if pm is not None else get_plugin_manager(config)
-    store = pm.hook.lab_offline_store(config=config)
-    if store is None:
-        raise LabError("no labels given and no offline store to read them from; pass labels= (a Parquet/CSV path "
-                       f"or frame with {spec.id_column}, {spec.label} and {spec.time_column})")
-    try:
-        table = store.read_source(spec.source, [spec.id_column, spec.label, spec.time_column])
-    except LabError as exc:
-        raise LabError(f"no labels given, and the model's source {spec.source!r} cannot give them: {exc}. Pass "
-                       f"labels= (a Parquet/CSV path or frame with {spec.id_column}, {spec.label} and "
-                       f"{spec.time_column})") from None
-    finally:
-        store.close()
-    return pl.from_arrow(table)
-
-
-def _models_in(path: os.PathLike) -> list[str]:
-    from lab.sqlite import connect
-
-    try:
-        conn = connect(path, readonly=True)
-    except NotFound:
-        return []
-    try:
-        return [r["model_name"] for r in conn.execute("SELECT DISTINCT model_name FROM predictions ORDER BY 1")]
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
-
-
-def _request_time(row: dict, column: str) -> dt.datetime:
-    """The request's event time as the server read it (its wall clock, the offset
-    dropped); the ledger's ``at`` (UTC) for a request without it."""
-    value = row["request"].get(column) if isinstance(row.get("request"), dict) else None
-    if value is None:
-        value = dt.datetime.fromisoformat(row["at"]).astimezone(dt.timezone.utc)
-    elif isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise LabError(f"logged request {row.get('request_id')} has {column} {value!r}, not an ISO "
-                           "date-time") from None
-    return value.replace(tzinfo=None)
-
-
-@dataclass
-class _Version:
-    """One version's predictions (latest score per event), in ledger order."""
-
-    time: np.ndarray  # datetime64[us], request time
-    score: np.ndarray
-    label: np.ndarray  # float, NaN: no label at all
-    known_at: np.ndarray  # datetime64[us], NaT: no label
-
-
-def _ledger_state(path: os.PathLike) -> tuple | None:
-    """``(rows, highest id)`` of the ledger's predictions: the ledger is append-only, so an
-    unchanged pair means unchanged content (a repeated check reuses what it read)."""
-    from lab.sqlite import connect
-
-    try:
-        conn = connect(path, readonly=True)
-    except NotFound:
-        return None
-    try:
-        return tuple(conn.execute("SELECT count(*) AS n, max(id) AS top FROM predictions").fetchone().values())
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-
-
-def _logged(config: LabConfig, spec: ModelSpec) -> list[tuple]:
-    """The model's predictions in the ledger, oldest first, as ``(version, event key,
-    request time, score)``; a prediction without an event id gets a key of its own."""
-    try:
-        rows = read_predictions(config.ledger_path, model_name=spec.name)
-    except sqlite3.Error as exc:
-        raise LabError(f"cannot read the prediction ledger {config.ledger_path}: {exc}") from None
-    if not rows:
-        present = _models_in(config.ledger_path)
-        raise LabError(f"the prediction ledger {config.ledger_path} holds no prediction of model {spec.name!r}"
-                       f" (it has: {', '.join(present) or 'none'}); serve the model or name another "
-                       "(--model, [tool.lab] model_name)")
-    return [(int(row["model_version"]),
-             row["event_id"] if row["event_id"] is not None else ("\0no id", row["request_id"]),
-             _request_time(row, spec.time_column), float(row["score"])) for row in rows]
-
-
-def _predictions(logged: list[tuple], spec: ModelSpec, versions: Iterable[int] | None,
-                 as_of: dt.datetime) -> tuple[dict[int, list], set]:
-    """Per version, the latest score of each event requested by ``as_of``; and the event ids."""
-    by_version: dict[int, dict] = {}
-    for version, key, when, score in logged:  # oldest first: a later score of one event replaces the earlier
-        if when > as_of:  # not yet made at as_of: a replay sees only the past
-            continue
-        scored = by_version.setdefault(version, {})
-        scored.pop(key, None)
-        scored[key] = (when, score)
-    present = sorted(by_version)
-    if versions is not None:
-        wanted = sorted({int(v) for v in versions})
-        unknown = [v for v in wanted if v not in by_version]
-        if unknown:
-            raise LabError(f"no prediction of {spec.name!r} version(s) {', '.join(map(str, unknown))} in the "
-                           f"ledger by {as_of.isoformat()}; versions there: {', '.join(map(str, present)) or 'none'}")
-        by_version = {v: by_version[v] for v in wanted}
-    if not by_version:
-        raise LabError(f"no prediction of {spec.name!r} was made by {as_of.isoformat()}; pass a later as_of")
-    ids = {k for scored in by_version.values() for k in scored if not isinstance(k, tuple)}
-    return {v: list(scored.items()) for v, scored in sorted(by_version.items())}, ids
-
-
-def _join(items: list, labels: pl.DataFrame, id_column: str, label_column: str) -> _Version:
-    index = {k: i for i, k in enumerate(labels[id_column].to_list())}
-    values = labels[label_column].cast(pl.Float64).to_numpy()
-    known = labels[KNOWN_AT].to_numpy().astype("datetime64[us]")
-    at = np.array([index.get(k, -1) if not isinstance(k, tuple) else -1 for k, _ in items], dtype=np.int64)
-    has = at >= 0
-    label = np.full(at.size, np.nan)
-    label[has] = values[at[has]]
-    known_at = np.full(at.size, np.datetime64("NaT"), dtype="datetime64[us]")
-    known_at[has] = known[at[has]]
-    return _Version(time=np.array([w for _, (w, _) in items], dtype="datetime64[us]"),
-                    score=np.array([s for _, (_, s) in items], dtype=np.float64), label=label, known_at=known_at)
 
 
 # -- computing --------------------------------------------------------------------------------
@@ -564,7 +249,7 @@ def _baseline_mean(baseline: Any, version: int, loss: str, registry_metrics: Any
     return "given", float(baseline)
 
 
-def _test(rows: _Version, known: np.ndarray, windows: np.ndarray, loss: str, baseline: Any, version: int,
+def _test(rows: VersionRows, known: np.ndarray, windows: np.ndarray, loss: str, baseline: Any, version: int,
           as_of: dt.datetime, window_us: int, delay: dt.timedelta, settings: QualityConfig,
           registry_metrics: Any) -> QualityTest:
     common = dict(loss=loss, tolerance=settings.tolerance, min_effect=settings.min_effect, alpha=settings.alpha)
@@ -636,7 +321,7 @@ def _test(rows: _Version, known: np.ndarray, windows: np.ndarray, loss: str, bas
         detected_after=int(counts[hit]) if hit >= 0 else None, **common)
 
 
-def _version_quality(version: int, rows: _Version, task: str, loss: str, baseline: Any, as_of: dt.datetime,
+def _version_quality(version: int, rows: VersionRows, task: str, loss: str, baseline: Any, as_of: dt.datetime,
                      window_us: int, delay: dt.timedelta, settings: QualityConfig,
                      registry_metrics: Any) -> VersionQuality:
     as_of64 = np.datetime64(as_of, "us")
@@ -693,7 +378,7 @@ def live_quality(config_or_root: Any, spec: ModelSpec | str | None = None, label
 
 
 def _live_quality(config: LabConfig, spec: ModelSpec, pm: Any, labels: Any, as_of: Any, window: Any,
-                  versions: Any, baseline: Any, quality_config: Any, logged: list[tuple] | None) -> LiveQuality:
+                  versions: Any, baseline: Any, quality_config: Any, rows: list[tuple] | None) -> LiveQuality:
     settings = quality_config if quality_config is not None else QualityConfig.from_config(config)
     if not isinstance(settings, QualityConfig):
         raise ConfigError(f"quality_config must be a QualityConfig, got {type(settings).__name__}")
@@ -709,14 +394,15 @@ def _live_quality(config: LabConfig, spec: ModelSpec, pm: Any, labels: Any, as_o
     baseline = settings.baseline if baseline is None else baseline
     moment = as_naive_utc(as_of) if as_of is not None else dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     delay = _label_delay(config, spec, settings, pm)
-    by_version, wanted = _predictions(logged if logged is not None else _logged(config, spec), spec, versions,
-                                      moment)
-    source = labels if labels is not None else _labels_from_source(config, spec, pm)
+    by_version, wanted = predictions(rows if rows is not None else ledger_rows(config, spec), spec, versions, moment)
+    if labels is None:
+        pm = pm if pm is not None else get_plugin_manager(config)
+    source = labels if labels is not None else labels_from_source(config, spec, pm)
     frame, _ = label_frame(source, wanted, id_column=spec.id_column, label_column=spec.label,
                            time_column=spec.time_column, label_delay=delay,
                            binary=spec.task == "classification")
     registry_metrics = _registry_metrics(config, spec.name)
-    out = {v: _version_quality(v, _join(items, frame, spec.id_column, spec.label), spec.task, loss, baseline,
+    out = {v: _version_quality(v, join(items, frame, spec.id_column, spec.label), spec.task, loss, baseline,
                                moment, window_us, delay, settings, registry_metrics)
            for v, items in by_version.items()}
     return LiveQuality(model=spec.name, task=spec.task, as_of=moment, window=length, label_delay=delay,
@@ -727,8 +413,6 @@ def _live_quality(config: LabConfig, spec: ModelSpec, pm: Any, labels: Any, as_o
 def _registry_metrics(config: LabConfig, model: str):
     """``version -> its registry metrics``, opening the registry only when asked."""
     def metrics(version: int) -> dict:
-        from lab.registry import Registry
-
         if not config.registry_path.exists():
             raise LabError(f"baseline=\"registry\" needs the registry {config.registry_path}, which does not exist; "
                            "use baseline=\"early\" or pass the mean loss as a number")
@@ -799,8 +483,6 @@ class QualityMonitor:
     def __post_init__(self) -> None:
         self.config, self.spec, pm = _resolve(self.config_or_root, self.spec, self.pm)
         if pm is None:
-            from lab.plugins import get_plugin_manager
-
             pm = get_plugin_manager(self.config)
         self.pm = pm
         self._alerted: set = set()
@@ -809,16 +491,14 @@ class QualityMonitor:
     def check(self, as_of: dt.datetime | str | None = None, *, window: str | dt.timedelta | None = None) -> LiveQuality:
         """One check as of ``as_of`` (default: now): the result, with ``run_id`` when recorded.
         The ledger is read again only when it has changed since the last check."""
-        state = _ledger_state(self.config.ledger_path)
+        state = ledger_state(self.config.ledger_path)
         if state is None or self._read is None or self._read[0] != state:
-            self._read = (state, _logged(self.config, self.spec))
+            self._read = (state, ledger_rows(self.config, self.spec))
         result = _live_quality(self.config, self.spec, self.pm, self.labels, as_of, window, self.versions,
                                self.baseline, self.quality_config, self._read[1])
         degraded = [result.versions[v] for v in result.degraded]
         if not degraded and not self.record:
             return result
-        from lab.registry import Registry
-
         with Registry.open(self.config.registry_path, project_root=self.config.root) as registry:
             if degraded:
                 self._alert(registry, result, degraded)
@@ -834,7 +514,7 @@ class QualityMonitor:
             key = (result.model, q.version, t.baseline, t.loss)
             if key in self._alerted or key in seen:
                 continue
-            payload = _json_safe({
+            payload = json_safe({
                 "model": result.model, "version": q.version, "loss": t.loss, "baseline": t.baseline,
                 "baseline_mean": t.baseline_mean, "live_mean": t.live_mean, "tolerance": t.tolerance,
                 "excess_ci": [t.ci_lower, t.ci_upper], "p_value": t.p_value, "alpha": t.alpha,

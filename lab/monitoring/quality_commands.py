@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -49,8 +50,6 @@ def _baseline(text: str | None):
 def quality_run(args: argparse.Namespace, ctx) -> int:
     """Check once (``QualityMonitor.check``): emit ``quality.degraded`` for a new breach,
     record the check, print it; exit 3 when a version is degraded."""
-    import dataclasses
-
     from lab.monitoring.quality import QualityConfig, QualityMonitor  # polars and numpy only when it runs
 
     settings = QualityConfig.from_config(ctx.config)
