@@ -307,14 +307,31 @@ def test_the_boundary_is_inclusive_and_a_later_score_of_an_event_counts(served, 
         (pl.col("version") == 1) & (pl.col("EVENT_TIME") <= due)).height
 
 
-def test_early_signals_need_no_labels(served):
+def test_early_signals_need_no_labels(served, tmp_path):
     """Before any label is due: the score distribution per window, the share above the
-    threshold and its PSI against the version's first windows."""
+    threshold, its PSI against the version's first windows, and the latest window's
+    drift by the native statistics (lab.monitoring.drift)."""
     result = live_quality(served, "scorer", served / "labels.parquet", as_of=DAY0 + 5 * DAY)
     q = result.versions[1]
     assert q.n_labelled == 0 and q.test.status == "baseline pending"
     assert all(w.signals["above_threshold"] is not None and w.signals["psi"] < 0.2 for w in q.windows)
     assert q.psi_flagged == ()
+    drift = q.score_drift
+    assert drift["window"] == DAY0 + 4 * DAY and not drift["flagged"] and drift["test"] == "ks"
+    assert (drift["n_reference"], drift["n_current"]) == (720, 240)
+    assert live_quality(served, "scorer", served / "labels.parquet", as_of=DAY0 + 2 * DAY).versions[1].score_drift \
+        is None  # the latest window is one of the first three
+    # a day whose scores rose (a broken feature, say) is flagged the same day, labels or not
+    lab = shutil.copytree(served, tmp_path / "lab")
+    day = pl.DataFrame({"EVENT_ID": np.arange(10**6, 10**6 + 240), "version": 1,
+                        "score": np.random.default_rng(1).beta(2.0, 3.0, 240),
+                        "EVENT_TIME": [DAY0 + DAYS * DAY + (k + 0.5) / 240 * DAY for k in range(240)]})
+    write_ledger(lab / "data" / "ledger.db", day)
+    q = live_quality(lab, "scorer", lab / "labels.parquet", as_of=DAY0 + (DAYS + 1) * DAY, versions=[1]).versions[1]
+    assert q.score_drift["flagged"] and q.score_drift["window"] == DAY0 + DAYS * DAY
+    assert q.windows[-1].signals["psi_flagged"] and q.windows[-1].n_labelled == 0
+    assert "score drift of 2024-04-10 against the first windows: FLAGGED" in live_quality(
+        lab, "scorer", lab / "labels.parquet", as_of=DAY0 + (DAYS + 1) * DAY, versions=[1]).table()
     shifted = QualityConfig(threshold=0.05, max_psi=0.0)
     q = live_quality(served, "scorer", served / "labels.parquet", as_of=DAY0 + 5 * DAY,
                      quality_config=shifted).versions[1]

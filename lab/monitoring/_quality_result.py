@@ -80,7 +80,10 @@ class QualityTest:
 @dataclass(frozen=True)
 class VersionQuality:
     """One version: totals, metrics over all its labelled rows, its windows (oldest
-    first), the test, and the windows whose score PSI is above ``max_psi``."""
+    first), the test, the windows whose score PSI is above ``max_psi``, and
+    ``score_drift``: the latest window's scores against the first windows' by the native
+    drift statistics (flagged, reason, test, p-value, effect and its size, threshold,
+    power; None while the latest window is one of the first)."""
 
     version: int
     n_predictions: int
@@ -92,6 +95,7 @@ class VersionQuality:
     windows: tuple[WindowQuality, ...]
     test: QualityTest
     psi_flagged: tuple[dt.datetime, ...] = ()
+    score_drift: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,10 @@ class LiveQuality:
                 lines.append("  " + f"{w.start.strftime(fmt):<16} {w.n_predictions:>6} {w.n_labelled:>8} "
                              + " ".join(f"{_num(w.metrics.get(k)):>9}" for k in keys)
                              + f" {_num(s['score_p50']):>9} {above:>6} {_num(s['psi']):>6}{flag}")
+            if q.score_drift is not None:
+                d = q.score_drift
+                lines.append(f"  score drift of {d['window']:{fmt}} against the first windows: "
+                             + ("FLAGGED, " if d["flagged"] else "") + d["reason"])
             if len(q.windows) > last:
                 lines.append(f"  ... {len(q.windows) - last} earlier window(s) in the JSON")
         return "\n".join(lines)

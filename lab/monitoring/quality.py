@@ -62,8 +62,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import polars as pl
 
-from lab.config import LabConfig, build_section, load_config
+from lab.config import DriftConfig, LabConfig, build_section, load_config
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import emit
 from lab.experiments.outcomes import as_naive_utc, describe
@@ -79,6 +80,7 @@ from lab.monitoring._quality_stats import (
     row_losses,
     watch,
 )
+from lab.monitoring.drift import compare
 from lab.monitoring.skew import psi
 from lab.plugins import feature_views, get_plugin_manager, model_spec
 from lab.registry import Registry
@@ -321,9 +323,19 @@ def _test(rows: VersionRows, known: np.ndarray, windows: np.ndarray, loss: str, 
         detected_after=int(counts[hit]) if hit >= 0 else None, **common)
 
 
+def _score_drift(reference: np.ndarray, current: np.ndarray, start: dt.datetime, drift: DriftConfig) -> dict:
+    """The latest window's scores against the version's first windows' by the native drift
+    statistics (``lab.monitoring.drift.compare``: KS test, normed Wasserstein, power)."""
+    column = compare(pl.DataFrame({"score": reference}), pl.DataFrame({"score": current}), config=drift).columns["score"]
+    return {"window": start, "flagged": column.flagged, "reason": column.reason, "test": column.test,
+            "p_value": column.p_value, "effect": column.effect, "effect_size": column.effect_size,
+            "threshold": column.threshold, "power": column.power, "underpowered": column.underpowered,
+            "psi": column.psi, "n_reference": column.n_reference, "n_current": column.n_current}
+
+
 def _version_quality(version: int, rows: VersionRows, task: str, loss: str, baseline: Any, as_of: dt.datetime,
-                     window_us: int, delay: dt.timedelta, settings: QualityConfig,
-                     registry_metrics: Any) -> VersionQuality:
+                     window_us: int, delay: dt.timedelta, settings: QualityConfig, registry_metrics: Any,
+                     drift: DriftConfig) -> VersionQuality:
     as_of64 = np.datetime64(as_of, "us")
     has_label = ~np.isnan(rows.label)
     known = has_label & (rows.known_at <= as_of64)
@@ -341,13 +353,17 @@ def _version_quality(version: int, rows: VersionRows, task: str, loss: str, base
                                  n_predictions=int(here.size), n_labelled=int(sel.size),
                                  n_pending=int(pending[here].sum()), metrics=metrics,
                                  signals=_signals(rows.score[here], reference, task, settings), note=note))
+    latest = here  # the last window's rows
+    score_drift = None
+    if int(indexes[-1]) >= first + settings.baseline_windows:  # a window past the reference's
+        score_drift = _score_drift(reference, rows.score[latest], out[-1].start, drift)
     metrics, _ = _labelled_metrics(task, rows.label[known], rows.score[known], settings)
     test = _test(rows, known, windows, loss, baseline, version, as_of, window_us, delay, settings, registry_metrics)
     return VersionQuality(
         version=version, n_predictions=int(rows.time.size), n_labelled=int(known.sum()),
         n_pending=int(pending.sum()), first_request=rows.time.min().astype(dt.datetime),
         last_request=rows.time.max().astype(dt.datetime), metrics=metrics, windows=tuple(out), test=test,
-        psi_flagged=tuple(w.start for w in out if w.signals["psi_flagged"]))
+        psi_flagged=tuple(w.start for w in out if w.signals["psi_flagged"]), score_drift=score_drift)
 
 
 def live_quality(config_or_root: Any, spec: ModelSpec | str | None = None, labels: Any = None, *,
@@ -403,7 +419,7 @@ def _live_quality(config: LabConfig, spec: ModelSpec, pm: Any, labels: Any, as_o
                            binary=spec.task == "classification")
     registry_metrics = _registry_metrics(config, spec.name)
     out = {v: _version_quality(v, join(items, frame, spec.id_column, spec.label), spec.task, loss, baseline,
-                               moment, window_us, delay, settings, registry_metrics)
+                               moment, window_us, delay, settings, registry_metrics, config.drift)
            for v, items in by_version.items()}
     return LiveQuality(model=spec.name, task=spec.task, as_of=moment, window=length, label_delay=delay,
                        settings=settings, versions=out, labels=describe(source) if labels is not None
