@@ -100,6 +100,10 @@ COMMANDS: list[Command] = [
     _lazy("monitor run", "every check of the served model over a window of days: input and score drift, "
           "freshness, live quality, volume; an HTML report and a JSON summary (exit 3 on a breach)",
           "lab.monitoring.monitor_commands", "run_args", "run_run"),
+    _lazy("retrain", "retrain on evidence: run the monitor, and when drift, quality decay or the schedule "
+          "([tool.lab.retrain]) makes it due, run the stages up to register through every gate; never promotes "
+          "a model that failed one (exit 3 when a gate refused it)", "lab.monitoring.monitor_commands",
+          "retrain_args", "retrain_run"),
     _lazy("monitor quality", "live quality per model version from the ledger and late labels: window metrics, "
           "early signals, a sequential test of degradation (exit 3 when degraded)",
           "lab.monitoring.quality_commands", "quality_args", "quality_run"),

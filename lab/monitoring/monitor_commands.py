@@ -43,3 +43,26 @@ def run_run(args: argparse.Namespace, ctx) -> int:
         print(result.table())
         print(f"report: {result.page_path}")
     return BREACH_EXIT if result.breaches else 0
+
+
+def retrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="the model (default: [tool.lab] model_name, or the lab's only model)")
+    p.add_argument("--no-monitor", dest="monitor", action="store_false",
+                   help="decide on the last data/monitor.json instead of running the monitor first")
+    p.add_argument("--force", action="store_true", help="retrain even when nothing makes it due")
+    p.add_argument("--force-stages", dest="force_stages", action="store_true",
+                   help="rerun the retrain stages even when their inputs are unchanged")
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def retrain_run(args: argparse.Namespace, ctx) -> int:
+    """Exit 0 when not due, nothing new, trained or promoted; 3 when a gate refused it."""
+    from lab.monitoring.retrain import retrain, write_outcome
+
+    quiet = args.json
+    outcome = retrain(ctx.config, ctx.pm, model=args.model, monitor=args.monitor, force=args.force,
+                      force_stages=args.force_stages, log=(lambda _: None) if quiet else print)
+    write_outcome(ctx.config.data_path / "retrain.json", outcome)
+    if quiet:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    return BREACH_EXIT if outcome.status == "refused" else 0

@@ -33,6 +33,7 @@ class StageOutcome:
     seconds: float = 0.0
     attempts: int = 0
     notebook: str | None = None
+    error: str | None = None  # a failed stage's last error (the exception's last line)
 
 
 @dataclass
@@ -214,7 +215,7 @@ def run_pipeline(
             if outcome.status == "failed":
                 registry.finish_run(run_id, "failed")
                 raise LabError(
-                    f"stage {stage.name!r} failed after {outcome.attempts} attempt(s). "
+                    f"stage {stage.name!r} failed after {outcome.attempts} attempt(s): {outcome.error}. "
                     f"The executed notebook is kept at {outcome.notebook}. "
                     f"Fix the cause, then `lab run` resumes from {stage.name!r}."
                 )
@@ -267,4 +268,4 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
                     notebook=notebook)
         log(f"    {stage.name} finished in {seconds:.1f} s")
         return StageOutcome(stage.name, "finished", seconds, attempt, notebook)
-    return StageOutcome(stage.name, "failed", 0.0, attempts_allowed, notebook)
+    return StageOutcome(stage.name, "failed", 0.0, attempts_allowed, notebook, last_error)
