@@ -445,8 +445,10 @@ def test_a_clean_batch_passes_the_gate_and_trains(fraud_lab):
         assert run["params"]["validation_report_digest"] == digest == validation["digest"]
         assert run["artifacts"]["validation_report"] == validation["path"]
         assert run["data"] == {"training_set": info["trainset_digest"]}
-        (kept,) = reg.list_datasets(kind="validation_reference")
-    assert kept["meta"]["training_set"] == info["trainset_digest"] and (fraud_lab / kept["path"]).exists()
+        # one data-set record per digest: the kept sample is not recorded again
+        assert len([d for d in reg.list_datasets() if d["digest"] == info["trainset_digest"]]) == 1
+    kept = fraud_lab / "data" / "validation" / f"{info['trainset_digest'][:16]}.parquet"
+    assert pl.read_parquet_metadata(kept)["lab.dataset_digest"] == info["trainset_digest"]
     assert (fraud_lab / "data" / "candidate").exists()
 
 

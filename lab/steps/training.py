@@ -29,8 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
 VALIDATION_JSON = "data/trainset.validation.json"  # lab.monitoring.validation.validation_path(TRAINSET)
-REFERENCES = "data/validation"  # samples of passed training sets: the next set's drift reference
-REFERENCE_KIND = "validation_reference"  # their kind in the registry's datasets
+REFERENCES = "data/validation"  # samples of passed training sets, by digest: the next set's drift reference
 
 
 def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n_trials, max_epochs, seed,
@@ -126,9 +125,9 @@ def validate_trainset(ctx: StageContext, spec: ModelSpec, frame: "pl.DataFrame",
     Checked: every ``lab_expectations`` declaration of the spec's source, against the
     source rows dated in the training window (the rows the training set was built from),
     and of each view the model reads, against the training set's columns of that view.
-    Drift is scored against a sample of the last training set of this model that passed
-    (kept under ``data/validation/`` and recorded in the registry as a
-    ``validation_reference`` data set); a set that passes becomes the next reference.
+    Drift is scored against the newest training set of this model recorded in the
+    registry that passed, through the sample of it kept under ``data/validation/``; a set
+    that passes has its sample kept and becomes the next reference.
     Returns None when ``[tool.lab.validation] enabled`` is false or nothing is declared,
     else the report's path and digest and the skipped checks.
     """
@@ -147,7 +146,7 @@ def validate_trainset(ctx: StageContext, spec: ModelSpec, frame: "pl.DataFrame",
                     training_set=trainset_digest)
         raise ValidationFailed(f"model {spec.name!r} was not trained: " + report.failure_message(VALIDATION_JSON),
                                report)
-    _keep_reference(ctx, spec, frame, win, trainset_digest, settings.reference_rows)
+    _keep_reference(ctx, frame, trainset_digest, settings.reference_rows)
     return {"path": VALIDATION_JSON, "digest": digest, "checks": len(report.checks),
             "skipped": [f"{c.target} {c.name}" for c in report.skipped]}
 
@@ -197,39 +196,38 @@ def _report(ctx: StageContext, spec: ModelSpec, win: SplitWindow, frame: "pl.Dat
 
 
 def _last_reference(ctx: StageContext, spec: ModelSpec, trainset_digest: str | None):
-    """``(frame or None, name, note)``: the kept sample of the last training set of this
-    model that passed validation, other than ``trainset_digest``; the note says why none."""
+    """``(frame or None, name, note)``: the drift reference, the kept sample of the newest
+    training set of this model recorded in the registry, other than ``trainset_digest``,
+    that passed validation (only those are kept); the note says why there is none."""
     import polars as pl  # data libraries load only in the step that runs
 
-    for record in ctx.registry.list_datasets(kind=REFERENCE_KIND, limit=200):
-        meta = record["meta"]
-        if meta.get("model") != spec.name or meta.get("training_set") == trainset_digest:
+    earlier = 0
+    for record in ctx.registry.list_datasets(kind="training_set", limit=200):
+        if record["meta"].get("model") != spec.name or record["digest"] == trainset_digest:
             continue
-        name = f"the last training set ({record['name']}, {str(meta.get('training_set'))[:12]})"
-        path = ctx.path(record["path"])
-        if not path.exists():
-            return None, name, f"the kept sample of {name}, {record['path']}, is gone"
-        return pl.read_parquet(path), name, None
-    return None, "the last training set", (f"no earlier training set of model {spec.name!r} passed validation "
-                                           "(this one becomes the reference of the next)")
+        earlier += 1
+        path = ctx.path(_reference_path(record["digest"]))
+        if path.exists():
+            return pl.read_parquet(path), f"the last training set ({record['name']}, {record['digest'][:12]})", None
+    if earlier:
+        return None, "the last training set", (f"none of the {earlier} earlier training set(s) of model "
+                                               f"{spec.name!r} has a kept sample in {REFERENCES}/ (a set's sample "
+                                               "is kept when it passes validation)")
+    return None, "the last training set", (f"no earlier training set of model {spec.name!r} is recorded (this one "
+                                           "becomes the reference of the next)")
 
 
-def _keep_reference(ctx: StageContext, spec: ModelSpec, frame: "pl.DataFrame", win: SplitWindow,
-                    trainset_digest: str, rows: int) -> None:
+def _reference_path(trainset_digest: str) -> str:
+    return f"{REFERENCES}/{trainset_digest[:16]}.parquet"
+
+
+def _keep_reference(ctx: StageContext, frame: "pl.DataFrame", trainset_digest: str, rows: int) -> None:
     """Keep every k-th row of a passed training set (at most ``rows``; 0: all) as the next
-    set's drift reference, and record it in the registry."""
-    from lab.features.digest import table_digest  # pyarrow
-
-    step = max(1, math.ceil(frame.height / rows)) if rows else 1
-    sample = frame.gather_every(step)
-    digest = table_digest(sample.to_arrow())
-    rel = f"{REFERENCES}/{trainset_digest[:16]}.parquet"
+    set's drift reference, the file carrying the training set's registry digest."""
+    rel = _reference_path(trainset_digest)
     if not ctx.path(rel).exists():
-        ctx.write_dataset(rel, sample, digest=digest)
-    ctx.registry.record_dataset(kind=REFERENCE_KIND, name=f"{spec.name} {win.train_start}..{win.end}", digest=digest,
-                                path=rel, rows=sample.height,
-                                meta={"model": spec.name, "training_set": trainset_digest, "every": step,
-                                      "of_rows": frame.height})
+        step = max(1, math.ceil(frame.height / rows)) if rows else 1
+        ctx.write_dataset(rel, frame.gather_every(step), digest=trainset_digest)
 
 
 # -- lab data validate -------------------------------------------------------------------------
