@@ -260,6 +260,9 @@ def test_bad_input_is_a_lab_error_naming_the_fix(reference, tmp_path):
     sketch = ReferenceSketch.from_frame(reference, ["amount", "channel"], categorical=CATEGORICAL)
     with pytest.raises(LabError, match=r"numeric in the reference sketch but were passed as categorical"):
         compare(sketch, current, ["amount"], categorical=["amount"])
+    with pytest.raises(LabError, match="numeric in one sketch and categorical in the other"):
+        compare(ReferenceSketch.from_frame(current, ["night"]),
+                ReferenceSketch.from_frame(current, ["night"], categorical=["night"]))
     with pytest.raises(LabError, match="must be a polars DataFrame or a ReferenceSketch"):
         compare(reference, [1, 2, 3])
     (tmp_path / "bad.json").write_text('{"format": "something else"}')

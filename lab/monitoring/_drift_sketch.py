@@ -64,21 +64,23 @@ class CategoricalColumn:
         return self.rows - self.nulls
 
 
-def numeric_column(series: pl.Series, where: str) -> NumericColumn:
-    """``series`` as a ``NumericColumn`` with its finite values sorted; a column that is
-    not numeric (or boolean) is a ``LabError`` saying to declare it categorical."""
+def numeric_column(series: pl.Series, where: str, *, moments: bool = True) -> NumericColumn:
+    """``series`` as a ``NumericColumn`` with its finite values sorted (and their mean and
+    standard deviation, unless ``moments`` is false); a column that is not numeric (or
+    boolean) is a ``LabError`` saying to declare it categorical."""
     dtype = series.dtype
     if not (dtype.is_numeric() or dtype == pl.Boolean):
         raise LabError(f"{where} column {series.name!r} is {dtype}, not numeric: pass it in categorical=[...] "
                        f"(or cast it to a number) to compare it")
     values = series.cast(pl.Float64).drop_nulls()
-    if dtype.is_float():
+    if dtype.is_float() and not values.is_finite().all():
         values = values.filter(values.is_finite())
     # polars sorts a large column on every core; numpy is quicker below that
     values = values.sort().to_numpy() if values.len() > _PARALLEL_SORT else np.sort(values.to_numpy())
     n = values.size
     return NumericColumn(rows=series.len(), nulls=series.len() - n,
-                         mean=float(values.mean()) if n else None, std=float(values.std()) if n else None,
+                         mean=float(values.mean()) if n and moments else None,
+                         std=float(values.std()) if n and moments else None,
                          values=values)
 
 

@@ -45,13 +45,24 @@ def ecdf_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     merged = both[order]
     gap = np.cumsum(order >= n, dtype=np.int64)  # b's values seen so far
     gap *= -total
-    gap += np.arange(m, (total + 1) * m, m, dtype=np.int64)  # (position + 1) * m
+    gap += _multiples(m, total)  # (position + 1) * m
     np.abs(gap, out=gap)
     step = np.diff(merged)
     inner = gap[:-1]
     w1 = float(np.einsum("i,i->", inner, step)) / (n * m)  # einsum: no BLAS threads for a dot
-    inner[step == 0] = 0  # inside a run of ties the counts are partial
-    return float(inner.max(initial=0)) / (n * m), w1
+    top = int(inner.argmax()) if inner.size else 0
+    if inner.size and step[top] == 0:  # inside a run of ties the counts are partial
+        inner[step == 0] = 0
+        top = int(inner.argmax())
+    return (float(inner[top]) if inner.size else 0.0) / (n * m), w1
+
+
+@functools.lru_cache(maxsize=4)
+def _multiples(m: int, total: int) -> np.ndarray:
+    """``m, 2m, ..., total*m`` (int64), kept for the next column of the same sizes."""
+    out = np.arange(m, (total + 1) * m, m, dtype=np.int64)
+    out.flags.writeable = False
+    return out
 
 
 def ks_p_value(ks: float, n: int, m: int, a: np.ndarray | None = None, b: np.ndarray | None = None) -> float:

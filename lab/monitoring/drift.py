@@ -241,7 +241,9 @@ def compare(reference: pl.DataFrame | ReferenceSketch, current: pl.DataFrame | R
         if isinstance(side, ReferenceSketch):
             return side.columns[column]
         series = side.get_column(column)
-        return categorical_column(series) if kinds[column] == CATEGORICAL else numeric_column(series, what)
+        if kinds[column] == CATEGORICAL:
+            return categorical_column(series)
+        return numeric_column(series, what, moments=what == "reference")  # the reference's std norms
 
     def measure(column: str) -> _Measured:
         r, c = read(ref, column, "reference"), read(cur, column, "current")
@@ -265,6 +267,12 @@ def _rows(side) -> int:
 
 def _kinds(ref, cur, columns: list[str], categorical: list[str]) -> dict[str, str]:
     kinds = {c: CATEGORICAL if c in categorical else NUMERIC for c in columns}
+    if isinstance(ref, ReferenceSketch) and isinstance(cur, ReferenceSketch):
+        differ = [c for c in columns if c in ref.columns and c in cur.columns
+                  and ref.columns[c].kind != cur.columns[c].kind]
+        if differ:
+            raise LabError(f"column(s) {', '.join(map(repr, differ))} are numeric in one sketch and categorical in "
+                           f"the other: rebuild them with the same categorical=[...]")
     for what, side in (("reference", ref), ("current", cur)):
         if not isinstance(side, ReferenceSketch):
             continue
