@@ -213,8 +213,8 @@ def _last_reference(ctx: StageContext, spec: ModelSpec, trainset_digest: str | N
         return None, "the last training set", (f"none of the {earlier} earlier training set(s) of model "
                                                f"{spec.name!r} has a kept sample in {REFERENCES}/ (a set's sample "
                                                "is kept when it passes validation)")
-    return None, "the last training set", (f"no earlier training set of model {spec.name!r} is recorded (this one "
-                                           "becomes the reference of the next)")
+    return None, "the last training set", (f"no earlier training set of model {spec.name!r} is recorded (a set "
+                                           "that passes the train step's gate is the next one's reference)")
 
 
 def _reference_path(trainset_digest: str) -> str:
