@@ -455,14 +455,17 @@ def read_predictions(
     until: str | None = None,
     limit: int | None = None,
     include_fallbacks: bool = False,
+    after_id: int | None = None,
 ) -> list[dict]:
     """Predictions in the ledger at ``path``, oldest first, with JSON columns decoded.
 
     Filters combine with AND: ``model_name``/``model_version``; ``experiment``/``variant``
     (the flag that routed the request); ``event_ids`` (the request ids, compared as sent:
     17 and "17" differ);
-    ``since``/``until`` (inclusive, ISO 8601 UTC strings compared with ``at``). With
-    ``limit``, the latest ``limit`` matching rows. Works while a server is writing.
+    ``since``/``until`` (inclusive, ISO 8601 UTC strings compared with ``at``);
+    ``after_id``: only rows whose ``id`` is above it (an incremental reader's watermark: a
+    range of the primary key, not a scan). With ``limit``, the latest ``limit`` matching
+    rows. Works while a server is writing.
 
     Rows whose ``fallback`` is set hold the model's declared fallback score, not a
     prediction: they are left out (analysis, quality and training from logs must not
@@ -510,6 +513,9 @@ def read_predictions(
     if until is not None:
         where.append("at <= ?")
         params.append(until)
+    if after_id is not None:
+        where.append("id > ?")
+        params.append(int(after_id))
     sql = "SELECT * FROM predictions"
     if where:
         sql += " WHERE " + " AND ".join(where)

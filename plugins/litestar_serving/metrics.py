@@ -42,6 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from plugins.litestar_serving.feedback_metrics import FEEDBACK_MODES, FeedbackCollector
 from plugins.litestar_serving.resources import MULTIPROCESS_MODES, ResourceCollector
 
 MEDIA_TYPE = CONTENT_TYPE_PLAIN_0_0_4.removesuffix("; charset=utf-8")
@@ -135,13 +136,16 @@ class ServerMetrics:
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.publisher: Publisher | None = None
         resources = ResourceCollector(state)  # memory growth and leak verdicts (state.resources)
+        self.feedback = FeedbackCollector(state)  # feedback-loop gauges: the ledger read off the request path
         if self.multiprocess_dir:  # lab serve --workers N: every worker's numbers pooled at the scrape
-            self.publisher = Publisher([self.state_collector, process, resources], state, self.multiprocess_dir)
+            self.publisher = Publisher([self.state_collector, process, resources, self.feedback], state,
+                                       self.multiprocess_dir)
             self.publisher.start()
         else:
             registry.register(self.state_collector)
             registry.register(process)
             registry.register(resources)
+            registry.register(self.feedback)
         for reason in ("not_ready", "cannot_score"):
             self.refused.labels(reason)
         self._views = {view: (self.defaults.labels(view), self.stale.labels(view), self.future.labels(view))
@@ -283,7 +287,8 @@ class Publisher:
     MODES = {"lab_ready": "livemin", "lab_model_info": "livemax", "lab_circuit_state": "livemax",
              "process_start_time_seconds": "livemin", "process_max_fds": "livemax",
              "lab_model_memory_limit_bytes": "livemax", "lab_shadow_active": "livemax",
-             "lab_online_store_availability": "livemin", **MULTIPROCESS_MODES}
+             "lab_online_store_availability": "livemin", **MULTIPROCESS_MODES,
+             **FEEDBACK_MODES}
     """Gauges not summed: ready only when every worker is, the versions any worker serves,
     a breaker state any worker is in, the oldest start, the worst store availability."""
 
