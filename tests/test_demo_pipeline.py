@@ -59,7 +59,7 @@ def read_events(lab) -> list[dict]:
 def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     assert main(["--root", str(small_lab), "run"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "8 stage(s) ran, 0 skipped" in out
+    assert "9 stage(s) ran, 0 skipped" in out
     assert "champion fraud v1 on its test window: average_precision" in out and "roc_auc" in out
 
     config = load_config(small_lab)
@@ -86,8 +86,12 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
 
     run_dirs = [p for p in config.runs_path.iterdir() if p.is_dir() and p.name != "models"]
     notebooks = sorted(p.name for p in run_dirs[0].glob("*.ipynb"))
-    assert notebooks[0] == "01_simulate.ipynb" and len(notebooks) == 8
+    assert notebooks[0] == "01_simulate.ipynb" and len(notebooks) == 9
     assert (small_lab / "data/online.db").exists() and (small_lab / "data/drift.html").stat().st_size > 10_000
+    monitored = json.loads((small_lab / "data/monitor.json").read_text())
+    assert monitored["model"] == "fraud" and monitored["version"] == 1
+    assert monitored["checks"]["freshness"]["status"] == "ok" and monitored["checks"]["volume"]["status"] == "skipped"
+    assert monitored["checks"]["drift"]["status"] in ("ok", "breach") and (small_lab / "data/monitor.html").exists()
     evaluation = json.loads((small_lab / "data/evaluation.json").read_text())
     assert evaluation["gate"]["passed"] is True and evaluation["champion"] is None
 
@@ -95,7 +99,7 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     # observer saw the stages and the promotion.
     assert len((small_lab / "epochs.log").read_text().split()) >= 2
     names = [e["name"] for e in read_events(small_lab)]
-    assert names.count("stage.finished") == 8 and "model.promoted" in names and "model.registered" in names
+    assert names.count("stage.finished") == 9 and "model.promoted" in names and "model.registered" in names
 
     # Each stage is keyed by the platform code it imported: training depends on the
     # flavor and the sweep, not on the model server.
@@ -108,5 +112,5 @@ def test_pipeline_end_to_end_then_cached(small_lab, capsys):
     # Nothing changed: every stage is skipped, the champion is the same.
     assert main(["--root", str(small_lab), "run"]) == 0
     out = capsys.readouterr().out
-    assert "0 stage(s) ran, 8 skipped" in out and "champion fraud v1" in out
-    assert [e["name"] for e in read_events(small_lab)].count("stage.skipped") == 8
+    assert "0 stage(s) ran, 9 skipped" in out and "champion fraud v1" in out
+    assert [e["name"] for e in read_events(small_lab)].count("stage.skipped") == 9

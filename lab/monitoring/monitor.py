@@ -412,6 +412,12 @@ def run_monitor(config: LabConfig, pm: Any = None, *, model: str | None = None, 
     result = MonitorResult(model=spec.name, version=None, start=ctx.start, end=ctx.end, checks={})
     if ctx.logged is not None and ctx.logged.height:
         result.version = int(ctx.logged.meta["model_version"][-1])
+    else:  # no traffic yet: the version monitored is the champion
+        from lab.registry import Registry
+
+        with Registry.open(config.registry_path, project_root=config.root) as registry:
+            champion = registry.get_alias(spec.name, "champion")
+        result.version = champion.version if champion is not None else None
     runners = {"drift": check_drift, "score_drift": check_score_drift, "freshness": check_freshness,
                "quality": lambda c: check_quality(c, record), "volume": check_volume}
     for name in settings.checks:

@@ -26,6 +26,8 @@ batch_score   the champion scores the last ``score_days``     data/predictions/<
 drift         scored window against the training window       data/drift.json, drift.html
 skew          logged serving features against their offline   data/skew.json, skew.txt
               recomputation; gate on [tool.lab.skew]
+monitor       every monitoring check over a window: drift,     data/monitor.json,
+              score drift, freshness, live quality, volume     monitor.html
 ============  ==============================================  ==============================
 """
 
@@ -36,6 +38,7 @@ from lab.steps.promotion import shadow_report
 from lab.steps.release import register
 from lab.steps.scoring import batch_score, materialize
 from lab.steps.training import train
+from lab.steps.watch import monitor
 
-__all__ = ["batch_score", "drift", "evaluate", "features", "gate", "materialize", "register", "shadow_report",
+__all__ = ["batch_score", "drift", "evaluate", "features", "gate", "materialize", "monitor", "register", "shadow_report",
            "skew", "train"]
