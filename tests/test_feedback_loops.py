@@ -261,6 +261,36 @@ def test_the_loop_moves_traffic_to_the_better_arm_keeps_floors_and_counts_each_o
             len(known)
 
 
+def test_outcomes_by_unit_count_once_when_due_and_expire_after_max_wait(tmp_path):
+    registry, ledger = tmp_path / "registry.db", tmp_path / "ledger.db"
+    make_experiment(registry, "units", {"control": 0.5, "b": 0.5})
+    with ExperimentStore.open(registry) as store:
+        arm = {u: Assigner.from_store(store).variant("units", u) for u in range(1, 7)}
+    rows = [{"event_id": 10 * u + k, "variant": arm[u], "score": 0.5, "experiment": "units", "request": {"user": u}}
+            for u in range(1, 6) for k in range(2 if u <= 2 else 1)]  # users 1 and 2 scored twice
+    rows.append({"event_id": 60, "variant": arm[6], "score": 0.5, "experiment": "units", "request": {"user": 6},
+                 "at": "2020-01-01T00:00:00+00:00"})  # long ago, and never an outcome
+    write_rows(ledger, rows)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    outcomes = pl.DataFrame({"unit_id": [1, 2, 3, 4, 5], "value": [1, 0, 1, 0, 0],
+                             "at": [now - dt.timedelta(days=2), now - dt.timedelta(hours=12)] + [now - dt.timedelta(days=3)] * 3})
+    kwargs = {"registry_path": registry, "ledger_path": ledger, "id_column": "unit_id", "label_column": "value",
+              "by": "unit", "time_column": "at", "label_delay": dt.timedelta(days=1), "seed": 0}
+    first = update_bandit("units", outcomes, as_of=now, **kwargs)
+    # units 1, 3, 4, 5 are due (time + 1 day <= now), each once; unit 2's is not yet; unit 6 expired
+    assert (first.n_counted, first.pending, first.expired) == (4, 1, 0 + 1)
+    by_arm = {a: sum(1 for u in (1, 3, 4, 5) if arm[u] == a) for a in ("control", "b")}
+    assert {a: c["successes"] + c["failures"] for a, c in first.counted.items()} == by_arm
+    later = update_bandit("units", outcomes, as_of=now + dt.timedelta(days=1), **kwargs)
+    # unit 6's row is read again (unit 2's earlier one held the watermark), and is still expired
+    assert (later.n_counted, later.pending, later.expired) == (1, 0, 1)
+    assert later.counted[arm[2]] == {"successes": 0, "failures": 1}
+    last = update_bandit("units", outcomes, as_of=now + dt.timedelta(days=2), **kwargs)
+    assert (last.n_counted, last.rows_read, last.allocated) == (0, 0, False)  # all settled: nothing read
+    with pytest.raises(LabError, match="joins outcomes by unit"):
+        update_bandit("units", outcomes, **{**kwargs, "by": "event"})
+
+
 def test_two_updates_at_once_count_each_outcome_once(tmp_path):
     world = World(tmp_path, "twice", {"control": 0.5, "b": 0.5}, seed=8)
     world.serve(400)

@@ -167,9 +167,11 @@ class BanditUpdate:
     nothing new); ``posterior``: ``{arm: [alpha, beta]}`` after it; ``weights``: the
     weights served now, holdout included; ``allocated``: whether this update served a
     new allocation; ``rows_read``: ledger rows read past the watermark; ``pending``: keys
-    waiting for their outcome; ``expired``: keys settled without one (older than
-    ``max_wait``); ``settled_id``: the watermark after it; ``update_id``: its row in
-    ``bandit_updates`` (None when it served nothing).
+    waiting for their outcome; ``expired``: keys read whose prediction is older than
+    ``max_wait`` with no outcome (they never hold the watermark, but one after a pending
+    key is read, and reported, again until that key settles); ``settled_id``: the
+    watermark after it; ``update_id``: its row in ``bandit_updates`` (None when it served
+    nothing).
     """
 
     experiment: str
