@@ -44,7 +44,8 @@ def _traffic(rng, spec, day: int, n: int, amount_scale: float = 1.0):
     return out
 
 
-def _write_lab(root, *, drift_last_week: bool = False, last_day: int = PER_DAY):
+def _write_lab(root, *, drift_last_week: bool = False, last_day: int = PER_DAY, days: int = DAYS,
+               one_score: float | None = None):
     """A tiny served lab whose ledger holds ``DAYS`` days of traffic of model v1, its label
     source, and the drift reference of the first week's inputs."""
     tiny = build_tiny_lab(root)
@@ -53,9 +54,11 @@ def _write_lab(root, *, drift_last_week: bool = False, last_day: int = PER_DAY):
     spec = model_spec(pm, config)
     rng = np.random.default_rng(11)
     rows = []
-    for day in range(DAYS):
-        shifted = drift_last_week and day >= DAYS - 7
-        rows += _traffic(rng, spec, day, last_day if day == DAYS - 1 else PER_DAY, 4.0 if shifted else 1.0)
+    for day in range(days):
+        shifted = drift_last_week and day >= days - 7
+        rows += _traffic(rng, spec, day, last_day if day == days - 1 else PER_DAY, 4.0 if shifted else 1.0)
+    if one_score is not None:  # a model that stopped discriminating: every decision the same
+        rows = [(*r[:4], one_score, r[5]) for r in rows]
     with Ledger.open(config.ledger_path) as ledger:
         for tx_id, when, amount, features, score, _ in rows:
             request = {"TRANSACTION_ID": tx_id, "TX_DATETIME": when.isoformat(), "CUSTOMER_ID": 1,
@@ -113,8 +116,10 @@ def test_a_clean_window_passes_every_check_and_is_recorded(clean_lab):
     result = run_monitor(config, pm)
     assert (result.start, result.end) == (FIRST_DAY + dt.timedelta(days=DAYS - 7), FIRST_DAY + dt.timedelta(days=DAYS - 1))
     statuses = {name: check.status for name, check in result.checks.items()}
-    assert statuses == {"drift": "ok", "score_drift": "ok", "freshness": "ok", "quality": "ok", "volume": "ok"}, \
-        result.table()
+    assert statuses == {"drift": "ok", "score_drift": "ok", "freshness": "ok", "quality": "ok", "volume": "ok",
+                        "feedback": "ok"}, result.table()
+    (feedback,) = result.checks["feedback"].data["reports"]
+    assert feedback["n_rows"] == DAYS * PER_DAY and feedback["model"] == "fraud"
     assert result.checks["drift"].data["current"].startswith(f"{7 * PER_DAY} live predictions")
     assert result.checks["volume"].data["last_day"] == PER_DAY
     assert not [e for e in seen.seen if e.name == MONITOR_BREACHED]
@@ -163,7 +168,7 @@ def test_a_window_before_any_traffic_skips_what_it_cannot_measure(clean_lab, tmp
         (copy / "data" / extra).unlink(missing_ok=True)
     result = run_monitor(load_config(copy), end="2018-05-07", record=False, emit=False)
     statuses = {name: check.status for name, check in result.checks.items()}
-    assert statuses["score_drift"] == statuses["quality"] == statuses["volume"] == "skipped"
+    assert statuses["score_drift"] == statuses["quality"] == statuses["volume"] == statuses["feedback"] == "skipped"
     assert "ledger is empty" in result.checks["volume"].detail
 
 
@@ -177,3 +182,11 @@ def test_bad_settings_and_input_name_the_fix(clean_lab):
         run_monitor(config, end="last tuesday", record=False, emit=False)
     with pytest.raises(LabError, match="declares model .nope.*declared: fraud"):
         run_monitor(config, model="nope", record=False, emit=False)
+
+
+def test_a_collapsed_feedback_loop_breaches(tmp_path):
+    tiny, config = _write_lab(tmp_path / "lab", days=8, one_score=0.97)
+    result = run_monitor(config, checks=("feedback",), record=False, emit=False)
+    check = result.checks["feedback"]
+    assert check.status == "breach" and "collapsed" in check.detail, check.detail
+    assert check.data["reports"][0]["diversity"]["items"]["entropy"] == 0.0

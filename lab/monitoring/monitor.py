@@ -20,6 +20,11 @@ quality         the live quality of each version from the ledger and the labels 
                 the window's end, with its sequential test of degradation (``quality``)
 volume          predictions per day: the window's last day against the median day before
                 it (a drop under ``volume_drop`` of the median, or no traffic, breaches)
+feedback        the feedback loop of the last ``days`` days of serving (``feedback``):
+                exploration, holdout share, coverage and diversity of what was served;
+                it breaches when a declared holdout got under half its share, or the
+                served variants or scores collapsed (normalized entropy under
+                ``min_diversity``)
 ==============  ===========================================================================
 
 A check that cannot run (no ledger yet, too few rows, no labels due) is ``skipped`` with
@@ -61,7 +66,7 @@ MONITOR_BREACHED = "monitor.breached"
 RUN_KIND = "monitor"
 SUMMARY = "data/monitor.json"
 PAGE = "data/monitor.html"
-CHECKS = ("drift", "score_drift", "freshness", "quality", "volume")
+CHECKS = ("drift", "score_drift", "freshness", "quality", "volume", "feedback")
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class MonitorConfig:
     max_freshness_breach_rate: float = 0.01  # a view serving more requests than this share past its objective
     checks: tuple[str, ...] = CHECKS  # the checks to run
     labels: str | None = None  # a label table (Parquet/CSV) for quality; default: the model's offline source
+    min_diversity: float = 0.05  # served variants or score buckets with a normalized entropy under this breach
 
     def __post_init__(self) -> None:
         where = "[tool.lab.monitor]"
@@ -83,6 +89,8 @@ class MonitorConfig:
             raise ConfigError(f"{where} min_rows must be a whole number >= 1, got {self.min_rows!r}")
         if not 0 <= self.volume_drop <= 1:
             raise ConfigError(f"{where} volume_drop must be a share between 0 and 1, got {self.volume_drop!r}")
+        if not 0 <= self.min_diversity <= 1:
+            raise ConfigError(f"{where} min_diversity must be between 0 and 1, got {self.min_diversity!r}")
         if not 0 <= self.max_freshness_breach_rate <= 1:
             raise ConfigError(f"{where} max_freshness_breach_rate must be a share between 0 and 1, "
                               f"got {self.max_freshness_breach_rate!r}")
@@ -387,6 +395,33 @@ def check_volume(ctx: _Context) -> Check:
     return Check("volume", "ok", f"{last} predictions on {ctx.end} (median day {median:g})", data)
 
 
+def check_feedback(ctx: _Context) -> Check:
+    from lab.monitoring.feedback import feedback_for
+
+    if ctx.logged is None:
+        return Check("feedback", "skipped", "no logged prediction yet (the ledger is empty)")
+    reports = [r for r in feedback_for(ctx.config, window=dt.timedelta(days=ctx.settings.days), model=ctx.spec.name)
+               if r.n_rows]
+    if not reports:
+        return Check("feedback", "skipped", f"no prediction served in the last {ctx.settings.days} days")
+    data = {"reports": [r.to_dict() for r in reports]}
+    problems = []
+    for r in reports:
+        name = r.experiment or r.model
+        if r.declared_holdout_share and (r.holdout_share or 0.0) < 0.5 * r.declared_holdout_share:
+            problems.append(f"{name}: holdout {r.holdout_share or 0:.1%} of traffic, declared "
+                            f"{r.declared_holdout_share:.1%}")
+        for d in (r.variants, r.items):
+            if d is not None and d.entropy is not None and d.categories > 1 and d.entropy < ctx.settings.min_diversity:
+                problems.append(f"{name}: the served {d.of} collapsed (normalized entropy {d.entropy:.2f})")
+    if problems:
+        return Check("feedback", "breach", "; ".join(problems), data)
+    first = reports[0]
+    shown = (f"exploration {first.exploration_share:.1%}, " if first.exploration_share is not None else "") + \
+        (f"unit coverage {first.unit_coverage:.1%}, " if first.unit_coverage is not None else "")
+    return Check("feedback", "ok", f"{shown}{sum(r.n_decisions for r in reports)} model decisions; no collapse", data)
+
+
 def _views(ctx: _Context) -> list:
     from lab.plugins import feature_views
 
@@ -419,7 +454,7 @@ def run_monitor(config: LabConfig, pm: Any = None, *, model: str | None = None, 
             champion = registry.get_alias(spec.name, "champion")
         result.version = champion.version if champion is not None else None
     runners = {"drift": check_drift, "score_drift": check_score_drift, "freshness": check_freshness,
-               "quality": lambda c: check_quality(c, record), "volume": check_volume}
+               "quality": lambda c: check_quality(c, record), "volume": check_volume, "feedback": check_feedback}
     for name in settings.checks:
         result.checks[name] = runners[name](ctx)
     result.figures = _figures(result)
