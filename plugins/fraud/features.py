@@ -113,14 +113,20 @@ def request_row(when: dt.datetime) -> dict[str, int]:
     return {name: int(lo <= fields[field] <= hi) for name, (field, lo, hi) in REQUEST_RULES.items()}
 
 
+_CUSTOMER_NAMES = tuple((f"CUSTOMER_ID_NB_TX_{n}DAY_WINDOW", f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW")
+                        for n in CUSTOMER_WINDOWS)
+_TERMINAL_NAMES = tuple((f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW", f"TERMINAL_ID_RISK_{w}DAY_WINDOW")
+                        for w in TERMINAL_WINDOWS)
+_EMPTY: dict = {}
+
+
 def _customer_with_request(customer: dict | None, amount: float) -> tuple[dict, bool]:
     """The customer features with the current transaction added to every window."""
     out = {}
-    for n in CUSTOMER_WINDOWS:
-        count_name = f"CUSTOMER_ID_NB_TX_{n}DAY_WINDOW"
-        mean_name = f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW"
-        count = int((customer or {}).get(count_name) or 0)
-        mean = (customer or {}).get(mean_name)
+    row = customer or _EMPTY
+    for count_name, mean_name in _CUSTOMER_NAMES:  # names made once: this runs per request
+        count = int(row.get(count_name) or 0)
+        mean = row.get(mean_name)
         total = (mean * count) if (count and mean is not None) else 0.0
         out[count_name] = count + 1
         out[mean_name] = (total + amount) / (count + 1)
@@ -129,10 +135,10 @@ def _customer_with_request(customer: dict | None, amount: float) -> tuple[dict, 
 
 def _terminal_or_default(terminal: dict | None) -> tuple[dict, bool]:
     out = {}
-    for w in TERMINAL_WINDOWS:
-        count_name, risk_name = f"TERMINAL_ID_NB_TX_{w}DAY_WINDOW", f"TERMINAL_ID_RISK_{w}DAY_WINDOW"
-        out[count_name] = int((terminal or {}).get(count_name) or 0)
-        risk = (terminal or {}).get(risk_name)
+    row = terminal or _EMPTY
+    for count_name, risk_name in _TERMINAL_NAMES:
+        out[count_name] = int(row.get(count_name) or 0)
+        risk = row.get(risk_name)
         out[risk_name] = 0.0 if risk is None else float(risk)
     return out, terminal is None
 
