@@ -116,3 +116,14 @@ def stop_process(proc: subprocess.Popen, wait_s: float = 20) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+class Events:
+    """A plugin that keeps every ``lab_on_event`` event it sees, in order (``seen``)."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def lab_on_event(self, event):
+        self.seen.append(event)

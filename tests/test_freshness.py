@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from lab import hookimpl
 from lab.cli import main
 from lab.config import load_config
 from lab.errors import ConfigError
@@ -25,6 +24,7 @@ from lab.serving.ledger import read_predictions
 from lab.serving.scoring import freshness
 from lab.testing.stores import SPEND, T0
 from plugins.fraud.testing import build_tiny_lab
+from tests._helpers import Events
 from tests.test_serving import open_client, wait_ready
 
 HOUR = dt.timedelta(hours=1)
@@ -110,15 +110,6 @@ def freshness_lab(tiny_template, tmp_path):
     with open(root / "pyproject.toml", "a") as f:
         f.write('\n[tool.lab.freshness]\ncustomer_spending = "1h"\n')
     return dataclasses.replace(tiny_template, root=root)
-
-
-class Events:
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def lab_on_event(self, event):
-        self.seen.append(event)
 
 
 def test_the_config_sets_an_objective_and_names_a_bad_one(freshness_lab):

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lab import hookimpl
 from lab.cli import main
 from lab.config import load_config
 from lab.errors import ConfigError, LabError
@@ -21,6 +20,7 @@ from lab.plugins import get_plugin_manager, model_spec
 from lab.registry import Registry
 from lab.serving.ledger import Ledger, PredictionRecord
 from plugins.fraud.testing import build_tiny_lab
+from tests._helpers import Events
 
 FIRST_DAY = dt.date(2018, 5, 1)
 DAYS = 28
@@ -82,15 +82,6 @@ def _write_lab(root, *, drift_last_week: bool = False, last_day: int = PER_DAY, 
     ReferenceSketch.from_frame(pl.DataFrame(first_week), list(spec.features), meta={"model": "fraud"}).save(
         root / "data" / "drift_reference.json")
     return tiny, config
-
-
-class Events:
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def lab_on_event(self, event):
-        self.seen.append(event)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +169,7 @@ def test_bad_settings_and_input_name_the_fix(clean_lab):
         MonitorConfig(checks=("drift", "vibes"))
     with pytest.raises(ConfigError, match="days must be"):
         MonitorConfig(days=0)
-    with pytest.raises(LabError, match="not a day"):
+    with pytest.raises(LabError, match="not a date; write it as YYYY-MM-DD"):
         run_monitor(config, end="last tuesday", record=False, emit=False)
     with pytest.raises(LabError, match="declares model .nope.*declared: fraud"):
         run_monitor(config, model="nope", record=False, emit=False)

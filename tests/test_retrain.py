@@ -15,7 +15,6 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from lab import hookimpl
 from lab.cli import main
 from lab.config import load_config
 from lab.errors import ConfigError
@@ -23,6 +22,7 @@ from lab.monitoring.retrain import RETRAIN_FINISHED, RETRAIN_REFUSED, RETRAIN_ST
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from plugins.fraud.testing import build_tiny_lab
+from tests._helpers import Events
 
 TRAIN = """
 import json
@@ -86,15 +86,6 @@ def template(tmp_path_factory):
         inputs = ["data/registered.json"]
     """))
     return root
-
-
-class Events:
-    def __init__(self):
-        self.seen = []
-
-    @hookimpl
-    def lab_on_event(self, event):
-        self.seen.append(event)
 
 
 @pytest.fixture

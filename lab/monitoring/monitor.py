@@ -48,7 +48,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -61,6 +60,8 @@ from lab import events
 from lab.atomic import atomic_write_text
 from lab.config import LabConfig, build_section
 from lab.errors import ConfigError, LabError
+from lab.monitoring._drift_windows import _day
+from lab.monitoring._quality_result import json_safe
 
 MONITOR_BREACHED = "monitor.breached"
 RUN_KIND = "monitor"
@@ -140,7 +141,7 @@ class MonitorResult:
         return "breach" if self.breaches else "ok"
 
     def to_dict(self) -> dict:
-        return _json_safe({
+        return json_safe({
             "model": self.model, "version": self.version, "start": self.start.isoformat(),
             "end": self.end.isoformat(), "status": self.status, "breaches": self.breaches,
             "run_id": self.run_id, "report": self.page_path,
@@ -154,20 +155,6 @@ class MonitorResult:
         for name, check in self.checks.items():
             lines.append(f"  {name:<{width}}  {check.status:<7}  {check.detail}")
         return "\n".join(lines)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 # -- the checks ------------------------------------------------------------------------------
@@ -221,17 +208,6 @@ def _logged(config: LabConfig, spec: Any):
         return None
     rows = [row for row in rows if row.get("fallback") is None]
     return logged_predictions(spec, rows) if rows else None
-
-
-def _day(value: Any, what: str) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise LabError(f"{what} {value!r} is not a day (YYYY-MM-DD)") from None
 
 
 def _reference(ctx: _Context):
@@ -561,7 +537,7 @@ def _page(result: MonitorResult) -> str:
         f"{base64.b64encode(data).decode()}'>" for name, data in result.figures.items())
     details = "".join(
         f"<details><summary>{escape(name)}: numbers</summary><pre>"
-        f"{escape(json.dumps(_json_safe(c.data), indent=1)[:20000])}</pre></details>"
+        f"{escape(json.dumps(json_safe(c.data), indent=1)[:20000])}</pre></details>"
         for name, c in result.checks.items())
     title = f"monitor: {result.model}" + (f" v{result.version}" if result.version is not None else "")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>"
