@@ -44,6 +44,7 @@ Settings: ``[tool.lab.monitor]`` (``MonitorConfig``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -172,20 +173,27 @@ class _Context:
     def _newest_day(self) -> dt.date:
         if self.logged is not None and self.logged.height:
             return self.logged.requests[self.spec.time_column].max().date()
-        offline = self.pm.hook.lab_offline_store(config=self.config)
         try:
-            times = offline.read_source(self.spec.source, columns=[self.spec.time_column]).column(0)
+            with self.offline() as offline:
+                times = offline.read_source(self.spec.source, columns=[self.spec.time_column]).column(0)
             newest = pl.from_arrow(times).max() if len(times) else None
         except LabError:
             newest = None
-        finally:
-            close = getattr(offline, "close", None)
-            if close is not None:
-                close()
         if newest is None:
             raise LabError(f"model {self.spec.name!r} has no logged prediction and no source event to date the "
                            "window by; pass --end YYYY-MM-DD")
         return newest.date() if isinstance(newest, dt.datetime) else newest
+
+    @contextlib.contextmanager
+    def offline(self):
+        """The lab's offline store, closed after use."""
+        store = self.pm.hook.lab_offline_store(config=self.config)
+        try:
+            yield store
+        finally:
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
 
     def days(self, first: dt.date, last: dt.date):
         from lab.monitoring.skew import select_days
@@ -243,16 +251,12 @@ def check_drift(ctx: _Context) -> Check:
     if live is not None and live.height >= ctx.settings.min_rows:
         current, source = live.features.select(columns), f"{live.height} live predictions"
     else:
-        offline = ctx.pm.hook.lab_offline_store(config=ctx.config)
+        views = [v for v in _views(ctx) if v.name in set(ctx.spec.views)]
         try:
-            views = [v for v in _views(ctx) if v.name in set(ctx.spec.views)]
-            current = offline_window(offline, ctx.spec, ctx.start, ctx.end, views=views)
+            with ctx.offline() as offline:
+                current = offline_window(offline, ctx.spec, ctx.start, ctx.end, views=views)
         except LabError as exc:
             return Check("drift", "skipped", f"no live traffic to compare and the offline window failed: {exc}")
-        finally:
-            close = getattr(offline, "close", None)
-            if close is not None:
-                close()
         have = 0 if live is None else live.height
         source = f"{current.height} offline events (the ledger has {have} in the window, under min_rows " \
                  f"{ctx.settings.min_rows})"
