@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import polars as pl
@@ -26,7 +27,7 @@ from lab.monitoring._drift_stats import Grid
 FORMAT = "lab.drift.reference_sketch"
 VERSION = 1
 NUMERIC, CATEGORICAL = "numeric", "categorical"
-_PARALLEL_SORT = 100_000
+_THREADED_ROWS = 50_000  # a frame this long: its columns are read on every core, one sort per core
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,12 @@ class CategoricalColumn:
         return self.rows - self.nulls
 
 
-def numeric_column(series: pl.Series, where: str, *, moments: bool = True) -> NumericColumn:
+def numeric_column(series: pl.Series, where: str, *, moments: bool = True, parallel: bool = True) -> NumericColumn:
     """``series`` as a ``NumericColumn`` with its finite values sorted (and their mean and
     standard deviation, unless ``moments`` is false); a column that is not numeric (or
-    boolean) is a ``LabError`` saying to declare it categorical."""
+    boolean) is a ``LabError`` saying to declare it categorical. ``parallel``: polars may
+    sort on every core (false when columns are already read one per core: a
+    single-threaded sort wastes less)."""
     dtype = series.dtype
     if not (dtype.is_numeric() or dtype == pl.Boolean):
         raise LabError(f"{where} column {series.name!r} is {dtype}, not numeric: pass it in categorical=[...] "
@@ -75,8 +78,7 @@ def numeric_column(series: pl.Series, where: str, *, moments: bool = True) -> Nu
     values = series.cast(pl.Float64).drop_nulls()
     if dtype.is_float() and not values.is_finite().all():
         values = values.filter(values.is_finite())
-    # polars sorts a large column on every core; numpy is quicker below that
-    values = values.sort().to_numpy() if values.len() > _PARALLEL_SORT else np.sort(values.to_numpy())
+    values = values.sort(multithreaded=parallel and values.len() > _THREADED_ROWS).to_numpy()
     n = values.size
     return NumericColumn(rows=series.len(), nulls=series.len() - n,
                          mean=float(values.mean()) if n and moments else None,
@@ -92,13 +94,31 @@ def categorical_column(series: pl.Series) -> CategoricalColumn:
                              counts=dict(zip(counts[text.name].to_list(), counts["count"].to_list())))
 
 
-def read_columns(frame: pl.DataFrame, columns: Sequence[str], categorical: Iterable[str],
-                 where: str) -> dict[str, NumericColumn | CategoricalColumn]:
-    """Each of ``columns`` of ``frame`` as a numeric or (when named in ``categorical``)
-    categorical column."""
+def read_columns(frame: pl.DataFrame, columns: Sequence[str], categorical: Iterable[str], where: str,
+                 convert: Callable[[NumericColumn], Any] | None = None) -> dict[str, Any]:
+    """Each of ``columns`` of ``frame`` as a numeric (passed through ``convert`` when
+    given) or, when named in ``categorical``, categorical column; a long frame's columns
+    on a thread pool, one per core."""
     categorical = set(categorical)
-    return {c: categorical_column(frame.get_column(c)) if c in categorical
-            else numeric_column(frame.get_column(c), where) for c in columns}
+    parallel = len(columns) > 1 and frame.height >= _THREADED_ROWS and (os.cpu_count() or 1) > 1
+
+    def read(column: str):
+        series = frame.get_column(column)
+        if column in categorical:
+            return categorical_column(series)
+        col = numeric_column(series, where, parallel=not parallel)
+        return convert(col) if convert else col
+
+    return dict(zip(columns, map_columns(read, columns, parallel)))
+
+
+def map_columns(fn: Callable[[str], Any], columns: Sequence[str], parallel: bool) -> list:
+    """``[fn(c) for c in columns]``, on a pool of one thread per core when ``parallel``
+    (sorts and array passes release the GIL)."""
+    if not parallel:
+        return [fn(c) for c in columns]
+    with ThreadPoolExecutor(min(len(columns), os.cpu_count() or 1)) as pool:
+        return list(pool.map(fn, columns))
 
 
 class ReferenceSketch:
@@ -138,13 +158,11 @@ class ReferenceSketch:
             raise LabError(f"a reference sketch needs bins >= 10 (a whole number), got {bins!r}")
         frame = check_frame(frame, "reference")
         columns = check_columns(frame.columns, columns, categorical, "reference frame")
-        read = read_columns(frame, columns, categorical, "reference")
-        out = {}
-        for name, col in read.items():
-            if isinstance(col, NumericColumn):
-                col = NumericColumn(rows=col.rows, nulls=col.nulls, mean=col.mean, std=col.std,
-                                    grid=Grid.of_sorted(col.values, bins))
-            out[name] = col
+        def sketched(col: NumericColumn) -> NumericColumn:
+            return NumericColumn(rows=col.rows, nulls=col.nulls, mean=col.mean, std=col.std,
+                                 grid=Grid.of_sorted(col.values, bins))
+
+        out = read_columns(frame, columns, categorical, "reference", convert=sketched)
         return cls(out, bins=bins, rows=frame.height, meta=meta)
 
     # -- JSON --------------------------------------------------------------------------

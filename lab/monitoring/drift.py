@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
@@ -46,8 +45,8 @@ from lab.config import DriftConfig
 from lab.errors import LabError
 from lab.monitoring import _drift_stats as st
 from lab.monitoring._drift_sketch import (
-    CATEGORICAL, NUMERIC, CategoricalColumn, NumericColumn, ReferenceSketch, categorical_column, check_columns,
-    check_frame, finite_or_none, numeric_column,
+    _THREADED_ROWS, CATEGORICAL, NUMERIC, CategoricalColumn, NumericColumn, ReferenceSketch, categorical_column,
+    check_columns, check_frame, finite_or_none, map_columns, numeric_column,
 )
 from lab.monitoring._drift_windows import ledger_window, offline_window
 
@@ -55,7 +54,6 @@ __all__ = ["ColumnDrift", "DriftConfig", "DriftReport", "ReferenceSketch", "Test
            "offline_window"]
 
 _STD_FLOOR = 0.001  # Evidently's: a constant reference norms the Wasserstein distance by this
-_THREADED_ROWS = 50_000  # a frame this long: columns are read and compared on every core
 
 
 @dataclass(frozen=True)
@@ -235,6 +233,8 @@ def compare(reference: pl.DataFrame | ReferenceSketch, current: pl.DataFrame | R
                            f"{', '.join(cur.columns)}): select the same columns in both windows, or leave them "
                            f"out of columns=[...]")
     exact = not any(isinstance(side, ReferenceSketch) for side in sides.values())
+    longest = max((s.height for s in sides.values() if not isinstance(s, ReferenceSketch)), default=0)
+    parallel = len(columns) > 1 and longest >= _THREADED_ROWS and (os.cpu_count() or 1) > 1
     bins = next((s.bins for s in sides.values() if isinstance(s, ReferenceSketch)), config.sketch_bins)
 
     def read(side, column: str, what: str):
@@ -243,7 +243,8 @@ def compare(reference: pl.DataFrame | ReferenceSketch, current: pl.DataFrame | R
         series = side.get_column(column)
         if kinds[column] == CATEGORICAL:
             return categorical_column(series)
-        return numeric_column(series, what, moments=what == "reference")  # the reference's std norms
+        # the reference's std norms the distance; one sort per core when columns run in parallel
+        return numeric_column(series, what, moments=what == "reference", parallel=not parallel)
 
     def measure(column: str) -> _Measured:
         r, c = read(ref, column, "reference"), read(cur, column, "current")
@@ -251,13 +252,7 @@ def compare(reference: pl.DataFrame | ReferenceSketch, current: pl.DataFrame | R
             return _numeric(r, c, config, bins)
         return _categorical(r, c, config)
 
-    workers = min(len(columns), os.cpu_count() or 1)
-    frames = [s for s in sides.values() if not isinstance(s, ReferenceSketch)]
-    if workers > 1 and max((f.height for f in frames), default=0) >= _THREADED_ROWS:
-        with ThreadPoolExecutor(workers) as pool:  # sorts and array passes release the GIL
-            measured = dict(zip(columns, pool.map(measure, columns)))
-    else:
-        measured = {c: measure(c) for c in columns}
+    measured = dict(zip(columns, map_columns(measure, columns, parallel)))
     return _judge(measured, config, rows_reference=_rows(ref), rows_current=_rows(cur), exact=exact)
 
 
