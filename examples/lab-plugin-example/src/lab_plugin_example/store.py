@@ -52,6 +52,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+# --8<-- [start:store]
 class JsonOnlineStore(OnlineStore):
     """Latest feature values per entity in ``folder`` (created on first write), one JSON
     file per view; see the module docstring for the format and its guarantees."""
@@ -60,6 +61,7 @@ class JsonOnlineStore(OnlineStore):
         self.folder = Path(folder)
         self._cache: dict[str, tuple[tuple[int, int, int], dict]] = {}
         self._lock = threading.Lock()  # the cache is shared by the server's threads
+    # --8<-- [end:store]
 
     # -- files ------------------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class JsonOnlineStore(OnlineStore):
             atomic_write_text(self._path(view.name), json.dumps(data, separators=(",", ":")))
         return rows.num_rows
 
+    # --8<-- [start:read]
     def _entries(self, view: FeatureView, keys: Sequence) -> tuple[list[list | None], dict | None]:
         part = self._version(view, self._load(view.name))
         if part is None:
@@ -156,6 +159,7 @@ class JsonOnlineStore(OnlineStore):
     def read(self, view: FeatureView, keys: Sequence) -> list[dict | None]:
         entries, _ = self._entries(view, keys)
         return [None if e is None else dict(e[0]) for e in entries]
+    # --8<-- [end:read]
 
     def read_with_watermark(self, view: FeatureView, key) -> tuple[dict | None, dt.datetime | None]:
         # One parsed file: the row and the watermark come from the same materialization.
