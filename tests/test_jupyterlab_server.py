@@ -305,6 +305,9 @@ def test_run_a_notebook_stage_and_its_progress(server):
     assert {"run_id", "stages", "job"} <= set(progress)
 
     runs = client.get("lab/api/runs", params={"limit": 5}).json()
+    if progress["run_id"] is not None:  # the runner writes progress files (lab.pipeline.progress)
+        assert progress["run_id"] == runs[0]["id"]
+        assert [(s["name"], s["status"]) for s in progress["stages"]] == [("touch", "finished")]
     assert runs[0]["kind"] == "pipeline" and runs[0]["status"] == "finished" and runs[0]["seconds"] >= 0
     (stage,) = runs[0]["stages"]
     assert (stage["name"], stage["status"], stage["cached"], stage["attempt"]) == ("touch", "finished", False, 1)
