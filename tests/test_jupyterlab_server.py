@@ -23,9 +23,12 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from lab.errors import NotFound
 from lab.experiments import Experiment, ExperimentStore, Variant
 from lab.registry import Registry
+from lab.serving.ledger import Ledger, PredictionRecord
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
+from plugins.jupyterlab_ext import views
 from plugins.jupyterlab_ext.views import find_lab
 from tests._helpers import free_port, stop_process
 
@@ -70,14 +73,7 @@ def server(tmp_path_factory):
     """A jupyter server on a tiny lab: ``(client, root)``; stopped by PID at the end."""
     base = tmp_path_factory.mktemp("jupyterlab")
     root = base / "lab"
-    tiny = build_tiny_lab(root)
-    with open(root / "pyproject.toml", "a") as fh:
-        fh.write("\n[tool.lab.gate]\nrequire_approval = true\n")
-    with Registry.open(root / "registry.db", project_root=root) as registry:
-        v1 = registry.get_model_version(tiny.model_name, 1)
-        registry.register_model(tiny.model_name, run_id=None, flavor=v1.flavor, artifact_path=MODEL_ARTIFACT,
-                                metrics={"average_precision": 0.5}, lineage={"built_by": "test"})
-    _toy_stages(root)
+    root.mkdir()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "LAB_HOME"}
     env.update(JUPYTER_CONFIG_DIR=str(base / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(base / "jupyter-runtime"))
@@ -90,6 +86,15 @@ def server(tmp_path_factory):
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/", headers={"Authorization": f"token {TOKEN}"},
                           timeout=30)
     try:
+        # The lab is built while the server starts: the extension finds it on the first request.
+        tiny = build_tiny_lab(root)
+        with open(root / "pyproject.toml", "a") as fh:
+            fh.write("\n[tool.lab.gate]\nrequire_approval = true\n")
+        with Registry.open(root / "registry.db", project_root=root) as registry:
+            v1 = registry.get_model_version(tiny.model_name, 1)
+            registry.register_model(tiny.model_name, run_id=None, flavor=v1.flavor, artifact_path=MODEL_ARTIFACT,
+                                    metrics={"average_precision": 0.5}, lineage={"built_by": "test"})
+        _toy_stages(root)
         deadline = time.monotonic() + 40
         while True:
             try:
@@ -136,6 +141,23 @@ def test_the_lab_is_found_walking_up_from_the_root_folder(tmp_path, monkeypatch)
     (tmp_path / "pkg/deep").mkdir()
     assert find_lab(tmp_path / "pkg/deep") == tmp_path.resolve()
     assert find_lab(tmp_path) == tmp_path.resolve()
+
+
+def test_outside_a_lab_and_before_a_registry(tmp_path, monkeypatch):
+    """No lab above the root: a NotFound (404) naming the fix. A lab without a registry
+    answers empty lists and creates nothing."""
+    monkeypatch.delenv("LAB_HOME", raising=False)
+    if find_lab(tmp_path) is not None:
+        pytest.skip(f"{tmp_path} lies inside a lab ({find_lab(tmp_path)})")
+    with pytest.raises(NotFound, match="LAB_HOME"):
+        views.summary(views.Lab(tmp_path))
+    (tmp_path / "pyproject.toml").write_text("[tool.lab]\n")  # found on the next call, no restart
+    lab = views.Lab(tmp_path)
+    assert views.runs(lab) == [] and views.models(lab) == [] and views.experiments(lab) == []
+    assert views.monitoring(lab) == {"monitor": None, "drift": [], "reports": []}
+    with pytest.raises(NotFound, match="no registry yet"):
+        views.promote(lab, "m", 1, alias="champion", reason="", who="jupyterlab:x")
+    assert not (tmp_path / "registry.db").exists()
 
 
 def test_summary_and_authentication(server):
@@ -230,6 +252,18 @@ def test_experiments_list_and_stop(server, user):
     assert ranker["stats"] is None  # nothing served yet
     assert {g["name"] for g in ranker["guardrails"]} == {"latency_ms", "error_rate"}
 
+    with Ledger.open(root / "data/ledger.db") as ledger:  # requests the server routed by it
+        for i, (variant, ms) in enumerate([("control", 4.0)] * 30 + [("treatment", 6.0)] * 20):
+            ledger.append(PredictionRecord(i, "fraud", 1, {}, {}, 0.5, ms + (i % 3), experiment="ranker",
+                                           variant=variant))
+        assert ledger.flush()
+    served = {e["name"]: e for e in client.get("lab/api/experiments").json()}["ranker"]
+    assert served["stats"]["served"] == {"control": 30, "treatment": 20, "held": 0}
+    assert served["stats"]["latency_ms_mean"]["control"] == pytest.approx(5.0, abs=0.1)
+    latency = next(g for g in served["guardrails"] if g["name"] == "latency_ms")
+    assert {r["variant"] for r in latency["results"]} == {"treatment", "held"}
+    assert next(r for r in latency["results"] if r["variant"] == "treatment")["breached"]
+
     stopped = client.post("lab/api/experiments/ranker/stop", json={"reason": "enough"})
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
     with ExperimentStore.open(root / "registry.db") as store:
@@ -297,6 +331,7 @@ def test_run_a_notebook_stage_and_its_progress(server):
     job = _wait_job(client, job_id)
     assert job["status"] == "finished" and job["returncode"] == 0, job["log_tail"]
     assert (job["stage"], job["notebook"]) == ("touch", "notebooks/touch.ipynb")
+    assert job["command"] == ["lab", "--root", str(root.resolve()), "run", "touch"]
     assert (root / "data/touched.txt").read_text() == "touched"
     assert "1 stage(s) ran" in job["log_tail"]
     folder = root / "runs/.jupyterlab" / job_id

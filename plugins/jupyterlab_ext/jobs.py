@@ -127,7 +127,7 @@ class Jobs:
                                            stdin=subprocess.DEVNULL, env=env)
             self._processes[job_id] = process
             job = {"id": job_id, "stage": stage, "notebook": notebook, "pid": process.pid, "started_at": _now(),
-                   "command": command[3:], "log": str(folder / "output.log")}
+                   "command": ["lab", *command[4:]], "log": str(folder / "output.log")}
             atomic_write_text(folder / "job.json", json.dumps(job, indent=2))
             return self.state(config, job_id)
 
