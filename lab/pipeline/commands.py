@@ -22,12 +22,15 @@ def run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a [tool.lab] setting for this run only, e.g. train.seed=7 (a TOML value; "
                         "repeatable); the stages that receive it rerun")
+    p.add_argument("--progress", choices=("auto", "bars", "lines", "off"), default="auto",
+                   help="how running stages show their progress: bars on a terminal, a few plain lines "
+                        "otherwise (auto, the default), or always bars, lines, or nothing")
 
 
 def run_run(args: argparse.Namespace, ctx: Context) -> int:
     started = time.perf_counter()
     result = run_pipeline(apply_overrides(ctx.config, args.set), ctx.pm, only=args.stages or None,
-                          force=args.force, new_run=args.new)
+                          force=args.force, new_run=args.new, progress=args.progress)
     ran = sum(1 for s in result.stages if s.status == "finished")
     skipped = sum(1 for s in result.stages if s.status == "skipped")
     print(f"run {result.run_id}: {ran} stage(s) ran, {skipped} skipped, "

@@ -14,6 +14,7 @@ from typing import Any
 from lab.atomic import atomic_path, atomic_write_text
 from lab.config import load_config
 from lab.errors import LabError
+from lab.pipeline import progress
 from lab.pipeline.digest import imported_code_files
 from lab.plugins import feature_views, get_plugin_manager
 from lab.registry import Registry
@@ -136,6 +137,7 @@ class StageContext:
         return digest
 
     def close(self) -> None:
+        progress.flush()  # the stage's final count, if the rate limit held it back
         while self._closers:
             self._closers.pop()()
         record = os.environ.get("LAB_STAGE_CODE_RECORD")

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 from lab import events
 from lab.errors import ConfigError, LabError
 from lab.pipeline.digest import code_digest, path_digest
+from lab.pipeline.progress import PROGRESS_FILE_ENV, RunProgress
 from lab.pipeline.stage import Stage, StageFailed, load_stages
 from lab.registry import Registry
 
@@ -157,6 +158,7 @@ def run_pipeline(
     force: bool = False,
     new_run: bool = False,
     log: Callable[[str], None] = print,
+    progress: str = "auto",
 ) -> PipelineResult:
     """Run the pipeline's stages in order.
 
@@ -166,6 +168,11 @@ def run_pipeline(
     ``1 + config.pipeline.retries`` times; if it still fails the run is marked failed,
     the executed notebook is kept, and ``LabError`` says how to resume. The next call
     continues that run (same run folder) unless ``new_run``.
+
+    While a stage runs, its reports (``lab.pipeline.progress.report``) are shown live:
+    ``progress`` ``"auto"`` draws bars on a terminal (when ``log`` is ``print``) and a few
+    plain lines through ``log`` otherwise; ``"bars"``, ``"lines"`` or ``"off"`` choose.
+    ``read_progress`` answers the same from another process.
     """
     stages = select_stages(config, only)
     producers = {out: s.name for s in stages for out in s.outputs}
@@ -191,40 +198,50 @@ def run_pipeline(
         if executor is None:
             raise ConfigError("no plugin answered lab_stage_executor; is papermill_executor blocked?")
 
-        for index, stage in enumerate(stages, start=1):
-            params = stage_params(config, stage, run_dir)
-            last = registry.last_finished_stage(stage.name)
-            code_files = (last or {}).get("outputs", {}).get("code_files")
-            key, inputs = cache_key(config, registry, stage, params, producers, code_files)
-            cached = None if force else registry.find_stage_cache(stage.name, key)
-            if cached and not outputs_match(config, stage, cached.get("output_digests")):
-                log(f"[{index}/{len(stages)}] {stage.name}: its outputs changed since it last ran "
-                    f"with these inputs, running it again")
-                cached = None
-            if cached:
-                registry.record_stage(run_id, stage.name, status="skipped", attempt=0, cache_key=key,
-                                      output_notebook=cached.get("output_notebook"),
-                                      output_digests=cached["output_digests"])
-                events.emit(pm, events.STAGE_SKIPPED, run_id=run_id, stage=stage.name, cache_key=key)
-                log(f"[{index}/{len(stages)}] {stage.name}: unchanged, skipped")
-                result.stages.append(StageOutcome(stage.name, "skipped", notebook=cached.get("output_notebook")))
-                continue
-            outcome = _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
-                                 run_id, run_dir, attempts_allowed, log)
-            result.stages.append(outcome)
-            if outcome.status == "failed":
-                registry.finish_run(run_id, "failed")
-                raise LabError(
-                    f"stage {stage.name!r} failed after {outcome.attempts} attempt(s): {outcome.error}. "
-                    f"The executed notebook is kept at {outcome.notebook}. "
-                    f"Fix the cause, then `lab run` resumes from {stage.name!r}."
-                )
+        with RunProgress(config.runs_path, run_id, [s.name for s in stages], log=log, mode=progress) as tracker:
+            _run_stages(config, pm, registry, executor, stages, producers, force, run_id, run_dir,
+                         attempts_allowed, log, tracker, result)
         registry.finish_run(run_id, "finished")
         return result
 
 
+def _run_stages(config, pm, registry, executor, stages, producers, force, run_id, run_dir,
+                attempts_allowed, log, tracker, result) -> None:
+    """``run_pipeline``'s loop: skip or run each stage in order, appending to ``result``;
+    raises ``LabError`` naming the stage that failed every attempt."""
+    for index, stage in enumerate(stages, start=1):
+        params = stage_params(config, stage, run_dir)
+        last = registry.last_finished_stage(stage.name)
+        code_files = (last or {}).get("outputs", {}).get("code_files")
+        key, inputs = cache_key(config, registry, stage, params, producers, code_files)
+        cached = None if force else registry.find_stage_cache(stage.name, key)
+        if cached and not outputs_match(config, stage, cached.get("output_digests")):
+            log(f"[{index}/{len(stages)}] {stage.name}: its outputs changed since it last ran "
+                f"with these inputs, running it again")
+            cached = None
+        if cached:
+            registry.record_stage(run_id, stage.name, status="skipped", attempt=0, cache_key=key,
+                                  output_notebook=cached.get("output_notebook"),
+                                  output_digests=cached["output_digests"])
+            events.emit(pm, events.STAGE_SKIPPED, run_id=run_id, stage=stage.name, cache_key=key)
+            log(f"[{index}/{len(stages)}] {stage.name}: unchanged, skipped")
+            tracker.stage_skipped(stage.name)
+            result.stages.append(StageOutcome(stage.name, "skipped", notebook=cached.get("output_notebook")))
+            continue
+        outcome = _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
+                             run_id, run_dir, attempts_allowed, log, tracker)
+        result.stages.append(outcome)
+        if outcome.status == "failed":
+            registry.finish_run(run_id, "failed")
+            raise LabError(
+                f"stage {stage.name!r} failed after {outcome.attempts} attempt(s): {outcome.error}. "
+                f"The executed notebook is kept at {outcome.notebook}. "
+                f"Fix the cause, then `lab run` resumes from {stage.name!r}."
+            )
+
+
 def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
-               run_id, run_dir, attempts_allowed, log) -> StageOutcome:
+               run_id, run_dir, attempts_allowed, log, tracker) -> StageOutcome:
     last_error = ""
     notebook = None
     for attempt in range(1, attempts_allowed + 1):
@@ -236,6 +253,7 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
         code_record.unlink(missing_ok=True)
         os.environ[CODE_RECORD_ENV] = str(code_record)
         log(f"[{index}] {stage.name}: running (attempt {attempt}/{attempts_allowed})")
+        os.environ[PROGRESS_FILE_ENV] = str(tracker.stage_started(stage.name, attempt))
         started = time.perf_counter()
         try:
             try:
@@ -243,6 +261,7 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
                                           output_path=notebook, executor=executor)
             finally:
                 os.environ.pop(CODE_RECORD_ENV, None)
+                os.environ.pop(PROGRESS_FILE_ENV, None)
             missing = [o for o in stage.outputs if not (config.root / o).exists()]
             if missing:
                 raise StageFailed(stage.name, f"did not write its declared output(s) {missing}", notebook)
@@ -252,9 +271,11 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
                                   output_notebook=notebook, error=exc.summary)
             events.emit(pm, events.STAGE_FAILED, run_id=run_id, stage=stage.name, attempt=attempt,
                         error=exc.summary, notebook=notebook)
+            tracker.stage_ended(stage.name, "failed", round(time.perf_counter() - started, 2), exc.summary)
             log(f"    {stage.name} failed: {exc.summary}")
             continue
         seconds = round(time.perf_counter() - started, 2)
+        tracker.stage_ended(stage.name, "finished", seconds)
         outputs = {"inputs": inputs, "seconds": seconds}
         if code_record.exists():
             # Key the finished stage by the code it really imported, so an edit elsewhere

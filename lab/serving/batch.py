@@ -212,12 +212,14 @@ def _ages(offline, probe, views, time_column: str) -> tuple[dict, dict, dict]:
 def score_window(*, offline, registry, spec, views, version, model, start: dt.date, end: dt.date,
                  out_dir: Path, latest_db: Path, batch_size: int = 50_000, window: dict | None = None,
                  features_path: Path | None = None, now: dt.datetime | None = None,
-                 on_chunk: Callable[[dt.date, int], None] | None = None) -> dict:
+                 on_chunk: Callable[[dt.date, int], None] | None = None,
+                 on_rows: Callable[[int], None] | None = None) -> dict:
     """Score the spec's source events dated ``start`` .. ``end`` with ``model`` (the loaded
     ``version``) and write the partitions, the report and the latest table (see the
     module docstring). ``window`` is the training-set window (``training_window``) that
     decides which entities are new. ``features_path``, if given, also gets every scored
-    row with its features (the drift stage reads it). Returns the report:
+    row with its features (the drift stage reads it). ``on_chunk(day, part)`` and
+    ``on_rows(rows scored so far)`` are called after each chunk (progress). Returns the report:
 
     - ``coverage``: ``rows``, distinct ``entities_scored`` per entity field,
       ``defaulted_rows`` (and share, and by view): rows scored on some view's defaults;
@@ -301,6 +303,8 @@ def score_window(*, offline, registry, spec, views, version, model, start: dt.da
                 writer.write_table(rows.cast(writer.schema))
             if on_chunk is not None:
                 on_chunk(last, parts.get(last, 0))
+            if on_rows is not None:
+                on_rows(stats.rows)
         for day in list(parts):
             _publish(job / f"date={day}", out_dir / f"date={day}", staging)
         for day in _days(start, end):  # a day of the window with no events keeps no old partition

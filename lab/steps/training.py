@@ -22,6 +22,7 @@ from lab.atomic import atomic_write_text
 from lab.errors import ConfigError, LabError
 from lab.modelspec import ModelSpec, SplitWindow
 from lab.pipeline.context import StageContext
+from lab.pipeline.progress import SweepProgress
 from lab.plugins import model_flavor, model_specs
 from lab.steps._common import CANDIDATE, CANDIDATE_JSON, TRAINSET, spec_of, split, views_of, window, xy
 
@@ -71,12 +72,18 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
                      for cb in (batch or [])]
         fx, fy = xy(fit_df, columns, spec.label)
         vx, vy = xy(valid_df, columns, spec.label)
+        progress = SweepProgress(n_trials, max_epochs)  # trials and epochs, live in `lab run`
+        progress.start()
+
+        def on_trial(t: dict) -> None:
+            ctx.registry.record_trial(run_id, number=t["number"], params=t["params"], value=t["value"],
+                                      state=t["state"])
+            progress.trial_finished(t)
+
         result = run_sweep(
             flavor, fx, fy, vx, vy, columns, n_trials=n_trials, storage=storage, study_name=study,
-            seed=seed, workdir=workdir, max_epochs=max_epochs, callbacks=callbacks,
-            task=spec.task, metric=spec.metric,
-            on_trial=lambda t: ctx.registry.record_trial(
-                run_id, number=t["number"], params=t["params"], value=t["value"], state=t["state"]),
+            seed=seed, workdir=workdir, max_epochs=max_epochs, callbacks=[*callbacks, progress],
+            task=spec.task, metric=spec.metric, on_trial=on_trial,
         )
         # on_trial recorded trials as they finished; this pass records the study's final
         # word on every trial (failed and re-queued ones too). record_trial upserts.

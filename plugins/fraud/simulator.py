@@ -24,6 +24,7 @@ import polars as pl
 
 from lab.atomic import atomic_path
 from lab.errors import ConfigError, LabError
+from lab.pipeline.progress import report
 
 COLUMNS = [
     "TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT",
@@ -73,7 +74,9 @@ def simulate(*, n_customers: int = 5000, n_terminals: int = 10000, nb_days: int 
         picks = _GeneratorPicks(rng)
     tx = {name: values[order] for name, values in tx.items()}
     _label_fraud(tx, n_customers, n_terminals, picks)
-    return _frame(tx, start)
+    frame = _frame(tx, start)
+    report(frame.height, frame.height, "rows", "transactions simulated")  # a no-op outside `lab run`
+    return frame
 
 
 def profiles(*, n_customers: int = 5000, n_terminals: int = 10000, radius: float = 5.0,
@@ -269,6 +272,7 @@ def _exact_transactions(w: _World, nb_days: int) -> dict[str, np.ndarray]:
                     add_second(base + t)
                     add_amount(amount)
         made[c] = len(seconds) - start
+        report(c + 1, len(made), "customers", "replaying each customer's draws")  # rate-limited
         choose = random.Random(c).choice  # same stream as random.seed(c)
         reach = range(lo, hi)
         terminals += [choose(reach) for _ in range(made[c])]
