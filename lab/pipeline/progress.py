@@ -228,8 +228,9 @@ class SweepProgress:
             self.pruned += 1
         value = record.get("value")
         shown = f" at {value:.4f}" if isinstance(value, float) else ""
+        trial = self.completed + self.pruned  # counted from 1, as lab_epoch_end counts it
         report(min(self.completed, self.n_trials), self.n_trials, "trials",
-               self._what(f"trial {record.get('number')} {str(record.get('state', '')).lower()}{shown}"))
+               self._what(f"trial {trial} {str(record.get('state', '')).lower()}{shown}"))
 
 
 # -- reading the files -----------------------------------------------------------------------
