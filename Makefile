@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test serve bench clean
 
-$(STAMP): pyproject.toml requirements.lock examples/lab-plugin-example/pyproject.toml
+# The JupyterLab extension's sources too: pip's build hook (hatch_build.py) rebuilds it when they change.
+LABEXT_SOURCES := hatch_build.py $(wildcard jupyterlab-ext/package.json jupyterlab-ext/package-lock.json \
+	jupyterlab-ext/tsconfig.json jupyterlab-ext/src/* jupyterlab-ext/style/*)
+
+$(STAMP): pyproject.toml requirements.lock examples/lab-plugin-example/pyproject.toml $(LABEXT_SOURCES)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -c requirements.lock

@@ -368,54 +368,40 @@ export class LabSidebar extends ReactWidget {
 
   private renderRuns(): JSX.Element {
     if (!this.runs.length) {
-      return <div className="lab-empty">No pipeline runs yet: run `lab run`, or a stage's notebook with "Run lab stage".</div>;
+      return <div className="lab-empty">No pipeline runs yet: run `lab run`, or a stage's notebook with "lab stage".</div>;
     }
     return (
       <div>
         {this.runs.map(run => (
           <div key={run.id} className="lab-run" data-run={run.id} data-status={run.status}>
-            <div className="lab-run-head">
-              <span className={`lab-status lab-status-${run.status}`}>{run.status}</span> <code>{run.id}</code>{' '}
-              {duration(run.seconds)} · {when(run.started_at)}
+            <div className="lab-line lab-run-head">
+              <span className={`lab-status lab-status-${run.status}`}>{run.status}</span>
+              <code title={run.id}>{run.id.slice(0, 8)}</code>
+              <span>{duration(run.seconds)}</span>
+              <span className="lab-muted">{when(run.started_at)}</span>
             </div>
-            <table className="lab-table">
-              <tbody>
-                {run.stages.map((stage, i) => (
-                  <tr key={`${stage.name}-${i}`} className="lab-stage" data-stage={stage.name} data-status={stage.status}>
-                    <td>{stage.name}</td>
-                    <td>
-                      <span className={`lab-status lab-status-${stage.status}`}>{stage.status}</span>
-                    </td>
-                    <td>{stage.cached ? 'cached' : stage.status === 'running' ? '' : 'ran'}</td>
-                    <td>{duration(stage.seconds)}</td>
-                    <td>
-                      {stage.notebook ? (
-                        <a
-                          href="#"
-                          className="lab-open-notebook"
-                          title={`open the executed notebook ${stage.notebook}`}
-                          onClick={event => {
-                            event.preventDefault();
-                            this.open(stage.notebook as string);
-                          }}
-                        >
-                          notebook
-                        </a>
-                      ) : null}
-                    </td>
-                  </tr>
-                ))}
-                {run.stages
-                  .filter(stage => stage.error)
-                  .map(stage => (
-                    <tr key={`${stage.name}-error`}>
-                      <td colSpan={5} className="lab-error">
-                        {stage.name}: {stage.error}
-                      </td>
-                    </tr>
-                  ))}
-              </tbody>
-            </table>
+            {run.stages.map((stage, i) => (
+              <div key={`${stage.name}-${i}`} className="lab-line lab-stage" data-stage={stage.name} data-status={stage.status}>
+                <span className="lab-stage-name">{stage.name}</span>
+                <span className={`lab-status lab-status-${stage.status}`}>{stage.status}</span>
+                <span className="lab-muted">{stage.cached ? 'cached' : stage.status === 'running' ? '' : 'ran'}</span>
+                <span>{duration(stage.seconds)}</span>
+                {stage.notebook ? (
+                  <a
+                    href="#"
+                    className="lab-open-notebook"
+                    title={`open the executed notebook ${stage.notebook}`}
+                    onClick={event => {
+                      event.preventDefault();
+                      this.open(stage.notebook as string);
+                    }}
+                  >
+                    notebook
+                  </a>
+                ) : null}
+                {stage.error ? <div className="lab-error">{stage.error}</div> : null}
+              </div>
+            ))}
           </div>
         ))}
       </div>
@@ -426,39 +412,37 @@ export class LabSidebar extends ReactWidget {
     const champion = model.aliases.champion === v.version;
     const metrics = Object.entries(v.metrics ?? {});
     return (
-      <tr key={v.version} className="lab-model-row" data-model={model.name} data-version={v.version}>
-        <td>v{v.version}</td>
-        <td>
+      <div key={v.version} className="lab-model-row" data-model={model.name} data-version={v.version}>
+        <div className="lab-line">
+          <b>v{v.version}</b>
           {(v.aliases ?? []).map(alias => (
             <span key={alias} className="lab-alias">
               {alias}
             </span>
           ))}
-        </td>
-        <td className="lab-metrics">
-          {metrics.map(([key, value]) => (
-            <div key={key}>
-              {key}: {number(value)}
-            </div>
-          ))}
-          <div className="lab-muted">
+          <span className="lab-muted">
             {v.flavor ?? ''} · {when(v.created_at)}
-          </div>
-          {v.lineage && Object.keys(v.lineage).length ? (
-            <details className="lab-lineage">
-              <summary>lineage</summary>
-              <pre>{JSON.stringify(v.lineage, null, 1)}</pre>
-            </details>
-          ) : null}
-        </td>
-        <td>
+          </span>
           {champion ? null : (
-            <button className="jp-Button jp-mod-styled lab-promote" onClick={() => void this.promote(model.name, v.version)}>
+            <button className="jp-Button jp-mod-styled jp-mod-small lab-promote" onClick={() => void this.promote(model.name, v.version)}>
               Promote
             </button>
           )}
-        </td>
-      </tr>
+        </div>
+        <div className="lab-metrics">
+          {metrics.map(([key, value]) => (
+            <span key={key} className="lab-metric">
+              {key} <b>{number(value)}</b>
+            </span>
+          ))}
+        </div>
+        {v.lineage && Object.keys(v.lineage).length ? (
+          <details className="lab-lineage">
+            <summary>lineage</summary>
+            <pre>{JSON.stringify(v.lineage, null, 1)}</pre>
+          </details>
+        ) : null}
+      </div>
     );
   }
 
@@ -483,9 +467,7 @@ export class LabSidebar extends ReactWidget {
                 </button>
               ) : null}
             </div>
-            <table className="lab-table">
-              <tbody>{[...model.versions].sort((a, b) => b.version - a.version).map(v => this.renderVersion(model, v))}</tbody>
-            </table>
+            {[...model.versions].sort((a, b) => b.version - a.version).map(v => this.renderVersion(model, v))}
           </div>
         ))}
       </div>
@@ -529,7 +511,7 @@ export class LabSidebar extends ReactWidget {
             ) : null}
             {exp.guardrails && exp.guardrails.length ? (
               <div className="lab-muted">
-                guardrails: {exp.guardrails.map(g => (typeof g === 'string' ? g : JSON.stringify(g))).join(', ')}
+                guardrails: {exp.guardrails.map(guardrailName).join(', ')}
               </div>
             ) : null}
           </div>
@@ -559,19 +541,15 @@ export class LabSidebar extends ReactWidget {
               {monitor.start ?? ''}..{monitor.end ?? ''}{' '}
               <span className={`lab-status lab-status-${monitor.status ?? ''}`}>{monitor.status ?? ''}</span>
             </div>
-            <table className="lab-table">
-              <tbody>
-                {checks.map(([name, check]) => (
-                  <tr key={name} className="lab-check" data-check={name} data-status={check.status}>
-                    <td>{name}</td>
-                    <td>
-                      <span className={`lab-status lab-status-${check.status}`}>{check.status}</span>
-                    </td>
-                    <td>{check.detail}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
+            {checks.map(([name, check]) => (
+              <div key={name} className="lab-check" data-check={name} data-status={check.status}>
+                <div className="lab-line">
+                  <b>{name}</b>
+                  <span className={`lab-status lab-status-${check.status}`}>{check.status}</span>
+                </div>
+                <div className="lab-muted">{check.detail}</div>
+              </div>
+            ))}
           </div>
         ) : (
           <div className="lab-empty">No monitor summary yet (`lab monitor run` writes data/monitor.json).</div>
@@ -590,6 +568,15 @@ export class LabSidebar extends ReactWidget {
       </div>
     );
   }
+}
+
+/** A guardrail as its name (the server gives objects with a name, or plain strings). */
+function guardrailName(g: unknown): string {
+  if (typeof g === 'string') {
+    return g;
+  }
+  const named = g as { name?: unknown; breached?: unknown };
+  return named && typeof named.name === 'string' ? `${named.name}${named.breached ? ' (breached)' : ''}` : JSON.stringify(g);
 }
 
 interface DriftBar {
@@ -629,7 +616,13 @@ function DriftChart(props: { drift: unknown }): JSX.Element | null {
   return (
     <div className="lab-drift">
       <div className="lab-subtitle">drift per column</div>
-      <svg width={labelWidth + barWidth + 60} height={bars.length * row + 4} role="img" aria-label="drift per column">
+      <svg
+        width="100%"
+        viewBox={`0 0 ${labelWidth + barWidth + 40} ${bars.length * row + 4}`}
+        preserveAspectRatio="xMinYMin meet"
+        role="img"
+        aria-label="drift per column"
+      >
         {bars.map((bar, i) => (
           <g key={bar.column} transform={`translate(0, ${i * row + 2})`} className="lab-drift-bar" data-column={bar.column}>
             <title>{`${bar.column}: ${bar.method} ${bar.score.toPrecision(3)}${bar.drifted ? ' (drifted)' : ''}`}</title>
