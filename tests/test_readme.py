@@ -170,7 +170,7 @@ def test_readme_commands_run_in_order_after_the_demo(fresh_lab, tmp_path):
                           timeout=DEMO_TIMEOUT_S)
     timings["demo (lab run)"] = time.monotonic() - started
     assert demo.returncode == 0, f"make demo's `lab run` failed:\n{demo.stdout[-4000:]}\n{demo.stderr[-4000:]}"
-    assert "8 stage(s) ran" in demo.stdout and "champion fraud v1" in demo.stdout, demo.stdout[-2000:]
+    assert "9 stage(s) ran" in demo.stdout and "champion fraud v1" in demo.stdout, demo.stdout[-2000:]
 
     pid_file = tmp_path / "server.pids"
     pid_file.touch()
