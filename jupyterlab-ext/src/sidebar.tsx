@@ -343,6 +343,12 @@ export class LabSidebar extends ReactWidget {
       <div className="lab-section lab-stage-run">
         <div className="lab-subtitle">Stage run</div>
         {this.status('stage')}
+        {this.progress?.job?.status === 'failed' ? (
+          <details className="lab-log" open>
+            <summary>its output</summary>
+            <pre>{String(this.progress.job.error ?? '') + String(this.progress.job.log_tail ?? '')}</pre>
+          </details>
+        ) : null}
         {(shown.length ? shown : stages).map(s => {
           const share = s.total ? Math.min(1, (s.done ?? 0) / s.total) : null;
           return (

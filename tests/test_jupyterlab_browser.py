@@ -1,0 +1,287 @@
+"""The JupyterLab extension in a real browser: `jupyter lab` on a tiny lab, driven by
+Playwright in Debian's headless chromium.
+
+The lab (``build_tiny_lab``) has a champion v1 and a registered v2, drift recorded for a
+few columns, a running experiment, and a pipeline run of its `prepare` stage; its
+pipeline.toml has a second toy stage, `hello`. The test opens the lab sidebar, checks
+the Models rows against the registry, promotes v2 through the confirmation dialog and
+checks the registry's champion and audit log (actor ``jupyterlab:<user>``), opens the
+recorded run's executed notebook from Runs, then runs `hello` from its notebook with the
+`lab:run-stage` command and waits for the sidebar to show it finished. Screenshots go
+to docs/images/jupyterlab-*.png (used by docs/jupyterlab.md).
+
+Needs the extension installed (``pip install -e .`` builds it) and /usr/bin/chromium
+(``.ci/run`` installs it; the test is skipped only when it is absent).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from lab.config import load_config
+from lab.experiments import Experiment, ExperimentStore, Variant
+from lab.pipeline.runner import run_pipeline
+from lab.plugins import get_plugin_manager
+from lab.registry import Registry
+from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
+from tests._helpers import free_port, stop_process
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+# As docs: no sandbox as root, and none of chromium's own calls out (this machine has no network).
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TOKEN = "lab-browser-token"
+IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+LABEXTENSION = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "lab-jupyterlab" / "package.json"
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is absent: apt-get install chromium (.ci/run does)", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
+
+
+def _notebook(path: Path, title: str, body: str) -> None:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = new_code_cell('root = "."\nrun_dir = "."\n')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [new_markdown_cell(f"# {title}"), params, new_code_cell(textwrap.dedent(body))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def _make_lab(root: Path) -> dict:
+    """A tiny lab with v1 champion, v2 registered, drift, an experiment and a recorded run."""
+    tiny = build_tiny_lab(root)
+    _notebook(root / "notebooks/prepare.ipynb", "prepare", """
+        from pathlib import Path
+        Path(root, "data").mkdir(exist_ok=True)
+        Path(root, "data/prepared.txt").write_text("prepared")
+    """)
+    _notebook(root / "notebooks/hello.ipynb", "hello: a toy stage", """
+        import time
+        from pathlib import Path
+        time.sleep(1.0)  # long enough for the sidebar to see it running
+        Path(root, "data/hello.txt").write_text("hello from the stage")
+    """)
+    (root / "notebooks/pipeline.toml").write_text(textwrap.dedent("""
+        [[stage]]
+        name = "prepare"
+        notebook = "notebooks/prepare.ipynb"
+        outputs = ["data/prepared.txt"]
+
+        [[stage]]
+        name = "hello"
+        notebook = "notebooks/hello.ipynb"
+        inputs = ["data/prepared.txt"]
+        outputs = ["data/hello.txt"]
+    """))
+    with Registry.open(root / "registry.db", project_root=root) as registry:
+        v1 = registry.get_model_version(tiny.model_name, 1)
+        v2 = registry.register_model(
+            tiny.model_name, run_id=None, flavor=v1.flavor, artifact_path=MODEL_ARTIFACT,
+            metrics={**v1.metrics, "average_precision": 0.91}, lineage={"built_by": "test_jupyterlab_browser"})
+        registry.record_drift(None, model_name=tiny.model_name, model_version=1, reference="train", current="week 1",
+                              scores={"TX_AMOUNT": {"score": 0.31, "drifted": True, "method": "wasserstein"},
+                                      "TX_DURING_NIGHT": {"score": 0.04, "drifted": False, "method": "jensen_shannon"},
+                                      "TERMINAL_ID_RISK_7DAY_WINDOW": {"score": 0.02, "drifted": False,
+                                                                       "method": "wasserstein"}})
+    with ExperimentStore.open(root / "registry.db") as store:
+        store.create(Experiment("ranker", (Variant("control", 0.5), Variant("treatment", 0.5)), unit="CUSTOMER_ID"))
+        store.start("ranker")
+    # The recorded run, as `lab run prepare` makes it (in process; its kernel-watch variable restored).
+    config = load_config(root)
+    before = os.environ.get("LAB_RUN_PID")
+    try:
+        run_pipeline(config, get_plugin_manager(config), only=["prepare"], log=lambda line: None)
+    finally:
+        if before is None:
+            os.environ.pop("LAB_RUN_PID", None)
+        else:
+            os.environ["LAB_RUN_PID"] = before
+    return {"model": tiny.model_name, "v2": v2.version}
+
+
+def _start_lab(base: Path, root: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """Start ``jupyter lab`` on a free port and wait until the lab routes answer, or the
+    process exits (its port taken): ``(process, url)``."""
+    import urllib.request
+
+    port = free_port()
+    with open(base / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+             "--ServerApp.open_browser=False", "--allow-root", f"--LabApp.workspaces_dir={base / 'workspaces'}",
+             f"--LabApp.user_settings_dir={base / 'settings'}",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 40
+    while proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}lab/api/summary?token={TOKEN}", timeout=5) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise AssertionError("no lab/api/summary from jupyter lab within 40 s (is plugins.jupyterlab_ext "
+                                 "enabled?): " + (base / "server.log").read_text()[-3000:])
+        time.sleep(0.2)
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def jupyter_lab(tmp_path_factory):
+    """``jupyter lab`` on 127.0.0.1 rooted at a tiny lab: ``(url, root, facts)``; stopped by PID."""
+    if not LABEXTENSION.exists():
+        pytest.fail(f"{LABEXTENSION} is missing: reinstall lab (pip install -e '.[test]') so its build hook "
+                    "builds and installs the JupyterLab extension")
+    base = tmp_path_factory.mktemp("jupyterlab-browser")
+    root = base / "lab"
+    facts = _make_lab(root)
+    # No "get notified about Jupyter news?" toast over the screenshots.
+    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    env = {k: v for k, v in os.environ.items() if k not in ("LAB_HOME", "LAB_RUN_PID")}
+    env.update(JUPYTER_CONFIG_DIR=str(base / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(base / "jupyter-runtime"))
+    proc, url = None, ""
+    try:
+        # A free port can be taken by another process before the server binds it: try another.
+        for _ in range(3):
+            proc, url = _start_lab(base, root, env)
+            if proc.poll() is None:
+                break
+        assert proc.poll() is None, (base / "server.log").read_text()[-3000:]
+        yield url, root, facts
+    finally:
+        if proc is not None:
+            stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def page(jupyter_lab, tmp_path_factory):
+    """A chromium page with JupyterLab loaded and the lab sidebar open."""
+    url, _, _ = jupyter_lab
+    with playwright_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1250})
+        try:
+            context.set_default_timeout(30_000)
+            page = context.pages[0] if context.pages else context.new_page()
+            page.goto(f"{url}lab?token={TOKEN}")
+            page.locator('.lm-TabBar-tab[data-id="lab-sidebar"]').click()
+            page.locator(".lab-model-row").first.wait_for()
+            # Widen the left panel, as a user would, by dragging its split handle.
+            handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first.bounding_box()
+            if handle:
+                y = handle["y"] + handle["height"] / 2
+                page.mouse.move(handle["x"] + 1, y)
+                page.mouse.down()
+                page.mouse.move(handle["x"] + 160, y, steps=4)
+                page.mouse.up()
+            yield page
+        finally:
+            context.close()
+
+
+def _shot(page, name: str) -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(IMAGES / f"jupyterlab-{name}.png"))
+
+
+def test_models_rows_match_the_registry_and_promote_through_the_dialog(jupyter_lab, page):
+    _, root, facts = jupyter_lab
+    model = facts["model"]
+    with Registry.open(root / "registry.db", project_root=root) as registry:
+        versions = {v.version for v in registry.list_model_versions(model)}
+        assert registry.aliases(model) == {"champion": 1}
+    rows = page.locator(f'.lab-model-row[data-model="{model}"]')
+    assert {int(v) for v in rows.evaluate_all("rows => rows.map(r => r.dataset.version)")} == versions
+    champion_row = page.locator(f'.lab-model-row[data-model="{model}"][data-version="1"]')
+    assert "champion" in champion_row.inner_text() and champion_row.locator(".lab-promote").count() == 0
+    assert "average_precision 0.9100" in page.locator('.lab-model-row[data-version="2"]').inner_text()
+    # Drift per column is drawn, the drifted one in the error colour.
+    assert page.locator(".lab-drift-bar").count() == 3
+    assert page.locator('.lab-drift-bar[data-column="TX_AMOUNT"] rect.lab-drift-drifted').count() == 1
+
+    page.locator(f'.lab-model-row[data-model="{model}"][data-version="{facts["v2"]}"] .lab-promote').click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for()
+    assert "Promote to champion" in dialog.inner_text()
+    dialog.locator(".lab-reason").fill("better AP, checked in the browser")
+    _shot(page, "promote-dialog")
+    dialog.locator("button.jp-mod-accept").click()
+    page.locator('.lab-notice[data-section="models"]').wait_for()
+    assert page.locator('.lab-error[data-section="models"]').count() == 0
+    page.locator(f'.lab-model[data-model="{model}"] .lab-alias[data-alias="champion"]',
+                 has_text=f"v{facts['v2']}").wait_for()
+
+    with Registry.open(root / "registry.db", project_root=root) as registry:
+        assert registry.aliases(model)["champion"] == facts["v2"]
+        event = registry.alias_history(model, "champion")[-1]
+    assert (event["to_version"], event["from_version"]) == (facts["v2"], 1)
+    assert event["actor"].startswith("jupyterlab:") and len(event["actor"]) > len("jupyterlab:")
+    assert event["reason"] == "better AP, checked in the browser"
+
+
+def test_runs_open_the_executed_notebook(jupyter_lab, page):
+    _, root, _ = jupyter_lab
+    with Registry.open(root / "registry.db", project_root=root) as registry:
+        run = registry.last_pipeline_run()
+    shown = page.locator(f'.lab-run[data-run="{run["id"]}"]')
+    assert shown.get_attribute("data-status") == "finished"
+    stage = shown.locator('.lab-stage[data-stage="prepare"]')
+    assert stage.get_attribute("data-status") == "finished" and "ran" in stage.inner_text()
+    stage.locator(".lab-open-notebook").click()
+    # The executed notebook (runs/<run id>/...) opens in a JupyterLab tab.
+    page.locator(".jp-NotebookPanel:visible .jp-MarkdownOutput", has_text="prepare").first.wait_for()
+    tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
+    assert "prepare" in tab.inner_text()
+
+
+def test_run_a_stage_from_its_notebook(jupyter_lab, page):
+    url, root, _ = jupyter_lab
+    page.goto(f"{url}lab/tree/notebooks/hello.ipynb?token={TOKEN}")
+    # The workspace may bring back earlier tabs: make hello.ipynb the current one.
+    page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text="hello.ipynb").first.click()
+    panel = page.locator(".jp-NotebookPanel:visible")
+    assert panel.count() == 1
+    # The command is in the palette (Ctrl+Shift+C), found by its label.
+    page.locator(".jp-Notebook:visible").click()
+    page.keyboard.press("Control+Shift+c")
+    palette = page.locator("#command-palette")
+    palette.locator("input").fill("Run lab stage")
+    palette.locator('.lm-CommandPalette-item[data-command="lab:run-stage"]').first.wait_for(state="attached")
+    page.keyboard.press("Escape")
+    # The notebook toolbar's button runs the command lab:run-stage for this notebook.
+    panel.locator(".lab-run-stage-button button, button.lab-run-stage-button").first.click()
+    page.locator('.lab-notice[data-section="stage"]', has_text="started").or_(
+        page.locator('.lab-progress[data-stage="hello"]')).or_(
+        page.locator('.lab-error[data-section="stage"]')).first.wait_for()
+    errors = page.locator('.lab-error[data-section="stage"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+    page.locator('.lab-notice[data-section="stage"]', has_text="finished").wait_for(timeout=60_000)
+    assert page.locator('.lab-error[data-section="stage"]').count() == 0
+    assert (root / "data/hello.txt").read_text() == "hello from the stage"
+    with Registry.open(root / "registry.db", project_root=root) as registry:
+        run = registry.last_pipeline_run()
+    latest = page.locator(f'.lab-run[data-run="{run["id"]}"]')
+    latest.wait_for()
+    assert latest.locator('.lab-stage[data-stage="hello"]').get_attribute("data-status") == "finished"
+    page.locator("#lab-sidebar").evaluate("node => node.scrollTo(0, 0)")
+    _shot(page, "sidebar")
