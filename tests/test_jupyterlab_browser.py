@@ -184,7 +184,10 @@ def page(jupyter_lab, tmp_path_factory):
             context.set_default_timeout(30_000)
             page = context.pages[0] if context.pages else context.new_page()
             page.goto(f"{url}lab?token={TOKEN}")
-            page.locator('.lm-TabBar-tab[data-id="lab-sidebar"]').click()
+            tab = page.locator('.lm-TabBar-tab[data-id="lab-sidebar"]')
+            tab.wait_for()
+            if "lm-mod-current" not in (tab.get_attribute("class") or ""):  # a restored layout may have it open
+                tab.click()
             page.locator(".lab-model-row").first.wait_for()
             # Widen the left panel, as a user would, by dragging its split handle.
             handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first.bounding_box()

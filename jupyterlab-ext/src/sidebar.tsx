@@ -617,7 +617,7 @@ function DriftChart(props: { drift: unknown }): JSX.Element | null {
   }
   const max = Math.max(...bars.map(b => Math.abs(b.score)), 1e-12);
   const row = 16;
-  const labelWidth = 110;
+  const labelWidth = 160;
   const barWidth = 120;
   return (
     <div className="lab-drift">
@@ -633,7 +633,7 @@ function DriftChart(props: { drift: unknown }): JSX.Element | null {
           <g key={bar.column} transform={`translate(0, ${i * row + 2})`} className="lab-drift-bar" data-column={bar.column}>
             <title>{`${bar.column}: ${bar.method} ${bar.score.toPrecision(3)}${bar.drifted ? ' (drifted)' : ''}`}</title>
             <text x={labelWidth - 4} y={row - 5} textAnchor="end" className="lab-drift-label">
-              {bar.column.length > 16 ? `${bar.column.slice(0, 15)}…` : bar.column}
+              {bar.column.length > 22 ? `${bar.column.slice(0, 21)}…` : bar.column}
             </text>
             <rect
               x={labelWidth}
