@@ -47,7 +47,11 @@ LABEXTENSION = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "lab-j
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is absent: apt-get install chromium (.ci/run does)", allow_module_level=True)
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' installs playwright")
+try:  # in the test extra: missing means a broken install, not a reason to skip
+    from playwright import sync_api as playwright_api
+except ImportError as exc:
+    raise ImportError("playwright is missing: pip install -e '.[test]' installs it (never `playwright install`: "
+                      "the test drives /usr/bin/chromium)") from exc
 
 
 def _notebook(path: Path, title: str, body: str) -> None:
