@@ -127,3 +127,22 @@ class Events:
     @hookimpl
     def lab_on_event(self, event):
         self.seen.append(event)
+
+
+def stage_notebook(path, body: str, *, title: str | None = None,
+                   params: str = 'root = "."\nrun_dir = "."\n') -> None:
+    """Write a pipeline stage notebook at ``path``: an optional markdown title, a cell
+    tagged ``parameters`` holding ``params``, and ``body`` (dedented) as its code."""
+    import textwrap
+    from pathlib import Path
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = ([new_markdown_cell(title)] if title else []) + [cell, new_code_cell(textwrap.dedent(body))]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)

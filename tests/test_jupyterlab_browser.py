@@ -23,9 +23,7 @@ import textwrap
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from lab.config import load_config
 from lab.experiments import Experiment, ExperimentStore, Variant
@@ -33,7 +31,7 @@ from lab.pipeline.runner import run_pipeline
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
-from tests._helpers import free_port, stop_process
+from tests._helpers import free_port, stage_notebook, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -54,25 +52,15 @@ except ImportError as exc:
                       "the test drives /usr/bin/chromium)") from exc
 
 
-def _notebook(path: Path, title: str, body: str) -> None:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = new_code_cell('root = "."\nrun_dir = "."\n')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [new_markdown_cell(f"# {title}"), params, new_code_cell(textwrap.dedent(body))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-
-
 def _make_lab(root: Path) -> dict:
     """A tiny lab with v1 champion, v2 registered, drift, an experiment and a recorded run."""
     tiny = build_tiny_lab(root)
-    _notebook(root / "notebooks/prepare.ipynb", "prepare", """
+    stage_notebook(root / "notebooks/prepare.ipynb", title="# prepare", body="""
         from pathlib import Path
         Path(root, "data").mkdir(exist_ok=True)
         Path(root, "data/prepared.txt").write_text("prepared")
     """)
-    _notebook(root / "notebooks/hello.ipynb", "hello: a toy stage", """
+    stage_notebook(root / "notebooks/hello.ipynb", title="# hello: a toy stage", body="""
         import time
         from pathlib import Path
         time.sleep(1.0)  # long enough for the sidebar to see it running

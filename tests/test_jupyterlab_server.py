@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from lab.errors import NotFound
 from lab.experiments import Experiment, ExperimentStore, Variant
@@ -30,31 +28,21 @@ from lab.serving.ledger import Ledger, PredictionRecord
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 from plugins.jupyterlab_ext import views
 from plugins.jupyterlab_ext.views import find_lab
-from tests._helpers import free_port, stop_process
+from tests._helpers import free_port, stage_notebook, stop_process
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "lab-test-token"
 
 
-def _notebook(path: Path, body: str) -> None:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = new_code_cell('root = "."\nrun_dir = "."\n')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell(textwrap.dedent(body))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-
-
 def _toy_stages(root: Path) -> None:
-    _notebook(root / "notebooks/touch.ipynb", """
+    stage_notebook(root / "notebooks/touch.ipynb", """
         from pathlib import Path
         Path(root, "data").mkdir(exist_ok=True)
         Path(root, "data/touched.txt").write_text("touched")
         print("touch stage done")
     """)
-    _notebook(root / "notebooks/other.ipynb", "print('other')\n")
+    stage_notebook(root / "notebooks/other.ipynb", "print('other')\n")
     (root / "notebooks/pipeline.toml").write_text(textwrap.dedent("""
         [[stage]]
         name = "touch"

@@ -11,9 +11,7 @@ import shutil
 import textwrap
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
 
 from lab.cli import main
 from lab.config import load_config
@@ -22,7 +20,7 @@ from lab.monitoring.retrain import RETRAIN_FINISHED, RETRAIN_REFUSED, RETRAIN_ST
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from plugins.fraud.testing import build_tiny_lab
-from tests._helpers import Events
+from tests._helpers import Events, stage_notebook
 
 TRAIN = """
 import json
@@ -51,22 +49,13 @@ with Registry.open(Path(root, "registry.db"), project_root=root) as registry:
 """
 
 
-def _notebook(path: Path, body: str) -> None:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = new_code_cell('root = "."\nrun_dir = "."\n')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell(textwrap.dedent(body))]
-    nbformat.write(nb, path)
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     tiny = build_tiny_lab(tmp_path_factory.mktemp("retrain") / "lab")
     root = tiny.root
     (root / "notebooks").mkdir(exist_ok=True)
-    _notebook(root / "notebooks/train.ipynb", TRAIN)
-    _notebook(root / "notebooks/register.ipynb", REGISTER)
+    stage_notebook(root / "notebooks/train.ipynb", TRAIN)
+    stage_notebook(root / "notebooks/register.ipynb", REGISTER)
     (root / "notebooks/pipeline.toml").write_text(textwrap.dedent("""
         [[stage]]
         name = "train"
