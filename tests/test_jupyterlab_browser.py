@@ -8,7 +8,9 @@ the Models rows against the registry, promotes v2 through the confirmation dialo
 checks the registry's champion and audit log (actor ``jupyterlab:<user>``), opens the
 recorded run's executed notebook from Runs, then runs `hello` from its notebook with the
 `lab:run-stage` command and waits for the sidebar to show it finished. Screenshots go
-to docs/images/jupyterlab-*.png (used by docs/jupyterlab.md).
+to ``$LAB_SCREENSHOTS`` when it is set (``LAB_SCREENSHOTS=docs/images`` refreshes the ones
+docs/jupyterlab.md shows), else to the run's temporary folder, so a test run leaves the
+repository as it was.
 
 Needs the extension installed (``pip install -e .`` builds it) and /usr/bin/chromium
 (``.ci/run`` installs it; the test is skipped only when it is absent).
@@ -17,6 +19,7 @@ Needs the extension installed (``pip install -e .`` builds it) and /usr/bin/chro
 from __future__ import annotations
 
 import os
+import tempfile
 import subprocess
 import sys
 import textwrap
@@ -40,7 +43,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TOKEN = "lab-browser-token"
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+SHOTS = Path(tempfile.gettempdir()) / "lab-jupyterlab-screenshots"
+"""Where screenshots go unless ``LAB_SCREENSHOTS`` names a folder (docs/images for the docs)."""
 LABEXTENSION = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "lab-jupyterlab" / "package.json"
 
 if not Path(CHROMIUM).exists():
@@ -195,8 +199,9 @@ def page(jupyter_lab, tmp_path_factory):
 
 
 def _shot(page, name: str) -> None:
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMAGES / f"jupyterlab-{name}.png"))
+    folder = Path(os.environ["LAB_SCREENSHOTS"]) if os.environ.get("LAB_SCREENSHOTS") else SHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"jupyterlab-{name}.png"))
 
 
 def test_models_rows_match_the_registry_and_promote_through_the_dialog(jupyter_lab, page):
@@ -252,13 +257,18 @@ def test_runs_open_the_executed_notebook(jupyter_lab, page):
 def _in_palette(page, text: str, command: str, tries: int = 4) -> bool:
     """Whether the command palette lists ``command`` when searched for ``text``. The
     shortcut can be swallowed while the notebook is still settling (a kernel starting,
-    focus moving), so it is pressed again, a few times, until the palette opens."""
+    focus moving), so the palette is opened again, by the shortcut and by the View
+    menu in turn, a few times."""
     palette = page.locator("#command-palette")
     item = palette.locator(f'.lm-CommandPalette-item[data-command="{command}"]').first
-    for _ in range(tries):
-        page.locator(".jp-Notebook:visible").click()
-        page.keyboard.press("Control+Shift+c")
+    for attempt in range(tries):
         try:
+            page.locator(".jp-Notebook:visible").click(timeout=5_000)
+            if attempt % 2 == 0:
+                page.keyboard.press("Control+Shift+c")
+            else:  # the View menu's entry, when the shortcut went astray
+                page.locator(".lm-MenuBar-itemLabel", has_text="View").first.click(timeout=5_000)
+                page.locator(".lm-Menu-itemLabel", has_text="Command Palette").first.click(timeout=5_000)
             palette.locator("input").wait_for(state="visible", timeout=5_000)
             palette.locator("input").fill(text)
             item.wait_for(state="attached", timeout=10_000)
