@@ -59,6 +59,7 @@ from lab.errors import ConfigError, LabError
 from lab.events import current_actor
 from lab.experiments.bandit import SOURCE, ThompsonBandit
 from lab.experiments.model import Experiment
+from lab.experiments.outcomes import as_naive_utc
 from lab.experiments.store import ExperimentStore
 from lab.serving.ledger import read_predictions
 from lab.sqlite import Database, Migration, append_only, connect, dumps, loads, run_script, utc_now
@@ -142,19 +143,14 @@ def _duration(value: Any, what: str) -> dt.timedelta:
 
 
 def moment(value: Any, what: str = "time") -> dt.datetime:
-    """``value`` (a datetime or ISO 8601 text) as a naive UTC datetime; naive input is UTC."""
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value)
-        except ValueError:
-            raise LabError(f"cannot read {what} {value!r} as a time; write ISO 8601, e.g. 2026-01-31T12:00:00") from None
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime.combine(value, dt.time())
-    if not isinstance(value, dt.datetime):
-        raise LabError(f"{what} must be a datetime or ISO 8601 text, got {type(value).__name__} {value!r}")
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return value
+    """``value`` (a datetime or ISO 8601 text) as a naive UTC datetime; naive input is UTC
+    (``lab.experiments.outcomes.as_naive_utc``, with ``what`` named in its errors)."""
+    if value is None:
+        raise LabError(f"{what} must be a datetime or ISO 8601 text, got None")
+    try:
+        return as_naive_utc(value)
+    except LabError as exc:
+        raise LabError(f"{what}: {exc}") from None
 
 
 # -- the result -------------------------------------------------------------------------------
