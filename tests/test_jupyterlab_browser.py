@@ -19,11 +19,7 @@ Needs the extension installed (``pip install -e .`` builds it) and /usr/bin/chro
 from __future__ import annotations
 
 import os
-import tempfile
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -34,26 +30,15 @@ from lab.pipeline.runner import run_pipeline
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
-from tests._helpers import free_port, stage_notebook, stop_process
+from tests import _browser
+from tests._helpers import stage_notebook
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-# As docs: no sandbox as root, and none of chromium's own calls out (this machine has no network).
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TOKEN = "lab-browser-token"
-SHOTS = Path(tempfile.gettempdir()) / "lab-jupyterlab-screenshots"
-"""Where screenshots go unless ``LAB_SCREENSHOTS`` names a folder (docs/images for the docs)."""
-LABEXTENSION = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "lab-jupyterlab" / "package.json"
-
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is absent: apt-get install chromium (.ci/run does)", allow_module_level=True)
-try:  # in the test extra: missing means a broken install, not a reason to skip
-    from playwright import sync_api as playwright_api
-except ImportError as exc:
-    raise ImportError("playwright is missing: pip install -e '.[test]' installs it (never `playwright install`: "
-                      "the test drives /usr/bin/chromium)") from exc
+if _browser.missing():
+    pytest.skip(_browser.missing(), allow_module_level=True)
+playwright_api = _browser.playwright_api()
+TOKEN = _browser.TOKEN
 
 
 def _make_lab(root: Path) -> dict:
@@ -108,100 +93,25 @@ def _make_lab(root: Path) -> dict:
     return {"model": tiny.model_name, "v2": v2.version}
 
 
-def _start_lab(base: Path, root: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """Start ``jupyter lab`` on a free port and wait until the lab routes answer, or the
-    process exits (its port taken): ``(process, url)``."""
-    import urllib.request
-
-    port = free_port()
-    with open(base / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-             "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
-             "--ServerApp.open_browser=False", "--allow-root", f"--LabApp.workspaces_dir={base / 'workspaces'}",
-             f"--LabApp.user_settings_dir={base / 'settings'}",
-             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-            cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 40
-    while proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{url}lab/api/summary?token={TOKEN}", timeout=5) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process(proc)
-            raise AssertionError("no lab/api/summary from jupyter lab within 40 s (is plugins.jupyterlab_ext "
-                                 "enabled?): " + (base / "server.log").read_text()[-3000:])
-        time.sleep(0.2)
-    return proc, url
-
-
 @pytest.fixture(scope="module")
 def jupyter_lab(tmp_path_factory):
     """``jupyter lab`` on 127.0.0.1 rooted at a tiny lab: ``(url, root, facts)``; stopped by PID."""
-    if not LABEXTENSION.exists():
-        pytest.fail(f"{LABEXTENSION} is missing: reinstall lab (pip install -e '.[test]') so its build hook "
-                    "builds and installs the JupyterLab extension")
     base = tmp_path_factory.mktemp("jupyterlab-browser")
     root = base / "lab"
     facts = _make_lab(root)
-    # No "get notified about Jupyter news?" toast over the screenshots.
-    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    env = {k: v for k, v in os.environ.items() if k not in ("LAB_HOME", "LAB_RUN_PID")}
-    env.update(JUPYTER_CONFIG_DIR=str(base / "jupyter-config"), JUPYTER_RUNTIME_DIR=str(base / "jupyter-runtime"))
-    proc, url = None, ""
-    try:
-        # A free port can be taken by another process before the server binds it: try another.
-        for _ in range(3):
-            proc, url = _start_lab(base, root, env)
-            if proc.poll() is None:
-                break
-        assert proc.poll() is None, (base / "server.log").read_text()[-3000:]
+    with _browser.jupyter_lab(base, root) as url:
         yield url, root, facts
-    finally:
-        if proc is not None:
-            stop_process(proc)
 
 
 @pytest.fixture(scope="module")
 def page(jupyter_lab, tmp_path_factory):
     """A chromium page with JupyterLab loaded and the lab sidebar open."""
     url, _, _ = jupyter_lab
-    with playwright_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1250})
-        try:
-            context.set_default_timeout(30_000)
-            page = context.pages[0] if context.pages else context.new_page()
-            page.goto(f"{url}lab?token={TOKEN}")
-            tab = page.locator('.lm-TabBar-tab[data-id="lab-sidebar"]')
-            tab.wait_for()
-            if "lm-mod-current" not in (tab.get_attribute("class") or ""):  # a restored layout may have it open
-                tab.click()
-            page.locator(".lab-model-row").first.wait_for()
-            # Widen the left panel, as a user would, by dragging its split handle.
-            handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first.bounding_box()
-            if handle:
-                y = handle["y"] + handle["height"] / 2
-                page.mouse.move(handle["x"] + 1, y)
-                page.mouse.down()
-                page.mouse.move(handle["x"] + 160, y, steps=4)
-                page.mouse.up()
-            yield page
-        finally:
-            context.close()
+    with _browser.sidebar_page(url, tmp_path_factory.mktemp("chromium")) as page:
+        yield page
 
 
-def _shot(page, name: str) -> None:
-    folder = Path(os.environ["LAB_SCREENSHOTS"]) if os.environ.get("LAB_SCREENSHOTS") else SHOTS
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / f"jupyterlab-{name}.png"))
+_shot = _browser.shot
 
 
 def test_models_rows_match_the_registry_and_promote_through_the_dialog(jupyter_lab, page):

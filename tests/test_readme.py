@@ -144,33 +144,73 @@ def json_objects(text: str) -> list[dict]:
     return found
 
 
-@pytest.fixture
-def fresh_lab(tmp_path) -> Path:
-    lab = tmp_path / "lab"
+@pytest.fixture(scope="module")
+def demo_lab(tmp_path_factory) -> Path:
+    """A fresh lab after `make demo`: the lab files copied to a temporary folder and
+    ``lab run`` run there (the full demo, a few minutes), once for the module's tests."""
+    lab = tmp_path_factory.mktemp("readme") / "lab"
     lab.mkdir()
     shutil.copy2(REPO / "pyproject.toml", lab / "pyproject.toml")
     shutil.copytree(REPO / "notebooks", lab / "notebooks")
+    started = time.monotonic()
+    demo = subprocess.run([str(lab_command()), "run"], cwd=lab, env=lab_env(), capture_output=True, text=True,
+                          timeout=DEMO_TIMEOUT_S)
+    print(f"demo (lab run) {time.monotonic() - started:.0f} s")
+    assert demo.returncode == 0, f"make demo's `lab run` failed:\n{demo.stdout[-4000:]}\n{demo.stderr[-4000:]}"
+    assert "9 stage(s) ran" in demo.stdout and "champion fraud v1" in demo.stdout, demo.stdout[-2000:]
     return lab
 
 
-@pytest.mark.slow
-def test_readme_commands_run_in_order_after_the_demo(fresh_lab, tmp_path):
+def lab_command() -> Path:
     lab_bin = Path(sys.executable).parent / "lab"
     assert lab_bin.exists(), f"no lab command beside {sys.executable}; install the project (make test does)"
-    env = {k: v for k, v in os.environ.items() if k != "LAB_HOME"}
+    return lab_bin
+
+
+def lab_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "LAB_HOME"}
+
+
+@pytest.mark.slow
+def test_jupyterlab_shows_the_demo(demo_lab, tmp_path):
+    """After `make demo`, `jupyter lab` in the lab shows the sidebar with the demo's
+    pipeline run, its model and the monitor's checks; the screenshot docs/jupyterlab.md
+    shows is taken here (``LAB_SCREENSHOTS=docs/images`` to refresh it)."""
+    from tests import _browser
+
+    if _browser.missing():
+        pytest.skip(_browser.missing())
+    from lab.registry import Registry
+
+    with Registry.open(demo_lab / "registry.db", project_root=demo_lab) as registry:
+        run = registry.last_pipeline_run()
+        models = {m["name"]: m["aliases"] for m in registry.list_models()}
+    stages = list(dict.fromkeys(s["stage"] for s in run["stages"]))  # a record as it starts, one as it ends
+    assert len(stages) == 9 and all("champion" in a for a in models.values()), (stages, models)
+    with _browser.jupyter_lab(tmp_path / "jupyter", demo_lab) as url, \
+            _browser.sidebar_page(url, tmp_path / "chromium") as page:
+        shown = page.locator(f'.lab-run[data-run="{run["id"]}"]')
+        shown.wait_for()
+        assert shown.get_attribute("data-status") == "finished"
+        shown_stages = shown.locator(".lab-stage").evaluate_all("nodes => nodes.map(n => n.dataset.stage)")
+        assert shown_stages == stages, (shown_stages, stages)
+        for name, aliases in models.items():
+            champion = page.locator(f'.lab-model-row[data-model="{name}"][data-version="{aliases["champion"]}"]')
+            assert "champion" in champion.inner_text()
+        page.locator('.lab-check[data-check="drift"]').wait_for()
+        page.locator("#lab-sidebar").evaluate("node => node.scrollTo(0, 0)")
+        _browser.shot(page, "demo")
+
+
+@pytest.mark.slow
+def test_readme_commands_run_in_order_after_the_demo(demo_lab, tmp_path):
+    fresh_lab, lab_bin, env = demo_lab, lab_command(), lab_env()
     blocks = readme_blocks((REPO / "README.md").read_text())
     ports = {p: p if port_is_free(p) else free_port() for p in readme_ports(blocks)}
     moved = {p: q for p, q in ports.items() if p != q}
     if moved:
         print(f"README ports in use here, replaced: {moved}")
     timings: dict[str, float] = {}
-
-    started = time.monotonic()
-    demo = subprocess.run([str(lab_bin), "run"], cwd=fresh_lab, env=env, capture_output=True, text=True,
-                          timeout=DEMO_TIMEOUT_S)
-    timings["demo (lab run)"] = time.monotonic() - started
-    assert demo.returncode == 0, f"make demo's `lab run` failed:\n{demo.stdout[-4000:]}\n{demo.stderr[-4000:]}"
-    assert "9 stage(s) ran" in demo.stdout and "champion fraud v1" in demo.stdout, demo.stdout[-2000:]
 
     pid_file = tmp_path / "server.pids"
     pid_file.touch()
