@@ -9,9 +9,11 @@ against the registry, the experiment store and the job files it must have change
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,14 +21,20 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pyarrow as pa
 import pytest
 
+from lab.config import load_config
 from lab.errors import NotFound
 from lab.experiments import Experiment, ExperimentStore, Variant
+from lab.monitoring.monitor import run_monitor
+from lab.plugins import get_plugin_manager, model_spec
 from lab.registry import Registry
 from lab.serving.ledger import Ledger, PredictionRecord
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 from plugins.jupyterlab_ext import views
+from plugins.jupyterlab_ext.monitor_plots import QUALITY_METRICS
 from plugins.jupyterlab_ext.views import find_lab
 from tests._helpers import free_port, stage_notebook, stop_process
 
@@ -142,7 +150,8 @@ def test_outside_a_lab_and_before_a_registry(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text("[tool.lab]\n")  # found on the next call, no restart
     lab = views.Lab(tmp_path)
     assert views.runs(lab) == [] and views.models(lab) == [] and views.experiments(lab) == []
-    assert views.monitoring(lab) == {"monitor": None, "drift": [], "reports": []}
+    assert views.monitoring(lab) == {"monitor": None, "monitor_error": None, "drift": [], "reports": [],
+                                     "freshness": [], "quality": [], "quality_info": None}
     with pytest.raises(NotFound, match="no registry yet"):
         views.promote(lab, "m", 1, alias="champion", reason="", who="jupyterlab:x")
     assert not (tmp_path / "registry.db").exists()
@@ -341,3 +350,151 @@ def test_run_a_notebook_stage_and_its_progress(server):
     assert _wait_job(client, rerun)["status"] == "finished"
     cached = client.get("lab/api/runs").json()[0]["stages"][0]
     assert (cached["status"], cached["cached"]) == ("skipped", True)  # unchanged: the runner's cache
+
+
+# -- the Monitoring section's plots: freshness and live quality ----------------------------
+
+SERVED_FROM = dt.date(2018, 5, 1)
+SERVED_DAYS = 12  # with the views' 7-day label delay, the first days' labels are due by the window's end
+
+
+def _served_lab(root: Path):
+    """A tiny lab that served ``SERVED_DAYS`` days of v1 traffic (every feature 60 s old at
+    serving), its labels in the offline source, and freshness objectives of 30 s
+    (``customer_spending``: breached) and 10 min (``terminal_risk``: kept): its config."""
+    build_tiny_lab(root)
+    with open(root / "pyproject.toml", "a") as fh:
+        fh.write('\n[tool.lab.freshness]\ncustomer_spending = "30s"\nterminal_risk = "10m"\n')
+    config = load_config(root)
+    pm = get_plugin_manager(config)
+    spec = model_spec(pm, config)
+    rng = np.random.default_rng(3)
+    rows = []
+    with Ledger.open(config.ledger_path) as ledger:
+        for day in range(SERVED_DAYS):
+            for i in range(50):
+                event_id = day * 1000 + i
+                when = dt.datetime.combine(SERVED_FROM + dt.timedelta(days=day), dt.time()) + dt.timedelta(
+                    seconds=int(rng.integers(0, 86_400)))
+                score = float(rng.random())
+                label = int(rng.random() < score)  # scores that rank the labels: an AUC well above 0.5
+                features = {name: float(rng.normal()) for name in spec.features}
+                ledger.append(PredictionRecord(
+                    event_id=event_id, model_name=spec.name, model_version=1, features=features,
+                    defaults={view: False for view in spec.views}, score=score, latency_ms=0.5,
+                    request={spec.request.id: event_id, spec.request.timestamp: when.isoformat(), "CUSTOMER_ID": 1,
+                             "TERMINAL_ID": 10, "TX_AMOUNT": 10.0},
+                    feature_ages={view: 60.0 for view in spec.views}))
+                rows.append((event_id, when, label))
+    offline = pm.hook.lab_offline_store(config=config)
+    try:
+        ids, whens, labels = zip(*rows)
+        offline.write_source(spec.source, pa.table({
+            spec.request.id: pa.array(ids, pa.int64()), spec.request.timestamp: pa.array(whens, pa.timestamp("us")),
+            "CUSTOMER_ID": pa.array([1] * len(ids), pa.int64()), "TERMINAL_ID": pa.array([10] * len(ids), pa.int64()),
+            "TX_AMOUNT": pa.array([10.0] * len(ids), pa.float64()), spec.label: pa.array(labels, pa.int64())}))
+    finally:
+        offline.close()
+    return config
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """``(config, summary, result)``: the served lab after ``lab monitor run``'s freshness and
+    quality checks (recorded in the registry)."""
+    config = _served_lab(tmp_path_factory.mktemp("monitor-plots") / "lab")
+    result = run_monitor(config, checks=("freshness", "quality"), emit=False)
+    return config, json.loads((config.data_path / "monitor.json").read_text()), result
+
+
+def test_monitoring_plots_freshness_per_view_from_the_summary(served):
+    config, summary, _ = served
+    body = views.monitoring(views.Lab(config.root))
+    json.dumps(body, allow_nan=False)  # what the route sends
+    checked = summary["checks"]["freshness"]
+    assert checked["status"] == "breach" and checked["data"]["breaching"] == ["customer_spending"]
+    rows = {r["view"]: r for r in body["freshness"]}
+    assert list(rows) == [v["view"] for v in checked["data"]["views"]]
+    for view in checked["data"]["views"]:
+        row = rows[view["view"]]
+        assert (row["age_s"], row["age_kind"], row["age_max_s"]) == (view["age_p50_s"], "served p50", view["age_max_s"])
+        assert (row["limit_s"], row["breach_rate"], row["requests"]) == (
+            view["freshness_s"], view["breach_rate"], view["requests"])
+        assert row["max_breach_rate"] == checked["data"]["limit"] and row["materialized"]
+    # Every feature was 60 s old: past the 30 s objective, within the 10 min one.
+    assert rows["customer_spending"] == {**rows["customer_spending"], "age_s": 60.0, "limit_s": 30.0,
+                                         "breach_rate": 1.0, "breached": True}
+    assert rows["terminal_risk"] == {**rows["terminal_risk"], "age_s": 60.0, "limit_s": 600.0,
+                                     "breach_rate": 0.0, "breached": False}
+    assert rows["customer_spending"]["requests"] == SERVED_DAYS * 50
+
+
+def test_monitoring_plots_live_quality_per_window_from_the_recorded_run(served):
+    """The rows are the recorded ``live_quality`` run's windows: the same starts and metric
+    values as the quality check computed again at the summary's moment."""
+    from lab.monitoring.quality import live_quality
+
+    config, summary, result = served
+    body = views.monitoring(views.Lab(config.root))
+    checked = summary["checks"]["quality"]
+    assert checked["status"] == "ok" and checked["data"]["run_id"]
+    info = body["quality_info"]
+    assert (info["source"], info["run_id"], info["window_s"], info["model"]) == (
+        "run", checked["data"]["run_id"], 86400.0, summary["model"])
+    assert info["metrics"] == ["roc_auc", "brier"]  # the headline, then the loss the test watches
+    assert info["tests"] == {"1": {"loss": "brier", "metric": "brier", "status": checked["data"]["versions"]["1"]
+                                   ["test"]["status"], "degraded": False}}
+    again = live_quality(config, as_of=dt.datetime.fromisoformat(summary["end"]) + dt.timedelta(days=1))
+    expected = {(w.start.isoformat(), name): (value, w.n_labelled) for w in again.versions[1].windows
+                for name, value in w.metrics.items() if name in QUALITY_METRICS and value is not None}
+    got = {(r["window_start"], r["metric"]): (r["value"], r["n_labelled"]) for r in body["quality"]}
+    assert got.keys() == expected.keys()
+    for key, (value, labelled) in expected.items():
+        assert got[key] == (pytest.approx(value), labelled), key
+    starts = sorted({r["window_start"] for r in body["quality"] if r["metric"] == "roc_auc"})
+    assert len(starts) >= 3 and starts[0] == f"{SERVED_FROM}T00:00:00"  # a line, from the first served day
+    for r in body["quality"]:
+        assert r["version"] == 1
+        begin = dt.datetime.fromisoformat(r["window_start"])
+        assert dt.datetime.fromisoformat(r["window_end"]) - begin == dt.timedelta(days=1)
+        assert r["window"] == (begin - dt.datetime(1970, 1, 1)).days  # the registry's step
+    aucs = [r["value"] for r in body["quality"] if r["metric"] == "roc_auc"]
+    assert min(aucs) > 0.5  # labels drawn from the scores
+
+
+def test_monitoring_plots_fall_back_and_never_fail(served, tmp_path):
+    """The summary's last window when the check was not recorded; the newest live_quality
+    run without a summary; a broken or half summary gives empty lists and a sentence."""
+    config, summary, _ = served
+    copy = tmp_path / "lab"
+    shutil.copytree(config.root, copy)
+    path = copy / "data" / "monitor.json"
+    lab = views.Lab(copy)
+    unrecorded = json.loads(json.dumps(summary))
+    unrecorded["checks"]["quality"]["data"]["run_id"] = None
+    last = unrecorded["checks"]["quality"]["data"]["versions"]["1"]["last_window"]
+    last["metrics"].update(roc_auc=0.75, brier=0.2)  # a window with labels: one point per metric
+    path.write_text(json.dumps(unrecorded))
+    body = views.monitoring(lab)
+    assert body["quality_info"]["source"] == "summary" and body["quality_info"]["window_s"] == 86400.0
+    assert {(r["metric"], r["value"], r["window_start"]) for r in body["quality"]} == {
+        ("roc_auc", 0.75, last["start"]), ("brier", 0.2, last["start"])}
+
+    path.unlink()
+    body = views.monitoring(lab)
+    assert body["monitor"] is None and body["freshness"] == []
+    assert body["quality_info"]["run_id"] == summary["checks"]["quality"]["data"]["run_id"]  # the newest run
+    assert body["quality"] and body["quality_info"]["tests"]["1"]["metric"] == "brier"
+
+    path.write_text('{"model": "fraud", "checks": {"freshness": {"status": "skipped", "detail": "no view"}, '
+                    '"quality": {"status": "skipped"}}}')
+    body = views.monitoring(lab)
+    assert body["freshness"] == [] and body["monitor"]["checks"]["freshness"]["status"] == "skipped"
+    path.write_text('{"checks": [{"name": "freshness", "data": {"views": [{"view": "v", "requests": 0, '
+                    '"lag_s": 5.0, "watermark": null}, {"no view": 1}], "never_materialized": ["v"]}}]}')
+    assert views.monitoring(lab)["freshness"] == [{
+        "view": "v", "age_s": 5.0, "age_kind": "lag", "age_max_s": None, "limit_s": None, "breach_rate": None,
+        "max_breach_rate": None, "requests": 0, "breached": True, "materialized": False}]
+    path.write_text('{"model": "fraud", "checks": ')  # cut short
+    body = views.monitoring(lab)
+    assert body["monitor"] is None and "lab monitor run" in body["monitor_error"] and body["freshness"] == []

@@ -81,8 +81,54 @@ export interface Monitoring {
     breaches?: string[];
     checks?: Record<string, MonitorCheck> | MonitorCheck[];
   } | null;
+  /** Why data/monitor.json could not be read (then `monitor` is null). */
+  monitor_error?: string | null;
   drift: unknown;
   reports: { name: string; url: string }[];
+  /** The freshness check's feature views (absent from an older server). */
+  freshness?: FreshnessRow[];
+  /** Live quality per version, window and metric (absent from an older server). */
+  quality?: QualityRow[];
+  quality_info?: QualityInfo | null;
+}
+
+/** One feature view of the monitor's freshness check; times in seconds. */
+export interface FreshnessRow {
+  view: string;
+  /** Median age of the values served in the window, or the view's lag with no request. */
+  age_s: number | null;
+  age_kind: 'served p50' | 'lag' | null;
+  age_max_s: number | null;
+  /** The view's freshness objective; null when it declares none. */
+  limit_s: number | null;
+  breach_rate: number | null;
+  max_breach_rate: number | null;
+  requests: number;
+  breached: boolean;
+  materialized: boolean;
+}
+
+/** One window's value of one live-quality metric of one model version. */
+export interface QualityRow {
+  version: number;
+  /** The window's number since 1970-01-01 (the registry's step). */
+  window: number;
+  window_start: string;
+  window_end: string | null;
+  metric: string;
+  value: number;
+  n_labelled: number | null;
+}
+
+/** Where the quality rows come from, and what to plot first. */
+export interface QualityInfo {
+  source: 'run' | 'summary';
+  run_id: string | null;
+  as_of: string | null;
+  window_s: number | null;
+  model: string | null;
+  metrics: string[];
+  tests: Record<string, { loss: string | null; metric: string | null; status: string | null; degraded: boolean }>;
 }
 
 export interface ProgressStage {

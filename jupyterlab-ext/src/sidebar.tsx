@@ -24,6 +24,7 @@ import {
   postApi,
   requestApi
 } from './api';
+import { DriftChart, FreshnessChart, QualityChart } from './charts';
 
 type Section = 'summary' | 'runs' | 'models' | 'experiments' | 'monitoring' | 'stage';
 
@@ -560,6 +561,9 @@ export class LabSidebar extends ReactWidget {
         ) : (
           <div className="lab-empty">No monitor summary yet (`lab monitor run` writes data/monitor.json).</div>
         )}
+        {monitoring.monitor_error ? <div className="lab-error">{monitoring.monitor_error}</div> : null}
+        <FreshnessChart rows={monitoring.freshness} />
+        <QualityChart rows={monitoring.quality} info={monitoring.quality_info} />
         <DriftChart drift={monitoring.drift} />
         {monitoring.reports?.length ? (
           <div className="lab-reports">
@@ -583,71 +587,4 @@ function guardrailName(g: unknown): string {
   }
   const named = g as { name?: unknown; breached?: unknown };
   return named && typeof named.name === 'string' ? `${named.name}${named.breached ? ' (breached)' : ''}` : JSON.stringify(g);
-}
-
-interface DriftBar {
-  column: string;
-  score: number;
-  drifted: boolean;
-  method: string;
-}
-
-/** Drift records as bars, whatever their container: a list of records or a map by column. */
-export function driftBars(drift: unknown): DriftBar[] {
-  const records: [string, unknown][] = Array.isArray(drift)
-    ? drift.map((r, i) => [String((r as { column?: unknown })?.column ?? i), r])
-    : drift && typeof drift === 'object'
-      ? Object.entries(drift as Record<string, unknown>)
-      : [];
-  const bars: DriftBar[] = [];
-  for (const [column, record] of records) {
-    const r = record as { score?: unknown; drifted?: unknown; method?: unknown };
-    if (r && typeof r.score === 'number' && isFinite(r.score)) {
-      bars.push({ column, score: r.score, drifted: Boolean(r.drifted), method: String(r.method ?? '') });
-    }
-  }
-  return bars;
-}
-
-/** Per-column drift scores as a small inline SVG bar chart; drifted columns in the error colour. */
-function DriftChart(props: { drift: unknown }): JSX.Element | null {
-  const bars = driftBars(props.drift);
-  if (!bars.length) {
-    return <div className="lab-empty">No drift recorded yet.</div>;
-  }
-  const max = Math.max(...bars.map(b => Math.abs(b.score)), 1e-12);
-  const row = 16;
-  const labelWidth = 160;
-  const barWidth = 120;
-  return (
-    <div className="lab-drift">
-      <div className="lab-subtitle">drift per column</div>
-      <svg
-        width="100%"
-        viewBox={`0 0 ${labelWidth + barWidth + 40} ${bars.length * row + 4}`}
-        preserveAspectRatio="xMinYMin meet"
-        role="img"
-        aria-label="drift per column"
-      >
-        {bars.map((bar, i) => (
-          <g key={bar.column} transform={`translate(0, ${i * row + 2})`} className="lab-drift-bar" data-column={bar.column}>
-            <title>{`${bar.column}: ${bar.method} ${bar.score.toPrecision(3)}${bar.drifted ? ' (drifted)' : ''}`}</title>
-            <text x={labelWidth - 4} y={row - 5} textAnchor="end" className="lab-drift-label">
-              {bar.column.length > 22 ? `${bar.column.slice(0, 21)}…` : bar.column}
-            </text>
-            <rect
-              x={labelWidth}
-              y={2}
-              height={row - 5}
-              width={Math.max(1, (Math.abs(bar.score) / max) * barWidth)}
-              className={bar.drifted ? 'lab-drift-drifted' : 'lab-drift-ok'}
-            />
-            <text x={labelWidth + barWidth + 4} y={row - 5} className="lab-drift-label">
-              {bar.score.toPrecision(2)}
-            </text>
-          </g>
-        ))}
-      </svg>
-    </div>
-  );
 }

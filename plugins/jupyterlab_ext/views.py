@@ -29,6 +29,7 @@ from lab.config import LabConfig, find_root, load_config
 from lab.errors import NotFound
 from lab.plugins import get_plugin_manager, plugin_table
 from lab.registry import Registry
+from plugins.jupyterlab_ext.monitor_plots import freshness_rows, quality_rows
 
 log = logging.getLogger("lab.jupyterlab")
 
@@ -324,22 +325,42 @@ def stop_experiment(lab: Lab, name: str, *, reason: str, who: str) -> dict:
 # -- monitoring --------------------------------------------------------------------------
 
 MONITOR_SUMMARY = "monitor.json"  # lab.monitoring.monitor.SUMMARY, under the lab's data folder
-
-
 def monitoring(lab: Lab) -> dict:
     """``lab monitor run``'s summary (``data/monitor.json``, None before one), the latest
-    drift record per column, and links to every HTML report in the data folder."""
+    drift record per column, links to every HTML report in the data folder, and the rows
+    the sidebar's plots draw, taken from those payloads (nothing is measured again here):
+
+    - ``freshness``: one row per feature view of the summary's freshness check
+      (``monitor_plots.freshness_rows``);
+    - ``quality`` and ``quality_info``: live quality per version and window
+      (``monitor_plots.quality_rows``).
+
+    A ``monitor.json`` that is not JSON gives ``monitor`` None and ``monitor_error``
+    saying how to write it again."""
     import json
 
     config = lab.config()
     summary_path = config.data_path / MONITOR_SUMMARY
-    monitor = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    monitor, monitor_error = None, None
+    if summary_path.is_file():
+        try:
+            monitor = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as exc:
+            monitor_error = (f"{lab.relative(summary_path) or summary_path} could not be read ({exc}); "
+                             "run `lab monitor run` to write it again")
+        if monitor is not None and not isinstance(monitor, dict):
+            monitor, monitor_error = None, (f"{summary_path.name} holds no JSON object; run `lab monitor run` "
+                                            "to write it again")
     drift: dict[str, dict] = {}
     registry = lab.registry(config)
     if registry is not None:
         with registry:
             for row in registry.list_drift():  # oldest first: a later record of a column wins
                 drift[row["column"]] = row
+            quality, quality_info = quality_rows(monitor, registry, model=config.model_name)
+    else:
+        quality, quality_info = quality_rows(monitor, None, model=config.model_name)
     pages = sorted(config.data_path.glob("*.html")) if config.data_path.is_dir() else []
     reports = [{"name": page.stem, "url": lab.file_url(page)} for page in pages]
-    return {"monitor": monitor, "drift": list(drift.values()), "reports": reports}
+    return {"monitor": monitor, "monitor_error": monitor_error, "drift": list(drift.values()), "reports": reports,
+            "freshness": freshness_rows(monitor), "quality": quality, "quality_info": quality_info}
