@@ -1,16 +1,18 @@
 """The JupyterLab extension in a real browser: `jupyter lab` on a tiny lab, driven by
 Playwright in Debian's headless chromium.
 
-The lab (``build_tiny_lab``) has a champion v1 and a registered v2, drift recorded for a
-few columns, a running experiment, and a pipeline run of its `prepare` stage; its
-pipeline.toml has a second toy stage, `hello`. The test opens the lab sidebar, checks
-the Models rows against the registry, promotes v2 through the confirmation dialog and
-checks the registry's champion and audit log (actor ``jupyterlab:<user>``), opens the
-recorded run's executed notebook from Runs, then runs `hello` from its notebook with the
-`lab:run-stage` command and waits for the sidebar to show it finished. Screenshots go
-to ``$LAB_SCREENSHOTS`` when it is set (``LAB_SCREENSHOTS=docs/images`` refreshes the ones
-docs/jupyterlab.md shows), else to the run's temporary folder, so a test run leaves the
-repository as it was.
+The lab (``served_tiny_lab``: days of served traffic, with the monitor's freshness and
+quality checks run on it) has a champion v1 and a registered v2, drift recorded for a few
+columns, a running experiment, and a pipeline run of its `prepare` stage; its pipeline.toml
+has a second toy stage, `hello`. The test opens the lab sidebar, checks the Models rows
+against the registry and the monitoring plots against the monitor's output, promotes v2
+through the confirmation dialog and checks the registry's champion and audit log (actor
+``jupyterlab:<user>``), opens the recorded run's executed notebook from Runs, then runs
+`hello` from its notebook with the `lab:run-stage` command and waits for the sidebar to show
+it finished.
+Screenshots go to ``$LAB_SCREENSHOTS`` when it is set (``LAB_SCREENSHOTS=docs/images``
+refreshes the ones docs/jupyterlab.md shows), else to the run's temporary folder, so a test
+run leaves the repository as it was.
 
 Needs the extension installed (``pip install -e .`` builds it) and /usr/bin/chromium
 (``.ci/run`` installs it; the test is skipped only when it is absent).
@@ -21,17 +23,20 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from lab.config import load_config
 from lab.experiments import Experiment, ExperimentStore, Variant
 from lab.pipeline.runner import run_pipeline
-from lab.plugins import get_plugin_manager
+from lab.plugins import get_plugin_manager, model_spec
 from lab.registry import Registry
-from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
+from lab.monitoring.monitor import run_monitor
+from plugins.fraud.testing import MODEL_ARTIFACT
 from tests import _browser
 from tests._helpers import stage_notebook
+from tests._served_lab import served_tiny_lab
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +46,17 @@ playwright_api = _browser.playwright_api()
 TOKEN = _browser.TOKEN
 
 
+class TinyLab(NamedTuple):
+    root: Path
+    model_name: str
+
+
 def _make_lab(root: Path) -> dict:
-    """A tiny lab with v1 champion, v2 registered, drift, an experiment and a recorded run."""
-    tiny = build_tiny_lab(root)
+    """A tiny lab that served traffic (``served_tiny_lab``) with the monitor's freshness and
+    quality checks run, v1 champion, v2 registered, drift, an experiment and a recorded run."""
+    config = served_tiny_lab(root)
+    run_monitor(config, checks=("freshness", "quality"), emit=False)
+    tiny = TinyLab(root, model_spec(get_plugin_manager(config), config).name)
     stage_notebook(root / "notebooks/prepare.ipynb", title="# prepare", body="""
         from pathlib import Path
         Path(root, "data").mkdir(exist_ok=True)
@@ -128,6 +141,14 @@ def test_models_rows_match_the_registry_and_promote_through_the_dialog(jupyter_l
     # Drift per column is drawn, the drifted one in the error colour.
     assert page.locator(".lab-drift-bar").count() == 3
     assert page.locator('.lab-drift-bar[data-column="TX_AMOUNT"] rect.lab-drift-drifted').count() == 1
+    # Freshness per view against its objective (customer_spending's 30 s breached, terminal_risk's
+    # 10 min kept) and live quality per daily window, from the monitor's summary and recorded run.
+    fresh = page.locator(".lab-fresh-row")
+    assert sorted(fresh.evaluate_all("rows => rows.map(r => [r.dataset.view, r.dataset.breached])")) == [
+        ["customer_spending", "true"], ["terminal_risk", "false"]]
+    assert page.locator('.lab-fresh-row[data-view="customer_spending"] rect.lab-fresh-breached').count() == 1
+    points = page.locator('.lab-quality-plot[data-metric] .lab-quality-series[data-version="1"] .lab-quality-point')
+    assert points.count() >= 3 * page.locator(".lab-quality-plot").count() >= 3
 
     page.locator(f'.lab-model-row[data-model="{model}"][data-version="{facts["v2"]}"] .lab-promote').click()
     dialog = page.locator(".jp-Dialog")

@@ -21,15 +21,11 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import pyarrow as pa
 import pytest
 
-from lab.config import load_config
 from lab.errors import NotFound
 from lab.experiments import Experiment, ExperimentStore, Variant
 from lab.monitoring.monitor import run_monitor
-from lab.plugins import get_plugin_manager, model_spec
 from lab.registry import Registry
 from lab.serving.ledger import Ledger, PredictionRecord
 from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
@@ -37,6 +33,7 @@ from plugins.jupyterlab_ext import views
 from plugins.jupyterlab_ext.monitor_plots import QUALITY_METRICS
 from plugins.jupyterlab_ext.views import find_lab
 from tests._helpers import free_port, stage_notebook, stop_process
+from tests._served_lab import SERVED_DAYS, SERVED_FROM, served_tiny_lab
 
 pytestmark = pytest.mark.slow
 
@@ -354,55 +351,11 @@ def test_run_a_notebook_stage_and_its_progress(server):
 
 # -- the Monitoring section's plots: freshness and live quality ----------------------------
 
-SERVED_FROM = dt.date(2018, 5, 1)
-SERVED_DAYS = 12  # with the views' 7-day label delay, the first days' labels are due by the window's end
-
-
-def _served_lab(root: Path):
-    """A tiny lab that served ``SERVED_DAYS`` days of v1 traffic (every feature 60 s old at
-    serving), its labels in the offline source, and freshness objectives of 30 s
-    (``customer_spending``: breached) and 10 min (``terminal_risk``: kept): its config."""
-    build_tiny_lab(root)
-    with open(root / "pyproject.toml", "a") as fh:
-        fh.write('\n[tool.lab.freshness]\ncustomer_spending = "30s"\nterminal_risk = "10m"\n')
-    config = load_config(root)
-    pm = get_plugin_manager(config)
-    spec = model_spec(pm, config)
-    rng = np.random.default_rng(3)
-    rows = []
-    with Ledger.open(config.ledger_path) as ledger:
-        for day in range(SERVED_DAYS):
-            for i in range(50):
-                event_id = day * 1000 + i
-                when = dt.datetime.combine(SERVED_FROM + dt.timedelta(days=day), dt.time()) + dt.timedelta(
-                    seconds=int(rng.integers(0, 86_400)))
-                score = float(rng.random())
-                label = int(rng.random() < score)  # scores that rank the labels: an AUC well above 0.5
-                features = {name: float(rng.normal()) for name in spec.features}
-                ledger.append(PredictionRecord(
-                    event_id=event_id, model_name=spec.name, model_version=1, features=features,
-                    defaults={view: False for view in spec.views}, score=score, latency_ms=0.5,
-                    request={spec.request.id: event_id, spec.request.timestamp: when.isoformat(), "CUSTOMER_ID": 1,
-                             "TERMINAL_ID": 10, "TX_AMOUNT": 10.0},
-                    feature_ages={view: 60.0 for view in spec.views}))
-                rows.append((event_id, when, label))
-    offline = pm.hook.lab_offline_store(config=config)
-    try:
-        ids, whens, labels = zip(*rows)
-        offline.write_source(spec.source, pa.table({
-            spec.request.id: pa.array(ids, pa.int64()), spec.request.timestamp: pa.array(whens, pa.timestamp("us")),
-            "CUSTOMER_ID": pa.array([1] * len(ids), pa.int64()), "TERMINAL_ID": pa.array([10] * len(ids), pa.int64()),
-            "TX_AMOUNT": pa.array([10.0] * len(ids), pa.float64()), spec.label: pa.array(labels, pa.int64())}))
-    finally:
-        offline.close()
-    return config
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """``(config, summary, result)``: the served lab after ``lab monitor run``'s freshness and
     quality checks (recorded in the registry)."""
-    config = _served_lab(tmp_path_factory.mktemp("monitor-plots") / "lab")
+    config = served_tiny_lab(tmp_path_factory.mktemp("monitor-plots") / "lab")
     result = run_monitor(config, checks=("freshness", "quality"), emit=False)
     return config, json.loads((config.data_path / "monitor.json").read_text()), result
 

@@ -198,6 +198,10 @@ def test_jupyterlab_shows_the_demo(demo_lab, tmp_path):
             champion = page.locator(f'.lab-model-row[data-model="{name}"][data-version="{aliases["champion"]}"]')
             assert "champion" in champion.inner_text()
         page.locator('.lab-check[data-check="drift"]').wait_for()
+        summary = json.loads((demo_lab / "data/monitor.json").read_text())
+        views = [v["view"] for v in summary["checks"]["freshness"]["data"]["views"]]
+        assert sorted(page.locator(".lab-fresh-row").evaluate_all("rows => rows.map(r => r.dataset.view)")) == \
+            sorted(views) and views
         page.locator("#lab-sidebar").evaluate("node => node.scrollTo(0, 0)")
         _browser.shot(page, "demo")
 
