@@ -542,21 +542,34 @@ def prediction_controller(spec: ModelSpec, errors: RequestErrors, *, path: str =
         if variant is not None and fallback is None:
             serving.router.count(variant, failed=False)
         # One record and one answer for the server and the embedded predictor (lab.load_model).
-        record = ledger_record(schema, fields, sent, version, assembled, score, latency_ms,
-                               request_id, experiment=flag, variant=variant, fallback=fallback)
-        if not serving.ledger.sync:
-            serving.ledger.append(record)
-        elif not await serving.ledger.append_durably(record):  # ledger_sync: answer only what is committed
+        durable = serving.ledger.sync
+        if durable and not await serving.ledger.append_durably(ledger_record(
+                schema, fields, sent, version, assembled, score, latency_ms, request_id, experiment=flag,
+                variant=variant, fallback=fallback)):  # ledger_sync: answer only what is committed
             raise _unrecorded(serving)
-        fresh = assembled.freshness
         if fallback is None:
             serving.predictions += 1
-            serving.shadow.mirror(request_id, event_id, assembled.features, score, latency_ms, version.version)
-            if serving.metrics is not None:
-                serving.metrics.prediction(version.name, version.version, variant)
-                serving.metrics.features(assembled.defaults, fresh)
-            if serving.freshness_watch is not None:
-                serving.freshness_watch.observe(fresh)
+
+        def bookkeeping() -> None:
+            # Nothing here changes the answer: on the lean path it runs once the answer is
+            # sent (fastpath.DEFERRED), so the client does not wait for it.
+            if not durable:
+                serving.ledger.append(ledger_record(schema, fields, sent, version, assembled, score, latency_ms,
+                                                    request_id, experiment=flag, variant=variant, fallback=fallback))
+            if fallback is None:
+                fresh = assembled.freshness
+                serving.shadow.mirror(request_id, event_id, assembled.features, score, latency_ms, version.version)
+                if serving.metrics is not None:
+                    serving.metrics.prediction(version.name, version.version, variant)
+                    serving.metrics.features(assembled.defaults, fresh)
+                if serving.freshness_watch is not None:
+                    serving.freshness_watch.observe(fresh)
+
+        deferred = request.scope.get(fastpath.DEFERRED)
+        if deferred is None:  # Litestar's generic path: before the answer, as it always was
+            bookkeeping()
+        else:
+            deferred.append(bookkeeping)
         return Prediction(
             request_id=request_id,
             **prediction_fields(event_id, version, assembled, score, latency_ms),

@@ -19,7 +19,10 @@ again as keyword arguments) and building a ``Response`` object to encode the res
   metrics) is the handler's own;
 - a returned ``msgspec.Struct`` encoded with Litestar's serializer and sent with the same
   headers (``content-type: application/json`` and ``content-length``); anything else
-  the handler returns goes through ``to_response`` as on the Litestar route.
+  the handler returns goes through ``to_response`` as on the Litestar route;
+- work the handler deferred (``scope[DEFERRED]``: the ledger record, metrics, the shadow
+  mirror), run right after the answer is sent, so the client does not wait for it: at
+  one connection it overlaps the client's turn-around instead of adding to the latency.
 
 Anything the path does not reproduce (an ``after_request`` hook, a return DTO, response
 headers or cookies, a handler parameter other than those three, a non-200 status)
@@ -51,6 +54,10 @@ from plugins.litestar_serving.errors import RequestErrors
 log = logging.getLogger("lab.serving")
 
 PARAMETERS = frozenset({"data", "state", "request"})
+DEFERRED = "lab.deferred"
+"""A scope key: on the lean path, a list the handler may append callables to; they run
+once the answer is sent (or sending failed), off the request's latency. A handler that
+finds no list (Litestar's generic path) does that work before it returns."""
 _JSON = b"application/json"
 
 
@@ -161,15 +168,20 @@ def install(app: Litestar, errors: RequestErrors, path: str = "/predict") -> str
             kwargs["state"] = app.state
         if "request" in names:
             kwargs["request"] = request
+        deferred = scope[DEFERRED] = []
         result = await fn(**kwargs)
-        if isinstance(result, msgspec.Struct):
-            content = encode_json(result, serializer)
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", _JSON), (b"content-length", str(len(content)).encode())]})
-            await send({"type": "http.response.body", "body": content})
-        else:
-            response = await handler.to_response(app=app, data=result, request=request)
-            await response(scope, receive, send)
+        try:
+            if isinstance(result, msgspec.Struct):
+                content = encode_json(result, serializer)
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", _JSON), (b"content-length", str(len(content)).encode())]})
+                await send({"type": "http.response.body", "body": content})
+            else:
+                response = await handler.to_response(app=app, data=result, request=request)
+                await response(scope, receive, send)
+        finally:  # sent, or the client gone: the handler's bookkeeping runs either way
+            for work in deferred:
+                work()
         if after_response is not None:
             await after_response(request)
 
