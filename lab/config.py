@@ -43,6 +43,42 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TrainingConfig:
+    """Where the train stage trains (docs/training.md, Devices): handed to the model
+    flavor's ``fit`` as given, which checks the values against its framework
+    (``lightning_mlp``: Lightning's accelerators, strategies and precisions). The
+    defaults are one CPU process in 32-bit floats. The train stage's parameters of the
+    same names override them for one stage."""
+
+    accelerator: str = "cpu"  # "cpu", "gpu" (= "cuda"), "mps" or "auto"
+    devices: int | str | list[int] | None = None  # a count (1 when unset), -1 or "auto" (all), or GPU indices [0, 1]
+    strategy: str = "auto"  # "auto" (one device: one process), "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"
+    precision: str = "32-true"  # "32-true", "64-true", "bf16-mixed", "16-mixed" (GPU only), ...
+    num_nodes: int = 1  # machines in one DDP job (each runs devices processes)
+
+    def __post_init__(self) -> None:
+        devices = 1 if self.devices is None else self.devices
+        if isinstance(devices, tuple):
+            devices = list(devices)
+        shape_ok = (
+            (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+            or devices == "auto"
+            or (isinstance(devices, list) and devices
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))
+        )
+        if not shape_ok:
+            raise ConfigError(f"[tool.lab.training] devices must be a count of 1 or more, -1 or \"auto\" (every "
+                              f"device), or a list of GPU indices such as [0, 1]; got {self.devices!r}")
+        object.__setattr__(self, "devices", devices)  # frozen: normalized once, here
+        if self.num_nodes < 1:
+            raise ConfigError(f"[tool.lab.training] num_nodes must be 1 or more, got {self.num_nodes}")
+
+    def settings(self) -> dict[str, Any]:
+        """The five settings by name, as the flavor's ``fit(devices=...)`` takes them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
 class GateConfig:
     metric: str | None = None  # default: the model spec's metric
     min_delta: float = 0.0
@@ -238,6 +274,7 @@ class LabConfig:
     model_name: str | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
@@ -290,6 +327,7 @@ class LabConfig:
 _SECTIONS = {
     "pipeline": PipelineConfig,
     "train": TrainConfig,
+    "training": TrainingConfig,
     "gate": GateConfig,
     "serve": ServeConfig,
     "experiments": ExperimentsConfig,
