@@ -221,6 +221,21 @@ class ValidationConfig:
                               f"{self.max_drift} and {self.reference_rows}")
 
 
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """``lab reproduce MODEL VERSION`` (``lab.pipeline.reproduce``; docs/training.md): how far
+    a re-run's metric may be from the recorded one, in the metric's own units."""
+
+    tolerance: float = 0.0  # a metric reproduces when |reproduced - recorded| <= this; 0: exactly, same files
+    accelerator_tolerance: float = 1e-3  # instead, when a recorded stage ran with accelerator other than "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("tolerance", "accelerator_tolerance"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"[tool.lab.reproduce] {name} must be 0 or more (in the metrics' units), got {value}")
+
+
 DRIFT_EFFECTS = {"numeric": ("wasserstein", "psi", "jensen_shannon"), "categorical": ("jensen_shannon", "psi")}
 """The effect sizes ``[tool.lab.drift]`` may judge each kind of column by (docs/monitoring.md)."""
 
@@ -283,6 +298,7 @@ class LabConfig:
     skew: SkewConfig = field(default_factory=SkewConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
 
@@ -335,6 +351,7 @@ _SECTIONS = {
     "drift": DriftConfig,
     "skew": SkewConfig,
     "validation": ValidationConfig,
+    "reproduce": ReproduceConfig,
     "resources": ResourcesConfig,
 }
 
