@@ -27,7 +27,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -95,11 +95,15 @@ def default_sweep_storage(workdir: Path) -> str:
     return f"sqlite:///{Path(workdir).resolve()}/optuna.db"
 
 
-def trial_key(flavor_name: str, params: dict[str, Any], seed: int, task: str = "classification") -> str:
-    """16 hex digits naming a trial's folder; equal params, seed and task give the same key."""
+def trial_key(flavor_name: str, params: dict[str, Any], seed: int, task: str = "classification",
+              devices: Mapping[str, Any] | None = None) -> str:
+    """16 hex digits naming a trial's folder; equal params, seed, task and device settings
+    (``[tool.lab.training]``; None: the flavor's default) give the same key."""
     named = {"flavor": flavor_name, "params": params, "seed": seed}
     if task != "classification":  # classification keys stay what they were: old sweeps resume
         named["task"] = task
+    if devices:  # a trial trained elsewhere (another precision, more ranks) is another trial
+        named["devices"] = dict(devices)
     blob = json.dumps(named, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -206,6 +210,7 @@ def run_sweep(
     max_attempts: int | None = None,
     task: str = "classification",
     metric: str | None = None,
+    devices: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Run trials until the study holds ``n_trials`` COMPLETE ones, then return the best.
 
@@ -217,7 +222,9 @@ def run_sweep(
     ``on_trial(record)`` is called for each trial this call finishes (COMPLETE or
     PRUNED), before Optuna is told: a kill in between repeats the call on the rerun,
     so deduplicate on ``record["key"]``. ``max_attempts`` (default 5 × n_trials) caps
-    the trials one call starts, in case the pruner stops most of them.
+    the trials one call starts, in case the pruner stops most of them. ``devices`` (the
+    ``[tool.lab.training]`` settings) goes to every ``fit`` and into the trial keys; None
+    leaves both as they were.
     """
     optuna = _optuna()
     if n_trials < 1:
@@ -269,7 +276,7 @@ def run_sweep(
         trial = study.ask()
         trial.set_user_attr(_OWNER, _owner())
         params = flavor.search_space(trial, task=task)
-        key = trial_key(flavor.name, params, seed, task)
+        key = trial_key(flavor.name, params, seed, task, devices)
         trial.set_user_attr(_KEY, key)
         trial.set_user_attr(_PARAMS, params)
         trial_dir = workdir / "trials" / key
@@ -281,6 +288,7 @@ def run_sweep(
                     train_x, train_y, valid_x, valid_y, feature_names, params,
                     seed=seed, workdir=trial_dir, max_epochs=max_epochs,
                     callbacks=[*callbacks, TrialPruning(trial, monitor=objective)], task=task,
+                    **({"devices": devices} if devices is not None else {}),
                 )
                 value = metric_value(task, metric, valid_y, fit.model.predict(np.asarray(valid_x, dtype=np.float32)))
                 metrics = {**fit.metrics, objective: value}
