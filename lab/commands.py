@@ -45,6 +45,7 @@ _SHADOW = "lab.serving.shadow_commands"
 _STREAM = "lab.streaming.commands"
 _EXPERIMENTS = "lab.experiments.commands"
 _KEYS = "lab.serving.keys_commands"
+_QUEUE = "lab.queue.commands"
 
 COMMANDS: list[Command] = [
     Command("plugins", "list loaded plugins with their versions and hooks", _plugins_args, _plugins_run),
@@ -145,6 +146,17 @@ COMMANDS: list[Command] = [
           _KEYS, "_revoke_args", "_revoke_run"),
     _lazy("audit", "what was done through the server's admin routes: by which key, before and after, request id",
           _KEYS, "_audit_args", "_audit_run"),
+    # the local job queue
+    _lazy("queue submit", "queue a job (any command) asking for devices and a priority; the scheduler starts it "
+          "when all its devices are free", _QUEUE, "submit_args", "submit_run"),
+    _lazy("queue list", "the queue's jobs: state, devices, priority, times, attempts", _QUEUE, "list_args",
+          "list_run"),
+    _lazy("queue devices", "the queue's devices: which job holds each, utilization, idle reservations", _QUEUE,
+          "devices_args", "devices_run"),
+    _lazy("queue cancel", "cancel jobs: queued ones at once, running ones stopped (SIGTERM, then SIGKILL)", _QUEUE,
+          "cancel_args", "cancel_run"),
+    _lazy("queue run", "the scheduler, in the foreground: gang allocation, priorities, preemption; stops on "
+          "SIGTERM after handing its jobs back", _QUEUE, "run_args", "run_run"),
     INIT_COMMAND,
 ]
 

@@ -236,6 +236,39 @@ class ReproduceConfig:
                 raise ConfigError(f"[tool.lab.reproduce] {name} must be 0 or more (in the metrics' units), got {value}")
 
 
+@dataclass(frozen=True)
+class QueueConfig:
+    """The local job queue (``lab queue``, ``lab.queue``; docs/queue.md). Devices are the
+    ones declared here, else the GPUs nvidia-smi lists, plus ``cpu_slots`` CPU slots."""
+
+    store: str = ""  # the queue's SQLite file, relative to the project root; "": <runs_dir>/queue.db
+    devices: tuple = ()  # declared GPUs instead of discovery: "gpu:0", "gpu:GPU-<uuid>", "gpu:MIG-<uuid>", or
+    #                      tables {id = "gpu:0", cuda = "0", memory_mb = 81920, name = "..."}
+    discover: bool = True  # without declared devices, list GPUs (and MIG instances) with nvidia-smi when on PATH
+    cpu_slots: int = 1  # CPU slots beside the GPUs, for jobs asking --cpus N (one slot: one core's worth); 0: none
+    grace_s: float = 30.0  # a job asked to stop (SIGTERM) is killed (SIGKILL) after this many seconds
+    term_group: bool = False  # SIGTERM the job's whole process group, not only its main process (which forwards it)
+    poll_s: float = 0.5  # the scheduler looks at its jobs and the queue this often
+    sample_s: float = 10.0  # device utilization (nvidia-smi, the jobs' CPU time) is sampled this often
+    idle_util_pct: float = 5.0  # a held device below this utilization (or with no process of its job) is idle ...
+    idle_after_s: float = 300.0  # ... and reported as an idle reservation after this many seconds
+    preempt: bool = True  # a job that cannot start stops lower-priority jobs whose devices let it start
+    max_requeues: int = 5  # a job ending in the preempted status (or SIGTERM) on its own goes back this many times
+
+    def __post_init__(self) -> None:
+        for entry in self.devices:
+            if not isinstance(entry, (str, dict)):
+                raise ConfigError(f"[tool.lab.queue] devices entries must be strings (\"gpu:0\") or tables "
+                                  f"({{id = \"gpu:0\", memory_mb = 81920}}), got {entry!r}")
+        numbers = {"grace_s": self.grace_s, "sample_s": self.sample_s, "idle_util_pct": self.idle_util_pct,
+                   "idle_after_s": self.idle_after_s}
+        bad = [k for k, v in numbers.items() if not math.isfinite(v) or v < 0]
+        if bad or self.cpu_slots < 0 or self.max_requeues < 0:
+            raise ConfigError(f"[tool.lab.queue] {', '.join(bad) or 'cpu_slots and max_requeues'} must be 0 or more")
+        if not math.isfinite(self.poll_s) or self.poll_s <= 0:
+            raise ConfigError(f"[tool.lab.queue] poll_s must be more than 0 seconds, got {self.poll_s}")
+
+
 DRIFT_EFFECTS = {"numeric": ("wasserstein", "psi", "jensen_shannon"), "categorical": ("jensen_shannon", "psi")}
 """The effect sizes ``[tool.lab.drift]`` may judge each kind of column by (docs/monitoring.md)."""
 
@@ -298,6 +331,7 @@ class LabConfig:
     skew: SkewConfig = field(default_factory=SkewConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The [tool.lab.<name>] tables the platform does not own: plugins' own settings."""
@@ -353,6 +387,7 @@ _SECTIONS = {
     "validation": ValidationConfig,
     "reproduce": ReproduceConfig,
     "resources": ResourcesConfig,
+    "queue": QueueConfig,
 }
 
 
