@@ -52,7 +52,7 @@ class TrainingConfig:
 
     accelerator: str = "cpu"  # "cpu", "gpu" (= "cuda"), "mps" or "auto"
     devices: int | str | list[int] | None = None  # a count (1 when unset), -1 or "auto" (all), or GPU indices [0, 1]
-    strategy: str = "auto"  # "auto" (one device: one process), "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"
+    strategy: str = "auto"  # "auto" (one device: one process), "ddp" (torchrun, srun), "ddp_fork" (in a notebook)
     precision: str = "32-true"  # "32-true", "64-true", "bf16-mixed", "16-mixed" (GPU only), ...
     num_nodes: int = 1  # machines in one DDP job (each runs devices processes)
 
@@ -377,7 +377,6 @@ class LabConfig:
 _SECTIONS = {
     "pipeline": PipelineConfig,
     "train": TrainConfig,
-    "training": TrainingConfig,
     "gate": GateConfig,
     "serve": ServeConfig,
     "experiments": ExperimentsConfig,
@@ -388,6 +387,7 @@ _SECTIONS = {
     "reproduce": ReproduceConfig,
     "resources": ResourcesConfig,
     "queue": QueueConfig,
+    "training": TrainingConfig,  # last: the tables listed in errors keep their order
 }
 
 
