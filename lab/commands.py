@@ -97,6 +97,11 @@ COMMANDS: list[Command] = [
     _lazy("data validate", "check the model's data against the lab's expectations (lab_expectations), as the "
           "train step does before training; exit 3 when a check fails", "lab.steps.training", "validate_args",
           "validate_run"),
+    # serving cost
+    _lazy("optimize", "cheaper-to-serve versions of a model version (int8 quantization, a distilled student), "
+          "each registered as derived from it only when its quality on the evaluation set holds "
+          "([tool.lab.optimize]); latency, memory and cost per 1,000 predictions (exit 3 when all are refused)",
+          "lab.steps.optimize", "optimize_args", "optimize_run"),
     # monitoring
     _lazy("monitor run", "every check of the served model over a window of days: input and score drift, "
           "freshness, live quality, volume; an HTML report and a JSON summary (exit 3 on a breach)",

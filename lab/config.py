@@ -269,6 +269,56 @@ class QueueConfig:
             raise ConfigError(f"[tool.lab.queue] poll_s must be more than 0 seconds, got {self.poll_s}")
 
 
+OPTIMIZE_METHODS = ("quantize", "distill")
+"""What ``lab optimize`` can make of a model (the flavor's optional methods of those names)."""
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """Cheaper-to-serve versions of a registered model (``lab optimize``, ``lab.steps.optimize``;
+    docs/training.md). A variant is registered only when its quality on the evaluation set
+    drops by at most ``max_quality_drop`` against its parent."""
+
+    methods: tuple[str, ...] = OPTIMIZE_METHODS  # "quantize" (int8 dynamic), "distill" (a smaller student)
+    metric: str | None = None  # the gate's metric; default: the model spec's
+    max_quality_drop: float = 0.01  # the most the metric may worsen, in its own units (0.01 AP: one point)
+    require_ci: bool = False  # judge the upper bound of the drop's paired-bootstrap interval, not the point estimate
+    confidence: float = 0.95  # of that interval
+    bootstrap_samples: int = 1000  # evaluation-set resamples behind it
+    distill_epochs: int = 20  # the student's training epochs (the epoch closest to the teacher is kept)
+    student_params: dict = field(default_factory=dict)  # the student's hyperparameters; empty: the flavor's default
+    price_per_cpu_hour: float = 0.05  # the cost model: CPU-seconds x this price / 3600 (e.g. an on-demand vCPU-hour)
+    currency: str = "USD"  # of that price
+    batch_rows: int = 1000  # rows per batch in the batch latency
+    rounds: int = 5  # interleaved measurement rounds (every model once per round, order rotated)
+    one_row_calls: int = 200  # one-row predicts per model per round
+    batch_calls: int = 3  # batch predicts per model per round
+    threads: int = 1  # torch/OpenMP threads of the measuring process, as `lab serve --threads` (default 1)
+    measure_load_rss: bool = True  # RSS growth when loading each model, in a fresh Python process (about 2 s each)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in OPTIMIZE_METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"[tool.lab.optimize] methods must be a non-empty list of "
+                              f"{', '.join(map(repr, OPTIMIZE_METHODS))}, got {list(self.methods)!r}")
+        if not math.isfinite(self.max_quality_drop) or self.max_quality_drop < 0:
+            raise ConfigError("[tool.lab.optimize] max_quality_drop must be 0 or more (in the metric's units), "
+                              f"got {self.max_quality_drop}")
+        if not 0.5 <= self.confidence < 1 or self.bootstrap_samples < 100:
+            raise ConfigError("[tool.lab.optimize] confidence must be in [0.5, 1) and bootstrap_samples 100 or "
+                              f"more, got {self.confidence} and {self.bootstrap_samples}")
+        if not isinstance(self.student_params, dict):
+            raise ConfigError("[tool.lab.optimize] student_params must be a table, e.g. {hidden_sizes = [16]}, "
+                              f"got {self.student_params!r}")
+        if not math.isfinite(self.price_per_cpu_hour) or self.price_per_cpu_hour < 0:
+            raise ConfigError(f"[tool.lab.optimize] price_per_cpu_hour must be 0 or more, got {self.price_per_cpu_hour}")
+        counts = {"distill_epochs": self.distill_epochs, "batch_rows": self.batch_rows, "rounds": self.rounds,
+                  "one_row_calls": self.one_row_calls, "batch_calls": self.batch_calls, "threads": self.threads}
+        low = [f"{k} = {v}" for k, v in counts.items() if v < 1]
+        if low:
+            raise ConfigError(f"[tool.lab.optimize] {', '.join(low)}: each must be 1 or more")
+
+
 DRIFT_EFFECTS = {"numeric": ("wasserstein", "psi", "jensen_shannon"), "categorical": ("jensen_shannon", "psi")}
 """The effect sizes ``[tool.lab.drift]`` may judge each kind of column by (docs/monitoring.md)."""
 
@@ -328,6 +378,7 @@ class LabConfig:
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     skew: SkewConfig = field(default_factory=SkewConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -382,6 +433,7 @@ _SECTIONS = {
     "experiments": ExperimentsConfig,
     "stream": StreamConfig,
     "drift": DriftConfig,
+    "optimize": OptimizeConfig,
     "skew": SkewConfig,
     "validation": ValidationConfig,
     "reproduce": ReproduceConfig,

@@ -3,7 +3,8 @@
 A flavor trains for one or more tasks (``lab.modelspec.TASKS``): ``classification``
 (binary labels 0/1; the model predicts the probability of 1) or ``regression`` (numeric
 labels; the model predicts in the label's units). ``lab.testing.flavors.ModelFlavorContract``
-checks an implementation.
+checks an implementation. Two methods are optional (``quantize``, ``distill``): a flavor
+that has them lets ``lab optimize`` make cheaper-to-serve versions of its models.
 """
 
 from __future__ import annotations
@@ -105,3 +106,45 @@ class ModelFlavor(abc.ABC):
     @abc.abstractmethod
     def load(self, path: Path) -> ScoringModel:
         """Read a model written by ``save``; its ``task`` is the one it was trained for."""
+
+    # -- optional: cheaper models to serve (``lab.steps.optimize``, ``lab optimize``) -------
+
+    def quantize(self, model: ScoringModel) -> ScoringModel:
+        """An int8 copy of a trained ``model`` (dynamic quantization of its dense layers:
+        int8 weights, activations quantized per call), scored on the CPU. ``save`` writes
+        it and ``load`` reads it back like any model of this flavor (a flag in the saved
+        folder says it is quantized). Optional: a flavor that cannot, does not override it
+        and this raises ``LabError``."""
+        raise LabError(f"model flavor {self.name or type(self).__name__!r} cannot quantize a model (it does not "
+                       "implement ModelFlavor.quantize); leave 'quantize' out of [tool.lab.optimize] methods")
+
+    def distill(
+        self,
+        teacher: ScoringModel,
+        train_x: np.ndarray,
+        soft_targets: np.ndarray,
+        valid_x: np.ndarray,
+        valid_targets: np.ndarray,
+        params: dict[str, Any] | None,
+        *,
+        seed: int,
+        workdir: Path,
+        max_epochs: int,
+    ) -> FitResult:
+        """A smaller student of this flavor trained to reproduce ``teacher``'s scores.
+
+        ``soft_targets`` are the teacher's ``predict`` of ``train_x`` (probabilities for
+        classification, label units for regression), ``valid_targets`` of ``valid_x``: the
+        student learns the teacher's scores, not the labels. ``params`` are the student's
+        hyperparameters (None: the flavor's own smaller default, e.g. fewer and narrower
+        hidden layers). The student has the teacher's task and feature names, and saves,
+        loads and scores like any model of the flavor. Deterministic for a given seed on
+        CPU. ``FitResult.metrics`` says how close it came (e.g. the validation loss
+        against the teacher). Optional: the default raises ``LabError``."""
+        raise LabError(f"model flavor {self.name or type(self).__name__!r} cannot distill a model (it does not "
+                       "implement ModelFlavor.distill); leave 'distill' out of [tool.lab.optimize] methods")
+
+    def optimizations(self) -> tuple[str, ...]:
+        """Which of the optional ``quantize`` and ``distill`` this flavor implements."""
+        return tuple(name for name in ("quantize", "distill")
+                     if getattr(type(self), name) is not getattr(ModelFlavor, name))

@@ -14,6 +14,7 @@ a linear output mapped back to label units when predicting).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ import numpy as np
 from lab.errors import LabError
 from lab.training.flavor import FitResult, ModelFlavor, ScoringModel
 
-from .artifact import FLAVOR_NAME, load_model, save_model
+from .artifact import FLAVOR_NAME, _read_manifest, load_model, save_model
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "hidden_sizes": [64, 32],
@@ -159,9 +160,38 @@ class LightningMLP(ModelFlavor):
                        callbacks=callbacks, task=task, threads=self.threads)
 
     def save(self, model: ScoringModel, path: Path) -> None:
-        """Atomic model folder with a sha256 manifest (see ``artifact``)."""
+        """Atomic model folder with a sha256 manifest (see ``artifact``; a quantized model's
+        folder: ``optimize``)."""
+        optimize = sys.modules.get(f"{__package__}.optimize")  # a quantized model exists only once it is imported
+        if optimize is not None and isinstance(model, optimize.QuantizedMLP):
+            optimize.save_quantized(model, Path(path))
+            return
         save_model(model, Path(path))
 
     def load(self, path: Path) -> ScoringModel:
-        """Read a saved model; raises ``LabError`` when a file does not match its digest."""
+        """Read a saved model, float or quantized (its manifest says); raises ``LabError``
+        when a file does not match its digest."""
+        if "quantization" in _read_manifest(Path(path)):
+            from .optimize import load_quantized  # torch: a quantized model always scores with it
+
+            return load_quantized(Path(path))
         return load_model(Path(path))
+
+    # -- the optional optimizations (lab.steps.optimize; the work is in ``optimize``) --
+
+    def quantize(self, model: ScoringModel) -> ScoringModel:
+        """The model with every Linear layer int8 (torch dynamic quantization); scored by
+        torch only, row by row under the server's micro-batching (see ``optimize``)."""
+        from .optimize import quantize_mlp  # torch, only when quantizing
+
+        return quantize_mlp(model)
+
+    def distill(self, teacher: ScoringModel, train_x: np.ndarray, soft_targets: np.ndarray, valid_x: np.ndarray,
+                valid_targets: np.ndarray, params: dict[str, Any] | None, *, seed: int, workdir: Path,
+                max_epochs: int) -> FitResult:
+        """A smaller MLP (default: one hidden layer half the teacher's narrowest width)
+        trained on the teacher's scores; an ordinary model of this flavor (see ``optimize``)."""
+        from .optimize import distill_mlp  # torch, only when distilling
+
+        return distill_mlp(teacher, train_x, soft_targets, valid_x, valid_targets, params, seed=seed,
+                           workdir=Path(workdir), max_epochs=max_epochs, threads=self.threads)
