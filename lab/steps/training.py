@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from lab import events
 from lab.atomic import atomic_write_text
+from lab.config import TrainingConfig
 from lab.errors import ConfigError, LabError
 from lab.modelspec import ModelSpec, SplitWindow
 from lab.pipeline.context import StageContext
@@ -34,9 +35,15 @@ REFERENCES = "data/validation"  # samples of passed training sets, by digest: th
 
 
 def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n_trials, max_epochs, seed,
-          valid_days: int = 2, model: str | None = None) -> dict:
+          valid_days: int = 2, model: str | None = None, accelerator: str | None = None,
+          devices: int | str | list[int] | None = None, strategy: str | None = None,
+          precision: str | int | None = None, num_nodes: int | None = None) -> dict:
     """Sweep on the training days, holding out their last ``valid_days`` in time order for
-    the objective (the spec's metric); save the best model to ``data/candidate``."""
+    the objective (the spec's metric); save the best model to ``data/candidate``.
+
+    ``accelerator``, ``devices``, ``strategy``, ``precision``, ``num_nodes``: where the
+    trials train, each over ``[tool.lab.training]``'s value (None: the config's); handed
+    to the flavor's ``fit`` as given (docs/training.md, Devices)."""
     import polars as pl  # data libraries load only in the step that runs
 
     from lab.training.sweep import run_sweep  # numpy (and optuna when the sweep starts)
@@ -62,6 +69,11 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
                                                        "max_epochs": max_epochs, "train_start": str(train_start),
                                                        "valid_days": valid_days}, seed=seed)
         ctx.registry.log_data(run_id, "training_set", trainset_digest)
+        given = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "precision": precision,
+                 "num_nodes": num_nodes}
+        placement = TrainingConfig(**{**ctx.config.training.settings(),
+                                      **{k: v for k, v in given.items() if v is not None}}).settings()
+        ctx.registry.log_params(run_id, {f"training.{k}": v for k, v in placement.items()})
         if validation is not None:
             ctx.registry.log_artifact(run_id, "validation_report", validation["path"])
             ctx.registry.log_params(run_id, {"validation_report_digest": validation["digest"]})
@@ -84,6 +96,7 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
             flavor, fx, fy, vx, vy, columns, n_trials=n_trials, storage=storage, study_name=study,
             seed=seed, workdir=workdir, max_epochs=max_epochs, callbacks=[*callbacks, progress],
             task=spec.task, metric=spec.metric, on_trial=on_trial,
+            devices=None if placement == TrainingConfig().settings() else placement,  # default: as ever
         )
         # on_trial recorded trials as they finished; this pass records the study's final
         # word on every trial (failed and re-queued ones too). record_trial upserts.

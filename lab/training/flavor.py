@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -91,8 +91,15 @@ class ModelFlavor(abc.ABC):
         max_epochs: int,
         callbacks: Sequence[Any] = (),
         task: str = "classification",
+        devices: Mapping[str, Any] | None = None,
     ) -> FitResult:
         """Train a model for ``task``; checkpoints (if any) go atomically under ``workdir``.
+
+        ``devices`` says where: ``[tool.lab.training]``'s ``accelerator``, ``devices``,
+        ``strategy``, ``precision`` and ``num_nodes`` (any subset; None: the flavor's
+        default, one CPU process). A sweep passes it only when it is not None, so a
+        flavor that trains on the CPU alone may leave the parameter out; one that takes it
+        raises ``ConfigError`` for a setting it cannot honour.
 
         Raises ``LabError`` for a task outside ``tasks``, for arrays of the wrong shape
         (``x`` must be rows × ``len(feature_names)``, ``y`` one label per row) and for

@@ -129,6 +129,10 @@ class EpochCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         target = self.folder / f"epoch={epoch}.ckpt"
+        if not trainer.is_global_zero:
+            # DDP: every rank takes part in the save (it ends in a barrier); only rank 0 writes files.
+            trainer.save_checkpoint(target, weights_only=False)
+            return
         with atomic_path(target) as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)
             digest = sha256_file(tmp)

@@ -1,4 +1,7 @@
-"""The ``lightning_mlp`` model flavor: an MLP on tabular features, trained with Lightning on CPU.
+"""The ``lightning_mlp`` model flavor: an MLP on tabular features, trained with Lightning.
+
+It trains on one CPU process unless ``fit(devices=...)`` (``[tool.lab.training]``) says
+otherwise: GPUs, mixed precision, distributed data parallel (see ``devices``).
 
 Training is seeded and deterministic, checkpoints every epoch (see ``checkpoints``) and
 resumes from the newest good checkpoint with the same final weights as an
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from lab.errors import LabError
 from lab.training.flavor import FitResult, ModelFlavor, ScoringModel
 
 from .artifact import FLAVOR_NAME, _read_manifest, load_model, save_model
+from .devices import TrainingDevices, is_global_zero
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "hidden_sizes": [64, 32],
@@ -99,7 +103,8 @@ def _check_arrays(train_x, train_y, valid_x, valid_y, feature_names, task: str =
 
 
 class LightningMLP(ModelFlavor):
-    """An MLP trained with PyTorch Lightning on CPU: deterministic, checkpointed, resumable.
+    """An MLP trained with PyTorch Lightning (one CPU process unless ``fit(devices=...)``
+    says otherwise): deterministic on CPU, checkpointed, resumable.
 
     ``threads`` fixes torch's thread count during ``fit`` (then restores the caller's),
     so a fit gives the same weights whatever the machine's core count.
@@ -143,11 +148,18 @@ class LightningMLP(ModelFlavor):
         max_epochs: int,
         callbacks: Sequence[Any] = (),
         task: str = "classification",
+        devices: "Mapping[str, Any] | TrainingDevices | None" = None,
     ) -> FitResult:
         """Train (or resume) under ``workdir``; ``callbacks`` are Lightning callbacks or
         objects with ``lab_epoch_end(epoch, metrics)``. Writes ``workdir/fit.json`` (where
-        it resumed from, what it skipped, whether it finished). Returns the model and its validation metrics."""
+        it resumed from, what it skipped, whether it finished). Returns the model and its validation metrics.
+
+        ``devices``: ``accelerator``, ``devices``, ``strategy``, ``precision``, ``num_nodes``
+        for ``pl.Trainer`` (missing ones: one CPU process, 32-bit); a bad value is a
+        ``ConfigError`` naming it. Under DDP launched outside (torchrun, srun) every rank
+        calls ``fit``; only global rank 0 writes checkpoints, and ``save`` writes only there."""
         self.check_task(task)
+        placement = TrainingDevices.from_settings(devices)
         feature_names = [str(n) for n in feature_names]
         p = normalize_params(params, task)
         if not isinstance(max_epochs, int) or max_epochs < 1:
@@ -157,11 +169,13 @@ class LightningMLP(ModelFlavor):
         from .training import fit_mlp
 
         return fit_mlp(arrays, feature_names, p, seed=seed, workdir=workdir, max_epochs=max_epochs,
-                       callbacks=callbacks, task=task, threads=self.threads)
+                       callbacks=callbacks, task=task, threads=self.threads, devices=placement)
 
     def save(self, model: ScoringModel, path: Path) -> None:
         """Atomic model folder with a sha256 manifest (see ``artifact``; a quantized model's
-        folder: ``optimize``)."""
+        folder: ``optimize``). In a DDP job only global rank 0 writes; other ranks return."""
+        if not is_global_zero():
+            return
         optimize = sys.modules.get(f"{__package__}.optimize")  # a quantized model exists only once it is imported
         if optimize is not None and isinstance(model, optimize.QuantizedMLP):
             optimize.save_quantized(model, Path(path))

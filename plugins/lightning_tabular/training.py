@@ -42,6 +42,7 @@ from .checkpoints import (
     restore_rng_state,
 )
 from .data import tabular_loader
+from .devices import TrainingDevices, adopt_rank_zero_result, runs_in_child_processes
 from .flavor import MONITOR
 from .network import MLPScorer, TabularMLP
 
@@ -82,7 +83,8 @@ class _MLPTask(pl.LightningModule):
         self._val_labels.append(y)
 
     def on_validation_epoch_end(self) -> None:
-        logits, labels = torch.cat(self._val_logits), torch.cat(self._val_labels)
+        # float32 on the CPU: the logits of a GPU or mixed-precision fit are neither
+        logits, labels = torch.cat(self._val_logits).float().cpu(), torch.cat(self._val_labels).float().cpu()
         self._val_logits, self._val_labels = [], []
         if self.task == "classification":
             scores, y = torch.sigmoid(logits).numpy(), labels.numpy()
@@ -155,6 +157,8 @@ def _training_session(threads: int) -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
             # Lightning 2.6 still builds torch's deprecated LeafSpec; nothing for us to fix.
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+            # Under DDP every rank validates on the whole validation set: its metrics need no sync.
+            warnings.filterwarnings("ignore", message=r".*sync_dist=True.*")
             yield
     finally:
         torch.set_num_threads(previous_threads)
@@ -180,10 +184,12 @@ def _ctrl_c_stays_an_exception(trainer: pl.Trainer) -> Iterator[None]:
 
 
 def _fingerprint(params: dict, seed: int, feature_names: Sequence[str], arrays: Sequence[np.ndarray],
-                 task: str = "classification") -> str:
-    """Identifies a training run; checkpoints of another run are never resumed."""
-    # Classification keeps the fingerprint it always had, so its checkpoints still resume.
+                 task: str = "classification", devices: dict | None = None) -> str:
+    """Identifies a training run; checkpoints of another run are never resumed.
+    ``devices``: ``TrainingDevices.identity()`` (None for one CPU process in 32-bit floats)."""
+    # Classification on the default devices keeps the fingerprint it always had, so its checkpoints still resume.
     head = [FLAVOR_NAME, params, seed, list(feature_names)] + ([task] if task != "classification" else [])
+    head += [{"devices": devices}] if devices else []
     digest = hashlib.sha256(json.dumps(head, sort_keys=True).encode())
     for array in arrays:
         digest.update(str(array.shape).encode())
@@ -202,9 +208,11 @@ def fit_mlp(
     callbacks: Sequence[Any],
     task: str,
     threads: int,
+    devices: TrainingDevices | None = None,
 ) -> FitResult:
     """``LightningMLP.fit`` once its arguments are checked: ``arrays`` are the checked
-    (train_x, train_y, valid_x, valid_y), ``p`` the normalized params."""
+    (train_x, train_y, valid_x, valid_y), ``p`` the normalized params, ``devices`` the
+    checked device settings (None: one CPU process)."""
     x_tr, y_tr, x_va, y_va = arrays
     lightning_callbacks, observers = [], []
     for cb in callbacks:
@@ -217,7 +225,9 @@ def fit_mlp(
 
     workdir = Path(workdir)
     ckpt_dir = workdir / "ckpt"
-    fingerprint = _fingerprint(p, seed, feature_names, arrays, task)
+    devices = devices or TrainingDevices()
+    devices.check_available()
+    fingerprint = _fingerprint(p, seed, feature_names, arrays, task, devices.identity())
     remove_stale_temp_files(ckpt_dir)
     resume_from, skipped = newest_valid_checkpoint(ckpt_dir, fingerprint)
     if task == "classification":
@@ -246,9 +256,10 @@ def fit_mlp(
         scaler = Scaler.fit(x_tr, feature_names)
         net = TabularMLP(len(feature_names), p["hidden_sizes"], p["dropout"], scaler)
         module = _MLPTask(net, p["lr"], p["weight_decay"], pos_weight, task, target)
+        observing = _EpochObservers(observers)
         trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+            **devices.trainer_kwargs(),  # accelerator, devices, strategy, precision, num_nodes, as configured
+            use_distributed_sampler=False,  # under DDP the loader hands each rank its part of each batch (data.py)
             max_epochs=max_epochs,
             deterministic=True,
             logger=False,
@@ -256,13 +267,21 @@ def fit_mlp(
             enable_model_summary=False,
             num_sanity_val_steps=0,
             default_root_dir=str(workdir),
-            callbacks=[*lightning_callbacks, _EpochObservers(observers), saver],
+            callbacks=[*lightning_callbacks, observing, saver],
         )
-        train_loader = tabular_loader(torch.from_numpy(x_tr), torch.from_numpy(fit_y_tr), p["batch_size"], seed=seed, shuffle=True)
+        # Ranks forked from here (ddp_fork, ddp_notebook) call no observers: this process does, after the fit.
+        in_children = runs_in_child_processes(trainer)
+        observing.observers = [] if in_children else observers
+        train_loader = tabular_loader(torch.from_numpy(x_tr), torch.from_numpy(fit_y_tr), p["batch_size"], seed=seed,
+                                      shuffle=True, shard=True)
         valid_loader = tabular_loader(torch.from_numpy(x_va), torch.from_numpy(fit_y_va), 8192, seed=seed, shuffle=False)
         ckpt_path = str(resume_from) if resume_from else None
         with _ctrl_c_stays_an_exception(trainer):
             trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path, weights_only=True)
+        if in_children:
+            for epoch, epoch_metrics in sorted(adopt_rank_zero_result(trainer, module, saver, fingerprint).items()):
+                for observer in observers:
+                    observer.lab_epoch_end(epoch, dict(epoch_metrics))
 
     model = MLPScorer(net, feature_names, p, scaler, task=task, target=target)
     scores = model.predict(x_va)
