@@ -64,6 +64,10 @@ COMMANDS: list[Command] = [
     _lazy("runs", "list tracking runs, newest first", _REGISTRY, "_runs_args", "_runs_run"),
     _lazy("lineage", "walk from a model version to its run, code, dependencies and data",
           _REGISTRY, "_lineage_args", "_lineage_run"),
+    _lazy("reproduce", "re-run the recorded pipeline that made a model version in a scratch copy of the lab and "
+          "compare its metrics (exactly, on CPU: [tool.lab.reproduce]), naming the differences in code, lock file, "
+          "data, parameters and hardware (exit 4 when it did not reproduce)", "lab.pipeline.reproduce_commands",
+          "reproduce_args", "reproduce_run"),
     _lazy("score", "batch inference: score a window of the offline store into date partitions, with coverage "
           "and freshness", "lab.serving.batch_commands", "_score_args", "_score_run"),
     # shadow mode
