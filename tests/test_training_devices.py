@@ -147,7 +147,7 @@ def test_settings_reach_the_trainer_and_defaults_train_as_before(tmp_path):
     assert seen["precision"] == "bf16-mixed"
     again, _ = fit(tmp_path / "bf16-again", precision="bf16-mixed")
     assert again.metrics == bf16.metrics  # deterministic on CPU
-    assert bf16.metrics != default.metrics and abs(bf16.metrics["val_roc_auc"] - default.metrics["val_roc_auc"]) < 0.05
+    assert bf16.metrics != default.metrics and abs(bf16.metrics["val_roc_auc"] - default.metrics["val_roc_auc"]) < 0.01
 
     double, seen = fit(tmp_path / "f64", precision="64-true")
     assert seen["precision"] == "64-true" and np.isfinite(double.metrics["val_average_precision"])
