@@ -95,6 +95,10 @@ def test_defaults_are_one_cpu_process_in_32_bit_floats():
     ({"devices": [0, 1]}, ["devices = [0, 1]", "accelerator = 'gpu'"]),
     ({"precision": "16-mixed"}, ["precision", "needs a GPU", "'bf16-mixed'"]),
     ({"num_nodes": 0}, ["num_nodes"]),
+    ({"devices": -1}, ["devices = -1", "every GPU"]),
+    ({"devices": 2}, ["strategy = 'auto'", "'ddp_fork'", "'ddp'", "torchrun"]),
+    ({"accelerator": "gpu", "devices": "auto"}, ["choose the strategy"]),
+    ({"accelerator": "gpu", "num_nodes": 2}, ["num_nodes = 2", "choose the strategy"]),
     ({"gpus": 2}, ["gpus", "accelerator, devices, strategy, precision, num_nodes"]),
 ])
 def test_bad_settings_name_the_key_and_the_values_allowed(settings, names):

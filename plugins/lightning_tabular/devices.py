@@ -9,14 +9,17 @@ checkpoints and trial folders made before these settings existed still match.
 
 Distributed data parallel comes in two shapes (docs/training.md, Devices):
 
-- **launched in-process** (``ddp_fork``, ``ddp_notebook``; and ``auto`` with several
-  devices inside a Jupyter kernel, where Lightning picks ``ddp_fork``): the calling
-  process forks the ranks and waits; only rank 0's weights come back to it. ``runs_in_child_processes`` says so, and ``adopt_rank_zero_result`` reads the
-  history, epoch count and newest checkpoint that rank 0 left on disk, so the code after
-  ``trainer.fit`` sees what a one-process fit leaves;
-- **launched outside** (``ddp`` under ``torchrun``, ``srun``, or Lightning re-running the
-  script): every rank runs the whole ``fit``; checkpoints and the saved model are written
-  by global rank 0 only (``is_global_zero``).
+- **launched in-process** (``ddp_fork``, ``ddp_notebook``): the calling process forks
+  the ranks and waits; only rank 0's weights come back to it. ``runs_in_child_processes``
+  says so, and ``adopt_rank_zero_result`` reads the history, epoch count and newest
+  checkpoint that rank 0 left on disk, so the code after ``trainer.fit`` sees what a
+  one-process fit leaves;
+- **launched outside** (``ddp`` under ``torchrun`` or ``srun``): every rank runs the
+  whole ``fit``; checkpoints and the saved model are written by global rank 0 only
+  (``is_global_zero``).
+
+``strategy = "auto"`` is refused with more than one device or node: Lightning would pick
+``ddp`` and start the other ranks by re-running this process's command line.
 
 This module imports neither torch nor Lightning at import time: ``LightningMLP.fit``
 checks the settings before it loads them.
@@ -104,6 +107,16 @@ class TrainingDevices:
         if accelerator == "cpu" and isinstance(devices, tuple):
             raise ConfigError(f"{WHERE} devices = {list(devices)} names GPUs, but accelerator is 'cpu': on CPU, "
                               "devices is a number of processes (e.g. 2); set accelerator = 'gpu' to pick GPUs")
+        if accelerator == "cpu" and devices == -1:
+            raise ConfigError(f"{WHERE} devices = -1 means every GPU; on accelerator 'cpu' devices is a number of "
+                              "processes (e.g. 2)")
+        several = devices != 1 and not (isinstance(devices, tuple) and len(devices) == 1)
+        if strategy == "auto" and (several or num_nodes > 1):
+            # Lightning's pick would be "ddp", which re-runs this process's command line for the
+            # other ranks: a second `lab` command or kernel, not a training rank.
+            raise ConfigError(f"{WHERE} devices = {devices!r} (num_nodes = {num_nodes}) with strategy = 'auto': "
+                              "choose the strategy: 'ddp_fork' (this process forks the ranks; lab run's stages) "
+                              "or 'ddp' (every rank started by torchrun or srun)")
         if accelerator == "cpu" and _CANONICAL_PRECISION.get(precision, precision) == "16-mixed":
             raise ConfigError(f"{WHERE} precision {precision!r} (float16) needs a GPU; on accelerator 'cpu' use "
                               "'bf16-mixed' or '32-true'")
@@ -206,8 +219,8 @@ def is_global_zero() -> bool:
 # -- in-process launchers: what rank 0 left behind -------------------------------------------
 
 def runs_in_child_processes(trainer: Any) -> bool:
-    """Whether ``trainer.fit`` trains in processes it starts (``ddp_fork``, ``ddp_notebook``,
-    or ``auto`` picking ``ddp_fork`` in a notebook) rather than in this one."""
+    """Whether ``trainer.fit`` trains in processes it starts (``ddp_fork``, ``ddp_notebook``)
+    rather than in this one."""
     from pytorch_lightning.strategies.launchers import _MultiProcessingLauncher  # Lightning is loaded by now
 
     return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
