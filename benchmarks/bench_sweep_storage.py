@@ -1,6 +1,8 @@
-"""Optuna storages under several sweep workers: the storage's cost per trial and its errors.
+"""Optuna storages under several sweep workers: the storage's cost per trial and its errors;
+and a real sweep's wall time with one worker process and with several.
 
     .venv/bin/python benchmarks/bench_sweep_storage.py [--workers 2] [--trials 60] [--epochs 5]
+    .venv/bin/python benchmarks/bench_sweep_storage.py --sweep 8 [--workers 2] [--rows 20000]
 
 Each worker process runs ``--trials`` trials on one shared study with no training in
 between (the worst case for contention): ask, the lightning_mlp search space's seven
@@ -11,6 +13,11 @@ the workers raised (a worker stops at its first). Storages: SQLite through Optun
 storage (rollback journal, as Optuna leaves it, and WAL, what ``lab.training.sweep`` sets),
 Optuna's JournalStorage with a file backend, and PostgreSQL 15 when it is installed
 (started on a free 127.0.0.1 port by ``tests/_postgres.py``, stopped by PID).
+
+``--sweep K``: ``run_sweep`` of lightning_mlp (K COMPLETE trials, 5 epochs, ``--rows``
+synthetic rows) on a SQLite study, first by one worker process, then by ``--workers``
+processes at once; wall time from starting the processes to the last exit (imports
+included), and how many trials each process finished.
 """
 
 from __future__ import annotations
@@ -92,12 +99,61 @@ def measure(kind: str, where: str, workers: int, trials: int, epochs: int) -> di
             "distinct_numbers": len(set(numbers)) == len(numbers), "errors": errors}
 
 
+SWEEP_WORKER = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from lab.training.sweep import run_sweep
+from plugins.lightning_tabular.flavor import LightningMLP
+storage, workdir, arrays, trials = sys.argv[1:5]
+d = np.load(arrays)
+done = []
+run_sweep(LightningMLP(), d["tx"], d["ty"], d["vx"], d["vy"], ["a", "b", "c", "d"], n_trials=int(trials),
+          storage=storage, study_name="bench", seed=1, workdir=Path(workdir), max_epochs=5, on_trial=done.append)
+print(json.dumps([r["state"] for r in done]))
+"""
+
+
+def sweep_wall(workers: int, trials: int, rows: int) -> tuple[float, list[list[str]]]:
+    """Seconds for ``workers`` processes to finish one study of ``trials`` trials."""
+    import subprocess
+
+    import numpy as np
+
+    from tests.conftest import tiny_fraud_data
+
+    with tempfile.TemporaryDirectory() as tmp:
+        arrays = Path(tmp) / "data.npz"
+        tx, ty, vx, vy = tiny_fraud_data(rows)
+        np.savez(arrays, tx=tx, ty=ty, vx=vx, vy=vy)
+        argv = [sys.executable, "-c", SWEEP_WORKER, f"sqlite:///{tmp}/optuna.db", f"{tmp}/sweep", str(arrays),
+                str(trials)]
+        root = Path(__file__).resolve().parents[1]
+        began = time.perf_counter()
+        procs = [subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for _ in range(workers)]
+        outs = [p.communicate()[0] for p in procs]
+        elapsed = time.perf_counter() - began
+    import json
+
+    return elapsed, [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trials", type=int, default=60, help="trials per worker")
     parser.add_argument("--epochs", type=int, default=5, help="reports (and pruner checks) per trial")
+    parser.add_argument("--sweep", type=int, default=0, help="K: time a real sweep of K trials instead")
+    parser.add_argument("--rows", type=int, default=20000, help="rows of the real sweep's data")
     args = parser.parse_args(argv)
+    if args.sweep:
+        for n in (1, args.workers):
+            elapsed, finished = sweep_wall(n, args.sweep, args.rows)
+            per_worker = ", ".join(f"{w.count('COMPLETE')} complete + {w.count('PRUNED')} pruned" for w in finished)
+            print(f"{n} worker(s): {elapsed:.1f} s for {args.sweep} COMPLETE trials ({args.rows} rows, 5 epochs); "
+                  f"per worker: {per_worker}")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         wal = Path(tmp) / "wal.db"

@@ -106,6 +106,9 @@ COMMANDS: list[Command] = [
           "each registered as derived from it only when its quality on the evaluation set holds "
           "([tool.lab.optimize]); latency, memory and cost per 1,000 predictions (exit 3 when all are refused)",
           "lab.steps.optimize", "optimize_args", "optimize_run"),
+    _lazy("sweep worker", "join a train step's Optuna sweep as one more worker (this machine or another one on "
+          "the same PostgreSQL storage and run folder) until its study is complete",
+          "lab.steps.sweep_workers", "worker_args", "worker_run"),
     # monitoring
     _lazy("monitor run", "every check of the served model over a window of days: input and score drift, "
           "freshness, live quality, volume; an HTML report and a JSON summary (exit 3 on a breach)",

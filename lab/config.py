@@ -34,6 +34,7 @@ class TrainConfig:
     n_trials: int = 3
     max_epochs: int = 5
     seed: int = 42
+    sweep_workers: int = 1  # sweep worker processes on this machine (the train step and N-1 more)
 
     @property
     def train_start_date(self) -> dt.date:

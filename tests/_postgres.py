@@ -77,9 +77,9 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self, wait_s: float = 20) -> None:
-        """Fast shutdown (SIGINT to the postmaster's PID), SIGKILL after ``wait_s``; then
-        the cluster's folder is removed."""
-        for sig, wait in ((signal.SIGINT, wait_s), (signal.SIGKILL, 10)):
+        """Immediate shutdown (SIGQUIT to the postmaster's PID: no checkpoint, the cluster is
+        thrown away), SIGKILL after ``wait_s``; then the cluster's folder is removed."""
+        for sig, wait in ((signal.SIGQUIT, wait_s), (signal.SIGKILL, 10)):
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:

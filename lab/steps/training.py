@@ -26,6 +26,8 @@ from lab.pipeline.context import StageContext
 from lab.pipeline.progress import SweepProgress
 from lab.plugins import model_flavor, model_specs
 from lab.steps._common import CANDIDATE, CANDIDATE_JSON, TRAINSET, spec_of, split, views_of, window, xy
+from lab.steps.sweep_workers import DATA as SWEEP_DATA, start_workers, stop_workers, write_manifest
+from lab.training.sweep_storage import redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -92,17 +94,31 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
                                       state=t["state"])
             progress.trial_finished(t)
 
-        result = run_sweep(
-            flavor, fx, fy, vx, vy, columns, n_trials=n_trials, storage=storage, study_name=study,
-            seed=seed, workdir=workdir, max_epochs=max_epochs, callbacks=[*callbacks, progress],
-            task=spec.task, metric=spec.metric, on_trial=on_trial,
-            devices=None if placement == TrainingConfig().settings() else placement,  # default: as ever
-        )
-        # on_trial recorded trials as they finished; this pass records the study's final
-        # word on every trial (failed and re-queued ones too). record_trial upserts.
+        sweep = dict(n_trials=n_trials, storage=storage, study_name=study, seed=seed, workdir=workdir,
+                     max_epochs=max_epochs, task=spec.task, metric=spec.metric,
+                     devices=None if placement == TrainingConfig().settings() else placement)  # default: as ever
+        # Other workers (this machine's sweep_workers, or `lab sweep worker` anywhere) join
+        # through the manifest; this process works on the study too and waits for them.
+        workers = _sweep_workers(ctx, workdir, sweep, flavor.name, columns, (fx, fy, vx, vy))
+        try:
+            result = run_sweep(flavor, fx, fy, vx, vy, columns, callbacks=[*callbacks, progress],
+                               on_trial=on_trial, **sweep)
+        except BaseException:  # an error, Ctrl-C, a preemption: the workers stop now (SIGTERM)
+            stop_workers(workers, wait_s=0)
+            raise
+        finally:
+            (workdir / SWEEP_DATA).unlink(missing_ok=True)
+        statuses = stop_workers(workers)  # they leave on their own once the study is complete
+        # on_trial recorded this worker's trials as they finished; this pass records the
+        # study's final word on every trial (other workers', failed and re-queued ones too).
         for trial in result.trials:
             ctx.registry.record_trial(run_id, number=trial["number"], params=trial["params"],
                                       value=trial["value"], state=trial["state"])
+        # The best trial's lineage: where the study lives and every attempt at its params.
+        ctx.registry.log_params(run_id, {"sweep_study": result.study, "sweep_storage": result.storage,
+                                         "sweep_workers": len(workers) + 1, "sweep_worker_exits": statuses,
+                                         "best_trial": result.best_number,
+                                         "best_trial_attempts": result.lineage["attempts"]})
         ctx.registry.log_params(run_id, {"best_" + k: v for k, v in result.best_params.items()})
         ctx.registry.log_metrics(run_id, {f"valid_{spec.metric}": result.best_value})
         target = ctx.path(CANDIDATE)
@@ -114,9 +130,23 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
         info = {"run_id": run_id, "model": spec.name, "flavor": flavor.name, "task": spec.task,
                 "params": result.best_params, "metric": spec.metric, f"valid_{spec.metric}": result.best_value,
                 "best_trial": result.best_number, "features": columns, "trainset_digest": trainset_digest,
-                "seed": seed, "validation": validation}
+                "seed": seed, "validation": validation, "sweep": result.lineage}
         ctx.write_json(CANDIDATE_JSON, info)
         return info
+
+
+def _sweep_workers(ctx: StageContext, workdir: Path, sweep: dict, flavor: str, columns: list[str],
+                   arrays: tuple) -> list:
+    """Write the sweep's manifest and data for joining workers, and start
+    ``[tool.lab.train] sweep_workers`` - 1 of them on this machine."""
+    count = ctx.config.train.sweep_workers
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"[tool.lab.train] sweep_workers must be 1 or more (worker processes on this machine), "
+                          f"got {count!r}")
+    write_manifest(workdir, study=sweep["study_name"], storage=redact_url(sweep["storage"]), flavor=flavor,
+                   task=sweep["task"], metric=sweep["metric"], seed=sweep["seed"], n_trials=sweep["n_trials"],
+                   max_epochs=sweep["max_epochs"], features=columns, devices=sweep["devices"], arrays=arrays)
+    return start_workers(ctx.root, workdir, count - 1)
 
 
 def _resumable_run(ctx: StageContext, workdir: Path, *, params: dict, seed: int) -> str:
