@@ -178,6 +178,19 @@ def test_trial_keys_differ_by_device_settings_and_stay_as_they_were_without():
     assert len(keys) == 3
 
 
+def test_only_global_rank_zero_saves(tmp_path, monkeypatch):
+    model = fit(tmp_path / "fit", max_epochs=1)[0].model
+    monkeypatch.setenv("SLURM_PROCID", "2")  # srun -n 4 of independent processes: each saves
+    assert dev.global_rank() == 0
+    monkeypatch.setenv("RANK", "1")  # torchrun's second rank
+    assert dev.global_rank() == 1 and not dev.is_global_zero()
+    LightningMLP().save(model, tmp_path / "rank1")
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.setenv("RANK", "0")
+    LightningMLP().save(model, tmp_path / "rank0")
+    assert (tmp_path / "rank0" / "model.json").is_file()
+
+
 # -- through the pipeline: [tool.lab.training] and the train stage's parameters ---------------
 
 PROBE_PLUGIN = '''

@@ -197,18 +197,16 @@ def _check_devices(devices: Any) -> int | str | tuple[int, ...]:
 def global_rank() -> int:
     """This process's rank in a DDP job; 0 outside one.
 
-    The process group when one is up (torch.distributed already imported: it is never
-    imported for this), else the launcher's environment: ``RANK`` (torchrun),
-    ``SLURM_PROCID`` (srun), ``NODE_RANK`` and ``LOCAL_RANK`` (Lightning's own launcher).
+    The process group when one is up (after a DDP fit it stays up until the process
+    exits; torch.distributed is never imported for this), else torchrun's ``RANK``.
+    Not ``SLURM_PROCID``: ``srun -n 4`` also runs four processes that are no DDP job,
+    and each must save what it trained.
     """
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         return int(dist.get_rank())
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
-    return (int(node) if node.isdigit() else 0) + (int(local) if local.isdigit() else 0)
+    rank = os.environ.get("RANK", "")
+    return int(rank) if rank.isdigit() else 0
 
 
 def is_global_zero() -> bool:
