@@ -34,7 +34,10 @@ MANIFEST = "sweep.json"
 DATA = "sweep_data.npz"
 PARENT_ENV = "LAB_SWEEP_PARENT_PID"
 """Set for workers a process starts: they exit when that process is no longer their parent."""
-_RUN_PID_ENV = "LAB_RUN_PID"  # lab.pipeline.context's: a worker is not a stage kernel
+# Set by `lab run` for a stage's kernel, not for a worker it starts: a worker is no stage
+# kernel (lab.pipeline.context's watchdog would end it), and its SIGTERM (the train step
+# stopping it) is no preemption of the stage (lab.training.preemption's marker file).
+_STAGE_ONLY_ENV = ("LAB_RUN_PID", "LAB_PREEMPTION_MARKER")
 
 
 def write_manifest(workdir: Path, *, study: str, storage: str, flavor: str, task: str, metric: str, seed: int,
@@ -69,11 +72,12 @@ def find_workdir(runs_path: Path, target: str | None) -> Path:
                    "a run folder whose train stage has started")
 
 
-def join_sweep(config: Any, pm: Any, workdir: Path, *, on_trial: Any = None) -> Any:
+def join_sweep(config: Any, pm: Any, workdir: Path, *, on_trial: Any = None, on_join: Any = None) -> Any:
     """Work on the sweep described by ``workdir/sweep.json`` until its study is complete;
     returns the ``SweepResult``. The storage URL comes from this lab's
-    ``lab_sweep_storage``: it must be the one the sweep runs on."""
-    import numpy as np  # noqa: F401 - loaded with the sweep anyway
+    ``lab_sweep_storage``: it must be the one the sweep runs on. ``on_join(manifest)`` is
+    called once the sweep is found joinable, before the first trial."""
+    import numpy as np  # numpy and the sweep load only in a worker
 
     from lab.plugins import model_flavor
     from lab.training.sweep import run_sweep
@@ -93,6 +97,8 @@ def join_sweep(config: Any, pm: Any, workdir: Path, *, on_trial: Any = None) -> 
         arrays = [data[k] for k in ("train_x", "train_y", "valid_x", "valid_y")]
     callbacks = [cb for batch in pm.hook.lab_trainer_callbacks(config=config, run_dir=str(workdir))
                  for cb in (batch or [])]
+    if on_join:
+        on_join(manifest)
     return run_sweep(model_flavor(pm, manifest["flavor"]), *arrays, manifest["features"],
                      n_trials=manifest["n_trials"], storage=storage, study_name=manifest["study"],
                      seed=manifest["seed"], workdir=workdir, max_epochs=manifest["max_epochs"],
@@ -105,7 +111,7 @@ def start_workers(root: Path, workdir: Path, count: int, *, log_dir: Path | None
     ``worker-<pid>.log`` into ``log_dir`` (default ``workdir``) and exits if this process
     dies. Stop them with ``stop_workers``."""
     procs = []
-    env = {k: v for k, v in os.environ.items() if k != _RUN_PID_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in _STAGE_ONLY_ENV}
     env[PARENT_ENV] = str(os.getpid())
     log_dir = Path(log_dir or workdir)
     for _ in range(count):
@@ -184,13 +190,15 @@ def worker_run(args, ctx) -> int:
         print(f"workers ended with exit statuses {statuses}")
         return max(statuses, key=abs)
     _exit_with_parent()
-    manifest = json.loads((workdir / MANIFEST).read_text())
     me = f"{socket.gethostname()}:{os.getpid()}"
-    print(f"worker {me} joins study {manifest['study']!r} on {manifest['storage']} ({manifest['n_trials']} "
-          f"trials)", flush=True)
+
+    def joined(manifest: dict) -> None:
+        print(f"worker {me} joins study {manifest['study']!r} on {manifest['storage']} ({manifest['n_trials']} "
+              "trials)", flush=True)
+
     finished: list[dict] = []
-    result = join_sweep(ctx.config, ctx.pm, workdir, on_trial=finished.append)
+    result = join_sweep(ctx.config, ctx.pm, workdir, on_trial=finished.append, on_join=joined)
     mine = sorted(r["number"] for r in finished)
-    print(f"study {manifest['study']!r} is complete: best trial {result.best_number} "
+    print(f"study {result.study!r} is complete: best trial {result.best_number} "
           f"({result.metric} {result.best_value:.4f}); this worker finished trials {mine or 'none'}", flush=True)
     return 0
