@@ -313,8 +313,9 @@ def _compare(config, registry: Registry, plan: Plan, scratch, results: list[Stag
             again_run = scratch_registry.get_run(reproduced.run_id)
     report.differences = differences(config, scratch, plan, results, now, again_run)
     weights = [a for a in report.artifacts if a["key"] == "model_digest"]
-    report.reproduced = (reproduced is not None and bool(metrics) and all(m["within"] for m in metrics)
-                         and (report.tolerance > 0 or all(a["same"] for a in weights)))
+    # Something must have been compared: metrics, or at least the model's files.
+    report.reproduced = (reproduced is not None and bool(metrics or weights) and all(m["within"] for m in metrics)
+                         and (report.tolerance > 0 and bool(metrics) or all(a["same"] for a in weights)))
     report.explanation = explain(report, results)
 
 
