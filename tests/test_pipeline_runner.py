@@ -321,3 +321,26 @@ def test_editing_the_labs_own_module_reruns_the_stages_that_imported_it(tmp_path
     (tmp_path / "my_rules.py").write_text("WORD = 'two'\n")
     assert run() == "finished"
     assert (tmp_path / "data/a.txt").read_text() == "two"
+
+
+def test_code_files_skip_modules_without_a_real_path(tmp_path, monkeypatch):
+    """A module object whose ``__file__`` is a bare name (torch.ops has "_ops.py") is not a
+    file of the lab, even when the working folder is the lab's: resolving the name there
+    would record a ``project:`` file that does not exist."""
+    import sys
+    import types
+
+    from lab.pipeline.digest import imported_code_files
+
+    (tmp_path / "own_plugin.py").write_text("X = 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bare = types.ModuleType("lab_test_bare_ops")
+    bare.__file__ = "_ops.py"
+    monkeypatch.setitem(sys.modules, "lab_test_bare_ops", bare)
+    import own_plugin  # noqa: F401 - a real module of the lab: recorded
+
+    monkeypatch.delitem(sys.modules, "own_plugin")
+    monkeypatch.setitem(sys.modules, "own_plugin", own_plugin)
+    files = [f for f in imported_code_files(tmp_path) if f.startswith("project:")]
+    assert files == ["project:own_plugin.py"]

@@ -67,7 +67,9 @@ def imported_code_files(project_root: str | os.PathLike | None = None) -> list[s
     out = set()
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
-        if not path or not path.endswith(".py"):
+        # A module object whose __file__ is a bare name (torch.ops: "_ops.py") is no
+        # file of this process: resolving it against the working folder would name one.
+        if not isinstance(path, str) or not path.endswith(".py") or not os.path.isabs(path):
             continue
         resolved = Path(path).resolve()
         try:
