@@ -22,6 +22,7 @@ from lab.errors import ConfigError
 @dataclass(frozen=True)
 class PipelineConfig:
     retries: int = 1
+    max_preemptions: int = 3  # re-runs of a stage preempted by SIGTERM, on top of its attempts (docs/training.md)
     stages: tuple[str, ...] = ()  # empty: every stage of notebooks/pipeline.toml, in file order
 
 

@@ -7,11 +7,12 @@ the runner and registry it imports) loads only when ``lab run`` runs or shows it
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from lab.cli import Context
 from lab.config import apply_overrides
-from lab.pipeline.runner import run_pipeline
+from lab.pipeline.runner import PipelinePreempted, run_pipeline
 from lab.registry import Registry
 
 
@@ -29,8 +30,13 @@ def run_args(p: argparse.ArgumentParser) -> None:
 
 def run_run(args: argparse.Namespace, ctx: Context) -> int:
     started = time.perf_counter()
-    result = run_pipeline(apply_overrides(ctx.config, args.set), ctx.pm, only=args.stages or None,
-                          force=args.force, new_run=args.new, progress=args.progress)
+    try:
+        result = run_pipeline(apply_overrides(ctx.config, args.set), ctx.pm, only=args.stages or None,
+                              force=args.force, new_run=args.new, progress=args.progress)
+    except PipelinePreempted as exc:
+        # A distinct status (75, EX_TEMPFAIL) so a scheduler re-queues the job; `lab run` resumes it.
+        print(f"lab: preempted: {exc}", file=sys.stderr)
+        return exc.exit_status
     ran = sum(1 for s in result.stages if s.status == "finished")
     skipped = sum(1 for s in result.stages if s.status == "skipped")
     print(f"run {result.run_id}: {ran} stage(s) ran, {skipped} skipped, "

@@ -1,4 +1,5 @@
-"""Runs the stage list: skips what is cached, retries what fails, resumes a stopped run."""
+"""Runs the stage list: skips what is cached, retries what fails, resumes a stopped run,
+runs a preempted stage again and stops cleanly when the run itself is preempted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from lab import events
 from lab.errors import ConfigError, LabError
 from lab.pipeline.digest import code_digest, path_digest
 from lab.pipeline.progress import PROGRESS_FILE_ENV, RunProgress
-from lab.pipeline.stage import Stage, StageFailed, load_stages
+from lab.pipeline.stage import SigtermRelay, Stage, StageFailed, load_stages
 from lab.registry import Registry
 
 PIPELINE_FILE = "notebooks/pipeline.toml"
@@ -25,16 +26,36 @@ PIPELINE_FILE = "notebooks/pipeline.toml"
 RUNTIME_PARAMS = ("root", "run_dir")
 # Where a stage kernel writes the platform source files it imported (see StageContext).
 CODE_RECORD_ENV = "LAB_STAGE_CODE_RECORD"
+STAGE_PREEMPTED = "stage.preempted"
+"""Event (``lab_on_event``, and a row in the registry's audit log) for a stage whose run was
+stopped by SIGTERM: its payload says whether it is re-queued (``requeued``) or the whole
+``lab run`` stops, and the checkpoint the training resumes from."""
+# A pipeline run in one of these states is continued by the next `lab run` (unless --new);
+# "killed" is a run stopped by SIGTERM (preempted).
+RESUMABLE = ("failed", "running", "killed")
+
+
+class PipelinePreempted(LabError):
+    """``lab run`` got SIGTERM: the running stage was told to checkpoint and stop, the run
+    is marked ``killed``, and the next ``lab run`` resumes it. ``exit_status`` is
+    ``lab.training.preemption.PREEMPTED_EXIT`` (75)."""
+
+    def __init__(self, message: str, *, run_id: str, stage: str | None, exit_status: int):
+        super().__init__(message)
+        self.run_id = run_id
+        self.stage = stage
+        self.exit_status = exit_status
 
 
 @dataclass
 class StageOutcome:
     name: str
-    status: str  # finished | skipped | failed
+    status: str  # finished | skipped | failed | preempted (lab run got SIGTERM)
     seconds: float = 0.0
     attempts: int = 0
     notebook: str | None = None
     error: str | None = None  # a failed stage's last error (the exception's last line)
+    preemptions: int = 0  # times the stage was preempted and run again within this call
 
 
 @dataclass
@@ -169,6 +190,15 @@ def run_pipeline(
     the executed notebook is kept, and ``LabError`` says how to resume. The next call
     continues that run (same run folder) unless ``new_run``.
 
+    Preemption (docs/training.md, "Preemption"). A stage whose training was stopped by a
+    SIGTERM sent to its kernel (it leaves the marker of ``lab.training.preemption``) is
+    run again at once, in the same run folder, so it resumes from its checkpoint; that
+    does not use up an attempt, up to ``config.pipeline.max_preemptions`` times per stage.
+    A SIGTERM to this process (in the main thread) is relayed to the running stage
+    (``SigtermRelay``); once the stage has stopped, the run is marked ``killed`` and
+    ``PipelinePreempted`` is raised (``lab run`` exits 75); the next call resumes the run.
+    Either way a ``stage.preempted`` event is emitted and kept in the registry's audit log.
+
     While a stage runs, its reports (``lab.pipeline.progress.report``) are shown live:
     ``progress`` ``"auto"`` draws bars on a terminal (when ``log`` is ``print``) and a few
     plain lines through ``log`` otherwise; ``"bars"``, ``"lines"`` or ``"off"`` choose.
@@ -181,7 +211,7 @@ def run_pipeline(
         config.registry_path, project_root=config.root
     ) as registry:
         last = registry.last_pipeline_run()
-        resumed = bool(last and last["status"] in ("failed", "running") and not new_run)
+        resumed = bool(last and last["status"] in RESUMABLE and not new_run)
         if resumed:
             run_id = last["id"]
             registry.resume_run(run_id)
@@ -198,18 +228,29 @@ def run_pipeline(
         if executor is None:
             raise ConfigError("no plugin answered lab_stage_executor; is papermill_executor blocked?")
 
-        with RunProgress(config.runs_path, run_id, [s.name for s in stages], log=log, mode=progress) as tracker:
+        limits = _Limits(attempts_allowed, max(0, int(config.pipeline.max_preemptions)))
+        with RunProgress(config.runs_path, run_id, [s.name for s in stages], log=log, mode=progress) as tracker, \
+                SigtermRelay() as sigterm:
             _run_stages(config, pm, registry, executor, stages, producers, force, run_id, run_dir,
-                         attempts_allowed, log, tracker, result)
+                        limits, log, tracker, result, sigterm)
         registry.finish_run(run_id, "finished")
         return result
 
 
+@dataclass(frozen=True)
+class _Limits:
+    attempts: int  # runs of a failing stage (1 + retries)
+    preemptions: int  # re-runs of a preempted stage, on top of the attempts
+
+
 def _run_stages(config, pm, registry, executor, stages, producers, force, run_id, run_dir,
-                attempts_allowed, log, tracker, result) -> None:
+                limits, log, tracker, result, sigterm) -> None:
     """``run_pipeline``'s loop: skip or run each stage in order, appending to ``result``;
-    raises ``LabError`` naming the stage that failed every attempt."""
+    raises ``LabError`` naming the stage that failed every attempt, ``PipelinePreempted``
+    once SIGTERM stopped the run."""
     for index, stage in enumerate(stages, start=1):
+        if sigterm.requested:
+            _stop_preempted(registry, run_id, stage.name, ran=False)
         params = stage_params(config, stage, run_dir)
         last = registry.last_finished_stage(stage.name)
         code_files = (last or {}).get("outputs", {}).get("code_files")
@@ -229,8 +270,10 @@ def _run_stages(config, pm, registry, executor, stages, producers, force, run_id
             result.stages.append(StageOutcome(stage.name, "skipped", notebook=cached.get("output_notebook")))
             continue
         outcome = _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
-                             run_id, run_dir, attempts_allowed, log, tracker)
+                             run_id, run_dir, limits, log, tracker, sigterm)
         result.stages.append(outcome)
+        if outcome.status == "preempted":
+            _stop_preempted(registry, run_id, stage.name, ran=True)
         if outcome.status == "failed":
             registry.finish_run(run_id, "failed")
             raise LabError(
@@ -240,43 +283,115 @@ def _run_stages(config, pm, registry, executor, stages, producers, force, run_id
             )
 
 
+def _stop_preempted(registry, run_id: str, stage: str, *, ran: bool) -> None:
+    """Mark the run ``killed`` (the next ``lab run`` resumes it) and raise ``PipelinePreempted``."""
+    from lab.training.preemption import PREEMPTED_EXIT  # lab.training's package loads numpy
+
+    registry.finish_run(run_id, "killed")
+    where = f"stage {stage!r} stopped (a training keeps its newest checkpoint)" if ran else f"before stage {stage!r}"
+    message = f"run {run_id} preempted by SIGTERM: {where}; `lab run` resumes it from there"
+    raise PipelinePreempted(message, run_id=run_id, stage=stage, exit_status=PREEMPTED_EXIT)
+
+
+def _execute(config, pm, executor, stage, params, notebook, sigterm, marker: Path) -> None:
+    """Run the stage through ``lab_execute_stage``; what else than ``StageFailed`` leaves the
+    executor while the stage was preempted (a kernel that SIGTERM ended: nbclient's
+    ``DeadKernelError``) becomes ``StageFailed`` too."""
+    try:
+        pm.hook.lab_execute_stage(config=config, stage=stage, params=params,
+                                  output_path=notebook, executor=executor)
+    except StageFailed:
+        raise
+    except Exception as exc:
+        if not (sigterm.requested or marker.exists()):
+            raise
+        raise StageFailed(stage.name, f"{type(exc).__name__}: {exc}", notebook) from None
+
+
+def _preemption(sigterm, marker: Path) -> dict | None:
+    """What the stage's preempted training left in its marker; ``{}`` when only ``lab run``
+    got SIGTERM (the stage may have died before it could write one); None: not preempted."""
+    from lab.training.preemption import read_preemption  # lab.training's package loads numpy
+
+    found = read_preemption(marker) if marker.exists() else None
+    if found is not None:
+        return found
+    return {} if sigterm.requested else None
+
+
 def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs,
-               run_id, run_dir, attempts_allowed, log, tracker) -> StageOutcome:
+               run_id, run_dir, limits, log, tracker, sigterm) -> StageOutcome:
+    from lab.training.preemption import PREEMPTION_MARKER_ENV  # lab.training's package loads numpy
+
     last_error = ""
     notebook = None
-    for attempt in range(1, attempts_allowed + 1):
-        suffix = "" if attempt == 1 else f".attempt{attempt}"
+    attempt, preemptions = 1, 0
+    marker = run_dir / ".preempted" / f"{stage.name}.json"
+    while attempt <= limits.attempts:
+        if sigterm.requested:  # SIGTERM between two attempts: do not start another
+            return StageOutcome(stage.name, "preempted", 0.0, attempt, notebook, "SIGTERM", preemptions)
+        suffix = ("" if attempt == 1 else f".attempt{attempt}") + (f".requeue{preemptions}" if preemptions else "")
         notebook = str(run_dir / f"{index:02d}_{stage.name}{suffix}.ipynb")
         registry.record_stage(run_id, stage.name, status="running", attempt=attempt,
                               cache_key=key, output_notebook=notebook)
         code_record = run_dir / ".code" / f"{stage.name}.json"
         code_record.unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
         os.environ[CODE_RECORD_ENV] = str(code_record)
-        log(f"[{index}] {stage.name}: running (attempt {attempt}/{attempts_allowed})")
+        os.environ[PREEMPTION_MARKER_ENV] = str(marker)
+        log(f"[{index}] {stage.name}: running (attempt {attempt}/{limits.attempts}"
+            + (f", re-queued after {preemptions} preemption(s))" if preemptions else ")"))
         os.environ[PROGRESS_FILE_ENV] = str(tracker.stage_started(stage.name, attempt))
         started = time.perf_counter()
         try:
             try:
-                pm.hook.lab_execute_stage(config=config, stage=stage, params=params,
-                                          output_path=notebook, executor=executor)
+                _execute(config, pm, executor, stage, params, notebook, sigterm, marker)
             finally:
-                os.environ.pop(CODE_RECORD_ENV, None)
-                os.environ.pop(PROGRESS_FILE_ENV, None)
+                for name in (CODE_RECORD_ENV, PROGRESS_FILE_ENV, PREEMPTION_MARKER_ENV):
+                    os.environ.pop(name, None)
             missing = [o for o in stage.outputs if not (config.root / o).exists()]
             if missing:
                 raise StageFailed(stage.name, f"did not write its declared output(s) {missing}", notebook)
         except StageFailed as exc:
+            seconds = round(time.perf_counter() - started, 2)
+            preempted = _preemption(sigterm, marker)
+            if preempted is not None:
+                preemptions += 1
+                requeue = not sigterm.requested and preemptions <= limits.preemptions
+                payload = {"stage": stage.name, "attempt": attempt, "preemptions": preemptions,
+                           "requeued": requeue, "by": "lab run" if sigterm.requested else "the stage",
+                           "checkpoint": preempted.get("checkpoint"), "resume_epoch": preempted.get("resume_epoch"),
+                           "notebook": notebook}
+                registry.append_event(STAGE_PREEMPTED, run_id, payload)
+                events.emit(pm, STAGE_PREEMPTED, run_id=run_id, **payload)
+                why = f"preempted by SIGTERM ({exc.summary})"
+                tracker.stage_ended(stage.name, "failed", seconds, why)
+                if sigterm.requested:
+                    return StageOutcome(stage.name, "preempted", seconds, attempt, notebook, why, preemptions)
+                if requeue:
+                    resume = (f"it resumes from {Path(preempted['checkpoint']).name}"
+                              if preempted.get("checkpoint") else "nothing was checkpointed yet")
+                    log(f"    {stage.name} preempted; re-queued ({preemptions}/{limits.preemptions}), {resume}")
+                    continue
+                exc = StageFailed(stage.name, f"preempted {preemptions} time(s), more than [tool.lab.pipeline] "
+                                  f"max_preemptions = {limits.preemptions}; raise it, or find what sends SIGTERM",
+                                  notebook)
+                attempt = limits.attempts  # preempted past the limit: no attempt left
             last_error = exc.summary
             registry.record_stage(run_id, stage.name, status="failed", attempt=attempt, cache_key=key,
                                   output_notebook=notebook, error=exc.summary)
             events.emit(pm, events.STAGE_FAILED, run_id=run_id, stage=stage.name, attempt=attempt,
                         error=exc.summary, notebook=notebook)
-            tracker.stage_ended(stage.name, "failed", round(time.perf_counter() - started, 2), exc.summary)
+            if preempted is None:
+                tracker.stage_ended(stage.name, "failed", seconds, exc.summary)
             log(f"    {stage.name} failed: {exc.summary}")
+            attempt += 1
             continue
         seconds = round(time.perf_counter() - started, 2)
         tracker.stage_ended(stage.name, "finished", seconds)
         outputs = {"inputs": inputs, "seconds": seconds}
+        if preemptions:
+            outputs["preemptions"] = preemptions
         if code_record.exists():
             # Key the finished stage by the code it really imported, so an edit elsewhere
             # in the platform (the server, say) does not rerun it.
@@ -288,5 +403,5 @@ def _run_stage(config, pm, registry, executor, stage, index, params, key, inputs
         events.emit(pm, events.STAGE_FINISHED, run_id=run_id, stage=stage.name, seconds=seconds,
                     notebook=notebook)
         log(f"    {stage.name} finished in {seconds:.1f} s")
-        return StageOutcome(stage.name, "finished", seconds, attempt, notebook)
-    return StageOutcome(stage.name, "failed", 0.0, attempts_allowed, notebook, last_error)
+        return StageOutcome(stage.name, "finished", seconds, attempt, notebook, preemptions=preemptions)
+    return StageOutcome(stage.name, "failed", 0.0, limits.attempts, notebook, last_error, preemptions)

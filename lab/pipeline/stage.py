@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import abc
+import os
 import re
+import signal
+import threading
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +56,91 @@ class StageExecutor(abc.ABC):
     Contract: ``execute`` returns normally when every cell ran, and raises
     ``StageFailed`` otherwise, after writing the executed notebook (with the error) to
     ``output_notebook`` so it can be debugged.
+
+    Preemption: while a stage runs, the runner relays a SIGTERM it receives to its child
+    processes (``SigtermRelay``), which reaches a kernel the executor started locally. An
+    executor that runs stages elsewhere (another host, a cluster) must stop the remote
+    stage itself when the runner gets SIGTERM. A stage whose training was preempted
+    writes the marker named by ``lab.training.preemption.PREEMPTION_MARKER_ENV``, which
+    the executor must pass on to the stage's environment (a local kernel inherits it).
     """
 
     @abc.abstractmethod
     def execute(self, notebook: Path, output_notebook: Path, params: dict[str, Any], cwd: Path) -> None:
         """Run ``notebook`` with ``params`` injected; write the result to ``output_notebook``."""
+
+
+def child_pids(pid: int | None = None) -> list[int]:
+    """The direct child processes of ``pid`` (default: this process), e.g. a stage's kernel.
+
+    Linux: ``/proc/PID/task/*/children``; elsewhere psutil when it is installed (Jupyter
+    brings it), else none.
+    """
+    pid = os.getpid() if pid is None else pid
+    try:
+        found: set[int] = set()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as fh:
+                found.update(int(child) for child in fh.read().split())
+        return sorted(found)
+    except OSError:
+        pass
+    try:
+        import psutil  # only where /proc cannot answer (macOS)
+    except ImportError:
+        return []
+    try:
+        return sorted(p.pid for p in psutil.Process(pid).children())
+    except psutil.Error:
+        return []
+
+
+class SigtermRelay:
+    """While a stage runs: a SIGTERM to the runner is noted and relayed to the stage.
+
+    A cluster that preempts a ``lab run`` sends it SIGTERM, but papermill starts the
+    stage's kernel in a session of its own, so the signal (even one sent to the run's
+    process group) never reaches the training in it. The relay sends SIGTERM on to every
+    child process, to its whole process group when it leads one (the kernel and what the
+    kernel started); the training checkpoints and stops (``lab.training.preemption``), and
+    the runner, seeing ``requested``, stops after that stage. Each further SIGTERM is
+    relayed again. Installed only from the main thread (``installed``); the handler in
+    place before is put back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.received_at: float | None = None
+        self.installed = False
+        self._previous: Any = None
+
+    @property
+    def requested(self) -> bool:
+        return self.received_at is not None
+
+    def __enter__(self) -> "SigtermRelay":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._relay)
+            self.installed = True
+        return self
+
+    def _relay(self, signum: int, frame: Any) -> None:
+        if self.received_at is None:
+            self.received_at = time.time()
+        for child in child_pids():
+            try:
+                if os.getpgid(child) == child:
+                    os.killpg(child, signal.SIGTERM)
+                else:
+                    os.kill(child, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass  # it ended meanwhile
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self.installed = False
 
 
 def load_stages(path: Path) -> list[Stage]:

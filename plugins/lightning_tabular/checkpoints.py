@@ -59,6 +59,14 @@ def checkpoints_by_epoch(folder: Path) -> dict[int, Path]:
     return found
 
 
+def epoch_of(ckpt: Path) -> int:
+    """N of a checkpoint named ``epoch=N.ckpt`` (the epoch it finished)."""
+    match = _CKPT_NAME.match(Path(ckpt).name)
+    if match is None:
+        raise ValueError(f"{ckpt} is not named epoch=N.ckpt")
+    return int(match.group(1))
+
+
 def remove_stale_temp_files(folder: Path) -> None:
     """Drop temp files a killed writer left behind (``atomic_path`` names them ``.NAME.*.tmp``)."""
     if folder.is_dir():

@@ -45,6 +45,7 @@ from .data import tabular_loader
 from .devices import TrainingDevices, adopt_rank_zero_result, runs_in_child_processes
 from .flavor import MONITOR
 from .network import MLPScorer, TabularMLP
+from .preemption import PreemptionCallback, preemptible
 
 
 class _MLPTask(pl.LightningModule):
@@ -267,7 +268,7 @@ def fit_mlp(
             enable_model_summary=False,
             num_sanity_val_steps=0,
             default_root_dir=str(workdir),
-            callbacks=[*lightning_callbacks, observing, saver],
+            callbacks=[*lightning_callbacks, observing, saver, PreemptionCallback(saver)],
         )
         # Ranks forked from here (ddp_fork, ddp_notebook) call no observers: this process does, after the fit.
         in_children = runs_in_child_processes(trainer)
@@ -276,7 +277,8 @@ def fit_mlp(
                                       shuffle=True, shard=True)
         valid_loader = tabular_loader(torch.from_numpy(x_va), torch.from_numpy(fit_y_va), 8192, seed=seed, shuffle=False)
         ckpt_path = str(resume_from) if resume_from else None
-        with _ctrl_c_stays_an_exception(trainer):
+        # SIGTERM: stop at the next batch, keep the newest checkpoint, exit 75 (see preemption).
+        with preemptible(trainer), _ctrl_c_stays_an_exception(trainer):
             trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path, weights_only=True)
         if in_children:
             for epoch, epoch_metrics in sorted(adopt_rank_zero_result(trainer, module, saver, fingerprint).items()):
