@@ -230,7 +230,7 @@ def test_readme_commands_run_in_order_after_the_demo(demo_lab, tmp_path):
         servers = [int(p) for p in pid_file.read_text().split()]
         assert len(servers) == sum(len(re.findall(r"&\s*(#.*)?$", b, re.M)) for b in blocks)
         # The last server started (the flag server) becomes ready: both model versions load.
-        flag_port = ports[int(re.findall(r"--port (\d+)", blocks[-1])[-1])]
+        flag_port = ports[int(re.findall(r"--port (\d+)", "\n".join(blocks))[-1])]
         timings["flag server ready"] = wait_ready(flag_port, READY_WAIT_S)
     finally:
         stop([int(p) for p in pid_file.read_text().split()])
@@ -250,3 +250,7 @@ def test_readme_commands_run_in_order_after_the_demo(demo_lab, tmp_path):
     assert (fresh_lab / "ts.parquet").is_file() and (fresh_lab / "outcomes.parquet").is_file()
     reports = list((fresh_lab / "runs/experiments/new_ranker").glob("report-*.html"))
     assert len(reports) == 1, reports
+    scale = outputs[-1]  # training beyond one run: reproduce, optimize, the job queue
+    assert "fraud v1: reproduced exactly" in scale, scale[-3000:]
+    assert re.search(r"^(quantized|distilled)\s+registered v\d+", scale, re.M), scale[-3000:]
+    assert re.search(r"^\d+\s+nap\s+finished\b", scale, re.M), scale[-3000:]
