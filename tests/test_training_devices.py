@@ -10,7 +10,6 @@ hardware every run records: this machine's CPU and memory, and no GPU ("none").
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
