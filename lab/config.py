@@ -122,8 +122,34 @@ class ServeConfig:
     max_body_bytes: int = 16384  # the largest request body any route accepts; one more byte gets a 413
     keys: str = "keys.db"  # the API key file (lab keys ...), relative to the project root
     max_model_memory_mb: float = 0.0  # lab serve --model A --model B: loaded models' footprints at most this; 0: unbounded
+    device: str = "cpu"  # where served models score: "cpu", "cuda" (= "cuda:0") or "cuda:N" (ModelFlavor.place)
+    memory_fraction: float = 0.0  # on a CUDA device: the process's cap, a fraction of the device's memory; 0: no cap
+    models: Mapping[str, Any] = field(default_factory=dict)
+    """``[tool.lab.serve.models.<name>]``: ``device`` and ``memory_fraction`` for one model,
+    overriding the two above for it; read through ``placement``."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", check_device(self.device, "tool.lab.serve"))
+        check_fraction(self.memory_fraction, "tool.lab.serve")
+        if not isinstance(self.models, Mapping):
+            raise ConfigError(f"[tool.lab.serve] models must be a table of [tool.lab.serve.models.<name>] tables, "
+                              f"got {self.models!r}")
+        models = {}
+        for name, table in self.models.items():
+            where = f"tool.lab.serve.models.{name}"
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"[{where}] must be a table (device = ..., memory_fraction = ...), got {table!r}")
+            unknown = sorted(set(table) - {"device", "memory_fraction"})
+            if unknown:
+                raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [{where}]; known keys are: device, "
+                                  "memory_fraction")
+            entry = {}
+            if "device" in table:
+                entry["device"] = check_device(table["device"], where)
+            if "memory_fraction" in table:
+                entry["memory_fraction"] = check_fraction(table["memory_fraction"], where)
+            models[str(name)] = entry
+        object.__setattr__(self, "models", models)
         if self.predict_auth not in PREDICT_AUTH:
             raise ConfigError(f"[tool.lab.serve] predict_auth must be one of {', '.join(map(repr, PREDICT_AUTH))}, "
                               f"got {self.predict_auth!r}")
@@ -132,6 +158,34 @@ class ServeConfig:
         if not math.isfinite(self.max_model_memory_mb) or self.max_model_memory_mb < 0:
             raise ConfigError("[tool.lab.serve] max_model_memory_mb must be 0 (unbounded) or a number of megabytes "
                               f"above 0, got {self.max_model_memory_mb}")
+
+
+    def placement(self, model: str) -> tuple[str, float]:
+        """``(device, memory_fraction)`` for serving ``model``: its
+        ``[tool.lab.serve.models.<model>]`` keys where set, else ``[tool.lab.serve]``'s.
+        ``device`` is ``"cpu"`` or ``"cuda:N"``; ``memory_fraction`` in [0, 1], 0: no cap."""
+        own = self.models.get(model, {})
+        return own.get("device", self.device), float(own.get("memory_fraction", self.memory_fraction))
+
+
+def check_device(value: Any, where: str) -> str:
+    """A serving device as ``"cpu"`` or ``"cuda:N"`` (``"cuda"`` is ``"cuda:0"``);
+    ``ConfigError`` naming ``[where] device`` otherwise."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text == "cuda":
+        return "cuda:0"
+    if text == "cpu" or (text is not None and text.startswith("cuda:") and text[5:].isdigit()):
+        return text if text == "cpu" else f"cuda:{int(text[5:])}"
+    raise ConfigError(f'[{where}] device must be "cpu", "cuda" or "cuda:N" (N a device index, 0 first), '
+                      f"got {value!r}")
+
+
+def check_fraction(value: Any, where: str) -> float:
+    """A memory fraction in [0, 1]; ``ConfigError`` naming ``[where] memory_fraction`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"[{where}] memory_fraction must be a number from 0 (no cap) to 1 (the whole "
+                          f"device), got {value!r}")
+    return float(value)
 
 
 PREDICT_AUTH = ("open", "key")

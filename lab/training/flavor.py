@@ -4,7 +4,8 @@ A flavor trains for one or more tasks (``lab.modelspec.TASKS``): ``classificatio
 (binary labels 0/1; the model predicts the probability of 1) or ``regression`` (numeric
 labels; the model predicts in the label's units). ``lab.testing.flavors.ModelFlavorContract``
 checks an implementation. Two methods are optional (``quantize``, ``distill``): a flavor
-that has them lets ``lab optimize`` make cheaper-to-serve versions of its models.
+that has them lets ``lab optimize`` make cheaper-to-serve versions of its models. A third,
+``place``, lets ``lab serve`` score a model on a CUDA device (``[tool.lab.serve] device``).
 """
 
 from __future__ import annotations
@@ -113,6 +114,24 @@ class ModelFlavor(abc.ABC):
     @abc.abstractmethod
     def load(self, path: Path) -> ScoringModel:
         """Read a model written by ``save``; its ``task`` is the one it was trained for."""
+
+    # -- optional: where a loaded model scores (``lab serve``, ``[tool.lab.serve] device``) --
+
+    def place(self, model: ScoringModel, device: str, memory_fraction: float = 0.0) -> ScoringModel:
+        """``model`` (as ``load`` returned it) ready to score on ``device``: ``"cpu"`` or
+        ``"cuda:N"`` (``lab.config.check_device``'s form). On ``"cpu"`` it is ``model``
+        itself. On a CUDA device, a ``ScoringModel`` whose ``predict`` copies the rows to the
+        device, scores there and returns float32 numpy, as ``predict`` always does;
+        ``memory_fraction`` above 0 caps this *process's* allocations on that device (a
+        fraction of its memory; every model of the process shares the cap). A scorer whose
+        row scores may change with the batch around them sets ``invariant_batch_rows = 1``.
+        Raises ``LabError`` naming the fix when the device is not there. Optional: the
+        default serves on the CPU only and raises ``LabError`` for any other device."""
+        if device == "cpu":
+            return model
+        raise LabError(f"model flavor {self.name or type(self).__name__!r} cannot score on {device} (it does not "
+                       "implement ModelFlavor.place); set device = \"cpu\" in [tool.lab.serve] (or in "
+                       "[tool.lab.serve.models.<name>] for this model)")
 
     # -- optional: cheaper models to serve (``lab.steps.optimize``, ``lab optimize``) -------
 

@@ -191,6 +191,16 @@ class LightningMLP(ModelFlavor):
             return load_quantized(Path(path))
         return load_model(Path(path))
 
+    def place(self, model: ScoringModel, device: str, memory_fraction: float = 0.0) -> ScoringModel:
+        """``model`` itself on ``"cpu"`` (numpy forward kept); on ``"cuda:N"`` its network
+        on that device, scoring every batch there (see ``placement``). ``LabError`` naming
+        the fix when torch sees no such device."""
+        if device == "cpu":
+            return model
+        from .placement import place_mlp  # torch, only when placing on a device
+
+        return place_mlp(model, device, memory_fraction)
+
     # -- the optional optimizations (lab.steps.optimize; the work is in ``optimize``) --
 
     def quantize(self, model: ScoringModel) -> ScoringModel:

@@ -137,6 +137,7 @@ class ServingState:
     freshness_watch: FreshnessWatch | None = None  # freshness breaches by view; one event per view a minute
     availability: StoreAvailability = field(default_factory=StoreAvailability)  # the online store's, as met
     resources: ResourceWatch | None = None  # the process's memory, sampled off the request path; leak verdicts
+    devices: dict[str, str] = field(default_factory=dict)  # model -> where it scores ([tool.lab.serve] device)
 
 
 def spec_views(spec: ModelSpec, views: dict) -> list:
@@ -205,7 +206,12 @@ def start_up(state: ServingState, config, pm) -> None:
         where = f"model {version.name!r} v{version.version} ({version.flavor})"
         if model is None:
             state.reason = f"loading {where}"
-            model = model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
+            flavor = model_flavor(pm, version.flavor)
+            model = flavor.load(config.root / version.artifact_path)
+            device = config.serve.placement(version.name)[0]
+            if device != "cpu":
+                state.reason = f"placing {where} on {device}"
+                model = place(flavor, model, config, version.name)
         if state.stopping.is_set():
             return
         state.reason = f"warming up {where}"
@@ -268,7 +274,7 @@ def follow_alias(state: ServingState, config, pm) -> bool:
     serving_version, serving_model = state.current
     if target is None or target.version == serving_version.version:
         return False
-    model = model_flavor(pm, target.flavor).load(config.root / target.artifact_path)
+    model = _load(config, pm, target)
     if list(model.feature_names) != list(serving_model.feature_names):
         raise LabError(f"{state.alias} moved to v{target.version}, whose inputs differ from v"
                        f"{serving_version.version}'s; restart `lab serve` to serve it")
@@ -656,7 +662,8 @@ class HealthController(Controller):
         return ServerStats(predictions=serving.predictions, not_ready=serving.not_ready, ledger=ledger,
                            features=features, fallbacks=dict(serving.fallbacks),
                            batch_fallback=serving.batch.counts() if serving.batch is not None else {},
-                           shadow=serving.shadow.counts() if serving.shadow is not None else {})
+                           shadow=serving.shadow.counts() if serving.shadow is not None else {},
+                           devices=dict(serving.devices))
 
 
 def _loaded_models(serving: ServingState) -> list[ServedModel]:
@@ -828,6 +835,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
     state = ServingState(model_name=spec.name, alias=f"flag {flag}" if flag else alias, spec=spec,
                          allow_empty_store=allow_empty_store, limit=limit,
                          budget=budget, breakers=breakers, batch=batch_fallback_for(config, spec))
+    state.devices = {name: config.serve.placement(name)[0] for name in dict.fromkeys([spec.name, *models])}
     if max_batch > 1 and not limit.pooled:
         state.batcher = MicroBatcher(max_batch, batch_wait_ms / 1000)
     if flag:
@@ -889,5 +897,19 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
 
 
 def _load(config, pm, version):
-    """Load a registered ``ModelVersion`` with its flavor (the router's loader)."""
-    return model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
+    """Load a registered ``ModelVersion`` with its flavor and place it on its model's
+    device (``place``): the router's loader, and the one of moved aliases."""
+    flavor = model_flavor(pm, version.flavor)
+    return place(flavor, flavor.load(config.root / version.artifact_path), config, version.name)
+
+
+def place(flavor, model, config, name: str):
+    """``model`` of model ``name`` where ``[tool.lab.serve]`` (or its
+    ``[tool.lab.serve.models.<name>]`` table) puts it: on ``"cpu"`` the model itself,
+    untouched (the CPU scoring path is the loaded model's own); else the flavor's
+    ``ModelFlavor.place``, whose ``LabError`` names the fix (no such device, a flavor
+    that cannot place) and makes the server not ready with it."""
+    device, fraction = config.serve.placement(name)
+    if device == "cpu":
+        return model
+    return flavor.place(model, device, fraction)

@@ -43,13 +43,14 @@ from litestar.exceptions import ClientException, ServiceUnavailableException
 
 from lab.errors import ConfigError, LabError
 from lab.modelspec import ModelSpec
-from lab.plugins import feature_views, model_flavor
+from lab.plugins import feature_views
 from lab.registry import Registry
 from lab.serving.batch_predictions import batch_fallback_for
 from lab.serving.predictor import request_time
 from lab.serving.scoring import FeatureAssembler
 from plugins.litestar_serving.app import (
     ServingState,
+    _load,
     _not_ready,
     check_materialized,
     follow_alias,
@@ -318,7 +319,7 @@ class ModelCache:
         if version is None:
             raise LabError(f"model {name!r} has no {self.alias}: run `lab run` or `lab promote {name} VERSION`")
         where = f"model {version.name!r} v{version.version} ({version.flavor})"
-        model = model_flavor(pm, version.flavor).load(config.root / version.artifact_path)
+        model = _load(config, pm, version)  # and placed on its device ([tool.lab.serve.models.<name>])
         names = list(model.feature_names)
         score = model.predict(np.zeros((1, len(names)), dtype=np.float32))
         if np.shape(score) != (1,):

@@ -191,3 +191,6 @@ class ServerStats(msgspec.Struct):
     fallbacks: dict[str, int] = {}
     batch_fallback: dict[str, int] = {}
     shadow: dict[str, int] = {}
+    devices: dict[str, str] = {}
+    """Where each served model scores: ``"cpu"`` or ``"cuda:N"`` ([tool.lab.serve] device,
+    or the model's [tool.lab.serve.models.<name>] table)."""
