@@ -51,13 +51,25 @@ from plugins.ray_cluster.settings import RaySettings, stage_resources  # noqa: E
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
     """A Ray of 2 CPUs on 127.0.0.1 for this module, shut down after it; its node has a
-    custom resource, as the machine holding registry.db would (docs/ray.md)."""
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                       _temp_dir=str(tmp_path_factory.mktemp("ray")), resources={"registry": 1})
+    custom resource, as the machine holding registry.db would (docs/ray.md).
+
+    Its session folder lives in the test's tmp folder, named through a short link in /tmp:
+    Ray's sockets are in it, and a socket's path may not exceed 107 bytes (pytest-xdist's
+    tmp folders are longer than that allows)."""
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="lab-ray-"))
+    (short / "s").symlink_to(tmp_path_factory.mktemp("ray"), target_is_directory=True)
     try:
-        yield context
+        context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                           _temp_dir=str(short / "s"), resources={"registry": 1})
+        try:
+            yield context
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        shutil.rmtree(short)
 
 
 def make_notebook(path: Path, params: str, body: str) -> Path:
