@@ -20,7 +20,7 @@ from torch import nn
 from lab.errors import LabError
 from lab.training.protocol import Scaler
 
-from .numpy_forward import SMALL_BATCH, TOLERANCE, NumpyForward, sigmoid
+from .numpy_forward import SMALL_BATCH, TOLERANCE, NumpyForward, feature_rows, sigmoid
 
 
 class TabularMLP(nn.Module):
@@ -108,16 +108,7 @@ class MLPScorer:
     def predict(self, features: np.ndarray) -> np.ndarray:
         """One value per row of ``features`` (a 1-D array is one row): a probability for
         classification, a prediction in label units for regression. Returns float32, shape (n,)."""
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2 or x.shape[1] != self._n_features:
-            raise LabError(
-                f"expected rows of {self._n_features} features ({', '.join(self.feature_names)}), "
-                f"got an array of shape {np.shape(features)}"
-            )
-        if not np.isfinite(x).all():
-            raise LabError("features hold NaN or infinity; fill missing values before scoring")
+        x = feature_rows(features, self.feature_names)
         if self.numpy_forward is not None and x.shape[0] <= SMALL_BATCH:
             out = self.numpy_forward(x)
             if self.target is None:

@@ -157,3 +157,17 @@ def _sigmoid(v: float) -> float:
         return 1.0 / (1.0 + math.exp(-v))
     e = math.exp(v)
     return e / (1.0 + e)
+
+
+def feature_rows(features: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    """``features`` as float32 rows of the model's features (a 1-D array is one row), or a
+    ``LabError`` naming the expected columns, or saying NaN or infinity must be filled."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != len(feature_names):
+        raise LabError(f"expected rows of {len(feature_names)} features ({', '.join(feature_names)}), "
+                       f"got an array of shape {np.shape(features)}")
+    if not np.isfinite(x).all():
+        raise LabError("features hold NaN or infinity; fill missing values before scoring")
+    return x

@@ -62,7 +62,7 @@ from .data import tabular_loader
 from .flavor import normalize_params
 from .loaded import LoadedMLP
 from .network import MLPScorer, TabularMLP
-from .numpy_forward import sigmoid
+from .numpy_forward import feature_rows, sigmoid
 
 QUANTIZATION = {"method": "dynamic", "dtype": "qint8", "modules": ["Linear"],
                 "api": "torch.ao.quantization.quantize_dynamic"}
@@ -143,7 +143,6 @@ class QuantizedMLP:
         self.target = target if task == "regression" else None
         self.architecture = dict(architecture)
         self.quantization = dict(quantization)
-        self._n_features = len(self.feature_names)
         self._memory = _quantized_bytes(self.net)
 
     def memory_bytes(self) -> int:
@@ -152,14 +151,7 @@ class QuantizedMLP:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """One value per row of ``features`` (a 1-D array is one row)."""
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2 or x.shape[1] != self._n_features:
-            raise LabError(f"expected rows of {self._n_features} features ({', '.join(self.feature_names)}), "
-                           f"got an array of shape {np.shape(features)}")
-        if not np.isfinite(x).all():
-            raise LabError("features hold NaN or infinity; fill missing values before scoring")
+        x = feature_rows(features, self.feature_names)
         if not (x.flags.c_contiguous and x.flags.writeable):
             x = np.array(x, dtype=np.float32, order="C")
         with torch.inference_mode():

@@ -24,6 +24,8 @@ from torch import nn
 
 from lab.errors import LabError
 
+from .numpy_forward import feature_rows
+
 FIX = 'serve on cpu ([tool.lab.serve] device = "cpu", or in [tool.lab.serve.models.<name>])'
 
 
@@ -90,7 +92,6 @@ class DeviceMLP:
         self.target = scorer.target
         self.forward_note = f"torch on {self.device} for every batch"
         self._torch_device = device
-        self._n_features = len(self.feature_names)
         self.net = copy.deepcopy(scorer.net).to(device).eval()
         linears = [m for m in self.net.layers if isinstance(m, nn.Linear)]
         self._hidden = [(m.weight.detach(), m.bias.detach()) for m in linears[:-1]]
@@ -100,14 +101,7 @@ class DeviceMLP:
     def predict(self, features: np.ndarray) -> np.ndarray:
         """One value per row (a 1-D array is one row): a probability for classification, a
         prediction in label units for regression; float32, shape (n,)."""
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2 or x.shape[1] != self._n_features:
-            raise LabError(f"expected rows of {self._n_features} features ({', '.join(self.feature_names)}), "
-                           f"got an array of shape {np.shape(features)}")
-        if not np.isfinite(x).all():
-            raise LabError("features hold NaN or infinity; fill missing values before scoring")
+        x = feature_rows(features, self.feature_names)
         with torch.inference_mode():
             h = torch.from_numpy(np.ascontiguousarray(x)).to(self._torch_device)
             h = (h - self._mean) / self._std
