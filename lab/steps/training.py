@@ -39,7 +39,8 @@ REFERENCES = "data/validation"  # samples of passed training sets, by digest: th
 def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n_trials, max_epochs, seed,
           valid_days: int = 2, model: str | None = None, accelerator: str | None = None,
           devices: int | str | list[int] | None = None, strategy: str | None = None,
-          precision: str | int | None = None, num_nodes: int | None = None) -> dict:
+          precision: str | int | None = None, num_nodes: int | None = None,
+          sweep_workers: int | None = None) -> dict:
     """Sweep on the training days, holding out their last ``valid_days`` in time order for
     the objective (the spec's metric); save the best model to ``data/candidate``.
 
@@ -99,7 +100,7 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
                      devices=None if placement == TrainingConfig().settings() else placement)  # default: as ever
         # Other workers (this machine's sweep_workers, or `lab sweep worker` anywhere) join
         # through the manifest; this process works on the study too and waits for them.
-        workers = _sweep_workers(ctx, workdir, sweep, flavor.name, columns, (fx, fy, vx, vy))
+        workers = _sweep_workers(ctx, workdir, sweep, flavor.name, columns, (fx, fy, vx, vy), sweep_workers)
         try:
             result = run_sweep(flavor, fx, fy, vx, vy, columns, callbacks=[*callbacks, progress],
                                on_trial=on_trial, **sweep)
@@ -136,10 +137,10 @@ def train(root, run_dir, *, train_start, delta_train, delta_delay, delta_test, n
 
 
 def _sweep_workers(ctx: StageContext, workdir: Path, sweep: dict, flavor: str, columns: list[str],
-                   arrays: tuple) -> list:
-    """Write the sweep's manifest and data for joining workers, and start
-    ``[tool.lab.train] sweep_workers`` - 1 of them on this machine."""
-    count = ctx.config.train.sweep_workers
+                   arrays: tuple, count: int | None = None) -> list:
+    """Write the sweep's manifest and data for joining workers, and start ``count`` - 1 of
+    them on this machine (None: ``[tool.lab.train] sweep_workers``)."""
+    count = ctx.config.train.sweep_workers if count is None else count
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"[tool.lab.train] sweep_workers must be 1 or more (worker processes on this machine), "
                           f"got {count!r}")
