@@ -6,13 +6,14 @@ import abc
 import os
 import re
 import signal
+import threading
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
-from lab.training.preemption import SigtermWatch
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -94,7 +95,7 @@ def child_pids(pid: int | None = None) -> list[int]:
         return []
 
 
-class SigtermRelay(SigtermWatch):
+class SigtermRelay:
     """While a stage runs: a SIGTERM to the runner is noted and relayed to the stage.
 
     A cluster that preempts a ``lab run`` sends it SIGTERM, but papermill starts the
@@ -104,23 +105,42 @@ class SigtermRelay(SigtermWatch):
     kernel started); the training checkpoints and stops (``lab.training.preemption``), and
     the runner, seeing ``requested``, stops after that stage. Each further SIGTERM is
     relayed again. Installed only from the main thread (``installed``); the handler in
-    place before is put back on exit (``SigtermWatch``'s noting and restoring).
+    place before is put back on exit.
     """
 
     def __init__(self) -> None:
-        super().__init__(on_signal=_relay_to_children)
+        self.received_at: float | None = None
+        self.installed = False
+        self._previous: Any = None
 
+    @property
+    def requested(self) -> bool:
+        return self.received_at is not None
 
-def _relay_to_children() -> None:
-    """SIGTERM to every child process: to its process group when it leads one."""
-    for child in child_pids():
-        try:
-            if os.getpgid(child) == child:
-                os.killpg(child, signal.SIGTERM)
-            else:
-                os.kill(child, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass  # it ended meanwhile
+    def __enter__(self) -> "SigtermRelay":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._relay)
+            self.installed = True
+        return self
+
+    def _relay(self, signum: int, frame: Any) -> None:
+        if self.received_at is None:
+            self.received_at = time.time()
+        for child in child_pids():
+            try:
+                if os.getpgid(child) == child:
+                    os.killpg(child, signal.SIGTERM)
+                else:
+                    os.kill(child, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass  # it ended meanwhile
+        if callable(self._previous):
+            self._previous(signum, frame)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self.installed = False
 
 
 def load_stages(path: Path) -> list[Stage]:
