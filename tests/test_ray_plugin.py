@@ -12,7 +12,7 @@ SIGTERM first; a stage's resources from its devices and a cluster that cannot gi
 a sweep whose stage writes its manifest is joined by 2 Ray workers and finishes exactly K
 trials, none lost or repeated, each worker training some, the best one saved by the stage.
 
-Ray is in the test extra (pip install -e '.[test]'); without it the module skips and says
+Ray is in the ray extra (pip install -e '.[test,ray]'; CI leaves it out for time); without it the module skips and says
 how to install it.
 """
 
@@ -42,7 +42,7 @@ from tests.conftest import write_pyproject
 # Read when Ray is imported: the local Ray binds to 127.0.0.1 only (docs/ray.md).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'ray[default]==2.60.0' "
-                                        "(or pip install -e '.[test]') to run the Ray plugin's tests")
+                                        "(or pip install -e '.[test,ray]') to run the Ray plugin's tests")
 
 from plugins.ray_cluster.executor import RayExecutor  # noqa: E402 - after the skip: it needs nothing of Ray, the tests do
 from plugins.ray_cluster.settings import RaySettings, stage_resources  # noqa: E402
