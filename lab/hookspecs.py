@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lab.pipeline.stage import StageExecutor
     from lab.streaming.log import EventLog
     from lab.training.flavor import ModelFlavor
+    from lab.llm.types import Embedder, Judge, Provider, Reranker
 
 hookspec = pluggy.HookspecMarker("lab")
 
@@ -279,3 +280,46 @@ def lab_execute_stage(
             print(stage.name, time.perf_counter() - t0)
             return result
     """
+
+
+# ---------------------------------------------------------------------------
+# LLM work (lab.llm): every result is collected; config picks one by its name
+# ---------------------------------------------------------------------------
+
+@hookspec
+def lab_llm_providers(config: "LabConfig") -> "list[Provider] | None":
+    """Return LLM providers (``lab.llm.types.Provider``), each with a unique ``name``.
+
+    ``[tool.lab.llm] provider`` (or a model's ``provider`` in ``[tool.lab.llm.models]``)
+    picks one by name. Built in: ``extractive`` (offline, answers from retrieved context)
+    and one OpenAI-compatible HTTP provider per ``[tool.lab.llm.providers.<name>]`` table.
+    """
+
+
+@hookspec
+def lab_embedders(config: "LabConfig") -> "list[Embedder] | None":
+    """Return text embedders (``lab.llm.types.Embedder``), each with a unique ``name``.
+
+    ``[tool.lab.llm] embedder`` picks one (default ``minilm``: the packaged
+    all-MiniLM-L6-v2, offline). Retrieval, the semantic cache, the extractive provider and
+    the semantic-similarity assertion all embed through it.
+    """
+
+
+@hookspec
+def lab_rerankers(config: "LabConfig") -> "list[Reranker] | None":
+    """Return rerankers (``lab.llm.types.Reranker``) that ``[tool.lab.llm.rag] rerank``
+    may name; none is used unless named."""
+
+
+@hookspec
+def lab_llm_judges(config: "LabConfig") -> "list[Judge] | None":
+    """Return LLM-as-judge implementations (``lab.llm.types.Judge``) that an evaluation
+    suite's ``judge`` assertion may name. Its agreement with labelled examples is
+    reported before the suite trusts it (``lab llm judge-check``)."""
+
+
+@hookspec
+def lab_eval_assertions(config: "LabConfig") -> "dict[str, Any] | None":
+    """Return custom evaluation assertions: ``{name: fn(output, expectation, case) ->
+    (passed, score, reason)}``; a suite case names one as ``{"type": name, ...}``."""
