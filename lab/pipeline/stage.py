@@ -6,14 +6,13 @@ import abc
 import os
 import re
 import signal
-import threading
-import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError
+from lab.signals import SigtermWatch
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -95,7 +94,7 @@ def child_pids(pid: int | None = None) -> list[int]:
         return []
 
 
-class SigtermRelay:
+class SigtermRelay(SigtermWatch):
     """While a stage runs: a SIGTERM to the runner is noted and relayed to the stage.
 
     A cluster that preempts a ``lab run`` sends it SIGTERM, but papermill starts the
@@ -109,38 +108,18 @@ class SigtermRelay:
     """
 
     def __init__(self) -> None:
-        self.received_at: float | None = None
-        self.installed = False
-        self._previous: Any = None
+        super().__init__(on_signal=_relay_to_children)
 
-    @property
-    def requested(self) -> bool:
-        return self.received_at is not None
 
-    def __enter__(self) -> "SigtermRelay":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._relay)
-            self.installed = True
-        return self
-
-    def _relay(self, signum: int, frame: Any) -> None:
-        if self.received_at is None:
-            self.received_at = time.time()
-        for child in child_pids():
-            try:
-                if os.getpgid(child) == child:
-                    os.killpg(child, signal.SIGTERM)
-                else:
-                    os.kill(child, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass  # it ended meanwhile
-        if callable(self._previous):
-            self._previous(signum, frame)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-            self.installed = False
+def _relay_to_children() -> None:
+    for child in child_pids():
+        try:
+            if os.getpgid(child) == child:
+                os.killpg(child, signal.SIGTERM)
+            else:
+                os.kill(child, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass  # it ended meanwhile
 
 
 def load_stages(path: Path) -> list[Stage]:
