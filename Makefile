@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lab run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 serve: $(STAMP)
 	$(VENV)/bin/lab serve --host 127.0.0.1 --port 8000
