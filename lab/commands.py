@@ -169,6 +169,28 @@ COMMANDS: list[Command] = [
           "cancel_args", "cancel_run"),
     _lazy("queue run", "the scheduler, in the foreground: gang allocation, priorities, preemption; stops on "
           "SIGTERM after handing its jobs back", _QUEUE, "run_args", "run_run"),
+    # LLM prompts as code and the LLM ledger (issue 13, part A)
+    _lazy("prompt list", "list prompts: working hash, registered version, aliases", "lab.llm.prompt_commands",
+          "list_args", "list_run"),
+    _lazy("prompt show", "a prompt's front matter, variables, hash and text (working file, --alias or --version)",
+          "lab.llm.prompt_commands", "show_args", "show_run"),
+    _lazy("prompt register", "register prompts/NAME.md as the next version of prompt NAME (no-op when unchanged)",
+          "lab.llm.prompt_commands", "register_args", "register_run"),
+    _lazy("prompt promote", "point a prompt's alias (default production) at a version; `lab rollback NAME --alias "
+          "production` undoes it", "lab.llm.prompt_commands", "promote_args", "promote_run"),
+    _lazy("prompt render", "render a prompt with --var NAME=VALUE into its messages", "lab.llm.prompt_commands",
+          "render_args", "render_run"),
+    _lazy("llm calls", "the LLM ledger: the newest calls, or --totals per prompt version (tokens, cost, latency)",
+          "lab.llm.prompt_commands", "calls_args", "calls_run"),
+    # LLM evaluation suites, the eval gate and judge agreement (issue 13, part E)
+    _lazy("llm eval", "run an evaluation suite on a prompt and gate it: exit 3 when a case passing on the baseline "
+          "(the prompt's production version) fails now, or the pass rate is below [tool.lab.llm.evals] "
+          "min_pass_rate", "lab.steps.llm_eval", "eval_args", "eval_run"),
+    _lazy("llm compare", "two prompt versions on one suite, case by case: newly failing and passing cases, score "
+          "deltas, exact McNemar and sign tests", "lab.steps.llm_eval", "compare_args", "compare_run"),
+    _lazy("llm judge-check", "a judge's agreement with human labels (accuracy, Cohen's kappa, confusion), recorded "
+          "so gates may use it (exit 3 below [tool.lab.llm.evals] min_judge_kappa)", "lab.steps.llm_eval",
+          "judge_check_args", "judge_check_run"),
     INIT_COMMAND,
 ]
 
