@@ -191,6 +191,12 @@ COMMANDS: list[Command] = [
     _lazy("llm judge-check", "a judge's agreement with human labels (accuracy, Cohen's kappa, confusion), recorded "
           "so gates may use it (exit 3 below [tool.lab.llm.evals] min_judge_kappa)", "lab.steps.llm_eval",
           "judge_check_args", "judge_check_run"),
+    # LLM spend ceilings and token budgets (issue 13, part D)
+    _lazy("llm spend", "LLM spend this day and month against [tool.lab.llm.spend]'s ceilings: settled, reserved, "
+          "share used", "lab.llm.gateway_commands", "spend_args", "spend_run"),
+    _lazy("llm budget", "each prompt's token use per call, recent against baseline (median, p95) from the LLM "
+          "ledger; exit 3 on a drift ([tool.lab.llm.budget])", "lab.llm.gateway_commands", "budget_args",
+          "budget_run"),
     INIT_COMMAND,
 ]
 
