@@ -816,6 +816,12 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
         pm = get_plugin_manager(config)
     extra = [handler for batch in pm.hook.lab_http_routes(config=config) for handler in (batch or [])]
     refresh_s = config.serve.flag_refresh_s if refresh_s is None else refresh_s
+    closers = []
+    if config.section("llm"):  # [tool.lab.llm]: the OpenAI-compatible routes beside /predict (llm_routes.py)
+        from plugins.litestar_serving.llm_routes import llm_routes
+
+        llm_handlers, llm_service = llm_routes(config, pm, refresh_s)
+        extra, closers = [*extra, *llm_handlers], [llm_service.close]
     guardrail_s = config.serve.guardrail_interval_s if guardrail_s is None else guardrail_s
     host = config.serve.host if host is None else host
     allow_empty_store = config.serve.allow_empty_store if allow_empty_store is None else allow_empty_store
@@ -866,7 +872,7 @@ def create_app(config, pm=None, *, model_name: str | None = None, alias: str = "
             # The metrics first (outermost), so requests the Host check refuses are counted too.
             middleware=[state.metrics.middleware, *([host_guard(names, host)] if names else [])],
             lifespan=lifespans,
-            on_shutdown=[keys.close],
+            on_shutdown=[keys.close, *closers],
             request_max_body_size=config.serve.max_body_bytes,  # every route with a body; 413 names the limit
             state=State({"serving": state}),
             exception_handlers={ClientException: errors.handler, ServiceUnavailableException: errors.handler},

@@ -201,6 +201,8 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     host = args.host or config.serve.host
     port = args.port or config.serve.port
     models = list(dict.fromkeys(args.model or []))
+    if not models and not args.all_models and config.section("llm") and not model_specs(ctx.pm, config):
+        return _run_llm_only(args, ctx, host, port)  # [tool.lab.llm] and no tabular model: the LLM routes
     spec = model_spec(ctx.pm, config, models[0] if models else None)
     model_name = spec.name
     if args.all_models:
@@ -239,6 +241,21 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     # full collection of them took about 100 ms, stalling every request in flight (the
     # p99 of /predict under load). Refcounting still frees them; only cycles among them stay.
     gc.freeze()
+    server.run()
+    return 0 if server.started else 1
+
+
+def _run_llm_only(args: argparse.Namespace, ctx: Context, host: str, port: int) -> int:
+    """``lab serve`` of a lab with ``[tool.lab.llm]`` and no tabular model (one process)."""
+    from plugins.litestar_serving.llm_routes import create_llm_app
+
+    check_bind(host, ctx.config.serve.predict_auth, args.allow_open)
+    check_port_free(host, port)
+    app = create_llm_app(ctx.config, ctx.pm, host=host)
+    print(f"lab serve: LLM routes on http://{host}:{port} - POST /v1/chat/completions, GET /v1/models, "
+          "/readyz, OpenAPI at /schema", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=args.log_level,
+                                           **{**UVICORN_SETTINGS, "access_log": args.access_log}))
     server.run()
     return 0 if server.started else 1
 
