@@ -431,39 +431,56 @@ def test_split_sentences_drops_headings_code_and_fragments():
     assert split_sentences(text) == ["First sentence is here.", "Second one follows it!", "a list item with words"]
 
 
-def test_extractive_answers_with_the_sentence_that_holds_the_answer(tmp_path, embedder):
-    provider = ExtractiveProvider(lab_config(tmp_path), embedder=embedder)
-    out = provider.complete(ask("How many failures open the circuit breaker?", context=CONTEXT))
+@pytest.fixture(scope="module")
+def extractive(embedder, tmp_path_factory):
+    """One extractive provider for the module (its sentence vectors are kept between tests)."""
+    config = lab_config(tmp_path_factory.mktemp("extractive"), '[tool.lab.llm.models.small]\ntokenizer = "chars4"\n'
+                                                              'input_usd_per_1m = 1.0\noutput_usd_per_1m = 2.0\n')
+    return ExtractiveProvider(config, embedder=embedder)
+
+
+def test_extractive_answers_with_the_sentence_that_holds_the_answer(extractive):
+    out = extractive.complete(ask("How many failures open the circuit breaker?", context=CONTEXT))
     assert "A circuit breaker opens after five consecutive failures." in out.text
     assert "registry" not in out.text
     assert out.provider == "extractive" and out.finish_reason == "stop" and out.cost_usd == 0.0
     assert out.usage.output_tokens == models.count_tokens(models.ModelInfo("x"), out.text)
-    again = provider.complete(ask("How many failures open the circuit breaker?", context=CONTEXT))
+    again = extractive.complete(ask("How many failures open the circuit breaker?", context=CONTEXT))
     assert again.text == out.text  # deterministic
-    rollback = provider.complete(ask("What does rollback do?", context=CONTEXT))
+    rollback = extractive.complete(ask("What does rollback do?", context=CONTEXT))
     assert rollback.text.startswith("Rollback moves an alias back to the previous version.")
 
 
-def test_extractive_says_it_does_not_know_when_nothing_is_close(tmp_path, embedder):
-    provider = ExtractiveProvider(lab_config(tmp_path), embedder=embedder)
-    assert provider.complete(ask("What is the capital of France?", context=CONTEXT)).text == NO_ANSWER
-    assert provider.complete(ask("Anything?")).text == NO_ANSWER  # no context at all
+def test_extractive_says_it_does_not_know_when_nothing_is_close(extractive):
+    assert extractive.complete(ask("What is the capital of France?", context=CONTEXT)).text == NO_ANSWER
+    assert extractive.complete(ask("Anything?")).text == NO_ANSWER  # no context at all
 
 
-def test_extractive_reads_a_context_block_inside_the_messages(tmp_path, embedder):
-    config = lab_config(tmp_path, '[tool.lab.llm.models.small]\ntokenizer = "chars4"\n'
-                                  'input_usd_per_1m = 1.0\noutput_usd_per_1m = 2.0\n')
-    provider = ExtractiveProvider(config, embedder=embedder)
+def test_extractive_reads_a_context_block_inside_the_messages(extractive):
     messages = (Message("system", "Answer from the context only."),
                 Message("user", "Context:\n" + "\n\n".join(CONTEXT) + "\n\nQuestion: Where are model versions stored?"))
-    out = provider.complete(ask("", messages=messages, model="small"))
+    out = extractive.complete(ask("", messages=messages, model="small"))
     assert out.text.startswith("The registry stores model versions in SQLite.")
-    info = models.model_info(config, "small")
+    info = models.model_info(extractive.config, "small")
     assert out.usage.output_tokens == models.count_tokens(info, out.text)
     assert out.cost_usd == pytest.approx(models.cost_usd(info, out.usage)) and out.cost_usd > 0
 
 
-def test_extractive_truncates_to_max_tokens(tmp_path, embedder):
-    provider = ExtractiveProvider(lab_config(tmp_path), embedder=embedder)
-    out = provider.complete(ask("How many failures open the circuit breaker?", context=CONTEXT, max_tokens=3))
+def test_extractive_truncates_to_max_tokens(extractive):
+    out = extractive.complete(ask("How many failures open the circuit breaker?", context=CONTEXT, max_tokens=3))
     assert out.finish_reason == "length" and out.usage.output_tokens <= 3 and out.text == "A circuit breaker"
+
+
+def test_extractive_finds_its_embedder_through_the_plugins_on_first_use(tmp_path, embedder):
+    import plugins.minilm_embedder
+
+    pm = make_plugin_manager(builtins=False, entry_points=False)
+    pm.register(plugins.minilm_embedder, name="minilm_embedder")
+    pm.register(llm_providers, name="llm_providers")
+    from lab.llm.plugins import get_provider
+
+    provider = get_provider(lab_config(tmp_path), pm, "extractive")
+    provider._pm = pm  # the hook has no plugin manager; without one it builds the lab's own
+    out = provider.complete(ask("What does rollback do?", context=(CONTEXT[1],)))
+    assert out.text.startswith("Rollback")
+    assert provider.embedder() is embedder  # MiniLM's weights are shared, not loaded again
