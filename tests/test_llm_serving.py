@@ -89,6 +89,9 @@ def server(tmp_path_factory):
         [tool.lab.llm.cache]
         enabled = false
 
+        [tool.lab.llm.models.broken]
+        provider = "ghost"   # no plugin offers it: the provider-failure path
+
         [tool.lab.llm.providers.remote]
         type = "openai"
         base_url = "http://127.0.0.1:{port}/v1"
@@ -202,7 +205,7 @@ def test_models_health_and_metrics(server):
     _, port, _ = server
     status, _, body = _call(port, "/v1/models")
     assert status == 200 and body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == ["extractive"]
+    assert [(m["id"], m["owned_by"]) for m in body["data"]] == [("extractive", "extractive"), ("broken", "ghost")]
     assert _call(port, "/healthz")[:1] == (200,)
     assert _call(port, "/readyz")[2]["ready"] is True
     status, _, text = _call(port, "/metrics")
@@ -240,3 +243,27 @@ def test_a_lab_with_a_model_serves_the_llm_routes_beside_predict(boring_model):
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "messages[0].content"
         paths = client.get("/schema/openapi.json").json()["paths"]
         assert "/predict" in paths and "/v1/chat/completions" in paths
+
+
+def test_without_a_gateway_the_provider_is_called_and_recorded(server):
+    """The fallback path (no ``lab.llm.gateway``): the provider straight, each outcome recorded."""
+    from lab.errors import LabError
+    from plugins.litestar_serving.llm_routes import LLMService, _as_openai, parse_chat
+
+    _, _, config = server
+    service = LLMService(config, get_plugin_manager(config), refresh_s=1.0)
+    service.gateway = None
+    try:
+        chat = parse_chat(json.dumps({"prompt": "answer@1", "user": "direct", "variables": {
+            "passages": PASSAGES, "question": QUESTION}}).encode())
+        completion, prompt = service.complete(chat, "direct-1", None)
+        assert completion.text == EXPECTED and prompt.version == 1
+        bad = parse_chat(json.dumps({"model": "broken", "messages": [{"role": "user", "content": "hi"}]}).encode())
+        with pytest.raises(LabError) as failed:
+            service.complete(bad, "direct-2", None)
+        assert _as_openai(failed.value).status == 502
+        rows = {r["request_id"]: r for r in service.ledger.calls(50, prompt=None)}
+        assert (rows["direct-1"]["status"], rows["direct-1"]["prompt_version"]) == ("ok", 1)
+        assert rows["direct-2"]["status"] == "error" and "ghost" in rows["direct-2"]["error"]
+    finally:
+        service.close()
