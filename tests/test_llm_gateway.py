@@ -516,3 +516,26 @@ def test_budget_drift_is_judged_from_the_ledger_and_emitted(tmp_path):
     assert result.prompt == "qa" and result.breached and result.baseline_calls == 30
     assert [e.payload["prompt"] for e in events.seen if e.name == "llm.budget_drift"] == ["qa"]
     gateway.close()
+
+
+def test_lab_llm_budget_exits_3_on_a_drift(tmp_path, monkeypatch, capsys):
+    from lab.cli import main
+    from lab.llm.types import Completion, Usage
+
+    root = make_lab(tmp_path / "lab", """
+        [tool.lab.llm.budget]
+        drift_recent = 5
+        drift_min_baseline = 5
+    """)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("LAB_HOME", raising=False)
+    assert main(["llm", "budget"]) == 0 and "no answered calls" in capsys.readouterr().out
+    ledger = LLMLedger.for_lab(load_config(root))
+    for tokens in [100] * 5 + [100] * 5:
+        ledger.record(Completion("x", "m", "p", Usage(tokens, 0), 1.0), ask("q"), status="ok", prompt={"name": "qa"})
+    assert main(["llm", "budget"]) == 0 and "qa: ok" in capsys.readouterr().out
+    for tokens in [300] * 5:
+        ledger.record(Completion("x", "m", "p", Usage(tokens, 0), 1.0), ask("q"), status="ok", prompt={"name": "qa"})
+    ledger.close()
+    assert main(["llm", "budget", "--prompt", "qa"]) == 3
+    assert "qa: DRIFT" in capsys.readouterr().out
