@@ -9,7 +9,7 @@ applies, in order,
 5. a spend reservation (``lab.llm.spend``: ``SpendCeilingReached``, 429),
 6. the provider call (``lab.llm.plugins.get_provider`` for the model's provider), then
    ``settle`` of the reservation, or ``release`` when the provider failed,
-7. the cache put, and ``recorder(...)`` (the LLM ledger's ``record``) for every outcome:
+7. the cache put (not for a degraded answer), and ``recorder(...)`` (the LLM ledger's ``record``) for every outcome:
    ``ok`` (``completion.cached`` for a cache hit), ``refused_rate``, ``refused_budget``,
    ``refused_spend`` or ``error``.
 
@@ -146,7 +146,7 @@ class Gateway:
         actual = completion.cost_usd if completion.cost_usd > 0 else models.cost_usd(info, completion.usage)
         completion = replace(completion, cost_usd=self.spend.settle(reservation, actual))
         self.limits.refund(permit, completion.usage.total)
-        if key_exact is not None:
+        if key_exact is not None and not degraded:  # a degraded answer is not the asked model's
             self.cache.put(key_exact, group, completion, user_input(request), vector)
         self._record(completion, request, "ok", prompt, key, None, started)
         return completion
