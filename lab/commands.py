@@ -197,6 +197,13 @@ COMMANDS: list[Command] = [
     _lazy("llm budget", "each prompt's token use per call, recent against baseline (median, p95) from the LLM "
           "ledger; exit 3 on a drift ([tool.lab.llm.budget])", "lab.llm.gateway_commands", "budget_args",
           "budget_run"),
+    # retrieval: chunking, DuckDB vectors, SQLite FTS5 BM25, hybrid, evaluation (issue 13, part C)
+    _lazy("rag ingest", "chunk, embed and index documents (default: [tool.lab.llm.rag] sources) into data/rag.duckdb "
+          "and data/rag_fts.db; unchanged documents are skipped", "lab.llm.rag.commands", "ingest_args", "ingest_run"),
+    _lazy("rag search", "search the indexed documents: hybrid (vector + BM25, fused by reciprocal rank), vector or "
+          "bm25", "lab.llm.rag.commands", "search_args", "search_run"),
+    _lazy("rag eval", "recall@k, MRR and nDCG@k of each search mode on a labelled question set (exit 3 when hybrid "
+          "recall is below [tool.lab.llm.rag] min_recall)", "lab.llm.rag.commands", "eval_args", "eval_run"),
     INIT_COMMAND,
 ]
 
