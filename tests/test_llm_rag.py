@@ -169,6 +169,44 @@ def test_hybrid_fuses_vector_and_bm25_where_they_disagree(tmp_path, embedder):
         assert [h.chunk_id for h in index.search(query, k=4)] == [h.chunk_id for h in vector]
 
 
+def test_a_reranker_reorders_the_fused_candidates_and_the_embedder_is_checked(tmp_path, embedder):
+    from lab import hookimpl
+
+    class Shortest:
+        name = "shortest"
+
+        def rerank(self, query, passages):
+            return [-float(len(p)) for p in passages]
+
+    class Plugin:
+        @hookimpl
+        def lab_rerankers(self, config):
+            return [Shortest()]
+
+    with _index(tmp_path, embedder, rerank="shortest", rerank_top=4, candidates=4) as index:
+        index.pm.register(Plugin())
+        index.ingest(list(DOCS.items()))
+        hits = index.search("garage brakes", k=3)
+        assert [len(h.text) for h in hits] == sorted(len(h.text) for h in hits)
+        assert hits[0].score == -len(hits[0].text)
+        index.settings = rag_settings(index.config, rerank="nobody")
+        index._reranker = None
+        index.clear_cache()
+        with pytest.raises(ConfigError, match="no reranker 'nobody'.*shortest"):
+            index.search("garage brakes")
+
+    class Other:
+        name, dim = "other", embedder.dim
+
+        def embed(self, texts):
+            return embedder.embed(texts)
+
+    write_pyproject(tmp_path)
+    config = load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="by 'minilm' but the embedder is 'other'"):
+        Index(config, None, embedder=Other()).search("brakes", mode="vector")
+
+
 def test_results_cache_is_dropped_when_the_index_changes(tmp_path, embedder):
     with _index(tmp_path, embedder) as index:
         index.ingest(list(DOCS.items()))

@@ -176,7 +176,7 @@ class Index:
         if self._vectors is None:
             from lab.llm.rag.store import VectorStore
 
-            self._vectors = VectorStore(self.vector_path, int(self.embedder.dim))
+            self._vectors = VectorStore(self.vector_path, int(self.embedder.dim), str(self.embedder.name))
         return self._vectors
 
     def close(self) -> None:

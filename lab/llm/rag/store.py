@@ -155,7 +155,7 @@ class KeywordStore:
 class VectorStore:
     """Chunks with their embeddings in a DuckDB file; cosine-similarity search."""
 
-    def __init__(self, path: str | Path, dim: int, *, try_hnsw: bool = True):
+    def __init__(self, path: str | Path, dim: int, embedder: str = "", *, try_hnsw: bool = True):
         import duckdb
 
         self.path = Path(path)
@@ -172,12 +172,14 @@ class VectorStore:
                 chunk_id VARCHAR PRIMARY KEY, doc VARCHAR NOT NULL, ordinal INTEGER NOT NULL,
                 heading VARCHAR NOT NULL, text VARCHAR NOT NULL, embedding FLOAT[{dim}] NOT NULL)""")
         self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
-        stored = self._meta("dim")
+        stored, stored_by = self._meta("dim"), self._meta("embedder")
         if stored is None:
             self._set_meta("dim", str(dim))
-        elif int(stored) != dim:
-            raise ConfigError(f"{self.path} holds {stored}-number embeddings but the embedder gives {dim}; delete "
-                              f"{self.path} and {self.path.with_name('rag_fts.db')} and run `lab rag ingest` again")
+            self._set_meta("embedder", embedder)
+        elif int(stored) != dim or (stored_by or embedder) != embedder:
+            raise ConfigError(f"{self.path} holds {stored}-number embeddings by {stored_by!r} but the embedder is "
+                              f"{embedder!r} ({dim} numbers); delete {self.path} and run `lab rag ingest` again "
+                              "(the embedding cache keeps each embedder's vectors apart)")
         self.dim = dim
         self.search_method = "exact (array_cosine_similarity)"
         if try_hnsw:
