@@ -283,3 +283,34 @@ def test_acceptance_eval_gate_in_lab_run_passes_unchanged_and_fails_on_a_regress
     finally:
         (lab / "prompts" / "answer.md").write_text(ANSWER)
     assert main(["--root", str(lab), "llm", "eval", "suite.jsonl", "--prompt", "answer"]) == 0
+
+
+def test_a_plugin_judge_through_the_hook_is_measured_before_a_gate_trusts_it(lab):
+    """A ``lab_llm_judges`` judge is found by name and its agreement with labelled examples
+    is measured; until it is recorded at or above the kappa floor, a gate refuses it."""
+    from lab import hookimpl
+    from lab.llm.evals.judge import find_judge
+
+    class Mentions:
+        name = "mentions"
+
+        def judge(self, input, output, expectation):
+            passed = expectation.lower() in output.lower()
+            return passed, float(passed), "mentioned" if passed else "not mentioned"
+
+    class Plugin:
+        @hookimpl
+        def lab_llm_judges(self, config):
+            return [Mentions()]
+
+    config = load_config(lab)
+    pm = get_plugin_manager(config)
+    pm.register(Plugin(), name="test_judges")
+    judge = find_judge(config, pm, "mentions")
+    assert judge.name == "mentions"
+    examples = [LabelledExample("q", "port 8000", "8000", True), LabelledExample("q", "port 80", "8000", False),
+                LabelledExample("q", "it is 8000", "8000", True), LabelledExample("q", "no idea", "8000", True)]
+    agreement = judge_agreement(judge, examples)
+    assert (agreement.accuracy, agreement.n) == (0.75, 4)  # it misses the human's lenient "no idea" label
+    with pytest.raises(LabError, match="mentions"):
+        require_trusted(config, "mentions")
