@@ -44,6 +44,18 @@ PASSAGES = ["The registry keeps every model version.", "Aliases point at version
             "The ledger records each prediction."]
 QUESTION = "What do aliases point at?"
 EXPECTED = "Aliases point at versions and move on promotion."
+# A prompt that renders retrieved passages: the server retrieves them from the lab's index
+RAG_PROMPT = """+++
+model = "extractive"
+k = 1
++++
+### user
+Context:
+{{context}}
+Question: {{question}}
+"""
+RAG_DOCS = ["# Serving\n\nThe model server listens on port 8000 unless told otherwise.",
+            "# Cooking\n\nSimmer the onions slowly until they turn golden brown."]
 
 
 def _free_port() -> int:
@@ -103,9 +115,19 @@ def server(tmp_path_factory):
     for rule in ("Answer from the context only.", "Answer from the context."):
         (root / "prompts" / "answer.md").write_text(PROMPT.replace("RULE", rule))
         register_prompt(config, "answer")
+    (root / "prompts" / "rag.md").write_text(RAG_PROMPT)
+    register_prompt(config, "rag")
     with Registry.open(config.registry_path, project_root=root) as registry:
         registry.promote("answer", 1, alias="production")
         registry.promote("answer", 2, alias="production")
+        registry.promote("rag", 1, alias="production")
+    from lab.llm.rag import Index
+
+    index = Index(config, get_plugin_manager(config))
+    try:
+        index.ingest([("notes/serving.md", RAG_DOCS[0]), ("notes/cooking.md", RAG_DOCS[1])])
+    finally:
+        index.close()
     env = {k: v for k, v in os.environ.items() if k != "LAB_HOME"}
     log = open(root / "serve.log", "wb")
     process = subprocess.Popen([str(LAB), "--root", str(root), "serve", "--port", str(port)], stdout=log,
@@ -267,3 +289,18 @@ def test_without_a_gateway_the_provider_is_called_and_recorded(server):
         assert rows["direct-2"]["status"] == "error" and "ghost" in rows["direct-2"]["error"]
     finally:
         service.close()
+
+
+def test_a_prompt_rendering_context_gets_passages_retrieved_from_the_labs_index(server):
+    """No ``context`` in the request: the server retrieves the prompt's ``k`` passages with
+    its ``question`` variable, renders them and answers from them; without the question
+    the 400 names the variable."""
+    _, port, _ = server
+    status, _, body = _call(port, "/v1/chat/completions", {
+        "model": "extractive", "prompt": "rag", "user": "rag-user", "messages": [],
+        "variables": {"question": "Which port does the model server listen on?"}})
+    assert status == 200, body
+    assert "8000" in body["choices"][0]["message"]["content"]
+    status, _, body = _call(port, "/v1/chat/completions", {
+        "model": "extractive", "prompt": "rag", "user": "rag-user2", "messages": [], "variables": {}})
+    assert status == 400 and "question" in json.dumps(body)

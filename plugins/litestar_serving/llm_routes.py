@@ -46,9 +46,11 @@ from litestar.openapi import OpenAPIConfig
 
 import lab
 from lab.errors import LabError, NotFound
+from lab.llm.evals.settings import eval_settings
 from lab.llm.ledger import LLMLedger
 from lab.llm.plugins import get_provider
 from lab.llm.prompts import DEFAULT_ALIAS, Prompt, prompt_of_version, render, resolve_version
+from lab.llm.rag.prompted import PromptRetriever, needs_retrieval
 from lab.llm.settings import llm_settings, llm_table
 from lab.llm.types import ROLES, ChatRequest, Completion, Message
 from lab.registry import Registry
@@ -238,11 +240,13 @@ class LLMService:
         self.gateway = gateway(config, pm, recorder=self.ledger.record) if gateway is not None else None
         self.keys = ServerKeys(keys_path(config))
         self.counters = LLMCounters()
+        self.retriever = PromptRetriever(config, pm, eval_settings(config).query_var)
         self._aliases: dict[tuple[str, str], tuple[float, int]] = {}  # (name, alias) -> (looked up at, version)
         self._prompts: dict[tuple[str, int], Prompt] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
+        self.retriever.close()
         self.keys.close()
         self.ledger.close()
 
@@ -289,14 +293,22 @@ class LLMService:
         and the prompt. Raises ``OpenAIError`` for a bad prompt or variables, and lets a
         gateway's or provider's ``LabError`` through (the route maps it)."""
         prompt = None
-        messages = chat.messages
+        messages, context = chat.messages, chat.context
         if chat.prompt is not None:
             try:
                 prompt = self.prompt(chat.prompt, chat.alias)
             except (NotFound, LabError) as exc:
                 raise _bad("prompt", str(exc)) from None
+            variables = dict(chat.variables)
+            if needs_retrieval(prompt, variables):  # the prompt's passages, retrieved as a suite's are
+                try:
+                    retrieved = self.retriever.passages(prompt, variables, where="variables")
+                except LabError as exc:
+                    raise _bad("variables", str(exc)) from None
+                variables["context"] = list(retrieved)
+                context = context + retrieved
             try:
-                messages = render(prompt, chat.variables) + messages
+                messages = render(prompt, variables) + messages
             except LabError as exc:
                 raise _bad("variables", str(exc)) from None
         model = (prompt.model if prompt is not None and prompt.model else None) or chat.model or self.settings.model
@@ -309,7 +321,7 @@ class LLMService:
         if fields:
             metadata.update({"prompt_name": fields["name"], "prompt_version": fields["version"],
                              "prompt_hash": fields["hash"]})
-        request = ChatRequest(messages=messages, model=model, user=chat.user, context=chat.context,
+        request = ChatRequest(messages=messages, model=model, user=chat.user, context=context,
                               metadata=metadata)
         if max_tokens is not None:
             request = replace(request, max_tokens=max_tokens)

@@ -42,6 +42,7 @@ from typing import Any, Callable
 from lab.errors import ConfigError, LabError
 from lab.llm.evals.assertions import AssertionResult, check_assertion, evaluate
 from lab.llm.evals.settings import EvalSettings, eval_settings
+from lab.llm.rag.prompted import PromptRetriever, needs_retrieval
 from lab.llm.settings import llm_settings
 from lab.llm.types import ChatRequest, Message, ROLES
 
@@ -238,19 +239,6 @@ def _chat_function(config, pm) -> tuple[Callable[..., Any], Callable[[], None]]:
     return direct, lambda: None
 
 
-def _retrieve(config, pm, case: Case, prompt, settings: EvalSettings, index_box: list) -> tuple[str, ...]:
-    query = case.vars.get(settings.query_var)
-    if not isinstance(query, str) or not query.strip():
-        raise ConfigError(f"case {case.id!r}: the prompt uses {{{{context}}}} and the case has no 'context', so it is "
-                          f"retrieved with the {settings.query_var!r} variable, which the case lacks")
-    if not index_box:
-        from lab.llm.rag import Index
-
-        index_box.append(Index(config, pm))
-    hits = index_box[0].search(query, k=getattr(prompt, "k", None))
-    return tuple(h.text for h in hits)
-
-
 @dataclass
 class SuiteReport:
     """A suite's run: per case the output and each assertion's result; ``pass_rate`` and
@@ -325,9 +313,11 @@ def _run_case(config, pm, case: Case, prompt, model: str, chat, env: EvalEnv, se
             from lab.llm.prompts import render
 
             variables = {k: v for k, v in case.vars.items() if k in prompt.variables}
-            if "context" in prompt.variables and "context" not in case.vars:
+            if needs_retrieval(prompt, case.vars):
                 if context is None:
-                    context = _retrieve(config, pm, case, prompt, settings, index_box)
+                    if not index_box:
+                        index_box.append(PromptRetriever(config, pm, settings.query_var))
+                    context = index_box[0].passages(prompt, case.vars, where=f"case {case.id!r}")
                 variables["context"] = list(context)
             messages = render(prompt, variables)
         request = ChatRequest(
