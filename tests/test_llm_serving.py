@@ -278,7 +278,7 @@ def test_without_a_gateway_the_provider_is_called_and_recorded(server):
     try:
         chat = parse_chat(json.dumps({"prompt": "answer@1", "user": "direct", "variables": {
             "passages": PASSAGES, "question": QUESTION}}).encode())
-        completion, prompt = service.complete(chat, "direct-1", None)
+        completion, prompt, _ = service.complete(chat, "direct-1", None)
         assert completion.text == EXPECTED and prompt.version == 1
         bad = parse_chat(json.dumps({"model": "broken", "messages": [{"role": "user", "content": "hi"}]}).encode())
         with pytest.raises(LabError) as failed:
@@ -304,3 +304,35 @@ def test_a_prompt_rendering_context_gets_passages_retrieved_from_the_labs_index(
     status, _, body = _call(port, "/v1/chat/completions", {
         "model": "extractive", "prompt": "rag", "user": "rag-user2", "messages": [], "variables": {}})
     assert status == 400 and "question" in json.dumps(body)
+
+
+def test_a_flag_assigns_prompt_versions_sticky_per_user_and_the_ledger_records_the_variant(server):
+    """A flag whose variants name prompt versions: each user always gets the same version
+    (the flags' own hash), both versions are served across users, and each ledger row
+    carries the flag and variant."""
+    from lab.experiments import Experiment, ExperimentStore, Variant
+
+    root, port, config = server
+    with ExperimentStore.open(config.registry_path) as store:
+        store.create(Experiment("prompt_ab", (Variant("control", 0.5, {"model_version": 1}),
+                                              Variant("treatment", 0.5, {"model_version": 2})),
+                                kind="flag", unit="user"))
+        store.start("prompt_ab")
+    seen: dict[str, set] = {}
+    for round_ in range(2):
+        for i in range(12):
+            user = f"flag-user-{i}"
+            status, _, body = _chat(port, user=user, flag="prompt_ab")
+            assert status == 200, body
+            lab = body["x-lab"]
+            assert lab["flag"] == "prompt_ab" and lab["variant"] in ("control", "treatment")
+            assert lab["version"] == {"control": 1, "treatment": 2}[lab["variant"]]
+            seen.setdefault(user, set()).add(lab["version"])
+    assert all(len(versions) == 1 for versions in seen.values()), seen  # sticky
+    assert {v for versions in seen.values() for v in versions} == {1, 2}
+    with LLMLedger(ledger_path(config)) as ledger:
+        rows = [r for r in ledger.calls(100) if r["experiment"] == "prompt_ab"]
+    assert len(rows) == 24 and {r["variant"] for r in rows} == {"control", "treatment"}
+    assert all(r["prompt_version"] == {"control": 1, "treatment": 2}[r["variant"]] for r in rows)
+    status, _, body = _chat(port, user="flag-user-0", flag="prompt_ab", prompt="answer@production")
+    assert status == 400 and body["error"]["param"] == "flag"

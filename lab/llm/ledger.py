@@ -15,7 +15,8 @@ row id.
 
 One row per call: time (UTC ISO), request id, user, key id, prompt name, version and hash,
 provider, model, tokens in and out (the provider's tokenizer), cost in US dollars,
-latency in milliseconds, cached, status, error and the output text. The table is
+latency in milliseconds, cached, status, error, the output text, and the flag
+(``experiment``) and ``variant`` that picked the prompt version, if one did. The table is
 append-only: triggers refuse UPDATE and DELETE, so it answers "what did the model say, to
 whom, under which prompt version" for any day. Through ``lab.sqlite`` (WAL, named
 migrations of owner ``llm_ledger``); one connection shared by a process's threads.
@@ -73,7 +74,16 @@ def _create(conn) -> None:
     """ + append_only("llm_calls"))
 
 
-MIGRATIONS = [Migration("0001_llm_calls", _create)]
+def _experiments(conn) -> None:
+    """The flag (``experiment``) and ``variant`` that chose the call's prompt version."""
+    run_script(conn, """
+        ALTER TABLE llm_calls ADD COLUMN experiment TEXT;
+        ALTER TABLE llm_calls ADD COLUMN variant TEXT;
+        CREATE INDEX llm_calls_experiment ON llm_calls (experiment, variant);
+    """)
+
+
+MIGRATIONS = [Migration("0001_llm_calls", _create), Migration("0002_experiment_variant", _experiments)]
 
 
 class LLMLedger:
@@ -131,6 +141,8 @@ class LLMLedger:
             "error": error,
             "finish_reason": completion.finish_reason if completion is not None else None,
             "output": completion.text if completion is not None else None,
+            "experiment": metadata.get("experiment"),
+            "variant": metadata.get("variant"),
         }
         with self._db.write("record an LLM call") as conn:
             return insert(conn, "llm_calls", row)

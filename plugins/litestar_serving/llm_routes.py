@@ -96,6 +96,7 @@ class ChatBody:
     alias: str = DEFAULT_ALIAS
     variables: dict = field(default_factory=dict)
     context: tuple[str, ...] = ()
+    flag: str | None = None
 
 
 def _content(value: Any, where: str) -> str:
@@ -169,9 +170,17 @@ def parse_chat(raw: bytes) -> ChatBody:
         raise _bad("context", "context must be a list of passages (strings)")
     if not messages and prompt is None:
         raise _bad("messages", "messages must hold at least one message (or name a registered prompt)")
+    flag = body.get("flag")
+    if flag is not None:
+        if not isinstance(flag, str) or not flag.strip():
+            raise _bad("flag", "flag must be the name of a flag whose variants name prompt versions")
+        if prompt is None:
+            raise _bad("flag", "a flag picks a version of a registered prompt: name it with prompt")
+        if "@" in body["prompt"]:
+            raise _bad("flag", "give the prompt's name alone with a flag: the flag's variant picks its version")
     return ChatBody(messages=tuple(messages), model=model, max_tokens=max_tokens,
                     temperature=None if temperature is None else float(temperature), user=user, prompt=prompt,
-                    alias=alias, variables=variables, context=tuple(context))
+                    alias=alias, variables=variables, context=tuple(context), flag=flag)
 
 
 def _gateway_class():
@@ -243,6 +252,7 @@ class LLMService:
         self.retriever = PromptRetriever(config, pm, eval_settings(config).query_var)
         self._aliases: dict[tuple[str, str], tuple[float, int]] = {}  # (name, alias) -> (looked up at, version)
         self._prompts: dict[tuple[str, int], Prompt] = {}
+        self._routers: dict[tuple[str, str], tuple[float, Any]] = {}  # (flag, prompt) -> (refreshed at, router)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -275,6 +285,35 @@ class LLMService:
             self._aliases[(name, alias)] = (now, version.version)
         return prompt
 
+    def flagged_prompt(self, flag: str, name: str, unit_of: dict) -> tuple[Prompt, str]:
+        """The version of prompt ``name`` that flag ``flag`` assigns this request's unit,
+        and the variant: the flag's ``unit`` names a request field (``user``) or a variable;
+        the assignment is the flags' own sticky hash, so every server agrees. The flag is
+        read again once ``refresh_s`` old, like an alias."""
+        from lab.experiments.routing import FlagRouter  # the flags' package, loaded for flagged requests only
+
+        now = time.monotonic()
+        with self._lock:
+            seen = self._routers.get((flag, name))
+        if seen is None:
+            router = FlagRouter(self.config.registry_path, flag, name,
+                                lambda version: prompt_of_version(self.config, version))
+            router.refresh()
+            with self._lock:
+                self._routers[(flag, name)] = (now, router)
+        else:
+            router = seen[1]
+            if now - seen[0] >= self.refresh_s:
+                router.refresh()
+                with self._lock:
+                    self._routers[(flag, name)] = (now, router)
+        unit = router.unit
+        value = unit_of.get(unit)
+        if value is None or value == "":
+            raise _bad(unit, f"flag {flag!r} assigns by {unit!r}: send it as a request field or a variable")
+        route, _ = router.route(value)
+        return route.model, route.variant
+
     def models(self) -> list[dict]:
         from lab.llm.models import declared_models
 
@@ -288,17 +327,25 @@ class LLMService:
 
         return get_provider(self.config, self.pm, model_info(self.config, model).provider)
 
-    def complete(self, chat: ChatBody, request_id: str, key: str | None) -> tuple[Completion, Prompt | None]:
-        """Render the prompt (if any), call the gateway or the provider; the completion
-        and the prompt. Raises ``OpenAIError`` for a bad prompt or variables, and lets a
+    def complete(self, chat: ChatBody, request_id: str, key: str | None) -> tuple[Completion, Prompt | None, str | None]:
+        """Render the prompt (if any; with ``chat.flag``, the version the flag's variant
+        names for this unit), call the gateway or the provider; the completion, the prompt
+        and the variant (None without a flag). Raises ``OpenAIError`` for a bad prompt or variables, and lets a
         gateway's or provider's ``LabError`` through (the route maps it)."""
         prompt = None
         messages, context = chat.messages, chat.context
+        variant = None
         if chat.prompt is not None:
             try:
-                prompt = self.prompt(chat.prompt, chat.alias)
+                if chat.flag is not None:
+                    unit_of = {**chat.variables, "user": chat.user}
+                    prompt, variant = self.flagged_prompt(chat.flag, chat.prompt, unit_of)
+                else:
+                    prompt = self.prompt(chat.prompt, chat.alias)
+            except OpenAIError:
+                raise
             except (NotFound, LabError) as exc:
-                raise _bad("prompt", str(exc)) from None
+                raise _bad("flag" if chat.flag is not None else "prompt", str(exc)) from None
             variables = dict(chat.variables)
             if needs_retrieval(prompt, variables):  # the prompt's passages, retrieved as a suite's are
                 try:
@@ -318,6 +365,8 @@ class LLMService:
             temperature = prompt.temperature
         fields = prompt.ledger_fields() if prompt is not None else None
         metadata = {"request_id": request_id}
+        if variant is not None:
+            metadata.update({"experiment": chat.flag, "variant": variant})
         if fields:
             metadata.update({"prompt_name": fields["name"], "prompt_version": fields["version"],
                              "prompt_hash": fields["hash"]})
@@ -328,7 +377,7 @@ class LLMService:
         if temperature is not None:
             request = replace(request, temperature=temperature)
         if self.gateway is not None:
-            return self.gateway.chat(request, key=key, prompt=fields), prompt
+            return self.gateway.chat(request, key=key, prompt=fields), prompt, variant
         started = time.perf_counter()
         try:
             completion = self._provider_for(model).complete(request)
@@ -337,7 +386,7 @@ class LLMService:
                                latency_ms=(time.perf_counter() - started) * 1000)
             raise
         self.ledger.record(completion, request, status="ok", prompt=fields, key=key)
-        return completion, prompt
+        return completion, prompt, variant
 
 
 def _as_openai(exc: Exception) -> OpenAIError | None:
@@ -394,7 +443,7 @@ def llm_routes(config, pm, refresh_s: float | None = None) -> tuple[list, LLMSer
             chat = parse_chat(await request.body())
             started = time.perf_counter()
             try:
-                completion, prompt = await asyncio.to_thread(service.complete, chat, request_id, key)
+                completion, prompt, variant = await asyncio.to_thread(service.complete, chat, request_id, key)
             except OpenAIError:
                 raise
             except Exception as exc:  # noqa: BLE001 - refusals become their answers; bugs a logged 500
@@ -420,7 +469,8 @@ def llm_routes(config, pm, refresh_s: float | None = None) -> tuple[list, LLMSer
                       "total_tokens": usage.total},
             "x-lab": {"prompt": prompt.name if prompt else None, "version": prompt.version if prompt else None,
                       "hash": prompt.hash if prompt else None, "cost_usd": completion.cost_usd,
-                      "cached": completion.cached, "provider": completion.provider, "request_id": request_id},
+                      "cached": completion.cached, "provider": completion.provider, "request_id": request_id,
+                      "flag": chat.flag, "variant": variant},
         }
         return Response(body, status_code=200, media_type=MediaType.JSON, headers={"X-Request-ID": request_id})
 
