@@ -451,6 +451,10 @@ class LabConfig:
     # Resolved paths; everything the platform writes lives under the project root.
     @property
     def registry_path(self) -> Path:
+        """The registry's SQLite file; a ``postgresql://`` URL (a str) when ``registry`` is
+        one (``Registry.open`` and ``ExperimentStore.open`` take either)."""
+        if self.registry.startswith(("postgresql://", "postgres://")):
+            return self.registry  # type: ignore[return-value]
         return self.root / self.registry
 
     @property

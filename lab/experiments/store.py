@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from lab import postgres
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import current_actor
 from lab.experiments._migrations import MIGRATIONS, OWNER
@@ -86,8 +87,9 @@ class ExperimentStore(BaseExperimentStore):
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "ExperimentStore":
-        """Open (creating it if needed) the registry file at ``path`` and apply pending migrations."""
-        return cls(Database.open_migrated(Path(path).resolve(), OWNER, MIGRATIONS, what="experiment store"))
+        """Open (creating it if needed) the registry file at ``path`` and apply pending
+        migrations; a ``postgresql://`` URL opens the store in that database (``lab.postgres``)."""
+        return cls(postgres.open_migrated(path, OWNER, MIGRATIONS, what="experiment store"))
 
     def close(self) -> None:
         self._db.close()

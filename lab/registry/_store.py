@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from lab.errors import ConfigError, LabError, NotFound
 from lab.events import current_actor
+from lab import postgres
 from lab.registry import _git
 from lab.registry.base import BaseRegistry
 from lab.registry._db import as_float, dumps, from_real, loads, require_dict, require_text, utc_now
@@ -54,9 +55,14 @@ class Registry(ModelCatalog, PromotionRecords, PipelineRecords, BaseRegistry):
         on_event: EventHook | None = None,
     ) -> "Registry":
         """Open (creating file and folders if needed) the registry at ``path``, switch it to
-        WAL and apply pending migrations. ``project_root`` (default: the file's folder) is
+        WAL and apply pending migrations. A ``postgresql://`` URL for ``path`` opens the
+        same registry in that PostgreSQL database instead (``lab.postgres``). ``project_root`` (default: the file's folder) is
         where runs read the git commit and the lock-file hash. ``on_event(name, payload)``
         is called after each model registration, promotion and rollback commits."""
+        if postgres.is_url(path):  # [tool.lab] registry = "postgresql://...": the shared registry
+            database = postgres.open_migrated(path, OWNER, MIGRATIONS, what="registry")
+            root = Path(project_root).resolve() if project_root is not None else Path.cwd()
+            return cls(database, project_root=root, on_event=on_event)
         path = Path(path).resolve()
         database = Database.open_migrated(path, OWNER, MIGRATIONS, what="registry")
         root = Path(project_root).resolve() if project_root is not None else path.parent
