@@ -204,6 +204,10 @@ COMMANDS: list[Command] = [
           "bm25", "lab.llm.rag.commands", "search_args", "search_run"),
     _lazy("rag eval", "recall@k, MRR and nDCG@k of each search mode on a labelled question set (exit 3 when hybrid "
           "recall is below [tool.lab.llm.rag] min_recall)", "lab.llm.rag.commands", "eval_args", "eval_run"),
+    # scale-out (issue 14): a lab's SQLite state into PostgreSQL
+    _lazy("migrate", "copy the lab's SQLite registry (with flags) and ledger into an empty PostgreSQL database "
+          "in one transaction, verified by row counts and digests; prints the [tool.lab] lines to use it",
+          "lab.migrate", "migrate_args", "migrate_run"),
     INIT_COMMAND,
 ]
 

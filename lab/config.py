@@ -426,6 +426,9 @@ class LabConfig:
     data_dir: str = "data"
     plugins: tuple[str, ...] = ()
     model_name: str | None = None
+    ledger: str = ""
+    """The prediction ledger: "" for ``<data_dir>/ledger.db``, a path relative to the root, or
+    a ``postgresql://`` URL (several servers sharing one ledger; docs/scale-out.md)."""
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -475,7 +478,11 @@ class LabConfig:
 
     @property
     def ledger_path(self) -> Path:
-        return self.data_path / "ledger.db"
+        """The ledger's SQLite file; a ``postgresql://`` URL (a str) when ``ledger`` is one
+        (``Ledger.open`` and ``read_predictions`` take either)."""
+        if self.ledger.startswith(("postgresql://", "postgres://")):
+            return self.ledger  # type: ignore[return-value]
+        return self.root / self.ledger if self.ledger else self.data_path / "ledger.db"
 
     @property
     def stream_path(self) -> Path:
@@ -578,6 +585,7 @@ class _TopLevel:
     data_dir: str = "data"
     plugins: tuple[str, ...] = ()
     model_name: str | None = None
+    ledger: str = ""
 
 
 # -- one run's overrides: `lab run --set SECTION.KEY=VALUE` -------------------------------

@@ -92,6 +92,11 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 _COMMIT_RETRY_S = 5.0
 
 
+def _is_url(path: Any) -> bool:
+    """Whether ``path`` names a PostgreSQL ledger (a ``postgresql://`` URL), not a file."""
+    return isinstance(path, str) and path.startswith(("postgresql://", "postgres://"))
+
+
 def utc_now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -242,12 +247,15 @@ class Ledger(BaseLedger):
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         # synchronous=NORMAL (the layer's default): see the module docstring. Tuples, not
         # dicts: this connection only inserts.
-        self._conn = connect(path, create=False, dict_rows=False)
+        self._conn = self._connect_writer()
         self._lock = threading.Lock()
         self._counts = {"appended": 0, "written": 0, "dropped": 0, "failed": 0, "commits": 0}
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="lab-ledger-writer", daemon=True)
         self._writer.start()
+
+    def _connect_writer(self):
+        return connect(self.path, create=False, dict_rows=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, queue_size: int = 10_000, batch_size: int = 512,
@@ -257,11 +265,20 @@ class Ledger(BaseLedger):
         ``batch_size`` bounds the records committed in one transaction; ``linger_s`` is how
         long the writer waits after a first record for others to share its commit (a
         durable record never lingers). ``sync`` tells the server to acknowledge a
-        prediction only once it is committed (``append_durably``)."""
+        prediction only once it is committed (``append_durably``).
+
+        A ``postgresql://`` URL for ``path`` opens the ledger in that database instead
+        (``lab.serving._pg_ledger``: ``[tool.lab] ledger = "postgresql://..."``)."""
         if queue_size < 1 or batch_size < 1:
             raise ConfigError("ledger queue_size and batch_size must be at least 1")
         if not 0 <= linger_s <= 1:
             raise ConfigError(f"ledger linger_s must be between 0 and 1 second, got {linger_s!r}")
+        if _is_url(path):
+            from lab.serving import _pg_ledger
+
+            _pg_ledger.open_database(str(path))
+            return PostgresLedger(str(path), queue_size=queue_size, batch_size=batch_size, linger_s=linger_s,
+                                  sync=sync)
         path = Path(path).resolve()
         try:
             _init_file(path)
@@ -434,6 +451,50 @@ class Ledger(BaseLedger):
         return read_predictions(self.path, **filters)
 
 
+class PostgresLedger(Ledger):
+    """``Ledger`` whose writer thread commits each batch to a PostgreSQL table
+    (``lab.serving._pg_ledger``: schema, durability, order). ``path`` is the URL (what
+    ``read_predictions`` takes); ``where`` the URL with its password masked."""
+
+    def __init__(self, url: str, **options: Any):
+        from lab.postgres import mask_url
+
+        self.where = mask_url(url)
+        super().__init__(url, **options)  # type: ignore[arg-type]
+
+    def _connect_writer(self):
+        from lab.serving._pg_ledger import connect_writer
+
+        return connect_writer(str(self.path))
+
+    def _commit(self, rows: list[tuple]) -> bool:
+        from lab.serving._pg_ledger import connect_writer, insert_batch
+
+        for attempt in (1, 2):
+            try:
+                if self._conn.closed:
+                    self._conn = connect_writer(str(self.path))
+                insert_batch(self._conn, rows)
+                break
+            except Exception as exc:  # noqa: BLE001 - psycopg2's errors, a lost connection, a LabError
+                # A lost connection (no SQL state) is reopened once; a refused batch is not retried.
+                again = attempt == 1 and getattr(exc, "pgcode", None) is None
+                log.error("ledger could not write %d prediction(s) to %s: %s%s", len(rows), self.where,
+                          str(exc).strip(), "; reconnecting" if again else "")
+                try:
+                    self._conn.close()
+                except Exception:  # noqa: BLE001 - already broken
+                    pass
+                if not again:
+                    with self._lock:
+                        self._counts["failed"] += len(rows)
+                    return False
+        with self._lock:
+            self._counts["written"] += len(rows)
+            self._counts["commits"] += 1
+        return True
+
+
 def _decode(row: dict) -> dict:
     out = dict(row)
     for name in _JSON_COLUMNS:
@@ -470,7 +531,18 @@ def read_predictions(
     Rows whose ``fallback`` is set hold the model's declared fallback score, not a
     prediction: they are left out (analysis, quality and training from logs must not
     read a constant as the model's output) unless ``include_fallbacks``.
+
+    ``path`` may be a ``postgresql://`` URL: the ledger in that database, read the same way.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ConfigError(f"limit must be a whole number >= 0, got {limit!r}")
+    if _is_url(path):
+        from lab.serving._pg_ledger import read_rows
+
+        return [_decode(row) for row in read_rows(
+            str(path), model_name=model_name, model_version=model_version, experiment=experiment, variant=variant,
+            event_ids=event_ids, since=since, until=until, limit=limit, include_fallbacks=include_fallbacks,
+            after_id=after_id)]
     path = Path(path)
     if not path.exists():
         raise LabError(f"no prediction ledger at {path}; it is created when `lab serve` starts")
