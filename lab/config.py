@@ -418,6 +418,20 @@ class DriftConfig:
                               f"html_max_rows 0 or more, got {self.psi_bins}, {self.sketch_bins}, {self.html_max_rows}")
 
 
+class DatabaseURL(str):
+    """A store's ``postgresql://`` URL where a path is expected (``config.registry_path``,
+    ``config.ledger_path``): a ``str``, so the stores' ``open`` dispatch on it, with the one
+    ``Path`` question callers ask, ``exists()``, answered True (a database is checked when
+    a store opens it, with an error naming the masked URL)."""
+
+    def exists(self) -> bool:
+        return True
+
+
+def _database_url(value: str) -> DatabaseURL | None:
+    return DatabaseURL(value) if value.startswith(("postgresql://", "postgres://")) else None
+
+
 @dataclass(frozen=True)
 class LabConfig:
     root: Path
@@ -456,9 +470,7 @@ class LabConfig:
     def registry_path(self) -> Path:
         """The registry's SQLite file; a ``postgresql://`` URL (a str) when ``registry`` is
         one (``Registry.open`` and ``ExperimentStore.open`` take either)."""
-        if self.registry.startswith(("postgresql://", "postgres://")):
-            return self.registry  # type: ignore[return-value]
-        return self.root / self.registry
+        return _database_url(self.registry) or self.root / self.registry  # type: ignore[return-value]
 
     @property
     def runs_path(self) -> Path:
@@ -480,8 +492,9 @@ class LabConfig:
     def ledger_path(self) -> Path:
         """The ledger's SQLite file; a ``postgresql://`` URL (a str) when ``ledger`` is one
         (``Ledger.open`` and ``read_predictions`` take either)."""
-        if self.ledger.startswith(("postgresql://", "postgres://")):
-            return self.ledger  # type: ignore[return-value]
+        url = _database_url(self.ledger)
+        if url is not None:
+            return url  # type: ignore[return-value]
         return self.root / self.ledger if self.ledger else self.data_path / "ledger.db"
 
     @property
