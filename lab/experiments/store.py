@@ -18,7 +18,6 @@ final: its audit and data keep their meaning, and a new run needs a new name.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from lab import postgres
