@@ -65,7 +65,7 @@ class LedgerContract:
         with self.open(ledger_target) as ledger:
             assert ledger.append(record(1, feature_ages={"view": 3.5, "other": None}))
             assert ledger.append(record(2, event_id="2", features={"amount": math.nan}, experiment="e",
-                                        variant="b"))
+                                        variant="b", request={"q": 'a "b"\n\\c, d\t'}, latency_ms=math.inf))
             assert ledger.flush()
             assert ledger.stats()["written"] == 2
         first, second = read_predictions(ledger_target)
@@ -77,7 +77,8 @@ class LedgerContract:
         assert first["feature_ages"] == {"view": 3.5, "other": None} and second["feature_ages"] is None
         assert first["score"] == 0.001 and first["model_name"] == "m" and first["model_version"] == 1
         assert first["at"] == "2026-01-01T00:00:01.000000+00:00"
-        assert math.isnan(second["features"]["amount"])
+        assert math.isnan(second["features"]["amount"]) and second["latency_ms"] == math.inf
+        assert second["request"] == {"q": 'a "b"\n\\c, d\t'}  # quotes, newline, backslash, comma, tab
         assert (second["experiment"], second["variant"], first["experiment"]) == ("e", "b", None)
 
     def test_filters(self, ledger_target):
