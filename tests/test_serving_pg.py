@@ -35,6 +35,7 @@ from plugins.fraud.testing import MODEL_ARTIFACT, build_tiny_lab
 from tests._postgres import postgres_fixture
 from tests.conftest import lab_server
 
+pytestmark = pytest.mark.slow  # two servers at a time
 postgres = postgres_fixture(scope="module")
 CUSTOMERS = range(1000, 1100)
 
