@@ -107,6 +107,28 @@ def test_a_write_is_one_parquet_version_behind_an_atomic_pointer(fresh_store):
     assert not first.exists()  # the current version and the one before it are kept, no more
 
 
+def test_bad_input_is_a_lab_error_naming_the_fix(fresh_store, tmp_path, capsys):
+    """A key of another type than the source's, a hidden column name, and ``lab spark
+    score`` in a lab without ``[tool.lab.spark]``: one line naming the fix, no traceback."""
+    import pyarrow as pa
+
+    from lab.cli import main
+    from lab.errors import LabError
+    from lab.testing.point_in_time import entity_rows, latest, source
+    from lab.testing.stores import T0
+
+    fresh_store.write_source("ev", source((1, T0, 1.0)))
+    as_text = entity_rows((1, T0)).set_column(0, "K", pa.array(["1"]))
+    with pytest.raises(LabError, match="cast the entity rows' column to int64"):
+        fresh_store.get_historical_features(as_text, [latest()], "T")
+    with pytest.raises(LabError, match="rename them"):
+        fresh_store.write_source("other", pa.table({"__lab_row": [1]}))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "pyproject.toml").write_text("[tool.lab]\n")
+    assert main(["--root", str(tmp_path / "plain"), "spark", "score", "--start", "2024-03-01"]) == 2
+    assert "needs a [tool.lab.spark] table" in capsys.readouterr().err
+
+
 # ------------------------------------------------ materialization through lab/features/materialize.py
 
 
