@@ -173,7 +173,7 @@ def test_batch_scoring_through_spark_equals_the_model_on_duckdbs_features(boring
     """``score_window_spark`` (features in Spark, the registered model in ``mapInArrow``)
     writes one row per event of the window, by day, with the score the model gives on the
     DuckDB store's point-in-time features; a rerun of one day (``lab spark score``)
-    replaces that day only."""
+    replaces that day only; the core's ``lab score`` on the Spark store gives the same scores."""
     import datetime as dt
     import json
 
@@ -223,6 +223,13 @@ def test_batch_scoring_through_spark_equals_the_model_on_duckdbs_features(boring
     kept = [p for p in files if f"date={end}" not in str(p)]
     assert kept and all(p.exists() and p.stat().st_mtime_ns == files[p] for p in kept)
     assert pl.read_parquet(out / "**" / "*.parquet", hive_partitioning=True).height == window.height
+
+    # The core's `lab score` (scan_source, then the store's retrieval per chunk) on the Spark store agrees.
+    assert main(["--root", str(root), "score", "--model", f"boring@{boring_model.version.version}",
+                 "--start", str(start), "--end", str(end), "--json"]) == 0
+    core = pl.read_parquet(json.loads(capsys.readouterr().out)["output"] + "/**/*.parquet").sort("EVENT_ID")
+    assert core["EVENT_ID"].to_list() == got["EVENT_ID"].to_list()
+    np.testing.assert_allclose(core["score"].to_numpy(), got["score"].to_numpy(), rtol=1e-12)
 
 
 # ---------------------------------------------------------------- the acceptance test
