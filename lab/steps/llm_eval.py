@@ -21,7 +21,7 @@ from typing import Any
 
 from lab.errors import ConfigError, LabError, NotFound
 from lab.llm.evals.compare import compare_reports, format_comparison, gate
-from lab.llm.evals.suite import (eval_settings, load_suite, prompt_info, read_report, resolve_prompt, run_suite,
+from lab.llm.evals.suite import (eval_settings, load_suite, read_report, resolve_prompt, run_suite,
                                  write_report)
 
 EVAL_JSON = "data/llm_eval.json"

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Sequence
 
 from lab.config import LabConfig, build_section
 from lab.errors import ConfigError, LabError, NotFound
-from lab.llm.rag.chunking import STRATEGIES, Chunk, check_sizes, chunk_document, text_hash
+from lab.llm.rag.chunking import STRATEGIES, check_sizes, chunk_document, text_hash
 from lab.llm.settings import sub_table
 
 MODES = ("hybrid", "vector", "bm25")
