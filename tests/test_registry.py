@@ -1,8 +1,11 @@
-"""The registry and tracking store against real SQLite files in tmp_path."""
+"""The SQLite registry's own behaviour against real files in tmp_path: the file, its
+migrations, concurrent writers, the project's lock file, events. What every registry does
+(runs, models, aliases, rollback, lineage, drift, stage records) is the contract suite
+``lab.testing.registry.RegistryContract``, run on SQLite and PostgreSQL by
+``tests/test_registry_contract.py``."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import sqlite3
 import subprocess
@@ -10,12 +13,11 @@ import threading
 
 import pytest
 
-from lab.errors import ConfigError, LabError, NotFound
+from lab.errors import LabError, NotFound
 from lab.events import MODEL_PROMOTED, MODEL_REGISTERED, MODEL_ROLLED_BACK
 from lab import sqlite as layer
 from lab.experiments import ExperimentStore
 from lab.registry import MIGRATIONS, BaseRegistry, ModelVersion, Registry
-from lab.registry._db import utc_now
 from tests._helpers import run_at_once
 
 TABLES = ("runs", "run_params", "run_metrics", "run_artifacts", "run_data", "datasets", "trials",
@@ -243,35 +245,6 @@ def test_a_failing_migration_leaves_no_trace_and_later_ones_wait(tmp_path):
 
 # -- runs ----------------------------------------------------------------------------------------
 
-def test_run_round_trip(fresh_registry, project):
-    reg = fresh_registry
-    parent = reg.start_run(kind="pipeline")
-    run_id = reg.start_run(kind="train", params={"lr": 0.001, "layers": [64, 32]}, seeds={"torch": 7},
-                           parent_run_id=parent, name="nightly")
-    reg.log_params(run_id, {"batch_size": 256, "lr": 0.01})
-    reg.log_metrics(run_id, {"loss": 0.9, "ap": 0.3}, step=1)
-    reg.log_metrics(run_id, {"loss": 0.4}, step=2)
-    reg.log_artifact(run_id, "model", "runs/x/model.pt")
-    reg.log_data(run_id, "training_set", "sha256:abc")
-    reg.finish_run(run_id)
-
-    run = reg.get_run(run_id)
-    assert run["kind"] == "train" and run["name"] == "nightly" and run["parent_run_id"] == parent
-    assert run["params"] == {"lr": 0.01, "layers": [64, 32], "batch_size": 256}
-    assert run["metrics"] == {"loss": 0.4, "ap": 0.3}
-    assert run["artifacts"] == {"model": "runs/x/model.pt"}
-    assert run["data"] == {"training_set": "sha256:abc"}
-    assert run["seeds"] == {"torch": 7}
-    assert run["status"] == "finished" and run["finished_at"] >= run["started_at"]
-    # tmp_path is no git checkout; the lock hash falls back to pyproject.toml.
-    assert run["git_commit"] is None and run["git_dirty"] is None
-    assert run["lock_file"] == "pyproject.toml"
-    assert run["lock_hash"] == hashlib.sha256((project / "pyproject.toml").read_bytes()).hexdigest()
-    assert run["env"]["python"] and "pluggy" in run["env"]["packages"]
-    assert [m["value"] for m in reg.metric_history(run_id, "loss")] == [0.9, 0.4]
-    assert [e["kind"] for e in reg.events()] == ["run.started", "run.started", "run.finished"]
-
-
 def test_run_records_git_commit_dirty_flag_and_lock_file(project):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
     subprocess.run([*git, "init", "-q"], cwd=project, check=True)
@@ -290,90 +263,9 @@ def test_run_records_git_commit_dirty_flag_and_lock_file(project):
     assert clean["lock_hash"] == hashlib.sha256(b"torch==2.13.0\n").hexdigest()
 
 
-def test_unknown_run_is_not_found_and_says_how_to_list_runs(fresh_registry):
-    with pytest.raises(NotFound, match="lab runs"):
-        fresh_registry.get_run("nope")
-    with pytest.raises(NotFound, match="lab runs"):
-        fresh_registry.log_metrics("nope", {"loss": 1.0})
-    with pytest.raises(NotFound):
-        fresh_registry.start_run(kind="train", parent_run_id="nope")
-    assert fresh_registry.list_runs() == []
-
-
-def test_bad_values_are_refused_before_anything_is_written(fresh_registry):
-    reg = fresh_registry
-    run_id = reg.start_run(kind="train")
-    before = row_counts(reg.path)
-    with pytest.raises(LabError, match="metric 'ap' must be a number"):
-        reg.log_metrics(run_id, {"loss": 0.1, "ap": "high"})
-    with pytest.raises(LabError, match="JSON"):
-        reg.log_params(run_id, {"ok": 1, "fn": object()})
-    with pytest.raises(ConfigError, match="finished, failed, killed"):
-        reg.finish_run(run_id, "done")
-    assert row_counts(reg.path) == before
-
-
-def test_a_run_ends_once(fresh_registry):
-    run_id = fresh_registry.start_run(kind="train")
-    fresh_registry.finish_run(run_id, "failed")
-    fresh_registry.finish_run(run_id, "failed")  # same status again: a no-op
-    with pytest.raises(LabError, match="already ended as 'failed'"):
-        fresh_registry.finish_run(run_id, "finished")
-
-
-def test_list_runs_newest_first_by_kind_with_limit(fresh_registry):
-    ids = [fresh_registry.start_run(kind=kind) for kind in ("train", "pipeline", "train", "train")]
-    assert [r["id"] for r in fresh_registry.list_runs()] == ids[::-1]
-    assert [r["id"] for r in fresh_registry.list_runs(kind="train", limit=2)] == [ids[3], ids[2]]
-    with pytest.raises(ConfigError):
-        fresh_registry.list_runs(limit=0)
-
-
 # -- datasets, trials ------------------------------------------------------------------------------
 
-def test_datasets_by_digest_and_recording_twice_is_idempotent(fresh_registry):
-    reg = fresh_registry
-    first = reg.record_dataset(kind="training_set", name="fraud", digest="d1", path="data/t.parquet",
-                               rows=100, meta={"window": "7d"})
-    again = reg.record_dataset(kind="training_set", name="fraud", digest="d1", path="data/t.parquet", rows=100)
-    assert again == first
-    assert reg.get_dataset("d1")["meta"] == {"window": "7d"} and reg.get_dataset("d1")["rows"] == 100
-    assert reg.get_dataset("unknown") is None
-
-
-def test_trials_upsert_on_run_and_number(fresh_registry):
-    run_id = fresh_registry.start_run(kind="sweep")
-    fresh_registry.record_trial(run_id, number=0, params={"lr": 0.1}, value=None, state="RUNNING")
-    fresh_registry.record_trial(run_id, number=1, params={"lr": 0.2}, value=0.4, state="COMPLETE")
-    fresh_registry.record_trial(run_id, number=0, params={"lr": 0.1}, value=0.6, state="COMPLETE")
-    trials = fresh_registry.list_trials(run_id)
-    assert [(t["number"], t["value"], t["state"]) for t in trials] == [(0, 0.6, "COMPLETE"), (1, 0.4, "COMPLETE")]
-    assert trials[0]["params"] == {"lr": 0.1}
-
-
 # -- versions ---------------------------------------------------------------------------------------
-
-def test_versions_count_up_per_model_name(fresh_registry):
-    reg = fresh_registry
-    run_id = reg.start_run(kind="train")
-    assert [register(reg, "fraud", run_id).version for _ in range(3)] == [1, 2, 3]
-    assert register(reg, "churn").version == 1
-    assert reg.get_model_version("fraud", 2).run_id == run_id
-    assert reg.list_model_versions("nobody") == []
-    with pytest.raises(NotFound, match="lab runs"):
-        register(reg, "fraud", run_id="missing-run")
-
-
-def test_unknown_model_or_version_names_what_exists(fresh_registry):
-    with pytest.raises(NotFound, match="no model is registered yet"):
-        fresh_registry.get_model_version("fraud", 1)
-    register(fresh_registry, "fraud")
-    register(fresh_registry, "fraud")
-    with pytest.raises(NotFound, match=r"no version 9; its versions are 1, 2 \(see `lab models fraud`\)"):
-        fresh_registry.get_model_version("fraud", 9)
-    with pytest.raises(NotFound, match="registered models: fraud"):
-        fresh_registry.get_model_version("frod", 1)
-
 
 def _register_many(path: str, count: int, start, errors) -> None:
     try:
@@ -416,71 +308,6 @@ def test_a_writer_waits_for_another_and_gives_up_with_a_clear_error(fresh_regist
 
 # -- aliases ----------------------------------------------------------------------------------------
 
-def test_promote_and_set_alias_append_history_that_cannot_be_changed(fresh_registry):
-    reg = fresh_registry
-    for _ in range(3):
-        register(reg)
-    first = reg.promote("fraud", 1, actor="ci", reason="first model")
-    assert first["from_version"] is None and first["to_version"] == 1 and first["action"] == "promote"
-    reg.set_alias("fraud", "challenger", 3)
-    second = reg.promote("fraud", 2, reason="gate passed")
-    assert second["from_version"] == 1
-    assert reg.get_alias("fraud", "champion").version == 2
-    assert reg.get_alias("fraud", "challenger").version == 3
-    assert reg.get_alias("fraud", "shadow") is None
-    assert reg.get_alias("nobody", "champion") is None  # nothing registered: no champion yet
-    assert reg.aliases("fraud") == {"challenger": 3, "champion": 2}
-
-    history = reg.alias_history("fraud", "champion")
-    assert [(e["action"], e["from_version"], e["to_version"], e["actor"], e["reason"]) for e in history] == [
-        ("promote", None, 1, "ci", "first model"),
-        ("promote", 1, 2, history[1]["actor"], "gate passed"),
-    ]
-    assert set(history[0]) == {"id", "model", "alias", "action", "from_version", "to_version", "actor", "reason", "at",
-                               "evidence"}
-    assert [e["alias"] for e in reg.alias_history("fraud")] == ["champion", "challenger", "champion"]
-    with sqlite3.connect(reg.path) as conn:
-        for sql in ("UPDATE alias_events SET to_version = 3", "DELETE FROM alias_events"):
-            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-                conn.execute(sql)
-    assert len(reg.alias_history("fraud")) == 3
-
-
-def test_promoting_a_missing_version_writes_nothing(fresh_registry):
-    register(fresh_registry)
-    fresh_registry.promote("fraud", 1)
-    before = row_counts(fresh_registry.path)
-    with pytest.raises(NotFound, match="its versions are 1"):
-        fresh_registry.promote("fraud", 5)
-    with pytest.raises(NotFound, match="registered models: fraud"):
-        fresh_registry.promote("frod", 1)
-    with pytest.raises(ConfigError, match="not a valid name"):
-        fresh_registry.promote("fraud", 1, alias="bad alias")
-    assert row_counts(fresh_registry.path) == before
-    assert fresh_registry.get_alias("fraud", "champion").version == 1
-
-
-def test_rollback_walks_back_and_stops_with_a_clear_error(fresh_registry):
-    reg = fresh_registry
-    for _ in range(3):
-        register(reg)
-    for version in (1, 2, 3):
-        reg.promote("fraud", version)
-    assert reg.rollback("fraud", reason="bad canary")["to_version"] == 2
-    assert reg.rollback("fraud")["to_version"] == 1  # walks back, does not flip to 3
-    before = row_counts(reg.path)
-    with pytest.raises(LabError, match="nothing to roll back to") as caught:
-        reg.rollback("fraud")
-    assert "lab promote fraud VERSION" in str(caught.value)
-    assert row_counts(reg.path) == before
-    assert reg.get_alias("fraud", "champion").version == 1
-    # A promotion after rollbacks starts a new step back from the restored version.
-    reg.promote("fraud", 3)
-    assert reg.rollback("fraud")["to_version"] == 1
-    actions = [(e["action"], e["from_version"], e["to_version"]) for e in reg.alias_history("fraud", "champion")]
-    assert actions[3:] == [("rollback", 3, 2), ("rollback", 2, 1), ("promote", 1, 3), ("rollback", 3, 1)]
-
-
 def test_rollback_returns_the_event_row_it_wrote(fresh_registry):
     reg = fresh_registry
     for version in (1, 2, 3):
@@ -490,21 +317,6 @@ def test_rollback_returns_the_event_row_it_wrote(fresh_registry):
     assert event == reg.alias_history("fraud", "champion")[-1]
     assert (event["action"], event["from_version"], event["to_version"], event["actor"], event["reason"]) == (
         "rollback", 3, 2, "oncall", "bad canary")
-
-
-def test_moving_an_alias_to_where_it_already_points_writes_nothing(fresh_registry):
-    reg = fresh_registry
-    register(reg)
-    register(reg)
-    reg.promote("fraud", 1)
-    reg.set_alias("fraud", "challenger", 2)
-    before = row_counts(reg.path)
-    assert reg.promote("fraud", 1, reason="again") is None
-    assert reg.set_alias("fraud", "challenger", 2) is None
-    assert row_counts(reg.path) == before
-    # A version that held the alias earlier (not now) is a real move.
-    reg.promote("fraud", 2)
-    assert reg.promote("fraud", 1)["from_version"] == 2
 
 
 @pytest.mark.parametrize("bad", ["/srv/models/fraud", "../elsewhere/model", "runs/../../model", "runs/models/../.."])
@@ -524,28 +336,6 @@ def test_rollback_of_an_alias_never_set_names_the_aliases(fresh_registry):
         fresh_registry.rollback("fraud")
 
 
-def test_alias_at_answers_what_was_live_at_a_moment(fresh_registry):
-    reg = fresh_registry
-    register(reg)
-    register(reg)
-    before_any = utc_now()
-    reg.promote("fraud", 1)
-    between = utc_now()
-    reg.promote("fraud", 2)
-    reg.rollback("fraud")
-    assert reg.alias_at("fraud", "champion", before_any) is None
-    assert reg.alias_at("fraud", "champion", between).version == 1
-    assert reg.alias_at("fraud", "champion", dt.datetime.fromisoformat(between)).version == 1
-    moment_after_second = reg.alias_history("fraud")[1]["at"]
-    assert reg.alias_at("fraud", "champion", moment_after_second).version == 2
-    assert reg.alias_at("fraud", "champion", dt.datetime.now(dt.timezone.utc)).version == 1
-    today = dt.datetime.now(dt.timezone.utc).date()
-    assert reg.alias_at("fraud", "champion", today).version == 1  # a date means its end
-    assert reg.alias_at("fraud", "champion", "2000-01-01") is None
-    with pytest.raises(LabError, match="ISO 8601"):
-        reg.alias_at("fraud", "champion", "yesterday")
-
-
 def test_on_event_hears_registrations_promotions_and_rollbacks(project):
     heard = []
     with Registry.open(project / "registry.db", on_event=lambda name, payload: heard.append((name, payload))) as reg:
@@ -561,80 +351,21 @@ def test_on_event_hears_registrations_promotions_and_rollbacks(project):
 
 # -- lineage, drift, stages, events -----------------------------------------------------------------
 
-def test_lineage_walks_version_run_data_and_datasets(fresh_registry, project):
-    reg = fresh_registry
-    reg.record_dataset(kind="training_set", name="fraud-train", digest="d-train", path="data/train.parquet", rows=900)
-    reg.record_dataset(kind="raw", name="transactions", digest="d-raw", path="data/tx.parquet", rows=5000)
-    run_id = reg.start_run(kind="train", params={"lr": 0.01}, seeds={"seed": 42})
-    reg.log_data(run_id, "training_set", "d-train")
-    mv = reg.register_model("fraud", run_id=run_id, flavor="tabular_mlp", artifact_path="runs/models/fraud/1",
-                            metrics={"average_precision": 0.7},
-                            lineage={"sources": {"raw": "d-raw"}, "note": "not a digest"})
-    reg.promote("fraud", mv.version)
-
-    walk = reg.lineage("fraud", mv.version)
-    assert walk["model"]["artifact_path"] == "runs/models/fraud/1" and walk["aliases"] == ["champion"]
-    assert walk["run"]["id"] == run_id and walk["run"]["params"] == {"lr": 0.01}
-    assert walk["run"]["lock_hash"] == hashlib.sha256((project / "pyproject.toml").read_bytes()).hexdigest()
-    assert "git_commit" in walk["run"]
-    assert [(d["name"], d["digest"]) for d in walk["data"]] == [("run.training_set", "d-train"),
-                                                              ("lineage.sources.raw", "d-raw")]
-    assert walk["data"][0]["datasets"][0]["rows"] == 900
-    assert walk["data"][1]["datasets"][0]["path"] == "data/tx.parquet"
-    with pytest.raises(NotFound, match="its versions are 1"):
-        reg.lineage("fraud", 2)
-
-
-def test_drift_rows_per_column(fresh_registry):
-    run_id = fresh_registry.start_run(kind="pipeline")
-    fresh_registry.record_drift(run_id, model_name="fraud", model_version=1, reference="train", current="week 2",
-                                scores={"amount": {"score": 0.01, "drifted": True, "method": "ks"},
-                                        "hour": {"score": 0.6, "drifted": False, "method": "ks"}})
-    rows = fresh_registry.list_drift(run_id=run_id)
-    assert [(r["column"], r["drifted"], r["score"]) for r in rows] == [("amount", True, 0.01), ("hour", False, 0.6)]
-    assert fresh_registry.events("drift.recorded")[0]["payload"]["drifted"] == ["amount"]
-    with pytest.raises(ConfigError, match="score, drifted and method"):
-        fresh_registry.record_drift(run_id, model_name="fraud", model_version=1, reference="a", current="b",
-                                    scores={"amount": 0.3})
-
-
-def test_stage_cache_finds_the_latest_finished_record(fresh_registry):
-    reg = fresh_registry
-    first = reg.start_run(kind="pipeline")
-    reg.record_stage(first, "train", status="running", attempt=1, cache_key="k1", output_notebook="a.ipynb")
-    reg.record_stage(first, "train", status="failed", attempt=1, cache_key="k1", output_notebook="a.ipynb",
-                     error="CUDA? no")
-    assert reg.find_stage_cache("train", "k1") is None  # a failure is no cache hit
-    reg.record_stage(first, "train", status="finished", attempt=2, cache_key="k1", output_notebook="a.ipynb",
-                     outputs={"model": "runs/m"})
-    second = reg.start_run(kind="pipeline")
-    reg.record_stage(second, "train", status="finished", attempt=1, cache_key="k1", output_notebook="b.ipynb",
-                     outputs={"model": "runs/m2"})
-    hit = reg.find_stage_cache("train", "k1")
-    assert hit["pipeline_run_id"] == second and hit["outputs"] == {"model": "runs/m2"}
-    assert reg.find_stage_cache("train", "k2") is None
-    assert reg.find_stage_cache("features", "k1") is None
-    assert [(s["status"], s["attempt"]) for s in reg.stage_history(first)] == [
-        ("running", 1), ("failed", 1), ("finished", 2)]
-    last = reg.last_pipeline_run()
-    assert last["id"] == second and [s["output_notebook"] for s in last["stages"]] == ["b.ipynb"]
-    with pytest.raises(ConfigError, match="running, finished, failed, skipped"):
-        reg.record_stage(first, "train", status="done", attempt=1, cache_key="k1", output_notebook=None)
-    with pytest.raises(NotFound):
-        reg.record_stage("nope", "train", status="running", attempt=1, cache_key="k1", output_notebook=None)
-
-
 def test_no_pipeline_run_yet(fresh_registry):
     fresh_registry.start_run(kind="train")
     assert fresh_registry.last_pipeline_run() is None
 
 
-def test_audit_events_keep_actor_and_time_and_list_latest(fresh_registry, monkeypatch):
-    monkeypatch.setenv("LAB_ACTOR", "ci-bot")
-    for i in range(5):
-        fresh_registry.append_event("flag.changed", "new_ui", {"on": i % 2 == 0})
-    fresh_registry.append_event("approval", "fraud", {"version": 1}, actor="alice")
-    latest = fresh_registry.events(limit=3)
-    assert [e["kind"] for e in latest] == ["flag.changed", "flag.changed", "approval"]
-    assert latest[-1]["actor"] == "alice" and latest[0]["actor"] == "ci-bot" and latest[0]["at"]
-    assert [e["payload"]["on"] for e in fresh_registry.events("flag.changed")] == [True, False, True, False, True]
+def test_a_run_records_the_lock_file_and_environment_of_its_project(fresh_registry, project):
+    """The SQLite registry's project specifics (the contract suite, lab.testing.registry,
+    covers the rest on SQLite and PostgreSQL): a folder that is no git checkout records no
+    commit, and the lock hash falls back to pyproject.toml."""
+    run_id = fresh_registry.start_run(kind="train")
+    run = fresh_registry.get_run(run_id)
+    assert run["git_commit"] is None and run["git_dirty"] is None
+    assert run["lock_file"] == "pyproject.toml"
+    assert run["lock_hash"] == hashlib.sha256((project / "pyproject.toml").read_bytes()).hexdigest()
+    assert "pluggy" in run["env"]["packages"]
+    (version,) = [fresh_registry.register_model("m", run_id=run_id, flavor="f", artifact_path="runs/models/m/1",
+                                                metrics={}, lineage={})]
+    assert fresh_registry.lineage("m", version.version)["run"]["lock_hash"] == run["lock_hash"]

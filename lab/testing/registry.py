@@ -222,8 +222,9 @@ class RegistryContract:
         assert (event["from_version"], event["to_version"], event["actor"]) == (3, 2, "oncall")
         assert reg.rollback("churn")["to_version"] == 1  # walks back, does not flip to 3
         before = self.snapshot(reg)
-        with pytest.raises(LabError, match="nothing to roll back to"):
+        with pytest.raises(LabError, match="nothing to roll back to") as caught:
             reg.rollback("churn")
+        assert "lab promote churn VERSION" in str(caught.value)
         assert self.snapshot(reg) == before
         reg.promote("churn", 3)
         assert reg.rollback("churn")["to_version"] == 1
@@ -239,6 +240,8 @@ class RegistryContract:
         assert registry.promote("churn", 1, reason="again") is None
         assert registry.set_alias("churn", "challenger", 2) is None
         assert self.snapshot(registry) == before
+        registry.promote("churn", 2)  # a version that held the alias earlier (not now) is a real move
+        assert registry.promote("churn", 1)["from_version"] == 2
 
     def test_alias_at_answers_what_was_live_at_a_moment(self, registry):
         register(registry)
@@ -250,21 +253,32 @@ class RegistryContract:
         registry.rollback("churn")
         assert registry.alias_at("churn", "champion", before_any) is None
         assert registry.alias_at("churn", "champion", between).version == 1
+        assert registry.alias_at("churn", "champion", dt.datetime.fromisoformat(between)).version == 1
         assert registry.alias_at("churn", "champion", registry.alias_history("churn")[1]["at"]).version == 2
         assert registry.alias_at("churn", "champion", dt.datetime.now(dt.timezone.utc)).version == 1
         assert registry.alias_at("churn", "champion", "2000-01-01") is None
+        today = dt.datetime.now(dt.timezone.utc).date()
+        assert registry.alias_at("churn", "champion", today).version == 1  # a date means its end
+        with pytest.raises(LabError, match="ISO 8601"):
+            registry.alias_at("churn", "champion", "yesterday")
 
     def test_lineage_walks_version_run_data_and_datasets(self, registry):
         registry.record_dataset(kind="training_set", name="train", digest="d-train", path="data/t.parquet", rows=900)
+        registry.record_dataset(kind="raw", name="events", digest="d-raw", path="data/ev.parquet", rows=5000)
         run_id = registry.start_run(kind="train", params={"lr": 0.01})
         registry.log_data(run_id, "training_set", "d-train")
         mv = registry.register_model("churn", run_id=run_id, flavor="tabular_mlp", artifact_path="runs/models/c/1",
-                                     metrics={}, lineage={"note": "not a digest"})
+                                     metrics={}, lineage={"sources": {"raw": "d-raw"}, "note": "not a digest"})
         registry.promote("churn", mv.version)
         walk = registry.lineage("churn", mv.version)
-        assert walk["aliases"] == ["champion"] and walk["run"]["id"] == run_id
-        assert [(d["name"], d["digest"]) for d in walk["data"]] == [("run.training_set", "d-train")]
+        assert walk["model"]["artifact_path"] == "runs/models/c/1"
+        assert walk["aliases"] == ["champion"] and walk["run"]["id"] == run_id and "git_commit" in walk["run"]
+        assert [(d["name"], d["digest"]) for d in walk["data"]] == [("run.training_set", "d-train"),
+                                                                  ("lineage.sources.raw", "d-raw")]
         assert walk["data"][0]["datasets"][0]["rows"] == 900
+        assert walk["data"][1]["datasets"][0]["path"] == "data/ev.parquet"
+        with pytest.raises(NotFound, match="its versions are 1"):
+            registry.lineage("churn", 2)
 
     # -- shadows, approvals, evidence: the promotion gate -------------------------------------
 
@@ -327,6 +341,9 @@ class RegistryContract:
         rows = registry.list_drift(run_id=run_id)
         assert [(r["column"], r["drifted"], r["score"]) for r in rows] == [("amount", True, 0.01), ("hour", False, 0.6)]
         assert registry.events("drift.recorded")[0]["payload"]["drifted"] == ["amount"]
+        with pytest.raises(ConfigError, match="score, drifted and method"):
+            registry.record_drift(run_id, model_name="churn", model_version=1, reference="a", current="b",
+                                  scores={"amount": 0.3})
 
     def test_stage_cache_finds_the_latest_finished_record(self, registry):
         first = registry.start_run(kind="pipeline")
@@ -347,6 +364,11 @@ class RegistryContract:
         assert registry.stage_history(first)[-1]["output_digests"] == {"runs/m": "sha256:1"}
         last = registry.last_pipeline_run()
         assert last["id"] == second and [s["output_notebook"] for s in last["stages"]] == ["b.ipynb"]
+        assert registry.find_stage_cache("train", "k2") is None and registry.find_stage_cache("features", "k1") is None
+        with pytest.raises(ConfigError, match="running, finished, failed, skipped"):
+            registry.record_stage(first, "train", status="done", attempt=1, cache_key="k1", output_notebook=None)
+        with pytest.raises(NotFound):
+            registry.record_stage("nope", "train", status="running", attempt=1, cache_key="k1", output_notebook=None)
 
     def test_audit_events_keep_actor_and_time_and_list_latest(self, registry, monkeypatch):
         monkeypatch.setenv("LAB_ACTOR", "ci-bot")
