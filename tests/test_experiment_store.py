@@ -1,5 +1,8 @@
-"""ExperimentStore on a real registry file: round trips, life cycle, audit, allocations,
-and bad input that must leave no row behind."""
+"""ExperimentStore on a real registry file: buckets, weights, allocations and bad input
+that must leave no row behind, and the file's migrations. The life cycle, audit,
+append-only history and versioning every experiment store keeps are the contract suite
+``lab.testing.experiments.ExperimentStoreContract`` (SQLite and PostgreSQL:
+``tests/test_experiment_store_contract.py``)."""
 
 from __future__ import annotations
 
@@ -110,27 +113,6 @@ def test_rows_made_before_stored_buckets_keep_their_assignments(tmp_path):
 
 # -- life cycle and audit -----------------------------------------------------------
 
-def test_every_change_writes_an_audit_row_with_actor_old_and_new(store):
-    store.create(ranker(), reason="new ranker")
-    store.start("ranker", actor="alice")
-    store.set_weights("ranker", {"control": 0.8, "treatment": 0.2}, reason="ramp")
-    store.record_allocation("ranker", {"control": 0.5, "treatment": 0.5}, source="thompson")
-    store.stop("ranker", reason="shipped")
-    rows = store.audit("ranker")
-    assert [r["action"] for r in rows] == ["create", "start", "set_weights", "record_allocation", "stop"]
-    assert [r["actor"] for r in rows] == ["tester", "alice", "tester", "tester", "tester"]
-    assert [r["reason"] for r in rows] == ["new ranker", "", "ramp", "", "shipped"]
-    create, start, ramp, allocation, stop = rows
-    assert create["old"] is None and create["new"] == ranker().to_dict()
-    assert start["old"] == {"status": "draft"} and start["new"]["status"] == "running"
-    assert ramp["old"] == {"control": 0.9, "treatment": 0.1} and ramp["new"] == {"control": 0.8, "treatment": 0.2}
-    assert allocation["old"] is None and allocation["new"]["source"] == "thompson"
-    assert stop["old"] == {"status": "running", "weights": {"control": 0.8, "treatment": 0.2}}
-    assert stop["new"] == {"status": "stopped", "weights": {"control": 1.0, "treatment": 0.0}}
-    assert all(r["at"] for r in rows) and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
-    assert store.audit() == rows
-
-
 def test_stop_sends_everyone_to_control_with_or_without_the_weights(store):
     store.create(ranker())
     store.start("ranker")
@@ -143,49 +125,6 @@ def test_stop_sends_everyone_to_control_with_or_without_the_weights(store):
     kept = store.stop("button", to_control=False)
     assert kept.weights == {"control": 0.5, "blue": 0.5}
     assert {assign(store.get("button"), u) for u in range(500)} == {"control"}
-
-
-def test_stopped_is_final_and_illegal_transitions_write_nothing(store):
-    store.create(ranker())
-    store.start("ranker")
-    with pytest.raises(LabError, match="experiment 'ranker' is running; only a draft can be started"):
-        store.start("ranker")
-    store.stop("ranker")
-    before = row_counts(store)
-    with pytest.raises(LabError, match="only a draft can be started; create a new one"):
-        store.start("ranker")
-    with pytest.raises(LabError, match="already stopped"):
-        store.stop("ranker")
-    with pytest.raises(LabError, match="weights are final"):
-        store.set_weights("ranker", {"control": 0.5, "treatment": 0.5})
-    assert row_counts(store) == before
-
-
-def test_version_grows_with_every_change_and_not_on_failures(store):
-    assert store.version() == 0
-    seen = [store.version()]
-    store.create(ranker())
-    seen.append(store.version())
-    assigner = Assigner.from_store(store)
-    store.start("ranker")
-    seen.append(store.version())
-    assert assigner.is_stale(store) and not Assigner.from_store(store).is_stale(store)
-    with pytest.raises(ConfigError):
-        store.set_weights("ranker", {"control": 0.9, "treatment": 0.2})
-    assert store.version() == seen[-1]
-    store.set_weights("ranker", {"control": 0.5, "treatment": 0.5})
-    seen.append(store.version())
-    assert seen == sorted(set(seen))
-
-
-def test_audit_and_allocation_history_are_append_only(store):
-    store.create(ranker())
-    store.record_allocation("ranker", {"control": 0.6, "treatment": 0.4}, source="thompson")
-    with sqlite3.connect(store.path) as conn:
-        for sql in ("UPDATE experiment_audit SET actor = 'mallory'", "DELETE FROM experiment_audit",
-                    "UPDATE experiment_allocations SET source = 'x'", "DELETE FROM experiment_allocations"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                conn.execute(sql)
 
 
 def test_allocations_are_recorded_in_order_without_changing_the_served_weights(store):
@@ -265,22 +204,6 @@ def test_an_invalid_experiment_cannot_be_built(store, build, message):
     assert row_counts(store) == dict.fromkeys(TABLES, 0)
 
 
-def test_create_refuses_taken_names_non_drafts_and_overlapping_layer_shares(store):
-    store.create(ranker(layer="search", layer_share=(2000, 6000)))
-    before = row_counts(store)
-    with pytest.raises(LabError, match="already exists"):
-        store.create(ranker())
-    with pytest.raises(ConfigError, match="as a draft"):
-        store.create(Experiment("other", V2, status="running"))
-    with pytest.raises(ConfigError, match=r"overlaps 'ranker' \(2000-6000\) in layer 'search'.*"
-                                          r"Free ranges of layer 'search': 0-2000, 6000-10000"):
-        store.create(Experiment("other", V2, layer="search", layer_share=(5000, 10000)))
-    assert row_counts(store) == before
-    store.create(Experiment("other", V2, layer="search", layer_share=(6000, 10000)))  # a free range is fine
-    store.stop("ranker")
-    store.create(Experiment("third", V2, layer="search", layer_share=(0, 6000)))  # stopped gave its share back
-
-
 def test_a_flag_without_a_layer_gets_its_own_and_never_blocks_the_default_layer(store):
     rollout = store.create(Experiment("rollout", (Variant("v1", 0.5), Variant("v2", 0.5)), kind="flag"))
     assert rollout.layer == "flag:rollout" and rollout.layer_share == (0, 10_000)
@@ -318,18 +241,6 @@ def test_a_change_whose_audit_row_fails_is_rolled_back_whole(store):
     with pytest.raises(ConfigError, match="reason must be a string"):
         store.set_weights("ranker", {"control": 0.5, "treatment": 0.5}, reason=123)  # fails after the update
     assert store.get("ranker").weights == {"control": 0.9, "treatment": 0.1} and row_counts(store) == before
-
-
-def test_an_unknown_experiment_is_not_found_and_names_the_status_command(store):
-    calls = [
-        lambda: store.get("nope"), lambda: store.start("nope"), lambda: store.stop("nope"),
-        lambda: store.set_weights("nope", {"control": 1.0}), lambda: store.audit("nope"),
-        lambda: store.allocations("nope"), lambda: store.record_allocation("nope", {"a": 1.0}, source="x"),
-    ]
-    for call in calls:
-        with pytest.raises(NotFound, match=r"no experiment or flag 'nope' .*`lab experiment status`"):
-            call()
-    assert row_counts(store) == dict.fromkeys(TABLES, 0)
 
 
 # -- the package's public names ------------------------------------------------------------

@@ -95,7 +95,8 @@ class ExperimentStoreContract:
         assert create["old"] is None and create["new"] == ranker().to_dict()
         assert start["old"] == {"status": "draft"} and start["new"]["status"] == "running"
         assert ramp["old"] == {"control": 0.9, "treatment": 0.1} and ramp["new"] == {"control": 0.8, "treatment": 0.2}
-        assert allocation["new"]["source"] == "thompson"
+        assert allocation["old"] is None and allocation["new"]["source"] == "thompson"
+        assert stop["old"] == {"status": "running", "weights": {"control": 0.8, "treatment": 0.2}}
         assert stop["new"] == {"status": "stopped", "weights": {"control": 1.0, "treatment": 0.0}}
         assert all(r["at"] for r in rows) and [r["id"] for r in rows] == sorted(r["id"] for r in rows)
         assert store.audit() == rows
