@@ -207,6 +207,58 @@ def test_jupyterlab_shows_the_demo(demo_lab, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_demo_records_its_lineage_drift_and_monitor_and_a_rerun_skips_every_stage(demo_lab):
+    """`make demo` end to end (the fixture's `lab run`): the champion's metrics, trials and
+    lineage walk, drift per column, the monitor's summary and the evaluation gate; each
+    stage keyed by the platform code it imported; and "run it again with nothing changed
+    and every stage is skipped", as the README says. (Before the README's commands, which
+    add versions.)"""
+    from lab.config import load_config
+    from lab.registry import Registry
+
+    config = load_config(demo_lab)
+    with Registry.open(config.registry_path, project_root=demo_lab) as reg:
+        champion = reg.get_alias("fraud", "champion")
+        assert champion is not None and champion.version == 1
+        assert 0.5 < champion.metrics["roc_auc"] <= 1.0
+        assert set(champion.metrics) >= {"roc_auc", "average_precision", "card_precision_at_100"}
+        lineage = champion.lineage
+        assert lineage["trainset_digest"] and lineage["feature_views"].keys() == {"customer_spending", "terminal_risk"}
+        run = reg.get_run(champion.run_id)
+        assert run["status"] == "finished" and reg.list_trials(champion.run_id)
+        # One walk, no dead end: the train run logged the digest the features stage recorded
+        # the training set under, with its source digest, window and views.
+        assert run["data"] == {"training_set": lineage["trainset_digest"]}
+        (data,) = reg.lineage("fraud", 1)["data"]
+        (dataset,) = data["datasets"]
+        assert data["digest"] == lineage["trainset_digest"] and dataset["path"] == "data/trainset.parquet"
+        assert dataset["meta"]["source_digest"] and dataset["meta"]["views"] == lineage["feature_views"]
+        drift = reg.list_drift()
+        assert len({d["column"] for d in drift}) == 15
+        assert all(d["model_version"] == 1 and d["score"] >= 0 for d in drift)
+        # Each stage is keyed by the platform code it imported: training depends on the
+        # flavor and the sweep, not on the model server.
+        train = reg.last_finished_stage("train")["outputs"]["code_files"]
+    assert {"lab/steps/training.py", "plugins/fraud/spec.py", "lab/training/sweep.py",
+            "plugins/lightning_tabular/flavor.py"} <= set(train)
+    assert "plugins/litestar_serving/app.py" not in train and "lab/serving/ledger.py" not in train
+
+    run_dirs = [p for p in config.runs_path.iterdir() if p.is_dir() and (p / "01_simulate.ipynb").exists()]
+    assert len(run_dirs) == 1 and len(list(run_dirs[0].glob("*.ipynb"))) == 9
+    assert (demo_lab / "data/online.db").exists() and (demo_lab / "data/drift.html").stat().st_size > 10_000
+    monitored = json.loads((demo_lab / "data/monitor.json").read_text())
+    assert monitored["model"] == "fraud" and monitored["version"] == 1 and (demo_lab / "data/monitor.html").exists()
+    assert {c["status"] for c in monitored["checks"].values()} <= {"ok", "breach", "skipped"}
+    evaluation = json.loads((demo_lab / "data/evaluation.json").read_text())
+    assert evaluation["gate"]["passed"] is True and evaluation["champion"] is None
+
+    again = subprocess.run([str(lab_command()), "run", "--progress", "off"], cwd=demo_lab, env=lab_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 stage(s) ran, 9 skipped" in again.stdout and "champion fraud v1" in again.stdout, again.stdout[-2000:]
+
+
+@pytest.mark.slow
 def test_readme_commands_run_in_order_after_the_demo(demo_lab, tmp_path):
     fresh_lab, lab_bin, env = demo_lab, lab_command(), lab_env()
     blocks = readme_blocks((REPO / "README.md").read_text())

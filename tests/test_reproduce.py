@@ -15,7 +15,7 @@ from lab.config import load_config
 from lab.pipeline.digest import path_digest
 from lab.registry import Registry
 from tests._helpers import run_lab, stage_notebook
-from tests.conftest import REPO, write_pyproject
+from tests.conftest import write_pyproject
 
 FIT = """
     import sys
@@ -265,39 +265,3 @@ def test_unknown_models_versions_and_versions_without_a_pipeline_run_are_clear_e
                                              + "\n[tool.lab.reproduce]\ntolerance = -0.5\n")
     assert run_lab(tmp_path, "reproduce", "toy", "1") == 2
     assert "[tool.lab.reproduce] tolerance must be 0 or more" in capsys.readouterr().err
-
-
-SMALL_FRAUD_LAB = """
-model_name = "fraud"
-
-[tool.lab.fraud]
-exact = false
-n_customers = 400
-n_terminals = 800
-nb_days = 60
-
-[tool.lab.train]
-train_start = "2018-04-25"
-n_trials = 1
-max_epochs = 1
-"""
-
-
-@pytest.mark.slow
-def test_the_fraud_labs_model_reproduces_exactly_on_cpu(tmp_path, capsys):
-    """The platform's own steps (simulate, point-in-time features, a Lightning sweep, the
-    evaluation, register): the same metrics, training set and model files, bit for bit."""
-    import shutil
-
-    write_pyproject(tmp_path, SMALL_FRAUD_LAB)
-    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
-    stages = ["simulate", "features", "train", "evaluate", "register"]
-    assert run_lab(tmp_path, "run", *stages, "--progress", "off") == 0
-    capsys.readouterr()
-    rc = run_lab(tmp_path, "reproduce", "fraud", "1", "--json", "--progress", "off")
-    report = json.loads(capsys.readouterr().out)
-    assert rc == 0 and report["reproduced"], report["explanation"]
-    assert [s["stage"] for s in report["stages"]] == stages
-    assert {m["metric"] for m in report["metrics"]} >= {"roc_auc", "average_precision", "card_precision_at_100"}
-    assert all(m["difference"] == 0 and m["recorded"] == m["reproduced"] for m in report["metrics"])
-    assert {a["key"]: a["same"] for a in report["artifacts"]} == {"model_digest": True, "trainset_digest": True}
