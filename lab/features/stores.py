@@ -262,3 +262,34 @@ def normalize_key(key, key_type: str):
             return None
         return as_int if as_int == key else None  # 3.5 is no integer key
     return key if isinstance(key, str) else str(key)
+
+
+def check_entity_rows(entity_rows: "pa.Table", views: Sequence[FeatureView], ts: str) -> None:
+    """What every offline store checks before a point-in-time join, each failure a
+    ``LabError`` naming the column and the fix: ``ts`` is present, a timestamp or date, and
+    never null; no view is given twice; each view's entity column is present; no feature
+    would overwrite an entity-row column or another view's feature."""
+    import pyarrow as pa
+
+    have = entity_rows.column_names
+    if ts not in have:
+        raise LabError(f"entity rows have no timestamp column {ts!r}; they have {', '.join(have)}")
+    ts_type = entity_rows.schema.field(ts).type
+    if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
+        raise LabError(f"entity rows' {ts!r} is {ts_type}, not a timestamp; convert it first")
+    if entity_rows.column(ts).null_count:
+        raise LabError(f"entity rows' {ts!r} has {entity_rows.column(ts).null_count} null(s); "
+                       "every entity row needs a time")
+    names = [v.name for v in views]
+    if len(set(names)) != len(names):
+        raise LabError(f"a feature view is given twice: {names}")
+    seen = set(have)
+    for view in views:
+        if view.entity not in have:
+            raise LabError(f"feature view {view.name!r} joins on {view.entity!r}, which the entity "
+                           f"rows lack; they have {', '.join(have)}")
+        clash = seen.intersection(view.feature_names)
+        if clash:
+            raise LabError(f"feature view {view.name!r} would overwrite column(s) {', '.join(sorted(clash))}; "
+                           "drop them from the entity rows or rename the features")
+        seen.update(view.feature_names)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from lab.errors import LabError, NotFound
 from lab.features.digest import canonical_digest
-from lab.features.stores import EVENT_TIME, OfflineStore
+from lab.features.stores import EVENT_TIME, OfflineStore, check_entity_rows
 from lab.features.views import FeatureView
 from plugins.duckdb_offline.asof import MAX_CELLS, SortedSource, epoch_us, latest_values
 from plugins.duckdb_offline.sql import (NUMERIC, ROW, latest_sql, q, running_totals_sql, special_sql, ties_sql,
@@ -229,7 +229,7 @@ class DuckDBOfflineStore(OfflineStore):
         """Every view's features as of each entity row's time; see the module docstring."""
         entity_rows = _as_arrow(entity_rows, "entity_rows")
         views = list(views)
-        _check_entity_rows(entity_rows, views, timestamp_column)
+        check_entity_rows(entity_rows, views, timestamp_column)
         keys = sorted({v.entity for v in views})
         t_us = epoch_us(entity_rows.column(timestamp_column))
         t_max = int(t_us.max()) if len(t_us) else None  # the windows' running totals stop there
@@ -370,26 +370,3 @@ def _special_columns(con, view: FeatureView, types: dict[str, str]) -> frozenset
     return frozenset(c for c, hit in zip(floats, found) if hit)
 
 
-def _check_entity_rows(entity_rows: pa.Table, views: list[FeatureView], ts: str) -> None:
-    have = entity_rows.column_names
-    if ts not in have:
-        raise LabError(f"entity rows have no timestamp column {ts!r}; they have {', '.join(have)}")
-    ts_type = entity_rows.schema.field(ts).type
-    if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
-        raise LabError(f"entity rows' {ts!r} is {ts_type}, not a timestamp; convert it first")
-    if entity_rows.column(ts).null_count:
-        raise LabError(f"entity rows' {ts!r} has {entity_rows.column(ts).null_count} null(s); "
-                       "every entity row needs a time")
-    names = [v.name for v in views]
-    if len(set(names)) != len(names):
-        raise LabError(f"a feature view is given twice: {names}")
-    seen = set(have)
-    for view in views:
-        if view.entity not in have:
-            raise LabError(f"feature view {view.name!r} joins on {view.entity!r}, which the entity "
-                           f"rows lack; they have {', '.join(have)}")
-        clash = seen.intersection(view.feature_names)
-        if clash:
-            raise LabError(f"feature view {view.name!r} would overwrite column(s) {', '.join(sorted(clash))}; "
-                           "drop them from the entity rows or rename the features")
-        seen.update(view.feature_names)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from lab.errors import LabError
 from lab.features.digest import canonical_digest
-from lab.features.stores import EVENT_TIME, OfflineStore
+from lab.features.stores import EVENT_TIME, OfflineStore, check_entity_rows
 from lab.features.views import FeatureView
 from plugins.spark_offline import pit
 from plugins.spark_offline.layout import HIDDEN, ROW, Layout, check_columns, check_name, epoch_us, us_column
@@ -143,7 +143,7 @@ class SparkOfflineStore(OfflineStore):
         result keeps the entity rows' order and columns."""
         entity_rows = _as_arrow(entity_rows, "entity_rows")
         views = list(views)
-        _check_entity_rows(entity_rows, views, timestamp_column)
+        check_entity_rows(entity_rows, views, timestamp_column)
         schemas = self._schemas(views)
         pit.probe_keys(entity_rows, views, schemas)
         keys = list(dict.fromkeys(v.entity for v in views))
@@ -222,26 +222,3 @@ def _cast(column, kind: pa.DataType):
         return column
 
 
-def _check_entity_rows(entity_rows: pa.Table, views: list[FeatureView], ts: str) -> None:
-    have = entity_rows.column_names
-    if ts not in have:
-        raise LabError(f"entity rows have no timestamp column {ts!r}; they have {', '.join(have)}")
-    ts_type = entity_rows.schema.field(ts).type
-    if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
-        raise LabError(f"entity rows' {ts!r} is {ts_type}, not a timestamp; convert it first")
-    if entity_rows.column(ts).null_count:
-        raise LabError(f"entity rows' {ts!r} has {entity_rows.column(ts).null_count} null(s); "
-                       "every entity row needs a time")
-    names = [v.name for v in views]
-    if len(set(names)) != len(names):
-        raise LabError(f"a feature view is given twice: {names}")
-    seen = set(have)
-    for view in views:
-        if view.entity not in have:
-            raise LabError(f"feature view {view.name!r} joins on {view.entity!r}, which the entity rows lack; "
-                           f"they have {', '.join(have)}")
-        clash = seen.intersection(view.feature_names)
-        if clash:
-            raise LabError(f"feature view {view.name!r} would overwrite column(s) {', '.join(sorted(clash))}; "
-                           "drop them from the entity rows or rename the features")
-        seen.update(view.feature_names)
