@@ -199,3 +199,14 @@ def uvicorn_in_thread(app, *, ready_s: float = 60):
         thread.join(30)
         sock.close()
     assert not thread.is_alive()
+
+
+# The longest test files, started first: `make test` runs files on two processes
+# (`-n 2 --dist loadfile`), and a file of several minutes handed out last leaves the other
+# process idle until it ends (the README's demo file did that in CI: about 4 minutes).
+LONGEST_FIRST = ("test_readme.py", "test_demo_kill.py", "test_delivery_template.py", "test_materialize_kill.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: each file keeps its order
