@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from lab.llm.types import ChatRequest, Message
 from lab.plugins import get_plugin_manager
 from lab.registry import Registry
 from lab.testing.pytest_plugin import write_bare_pyproject
+from tests._helpers import free_port
 
 LAB = Path(sys.executable).with_name("lab")
 PROMPT = """+++
@@ -58,12 +58,6 @@ RAG_DOCS = ["# Serving\n\nThe model server listens on port 8000 unless told othe
             "# Cooking\n\nSimmer the onions slowly until they turn golden brown."]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _call(port: int, path: str, body: dict | None = None, *, content_type: str = "application/json"):
     """``(status, headers, parsed body)`` of a GET (no body) or POST to the server."""
     data = None if body is None else json.dumps(body).encode()
@@ -89,7 +83,7 @@ def _chat(port: int, prompt: str = "answer", user: str = "ann", **extra):
 def server(tmp_path_factory):
     """A lab with prompt ``answer`` v1 and v2 (production: v2), served by ``lab serve``."""
     root = tmp_path_factory.mktemp("llm_lab")
-    port = _free_port()
+    port = free_port()
     write_bare_pyproject(root, f"""
         [tool.lab.llm]
         provider = "extractive"
